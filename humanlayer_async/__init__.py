@@ -1,0 +1,46 @@
+"""humanlayer_async: human approval for the risky tools of AI agents, asyncio-native.
+
+::
+
+    hl = HumanLayer()
+
+    @hl.require_approval(condition=lambda amount, **kwargs: amount > 1000)
+    async def transfer_money(amount: float, recipient: str) -> str: ...
+"""
+
+from ._audit import AuditEntry
+from ._client import HumanLayer
+from ._exceptions import (
+    ApprovalDenied,
+    ApprovalTimeout,
+    ChannelError,
+    ConfigurationError,
+    HumanLayerError,
+    NotAnApprover,
+    StoreError,
+    UnknownRequest,
+)
+from ._gate import current_decision
+from ._models import ApprovalRequest, Decision, Status
+from ._render import mask_secrets
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ApprovalDenied",
+    "ApprovalRequest",
+    "ApprovalTimeout",
+    "AuditEntry",
+    "ChannelError",
+    "ConfigurationError",
+    "Decision",
+    "HumanLayer",
+    "HumanLayerError",
+    "NotAnApprover",
+    "Status",
+    "StoreError",
+    "UnknownRequest",
+    "__version__",
+    "current_decision",
+    "mask_secrets",
+]

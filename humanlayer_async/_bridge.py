@@ -1,0 +1,57 @@
+"""The sync bridge: gated calls from plain sync code, on one event loop in a daemon thread."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+from anyio.from_thread import BlockingPortal
+
+__all__ = ["Bridge"]
+
+T = TypeVar("T")
+
+
+class Bridge:
+    """Starts an event loop thread on first use and runs coroutines there for sync callers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._portal: BlockingPortal | None = None
+        self._thread: threading.Thread | None = None
+
+    def call(self, func: Callable[[], Awaitable[T]]) -> T:
+        """Run ``func()`` on the bridge's loop and wait for its result in this thread."""
+        return self._ensure().call(func)
+
+    def close(self) -> None:
+        """Stop the loop thread (a no-op when it never started)."""
+        with self._lock:
+            portal, thread, self._portal, self._thread = self._portal, self._thread, None, None
+        if portal is not None and thread is not None:
+            portal.call(portal.stop)
+            thread.join()
+
+    @property
+    def running(self) -> bool:
+        return self._portal is not None
+
+    def _ensure(self) -> BlockingPortal:
+        with self._lock:
+            if self._portal is None:
+                ready = threading.Event()
+                self._thread = threading.Thread(
+                    target=anyio.run, args=(self._serve, ready), name="humanlayer-bridge", daemon=True
+                )
+                self._thread.start()
+                ready.wait()
+            assert self._portal is not None
+            return self._portal
+
+    async def _serve(self, ready: threading.Event) -> None:
+        async with BlockingPortal() as portal:
+            self._portal = portal
+            ready.set()
+            await portal.sleep_until_stopped()

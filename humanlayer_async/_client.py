@@ -1,0 +1,606 @@
+"""HumanLayer: configuration, lifecycle, and the decide/respond/cancel API."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import secrets
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Literal, ParamSpec, Self, TypeVar, cast, overload
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._audit import AuditEvent, logger, make_entry
+from ._bridge import Bridge
+from ._exceptions import ChannelError, ConfigurationError, HumanLayerError, NotAnApprover
+from ._gate import (
+    Condition,
+    ContextHook,
+    Gated,
+    GatedOrSentence,
+    OnReject,
+    RequestSpec,
+    gate,
+    refusal,
+)
+from ._models import ApprovalRequest, Decision, Kind, Status
+from ._registry import EXPIRED, Registry
+from ._render import Render, mask_secrets
+from .channels.base import Channel, Decider
+from .stores.base import Store
+from .stores.memory import MemoryStore
+
+__all__ = ["HumanLayer"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_FINAL_EVENTS: dict[Status, AuditEvent] = {
+    Status.APPROVED: "approval.decided",
+    Status.DENIED: "approval.decided",
+    Status.TIMED_OUT: "approval.timed_out",
+    Status.CANCELLED: "approval.cancelled",
+    Status.FAILED: "approval.failed",
+}
+
+
+def _seconds(value: float | timedelta, what: str) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not (0 < seconds < math.inf):
+        raise ConfigurationError(f"{what} must be a positive, finite number of seconds, not {value!r}")
+    return seconds
+
+
+def _parse_listen(listen: str | None) -> tuple[str, int] | None:
+    if listen is None:
+        return None
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigurationError(
+            f'listen must be "host:port" (e.g. "127.0.0.1:8787") or None, not {listen!r}'
+        )
+    return host.strip("[]"), int(port)
+
+
+def _approver_tuple(approvers: Iterable[str] | str | None) -> tuple[str, ...]:
+    if approvers is None:
+        return ()
+    if isinstance(approvers, str):
+        return (approvers,)
+    return tuple(approvers)
+
+
+def _check_channels(channels: Iterable[Channel]) -> list[Channel]:
+    checked = list(channels)
+    for channel in checked:
+        if not isinstance(channel, Channel):
+            raise ConfigurationError(f"{channel!r} is not a Channel (see humanlayer_async.channels.base)")
+    return checked
+
+
+def _default_channels() -> list[Channel]:
+    if sys.stdin is not None and sys.stdin.isatty():
+        from .channels.console import ConsoleChannel
+
+        return [ConsoleChannel()]
+    logger.warning(
+        "humanlayer.no_channels",
+        detail="stdin is not a terminal and no approval_channels were given: "
+        "requests are decided only through hl.decide() / hl.respond()",
+    )
+    return []
+
+
+class _ChannelDecider:
+    """The narrow handle channels get: decide, respond, get, pending, nothing else."""
+
+    def __init__(self, hl: HumanLayer) -> None:
+        self.decide = hl.decide
+        self.respond = hl.respond
+        self.get = hl.get
+        self.pending = hl.pending
+
+
+class HumanLayer:
+    """Gates tools behind a human's approval and routes the answers back to them.
+
+    Args:
+        approval_channels: Where requests go. ``None``: the terminal when stdin is a
+            TTY, otherwise none. ``[]``: none; decisions come only from ``decide()``,
+            ``respond()`` and the listener.
+        store: Where requests and decisions live. Default: a new ``MemoryStore``.
+        timeout: Seconds (or a ``timedelta``) a request waits before it times out and
+            the call fails closed. Finite by default: one hour.
+        on_reject: ``"raise"`` (``ApprovalDenied``) or ``"return"`` (the refusal as a
+            sentence, for loops that hand tool results to an LLM).
+        listen: ``"host:port"`` for the embedded listener, or ``None`` to mount
+            ``asgi_app`` in your own server.
+        run_id: Names the agent run; durable stores use it to re-attach after a restart.
+        render: Turns a call's arguments into what approvers, stores and logs see.
+            Default: ``mask_secrets``.
+    """
+
+    def __init__(
+        self,
+        approval_channels: Sequence[Channel] | None = None,
+        *,
+        store: Store | None = None,
+        timeout: float | timedelta = 3600.0,
+        on_reject: OnReject = "raise",
+        listen: str | None = "127.0.0.1:8787",
+        run_id: str | None = None,
+        render: Render = mask_secrets,
+    ) -> None:
+        self._channels = _check_channels(
+            _default_channels() if approval_channels is None else approval_channels
+        )
+        if store is not None and not isinstance(store, Store):
+            raise ConfigurationError(f"{store!r} is not a Store (see humanlayer_async.stores.base)")
+        self._store: Store = MemoryStore() if store is None else store
+        self._timeout = _seconds(timeout, "timeout")
+        self._on_reject = _check_on_reject(on_reject)
+        self._listen = _parse_listen(listen)
+        self._run_id = run_id
+        self._render = render
+        self._decider: Decider = _ChannelDecider(self)
+        self._bridge = Bridge()
+        # Bound to the event loop of the first use:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._registry: Registry | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._ready: anyio.Event | None = None
+        self._closing: anyio.Event | None = None
+        self._task_group: TaskGroup | None = None
+        self._startup_error: BaseException | None = None
+        self._started_channels: dict[int, Channel] = {}
+        self._channel_lock: anyio.Lock | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        names = ", ".join(channel.name for channel in self._channels)
+        return f"HumanLayer(channels=[{names}], store={self._store!r}, timeout={self._timeout})"
+
+    @property
+    def channels(self) -> tuple[Channel, ...]:
+        """The default approval channels."""
+        return tuple(self._channels)
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run_id
+
+    # -- decorators ------------------------------------------------------------------
+
+    @overload
+    def require_approval(
+        self,
+        condition: Condition | None = None,
+        *,
+        context: ContextHook | Mapping[str, Any] | None = None,
+        channels: Sequence[Channel] | None = None,
+        approvers: Iterable[str] | str | None = None,
+        timeout: float | timedelta | None = None,
+        on_reject: Literal["raise"] | None = None,
+        render: Render | None = None,
+    ) -> Gated: ...
+
+    @overload
+    def require_approval(
+        self,
+        condition: Condition | None = None,
+        *,
+        context: ContextHook | Mapping[str, Any] | None = None,
+        channels: Sequence[Channel] | None = None,
+        approvers: Iterable[str] | str | None = None,
+        timeout: float | timedelta | None = None,
+        on_reject: Literal["return"],
+        render: Render | None = None,
+    ) -> GatedOrSentence: ...
+
+    def require_approval(
+        self,
+        condition: Condition | None = None,
+        *,
+        context: ContextHook | Mapping[str, Any] | None = None,
+        channels: Sequence[Channel] | None = None,
+        approvers: Iterable[str] | str | None = None,
+        timeout: float | timedelta | None = None,
+        on_reject: OnReject | None = None,
+        render: Render | None = None,
+    ) -> Gated | GatedOrSentence:
+        """Gate a sync or async tool: when ``condition`` holds, a human must approve each call.
+
+        ``condition`` and ``context`` get the call's bound arguments (defaults applied)
+        as keywords and may be sync or async; a condition that raises means approval
+        is required. The gated function is always awaitable, keeps the tool's name,
+        docstring and signature, and runs a sync tool in a worker thread.
+        """
+        options: dict[str, Any] = {
+            "condition": condition,
+            "context": context,
+            "render": render or self._render,
+            "channels": None if channels is None else _check_channels(channels),
+            "approvers": _approver_tuple(approvers),
+            "timeout": None if timeout is None else _seconds(timeout, "timeout"),
+            "on_reject": self._on_reject if on_reject is None else _check_on_reject(on_reject),
+        }
+
+        def decorate(func: Callable[..., Any]) -> Callable[..., Coroutine[Any, Any, Any]]:
+            return gate(self, func, **options)
+
+        return cast(Gated, decorate)
+
+    def human_as_tool(
+        self,
+        *,
+        channels: Sequence[Channel] | None = None,
+        approvers: Iterable[str] | str | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> Callable[[str], Coroutine[Any, Any, str]]:
+        """A tool for free-form questions: ``await contact_human("...")`` returns the answer.
+
+        The answer comes from ``respond()`` or a channel. A declined or unanswered
+        question raises ``ApprovalDenied`` / ``ApprovalTimeout`` (or, with
+        ``on_reject="return"``, returns that sentence).
+        """
+        checked = None if channels is None else _check_channels(channels)
+        allowed = _approver_tuple(approvers)
+        seconds = None if timeout is None else _seconds(timeout, "timeout")
+
+        async def contact_human(message: str) -> str:
+            """Ask a human a free-form question and wait for their answer.
+
+            Use it when you need a judgement, a missing fact or a clarification only a
+            person can give. The return value is the human's answer, as text.
+            """
+            spec = RequestSpec(
+                kind="question",
+                function="contact_human",
+                kwargs={"message": message},
+                context={},
+                approvers=allowed,
+                timeout=seconds,
+                channels=checked,
+                message=message,
+            )
+            decision = await self.ask(spec)
+            if decision.answer is not None:
+                return decision.answer
+            refused = refusal("contact_human", decision)
+            if self._on_reject == "return":
+                return str(refused)
+            raise refused
+
+        return contact_human
+
+    def blocking(self, func: Callable[P, Awaitable[R]]) -> Callable[P, R]:
+        """A plain sync function that runs the gated ``func`` and blocks until it finishes.
+
+        For sync agents: the call runs on an event loop in a background thread that
+        this ``HumanLayer`` owns (started on first use, stopped by ``close()``). Use
+        one ``HumanLayer`` either this way or from your own event loop, not both.
+        """
+
+        @functools.wraps(func)
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            return self._bridge.call(functools.partial(func, *args, **kwargs))
+
+        return call
+
+    # -- the API channels and operators use ----------------------------------------
+
+    async def decide(
+        self,
+        request_id: str,
+        approved: bool,
+        *,
+        by: str,
+        comment: str | None = None,
+        via: str = "api",
+    ) -> Decision:
+        """Approve or deny a request; returns the decision that stands.
+
+        The first decision wins: a later one returns the first, unchanged. Raises
+        ``UnknownRequest`` for an unknown id and ``NotAnApprover`` when ``by`` is not
+        among the request's approvers (the request then stays pending).
+        """
+        request = await self._store.get(request_id)
+        self._check_approver(request, by, via)
+        status = Status.APPROVED if approved else Status.DENIED
+        return await self._record(Decision(request_id, approved, status, by, via, comment, datetime.now(UTC)))
+
+    async def respond(self, request_id: str, text: str, *, by: str, via: str = "api") -> Decision:
+        """Answer a question from ``human_as_tool``; returns the decision that stands."""
+        request = await self._store.get(request_id)
+        if request.kind != "question":
+            raise HumanLayerError(f"request {request_id!r} is an approval, not a question: use decide()")
+        self._check_approver(request, by, via)
+        decision = Decision(request_id, True, Status.APPROVED, by, via, None, datetime.now(UTC), text)
+        return await self._record(decision)
+
+    async def cancel(
+        self, request_id: str, *, by: str, reason: str | None = None, via: str = "api"
+    ) -> Decision:
+        """Withdraw a pending request: its caller gets ``ApprovalDenied`` (status ``cancelled``)."""
+        await self._store.get(request_id)
+        return await self._settle(request_id, Status.CANCELLED, by=by, via=via, comment=reason)
+
+    async def get(self, request_id: str) -> ApprovalRequest:
+        """One request, with its decision once decided. Raises ``UnknownRequest``."""
+        return await self._store.get(request_id)
+
+    async def pending(self, *, run_id: str | None = None, kind: Kind | None = None) -> list[ApprovalRequest]:
+        """The requests still waiting for a human, oldest first."""
+        return await self._store.list_pending(run_id=run_id, kind=kind)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self._ensure_started()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the background tasks, fail the calls still waiting, close channels and store."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._supervisor is not None and self._closing is not None:
+            self._closing.set()
+            await self._supervisor
+        if self._registry is not None:
+            self._registry.close()
+        with anyio.CancelScope(shield=True):
+            for channel in {id(c): c for c in [*self._channels, *self._started_channels.values()]}.values():
+                await channel.aclose()
+            await self._store.aclose()
+
+    def close(self) -> None:
+        """Close from sync code: what ``aclose()`` does, then stop the ``blocking()`` thread."""
+        if self._bridge.running:
+            self._bridge.call(self.aclose)
+        self._bridge.close()
+
+    async def _ensure_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and self._task_group is not None:
+            return
+        if self._closed:
+            raise HumanLayerError("this HumanLayer is closed; create a new one")
+        if self._loop is None:
+            self._loop = loop
+            self._registry = Registry(loop)
+            self._ready, self._closing = anyio.Event(), anyio.Event()
+            self._channel_lock = anyio.Lock()
+            self._supervisor = loop.create_task(self._supervise(), name="humanlayer-supervisor")
+        elif self._loop is not loop:
+            raise ConfigurationError(
+                "this HumanLayer is bound to the event loop it first ran in; "
+                "create one HumanLayer per event loop (or use hl.blocking() from sync code)"
+            )
+        assert self._ready is not None
+        await self._ready.wait()
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    async def _supervise(self) -> None:
+        assert self._ready is not None and self._closing is not None
+        try:
+            async with anyio.create_task_group() as task_group:
+                for channel in self._channels:
+                    await task_group.start(channel.run, self._decider)
+                    self._started_channels[id(channel)] = channel
+                task_group.start_soon(self._follow_store)
+                self._task_group = task_group
+                self._ready.set()
+                await self._closing.wait()
+                task_group.cancel_scope.cancel()
+        except Exception as exc:
+            error = exc.exceptions[0] if isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1 else exc
+            if not self._ready.is_set():
+                self._startup_error = error
+            else:
+                logger.error("humanlayer.crashed", error=repr(error))
+                self._startup_error = HumanLayerError(f"the HumanLayer's background tasks stopped: {error!r}")
+        finally:
+            self._task_group = None
+            self._ready.set()
+
+    async def _follow_store(self) -> None:
+        """Wake local waiters when another process decides one of their requests."""
+        registry = self._registry
+        assert registry is not None
+        async for event in self._store.watch():
+            if event.kind == "decided" and event.request_id in registry:
+                request = await self._store.get(event.request_id)
+                if request.decision is not None:
+                    registry.resolve(request.decision)
+
+    def _spawn(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``func(*args)`` in the supervisor's task group, logging what it raises."""
+        if self._task_group is None:
+            return
+
+        async def guarded() -> None:
+            try:
+                await func(*args)
+            except Exception as exc:
+                logger.error("humanlayer.background_failed", task=func.__name__, error=repr(exc))
+
+        self._task_group.start_soon(guarded)
+
+    async def _start_channel(self, channel: Channel) -> None:
+        """Start a channel given to ``require_approval`` that the supervisor did not start."""
+        assert self._channel_lock is not None and self._task_group is not None
+        async with self._channel_lock:
+            if id(channel) not in self._started_channels:
+                await self._task_group.start(channel.run, self._decider)
+                self._started_channels[id(channel)] = channel
+
+    # -- one request, from creation to decision -----------------------------------
+
+    async def audit(self, event: AuditEvent, request_id: str, **fields: Any) -> None:
+        """Log ``event`` and append it to the store's audit trail."""
+        await self._store.record(make_entry(event, request_id, **fields))
+
+    async def ask(self, spec: RequestSpec) -> Decision:
+        """Store a request, deliver it, and wait for the decision that stands."""
+        await self._ensure_started()
+        assert self._loop is not None and self._registry is not None
+        channels = self._channels if spec.channels is None else spec.channels
+        for channel in channels:
+            if id(channel) not in self._started_channels:
+                await self._start_channel(channel)
+        timeout = self._timeout if spec.timeout is None else spec.timeout
+        now = datetime.now(UTC)
+        request = ApprovalRequest(
+            id=secrets.token_hex(16),
+            kind=spec.kind,
+            function=spec.function,
+            kwargs=spec.kwargs,
+            context=spec.context,
+            approvers=spec.approvers,
+            created_at=now,
+            expires_at=now + timedelta(seconds=timeout),
+            run_id=self._run_id,
+            message=spec.message,
+            doc=spec.doc,
+        )
+        await self._store.create(request)
+        await self.audit(
+            "approval.requested",
+            request.id,
+            function=request.function,
+            kind=request.kind,
+            kwargs=request.kwargs,
+            expires_at=request.expires_at.isoformat(),
+        )
+        future = self._registry.wait(request.id, self._loop.time() + timeout)
+        refs: dict[int, str | None] = {}
+        try:
+            await self._deliver(request, channels, refs)
+            decision = await future
+            if decision is EXPIRED:
+                decision = await self._settle(request.id, Status.TIMED_OUT, via="timeout")
+        except ChannelError:
+            raise
+        except (anyio.get_cancelled_exc_class(), HumanLayerError) as exc:
+            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+            with anyio.CancelScope(shield=True):
+                decision = await self._settle(
+                    request.id,
+                    Status.CANCELLED,
+                    via="caller" if cancelled else "shutdown",
+                    comment="the waiting call was cancelled" if cancelled else "the HumanLayer closed",
+                )
+                self._spawn(self._update, replace(request, decision=decision), channels, refs)
+            raise
+        finally:
+            self._registry.discard(request.id)
+        self._spawn(self._update, replace(request, decision=decision), channels, refs)
+        return decision
+
+    async def _deliver(
+        self, request: ApprovalRequest, channels: Sequence[Channel], refs: dict[int, str | None]
+    ) -> None:
+        """Send to every channel at once; fail closed when none delivered."""
+        if not channels:
+            return
+        errors: list[str] = []
+
+        async def send(index: int, channel: Channel) -> None:
+            try:
+                ref = await channel.send(request)
+            except Exception as exc:
+                errors.append(f"{channel.name}: {exc}")
+                logger.warning(
+                    "approval.delivery_failed", request_id=request.id, channel=channel.name, error=str(exc)
+                )
+                return
+            refs[index] = ref
+            await self.audit("approval.delivered", request.id, channel=channel.name, ref=ref)
+
+        if len(channels) == 1:
+            await send(0, channels[0])
+        else:
+            async with anyio.create_task_group() as task_group:
+                for index, channel in enumerate(channels):
+                    task_group.start_soon(send, index, channel)
+        if refs:
+            return
+        reason = "; ".join(errors)
+        decision = await self._settle(request.id, Status.FAILED, via="delivery", comment=reason)
+        if decision.status is Status.FAILED:
+            raise ChannelError(f"no channel could deliver the request for {request.function}: {reason}")
+
+    async def _update(
+        self, request: ApprovalRequest, channels: Sequence[Channel], refs: Mapping[int, str | None]
+    ) -> None:
+        """Tell every channel that delivered the request how it ended."""
+
+        async def update(channel: Channel, ref: str | None) -> None:
+            try:
+                await channel.update(request, ref)
+            except Exception as exc:
+                logger.warning(
+                    "approval.update_failed", request_id=request.id, channel=channel.name, error=str(exc)
+                )
+
+        async with anyio.create_task_group() as task_group:
+            for index, ref in refs.items():
+                task_group.start_soon(update, channels[index], ref)
+
+    async def _settle(
+        self,
+        request_id: str,
+        status: Status,
+        *,
+        via: str,
+        by: str | None = None,
+        comment: str | None = None,
+    ) -> Decision:
+        """Store a closing decision nobody approved (timeout, cancellation, failure)."""
+        return await self._record(Decision(request_id, False, status, by, via, comment, datetime.now(UTC)))
+
+    async def _record(self, decision: Decision) -> Decision:
+        standing = await self._store.decide(decision)
+        if standing == decision:
+            await self.audit(
+                _FINAL_EVENTS[decision.status],
+                decision.request_id,
+                status=decision.status.value,
+                by=decision.by,
+                via=decision.via,
+                comment=decision.comment,
+            )
+        if self._registry is not None:
+            self._registry.resolve(standing)
+        return standing
+
+    def _check_approver(self, request: ApprovalRequest, by: str, via: str) -> None:
+        if not request.may_decide(by):
+            logger.warning("approval.not_an_approver", request_id=request.id, by=by, via=via)
+            raise NotAnApprover(request.id, by)
+
+
+def _check_on_reject(on_reject: str) -> OnReject:
+    if on_reject not in ("raise", "return"):
+        raise ConfigurationError(f'on_reject must be "raise" or "return", not {on_reject!r}')
+    return cast(OnReject, on_reject)

@@ -1,0 +1,84 @@
+"""The exceptions raised by humanlayer_async.
+
+Every exception the SDK raises on purpose derives from one root::
+
+    HumanLayerError
+     ├── ApprovalDenied          a human said no, or the request was cancelled
+     │    └── ApprovalTimeout    nobody answered before the request expired
+     ├── UnknownRequest          no request has this id
+     ├── NotAnApprover           the person deciding is not on the request's allowlist
+     ├── ConfigurationError      a constructor argument or environment variable is wrong
+     ├── ChannelError            a channel could not deliver or update a message
+     └── StoreError              the store could not read or write
+
+Errors from third-party libraries (slack_sdk, aiosmtplib, asyncpg, ...) are converted
+at the channel or store boundary into ``ChannelError`` or ``StoreError``, keeping the
+original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._models import Decision
+
+__all__ = [
+    "ApprovalDenied",
+    "ApprovalTimeout",
+    "ChannelError",
+    "ConfigurationError",
+    "HumanLayerError",
+    "NotAnApprover",
+    "StoreError",
+    "UnknownRequest",
+]
+
+
+class HumanLayerError(Exception):
+    """The root of every error humanlayer_async raises."""
+
+
+class ApprovalDenied(HumanLayerError):
+    """The gated call was refused: denied by a human, or cancelled.
+
+    The message is a sentence an LLM can act on; ``decision`` holds who decided,
+    through which channel, and their comment.
+    """
+
+    def __init__(self, message: str, decision: Decision) -> None:
+        super().__init__(message)
+        self.decision = decision
+
+
+class ApprovalTimeout(ApprovalDenied):
+    """Nobody answered before the request expired; the call did not run."""
+
+
+class UnknownRequest(HumanLayerError, LookupError):
+    """No request has the given id."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"no approval request with id {request_id!r}")
+        self.request_id = request_id
+
+
+class NotAnApprover(HumanLayerError, PermissionError):
+    """The person deciding is not among the request's approvers."""
+
+    def __init__(self, request_id: str, by: str) -> None:
+        super().__init__(f"{by!r} is not an approver for request {request_id!r}")
+        self.request_id = request_id
+        self.by = by
+
+
+class ConfigurationError(HumanLayerError, ValueError):
+    """An argument or environment variable is missing or wrong."""
+
+
+class ChannelError(HumanLayerError):
+    """A channel could not deliver or update a message."""
+
+
+class StoreError(HumanLayerError):
+    """The store could not read or write a request or decision."""

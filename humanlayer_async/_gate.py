@@ -1,0 +1,203 @@
+"""The decorators: condition → request → wait → run or refuse."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload
+
+import anyio
+import anyio.to_thread
+
+from ._audit import AuditEvent, logger
+from ._exceptions import ApprovalDenied, ApprovalTimeout
+from ._models import Decision, Kind, Status
+from ._render import Render
+
+if TYPE_CHECKING:
+    from .channels.base import Channel
+
+__all__ = [
+    "Condition",
+    "ContextHook",
+    "OnReject",
+    "RequestSpec",
+    "current_decision",
+    "refusal",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_current_decision: ContextVar[Decision | None] = ContextVar("humanlayer_current_decision", default=None)
+
+OnReject = Literal["raise", "return"]
+Condition = Callable[..., bool | Awaitable[bool]]
+"""Gets the call's bound arguments as keywords; true means a human must approve."""
+ContextHook = Callable[..., Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
+"""Gets the call's bound arguments as keywords; returns what approvers should see."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """Everything the client needs to open one request."""
+
+    kind: Kind
+    function: str
+    kwargs: Mapping[str, Any]
+    context: Mapping[str, Any]
+    approvers: tuple[str, ...]
+    timeout: float | None
+    channels: Sequence[Channel] | None
+    doc: str | None = None
+    message: str | None = None
+
+
+class Asker(Protocol):
+    """What the gate needs from the client: open a request and wait for its decision."""
+
+    async def ask(self, spec: RequestSpec) -> Decision: ...
+
+    async def audit(self, event: AuditEvent, request_id: str, **fields: Any) -> None: ...
+
+
+class Gated(Protocol):
+    """``require_approval(...)``: turns a sync or async tool into an awaitable gated one."""
+
+    @overload
+    def __call__(self, func: Callable[P, Awaitable[R]], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(self, func: Callable[P, R], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+
+class GatedOrSentence(Protocol):
+    """``require_approval(on_reject="return")``: a refusal comes back as the sentence."""
+
+    @overload
+    def __call__(self, func: Callable[P, Awaitable[R]], /) -> Callable[P, Coroutine[Any, Any, R | str]]: ...
+    @overload
+    def __call__(self, func: Callable[P, R], /) -> Callable[P, Coroutine[Any, Any, R | str]]: ...
+
+
+def current_decision() -> Decision | None:
+    """Inside a gated tool, the decision that approved this call (who, via, comment).
+
+    ``None`` outside a gated tool, and in a call whose condition did not require approval.
+    """
+    return _current_decision.get()
+
+
+def refusal(function: str, decision: Decision) -> ApprovalDenied:
+    """The exception for a call that may not run, worded so an LLM can act on it."""
+    reason = f": {decision.comment}" if decision.comment else ""
+    who = f" by {decision.by}" if decision.by else ""
+    if decision.status is Status.TIMED_OUT:
+        return ApprovalTimeout(
+            f"No human approved {function} before the request expired, so it did not run. "
+            "Do not retry it unasked; tell the user it is still waiting for approval.",
+            decision,
+        )
+    if decision.status is Status.CANCELLED:
+        text = f"The request to run {function} was cancelled{who} via {decision.via}{reason}."
+    else:
+        text = f"A human denied {function}{who} via {decision.via}{reason}. It did not run."
+    return ApprovalDenied(text, decision)
+
+
+async def _call_hook(hook: Callable[..., Any], arguments: Mapping[str, Any]) -> Any:
+    result = hook(**arguments)
+    return await result if inspect.isawaitable(result) else result
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
+def gate(
+    asker: Asker,
+    func: Callable[..., Any],
+    *,
+    condition: Condition | None,
+    context: ContextHook | Mapping[str, Any] | None,
+    render: Render,
+    channels: Sequence[Channel] | None,
+    approvers: tuple[str, ...],
+    timeout: float | None,
+    on_reject: OnReject,
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    """Wrap ``func`` so that a call runs only after a human approves it (when ``condition`` holds)."""
+    signature = inspect.signature(func)
+    name = getattr(func, "__name__", None) or repr(func)
+    doc = inspect.getdoc(func)
+    is_async = _is_async(func)
+
+    async def run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if is_async:
+            return await func(*args, **kwargs)
+        return await anyio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
+
+    async def needs_approval(arguments: Mapping[str, Any]) -> bool:
+        if condition is None:
+            return True
+        try:
+            return bool(await _call_hook(condition, arguments))
+        except Exception as exc:  # fail closed: a broken condition asks a human
+            logger.warning("approval.condition_failed", function=name, error=repr(exc))
+            return True
+
+    async def describe(arguments: Mapping[str, Any]) -> Mapping[str, Any]:
+        if context is None:
+            return {}
+        if isinstance(context, Mapping):
+            return context
+        try:
+            described = await _call_hook(context, arguments)
+        except Exception as exc:
+            logger.warning("approval.context_failed", function=name, error=repr(exc))
+            return {"context_error": f"the context hook raised {type(exc).__name__}"}
+        return described if isinstance(described, Mapping) else {"context": described}
+
+    @functools.wraps(func)
+    async def gated(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = bound.arguments
+        if not await needs_approval(arguments):
+            return await run(args, kwargs)
+        spec = RequestSpec(
+            kind="approval",
+            function=name,
+            kwargs=render(arguments),
+            context=await describe(arguments),
+            approvers=approvers,
+            timeout=timeout,
+            channels=channels,
+            doc=doc,
+        )
+        decision = await asker.ask(spec)
+        if not decision.approved:
+            denied = refusal(name, decision)
+            if on_reject == "return":
+                return str(denied)
+            raise denied
+        await asker.audit("approval.executing", decision.request_id, function=name)
+        token = _current_decision.set(decision)
+        try:
+            result = await run(args, kwargs)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await asker.audit(
+                    "approval.executed", decision.request_id, function=name, outcome=type(exc).__name__
+                )
+            raise
+        finally:
+            _current_decision.reset(token)
+        await asker.audit("approval.executed", decision.request_id, function=name, outcome="ok")
+        return result
+
+    return cast(Callable[..., Coroutine[Any, Any, Any]], gated)

@@ -1,0 +1,6 @@
+"""Where approval requests go: the terminal, and (as they land) Slack, email and the web console."""
+
+from .base import BaseChannel, Channel, Decider
+from .console import ConsoleChannel
+
+__all__ = ["BaseChannel", "Channel", "ConsoleChannel", "Decider"]

@@ -1,0 +1,104 @@
+"""The Channel protocol: how a request reaches people and how their answer comes back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
+
+from .._models import ApprovalRequest, Decision, Kind
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+__all__ = ["BaseChannel", "Channel", "Decider"]
+
+
+@runtime_checkable
+class Decider(Protocol):
+    """The narrow handle a channel gets to turn an answer into a decision.
+
+    Every channel decides through it, so approver allowlists, first-decision-wins and
+    the audit trail apply whatever the channel.
+    """
+
+    async def decide(
+        self, request_id: str, approved: bool, *, by: str, comment: str | None = None, via: str
+    ) -> Decision:
+        """Decide a request; returns the decision that stands (maybe an earlier one)."""
+        ...
+
+    async def respond(self, request_id: str, text: str, *, by: str, via: str) -> Decision:
+        """Answer a question; returns the decision that stands."""
+        ...
+
+    async def get(self, request_id: str) -> ApprovalRequest:
+        """One request, with its decision once decided."""
+        ...
+
+    async def pending(self, *, run_id: str | None = None, kind: Kind | None = None) -> list[ApprovalRequest]:
+        """The requests still waiting for a human."""
+        ...
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """Delivers requests to people and updates what it delivered once decided.
+
+    ``name`` is what decisions made through the channel record as ``via``.
+    """
+
+    name: str
+
+    async def run(self, decider: Decider, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
+        """Serve the channel's inbound side until cancelled.
+
+        Called once when the ``HumanLayer`` starts, in its task group; call
+        ``task_status.started()`` once ready to take answers.
+        """
+        ...
+
+    async def send(self, request: ApprovalRequest) -> str | None:
+        """Deliver a new request; return a reference to what was sent (or ``None``).
+
+        Raise ``ChannelError`` when it cannot be delivered after the channel's own retries.
+        """
+        ...
+
+    async def update(self, request: ApprovalRequest, ref: str | None) -> None:
+        """Show the outcome (``request.decision``) where the request was delivered."""
+        ...
+
+    def routes(self) -> Sequence[BaseRoute]:
+        """Starlette routes the listener serves for this channel's callbacks."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the channel holds (HTTP clients, connections)."""
+        ...
+
+
+class BaseChannel:
+    """Defaults for a channel that only sends: no inbound side, no routes, no updates.
+
+    Subclass it and implement ``send``; override the rest as the channel needs.
+    """
+
+    name = "channel"
+
+    async def run(self, decider: Decider, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+
+    async def send(self, request: ApprovalRequest) -> str | None:
+        raise NotImplementedError
+
+    async def update(self, request: ApprovalRequest, ref: str | None) -> None:
+        return None
+
+    def routes(self) -> Sequence[BaseRoute]:
+        return ()
+
+    async def aclose(self) -> None:
+        return None

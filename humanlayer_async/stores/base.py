@@ -1,0 +1,66 @@
+"""The Store protocol: where requests, decisions and the audit trail live."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from .._audit import AuditEntry
+from .._models import ApprovalRequest, Decision, Kind
+
+__all__ = ["Store", "StoreEvent"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreEvent:
+    """A change written to the store: a new request, or a decision that now stands."""
+
+    kind: Literal["requested", "decided"]
+    request_id: str
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persists requests and decisions; the first decision stored for a request wins.
+
+    Implementations must make ``decide`` atomic: of two concurrent decisions for one
+    request, from one process or many, exactly one is stored and both callers get it back.
+    """
+
+    async def create(self, request: ApprovalRequest) -> None:
+        """Store a new pending request (its id is new)."""
+        ...
+
+    async def get(self, request_id: str) -> ApprovalRequest:
+        """The request with its decision, if any. Raises ``UnknownRequest``."""
+        ...
+
+    async def decide(self, decision: Decision) -> Decision:
+        """Store ``decision`` unless one already stands; return the one that stands.
+
+        Raises ``UnknownRequest`` for an id the store does not hold.
+        """
+        ...
+
+    async def list_pending(
+        self, *, run_id: str | None = None, kind: Kind | None = None
+    ) -> list[ApprovalRequest]:
+        """Pending requests, oldest first, optionally of one run or one kind."""
+        ...
+
+    async def record(self, entry: AuditEntry) -> None:
+        """Append one entry to the audit trail."""
+        ...
+
+    def watch(self) -> AsyncIterator[StoreEvent]:
+        """Changes written through other handles on the same store (other processes).
+
+        A store may also yield the process's own changes: consumers are idempotent.
+        The iterator ends when the store is closed.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and files; ends every ``watch()`` iterator."""
+        ...

@@ -1,0 +1,342 @@
+"""HumanLayer's API: decide, respond, cancel, pending, lifecycle, configuration, channels failing."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import timedelta
+
+import anyio
+import pytest
+
+from humanlayer_async import (
+    ApprovalDenied,
+    ApprovalRequest,
+    ApprovalTimeout,
+    ChannelError,
+    ConfigurationError,
+    HumanLayer,
+    HumanLayerError,
+    NotAnApprover,
+    Status,
+    UnknownRequest,
+)
+from humanlayer_async.channels import BaseChannel
+from humanlayer_async.stores import MemoryStore
+from humanlayer_async.testing import AutoChannel
+
+from .test_gate import wait_pending
+
+pytestmark = pytest.mark.anyio
+
+
+class BrokenChannel(BaseChannel):
+    name = "broken"
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    async def send(self, request: ApprovalRequest) -> str | None:
+        self.attempts += 1
+        raise ChannelError("smtp.example.com refused the connection")
+
+
+async def test_first_decision_wins_and_later_ones_get_it_back() -> None:
+    async with HumanLayer([], listen=None) as hl:
+
+        @hl.require_approval()
+        async def tool() -> str:
+            return "ran"
+
+        async with anyio.create_task_group() as tg:
+            results: list[str] = []
+
+            async def call() -> None:
+                results.append(await tool())
+
+            tg.start_soon(call)
+            [request] = await wait_pending(hl)
+            first = await hl.decide(request.id, True, by="alice", via="slack")
+            second = await hl.decide(request.id, False, by="bob", comment="no!", via="email")
+        assert second == first
+        assert second.by == "alice" and second.via == "slack" and second.approved
+        assert results == ["ran"]
+
+
+async def test_decide_unknown_id_names_it() -> None:
+    async with HumanLayer([], listen=None) as hl:
+        with pytest.raises(UnknownRequest, match="nope"):
+            await hl.decide("nope", True, by="alice")
+        with pytest.raises(UnknownRequest):
+            await hl.get("nope")
+
+
+async def test_non_approver_decides_nothing() -> None:
+    async with HumanLayer([], listen=None) as hl:
+
+        @hl.require_approval(approvers=["U_CFO"])
+        async def pay() -> str:
+            return "paid"
+
+        async with anyio.create_task_group() as tg:
+            results: list[str] = []
+
+            async def call() -> None:
+                results.append(await pay())
+
+            tg.start_soon(call)
+            [request] = await wait_pending(hl)
+            assert request.approvers == ("U_CFO",)
+            with pytest.raises(NotAnApprover, match="U_INTERN"):
+                await hl.decide(request.id, True, by="U_INTERN")
+            assert (await hl.get(request.id)).status is Status.PENDING
+            await hl.decide(request.id, True, by="U_CFO")
+        assert results == ["paid"]
+
+
+async def test_human_as_tool_returns_the_answer() -> None:
+    async with HumanLayer([], listen=None) as hl:
+        contact_human = hl.human_as_tool()
+        assert contact_human.__name__ == "contact_human"
+        assert contact_human.__doc__ and "human" in contact_human.__doc__
+        async with anyio.create_task_group() as tg:
+            answers: list[str] = []
+
+            async def ask() -> None:
+                answers.append(await contact_human("Which vendor should I pay?"))
+
+            tg.start_soon(ask)
+            [question] = await wait_pending(hl)
+            assert question.kind == "question"
+            assert question.message == "Which vendor should I pay?"
+            assert await hl.pending(kind="approval") == []
+            decision = await hl.respond(question.id, "ACME, not Globex", by="alice")
+        assert answers == ["ACME, not Globex"]
+        assert decision.answer == "ACME, not Globex" and decision.status is Status.APPROVED
+
+
+async def test_respond_to_an_approval_is_refused() -> None:
+    async with HumanLayer([], listen=None) as hl:
+
+        @hl.require_approval(timeout=5)
+        async def tool() -> None: ...
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tool)
+            [request] = await wait_pending(hl)
+            with pytest.raises(HumanLayerError, match="use decide"):
+                await hl.respond(request.id, "sure", by="alice")
+            await hl.decide(request.id, True, by="alice")
+
+
+async def test_unanswered_question_times_out_and_declined_one_is_denied() -> None:
+    async with HumanLayer([AutoChannel(lambda r: False)], listen=None) as hl:
+        with pytest.raises(ApprovalDenied) as denied:
+            await hl.human_as_tool()("ok?")
+        assert denied.value.decision.status is Status.DENIED
+        with pytest.raises(ApprovalTimeout):
+            await hl.human_as_tool(channels=[], timeout=0.05)("anyone?")
+
+
+async def test_every_channel_failing_fails_closed_with_channel_error() -> None:
+    broken = BrokenChannel()
+    ran = False
+    async with HumanLayer([broken], listen=None) as hl:
+
+        @hl.require_approval()
+        async def transfer() -> None:
+            nonlocal ran
+            ran = True
+
+        with pytest.raises(ChannelError, match="refused the connection"):
+            await transfer()
+        assert not ran
+        assert broken.attempts == 1
+        [request] = [entry for entry in hl.store.audit_log if entry.event == "approval.failed"]  # type: ignore[attr-defined]
+        assert (await hl.get(request.request_id)).status is Status.FAILED
+        assert await hl.pending() == []
+
+
+async def test_channel_error_is_raised_even_with_on_reject_return() -> None:
+    async with HumanLayer([BrokenChannel()], listen=None, on_reject="return") as hl:
+
+        @hl.require_approval()
+        async def tool() -> str:
+            return "ran"
+
+        with pytest.raises(ChannelError):
+            await tool()
+
+
+async def test_one_channel_failing_is_enough_to_survive() -> None:
+    auto = AutoChannel(lambda r: True)
+    async with HumanLayer([BrokenChannel(), auto], listen=None) as hl:
+
+        @hl.require_approval()
+        async def tool() -> str:
+            return "ran"
+
+        assert await tool() == "ran"
+    assert len(auto.sent) == 1
+
+
+async def test_per_tool_channels_and_approvers_are_used() -> None:
+    default = AutoChannel(lambda r: False, by="default")
+    special = AutoChannel(lambda r: True, by="cfo")
+    async with HumanLayer([default], listen=None) as hl:
+
+        @hl.require_approval(channels=[special], approvers="cfo")
+        async def pay() -> str:
+            return "paid"
+
+        assert await pay() == "paid"
+    assert default.sent == [] and len(special.sent) == 1
+    assert special.updated[0].status is Status.APPROVED
+
+
+async def test_gated_calls_work_without_async_with_and_aclose_ends_them() -> None:
+    hl = HumanLayer([AutoChannel()], listen=None)
+
+    @hl.require_approval()
+    async def tool() -> str:
+        return "ran"
+
+    assert await tool() == "ran"
+    assert hl._supervisor is not None and not hl._supervisor.done()
+    await hl.aclose()
+    assert hl._supervisor.done()
+    with pytest.raises(HumanLayerError, match="closed"):
+        await tool()
+
+
+async def test_aclose_fails_calls_still_waiting() -> None:
+    hl = HumanLayer([], listen=None)
+
+    @hl.require_approval()
+    async def tool() -> None: ...
+
+    errors: list[BaseException] = []
+
+    async def call() -> None:
+        try:
+            await tool()
+        except HumanLayerError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call)
+        [request] = await wait_pending(hl)
+        await hl.aclose()
+    assert len(errors) == 1 and "closed" in str(errors[0])
+    assert (await hl.store.get(request.id)).status is Status.CANCELLED
+
+
+def test_one_humanlayer_in_two_event_loops_is_a_clear_error() -> None:
+    hl = HumanLayer([AutoChannel()], listen=None)
+
+    @hl.require_approval()
+    async def tool() -> str:
+        return "ran"
+
+    async def first() -> None:
+        assert await tool() == "ran"
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(first())
+        with pytest.raises(ConfigurationError, match="event loop"):
+            asyncio.run(tool())
+        loop.run_until_complete(hl.aclose())
+    finally:
+        loop.close()
+
+
+def test_blocking_bridge_runs_gated_calls_from_sync_code() -> None:
+    hl = HumanLayer([AutoChannel(lambda r: r.kwargs["amount"] < 5000)], listen=None)
+    caller = threading.get_ident()
+    loop_threads: list[int] = []
+
+    @hl.require_approval()
+    async def pay(amount: int) -> str:
+        loop_threads.append(threading.get_ident())
+        return f"paid {amount}"
+
+    pay_sync = hl.blocking(pay)
+    try:
+        assert pay_sync(100) == "paid 100"
+        with pytest.raises(ApprovalDenied):
+            pay_sync(9000)
+    finally:
+        hl.close()
+    assert loop_threads and loop_threads[0] != caller
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": float("inf")}, "timeout"),
+        ({"timeout": timedelta(seconds=-1)}, "timeout"),
+        ({"listen": "8787"}, "listen"),
+        ({"listen": "127.0.0.1:99999"}, "listen"),
+        ({"on_reject": "ignore"}, "on_reject"),
+        ({"store": object()}, "Store"),
+    ],
+)
+def test_bad_configuration_is_refused_at_construction(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        HumanLayer([], **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_channel_that_is_not_one_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="not a Channel"):
+        HumanLayer([object()])  # type: ignore[list-item]
+    hl = HumanLayer([], listen=None)
+    with pytest.raises(ConfigurationError, match="timeout"):
+        hl.require_approval(timeout=-5)
+
+
+def test_default_channels_without_a_terminal_are_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    class NotATty:
+        def isatty(self) -> bool:
+            return False
+
+    monkeypatch.setattr("sys.stdin", NotATty())
+    assert HumanLayer(listen=None).channels == ()
+
+
+async def test_pending_filters_by_kind_and_run() -> None:
+    async with HumanLayer([], listen=None, run_id="invoice-42") as hl:
+
+        @hl.require_approval()
+        async def tool() -> None: ...
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tool)
+            tg.start_soon(hl.human_as_tool(), "hello?")
+            requests = await wait_pending(hl, 2)
+            assert {r.kind for r in requests} == {"approval", "question"}
+            assert len(await hl.pending(run_id="invoice-42")) == 2
+            assert await hl.pending(run_id="other") == []
+            [question] = await hl.pending(kind="question")
+            assert question.run_id == "invoice-42"
+            tg.cancel_scope.cancel()
+
+
+async def test_memory_store_drops_decided_requests_after_retention() -> None:
+    store = MemoryStore(retention=0.0)
+    async with HumanLayer([AutoChannel()], store=store, listen=None) as hl:
+
+        @hl.require_approval()
+        async def tool() -> str:
+            return "ran"
+
+        for _ in range(3):
+            assert await tool() == "ran"
+        assert len(store) <= 1  # each decision prunes the ones before it
+    assert len(hl._registry or ()) == 0
+
+
+def test_repr_shows_no_secrets() -> None:
+    hl = HumanLayer([AutoChannel(by="alice")], listen=None)
+    assert repr(hl) == "HumanLayer(channels=[auto], store=MemoryStore(requests=0), timeout=3600.0)"

@@ -1,0 +1,62 @@
+"""The public names are exactly the documented ones."""
+
+from __future__ import annotations
+
+import humanlayer_async
+import humanlayer_async.channels
+import humanlayer_async.stores
+import humanlayer_async.testing
+
+
+def test_top_level_names() -> None:
+    assert humanlayer_async.__all__ == sorted(humanlayer_async.__all__)
+    assert set(humanlayer_async.__all__) == {
+        "ApprovalDenied",
+        "ApprovalRequest",
+        "ApprovalTimeout",
+        "AuditEntry",
+        "ChannelError",
+        "ConfigurationError",
+        "Decision",
+        "HumanLayer",
+        "HumanLayerError",
+        "NotAnApprover",
+        "Status",
+        "StoreError",
+        "UnknownRequest",
+        "__version__",
+        "current_decision",
+        "mask_secrets",
+    }
+    for name in humanlayer_async.__all__:
+        assert hasattr(humanlayer_async, name), name
+
+
+def test_subpackage_names() -> None:
+    assert humanlayer_async.channels.__all__ == ["BaseChannel", "Channel", "ConsoleChannel", "Decider"]
+    assert humanlayer_async.stores.__all__ == ["MemoryStore", "Store", "StoreEvent"]
+    assert humanlayer_async.testing.__all__ == ["AutoChannel", "Rule"]
+
+
+def test_exception_tree() -> None:
+    from humanlayer_async import (
+        ApprovalDenied,
+        ApprovalTimeout,
+        ChannelError,
+        ConfigurationError,
+        HumanLayerError,
+        NotAnApprover,
+        StoreError,
+        UnknownRequest,
+    )
+
+    assert issubclass(ApprovalTimeout, ApprovalDenied)
+    for error in (
+        ApprovalDenied,
+        UnknownRequest,
+        NotAnApprover,
+        ConfigurationError,
+        ChannelError,
+        StoreError,
+    ):
+        assert issubclass(error, HumanLayerError)
