@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import secrets
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -15,6 +16,7 @@ from typing import Any, Literal, ParamSpec, Self, TypeVar, cast, overload
 
 import anyio
 from anyio.abc import TaskGroup
+from starlette.applications import Starlette
 
 from ._audit import AuditEvent, logger, make_entry
 from ._bridge import Bridge
@@ -33,6 +35,7 @@ from ._models import ApprovalRequest, Decision, Kind, Status
 from ._registry import EXPIRED, Registry
 from ._render import Render, mask_secrets
 from .channels.base import Channel, Decider
+from .listener import Listener, build_app
 from .stores.base import Store
 from .stores.memory import MemoryStore
 
@@ -158,7 +161,11 @@ class HumanLayer:
         self._closing: anyio.Event | None = None
         self._task_group: TaskGroup | None = None
         self._startup_error: BaseException | None = None
-        self._started_channels: dict[int, Channel] = {}
+        # Every channel this HumanLayer owns: the defaults, and those given to decorators.
+        self._all_channels: dict[int, Channel] = {id(c): c for c in self._channels}
+        self._started_channels: set[int] = set()
+        self._app: Starlette | None = None
+        self._listener: Listener | None = None
         self._channel_lock: anyio.Lock | None = None
         self._closed = False
 
@@ -178,6 +185,38 @@ class HumanLayer:
     @property
     def run_id(self) -> str | None:
         return self._run_id
+
+    @property
+    def asgi_app(self) -> Starlette:
+        """The listener's ASGI app: every channel's callback routes and ``GET /healthz``.
+
+        Served by the embedded server when ``listen`` is set; with ``listen=None``, mount
+        it in your own Starlette/FastAPI app and enter ``lifespan`` (or ``async with hl``)
+        in that app's lifespan.
+        """
+        if self._app is None:
+            self._app = build_app([route for c in self._all_channels.values() for route in c.routes()])
+        return self._app
+
+    @property
+    def url(self) -> str | None:
+        """The embedded listener's base URL once it is serving (``None`` otherwise)."""
+        return None if self._listener is None else self._listener.url
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """A Starlette lifespan that runs this ``HumanLayer`` (``Starlette(lifespan=hl.lifespan)``)."""
+        async with self:
+            yield
+
+    def _register(self, *channels: Channel) -> list[Channel]:
+        """Own channels given to a decorator: they start, serve routes and close with us."""
+        for channel in channels:
+            if id(channel) not in self._all_channels:
+                self._all_channels[id(channel)] = channel
+                if self._app is not None:
+                    self._app.router.routes.extend(channel.routes())
+        return list(channels)
 
     # -- decorators ------------------------------------------------------------------
 
@@ -229,7 +268,7 @@ class HumanLayer:
             "condition": condition,
             "context": context,
             "render": render or self._render,
-            "channels": None if channels is None else _check_channels(channels),
+            "channels": None if channels is None else self._register(*_check_channels(channels)),
             "approvers": _approver_tuple(approvers),
             "timeout": None if timeout is None else _seconds(timeout, "timeout"),
             "on_reject": self._on_reject if on_reject is None else _check_on_reject(on_reject),
@@ -253,7 +292,7 @@ class HumanLayer:
         question raises ``ApprovalDenied`` / ``ApprovalTimeout`` (or, with
         ``on_reject="return"``, returns that sentence).
         """
-        checked = None if channels is None else _check_channels(channels)
+        checked = None if channels is None else self._register(*_check_channels(channels))
         allowed = _approver_tuple(approvers)
         seconds = None if timeout is None else _seconds(timeout, "timeout")
 
@@ -368,7 +407,7 @@ class HumanLayer:
         if self._registry is not None:
             self._registry.close()
         with anyio.CancelScope(shield=True):
-            for channel in {id(c): c for c in [*self._channels, *self._started_channels.values()]}.values():
+            for channel in self._all_channels.values():
                 await channel.aclose()
             await self._store.aclose()
 
@@ -404,9 +443,12 @@ class HumanLayer:
         assert self._ready is not None and self._closing is not None
         try:
             async with anyio.create_task_group() as task_group:
-                for channel in self._channels:
+                for key, channel in list(self._all_channels.items()):
                     await task_group.start(channel.run, self._decider)
-                    self._started_channels[id(channel)] = channel
+                    self._started_channels.add(key)
+                if self._listen is not None and any(c.routes() for c in self._all_channels.values()):
+                    self._listener = Listener(self.asgi_app, *self._listen)
+                    await task_group.start(self._listener.serve)
                 task_group.start_soon(self._follow_store)
                 self._task_group = task_group
                 self._ready.set()
@@ -451,8 +493,9 @@ class HumanLayer:
         assert self._channel_lock is not None and self._task_group is not None
         async with self._channel_lock:
             if id(channel) not in self._started_channels:
+                self._register(channel)
                 await self._task_group.start(channel.run, self._decider)
-                self._started_channels[id(channel)] = channel
+                self._started_channels.add(id(channel))
 
     # -- one request, from creation to decision -----------------------------------
 

@@ -1,0 +1,169 @@
+"""The listener: one ASGI app with every channel's callback routes, and the server task.
+
+The app is what ``HumanLayer.asgi_app`` returns, so it can be served by the embedded
+uvicorn server (``listen="host:port"``) or mounted in your own Starlette/FastAPI app.
+Bodies over ``max_body`` bytes are refused with 413 before any route reads them, and a
+route that fails answers 500 for that request alone, with a log line; the server goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator, Sequence
+
+import anyio
+import uvicorn
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ._audit import logger
+from ._exceptions import ConfigurationError
+
+__all__ = ["MAX_BODY", "BodyLimit", "Listener", "build_app"]
+
+MAX_BODY = 1024 * 1024
+"""The largest request body the listener reads: 1 MiB."""
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over ``max_body``, by header or as it streams in."""
+
+    def __init__(self, app: ASGIApp, max_body: int = MAX_BODY) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_body:
+            await self._refuse(scope, send, 400 if not declared.isdigit() else 413)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body:
+                raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(scope, send, 413)
+
+    async def _refuse(self, scope: Scope, send: Send, status: int) -> None:
+        logger.warning("listener.refused", path=scope.get("path"), status=status, reason="body size")
+        text = "request body too large" if status == 413 else "bad Content-Length"
+        await PlainTextResponse(text, status_code=status)(scope, _no_receive, send)
+
+
+async def _no_receive() -> Message:  # pragma: no cover - the refusal never reads the body
+    return {"type": "http.disconnect"}
+
+
+async def _healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    logger.error("listener.error", path=request.url.path, error=repr(exc))
+    return PlainTextResponse("internal error", status_code=500)
+
+
+def build_app(routes: Sequence[BaseRoute], *, max_body: int = MAX_BODY) -> Starlette:
+    """The listener's app: ``GET /healthz`` and the given channel routes, behind ``BodyLimit``."""
+    app = Starlette(
+        routes=[Route("/healthz", _healthz, methods=["GET"]), *routes],
+        exception_handlers={Exception: _server_error},
+    )
+    app.add_middleware(BodyLimit, max_body=max_body)
+    return app
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its signal handlers: Ctrl-C stops the user's program, not just us."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Listener:
+    """Serves ``app`` on ``host:port`` with uvicorn, on a socket bound here.
+
+    Port 0 picks a free port; ``url`` tells which once ``serve`` has started.
+    """
+
+    def __init__(self, app: ASGIApp, host: str, port: int, *, shutdown_timeout: float = 5.0) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.shutdown_timeout = shutdown_timeout
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def _bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigurationError(
+                f"the listener cannot bind {self.host}:{self.port}: {exc.strerror or exc} "
+                "(is another process using that port? pass listen=... another port, or None)"
+            ) from exc
+        sock.listen(2048)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        return sock
+
+    async def serve(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
+        """Bind, serve until cancelled, then shut down within ``shutdown_timeout`` seconds."""
+        sock = self._bind()
+        config = uvicorn.Config(
+            self.app,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=max(1, round(self.shutdown_timeout)),
+        )
+        config.load()
+        server = _QuietServer(config)
+        server.lifespan = config.lifespan_class(config)
+        try:
+            await server.startup(sockets=[sock])
+            if server.should_exit:  # uvicorn logged why
+                raise ConfigurationError(f"the listener could not start on {self.url}")
+            logger.info("listener.started", url=self.url)
+            task_status.started()
+            await server.main_loop()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await server.shutdown(sockets=[sock])
