@@ -34,7 +34,7 @@ from ._gate import (
 from ._models import ApprovalRequest, Decision, Kind, Status
 from ._registry import EXPIRED, Registry
 from ._render import Render, mask_secrets
-from .channels.base import Channel, Decider
+from .channels.base import Channel, Decider, ListenerAware
 from .listener import Listener, build_app
 from .stores.base import Store
 from .stores.memory import MemoryStore
@@ -449,6 +449,9 @@ class HumanLayer:
                 if self._listen is not None and any(c.routes() for c in self._all_channels.values()):
                     self._listener = Listener(self.asgi_app, *self._listen)
                     await task_group.start(self._listener.serve)
+                    for channel in self._all_channels.values():
+                        if isinstance(channel, ListenerAware):
+                            channel.listening(self._listener.url)
                 task_group.start_soon(self._follow_store)
                 self._task_group = task_group
                 self._ready.set()
@@ -496,6 +499,8 @@ class HumanLayer:
                 self._register(channel)
                 await self._task_group.start(channel.run, self._decider)
                 self._started_channels.add(id(channel))
+                if self._listener is not None and isinstance(channel, ListenerAware):
+                    channel.listening(self._listener.url)
 
     # -- one request, from creation to decision -----------------------------------
 

@@ -13,7 +13,7 @@ from .._models import ApprovalRequest, Decision, Kind
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
-__all__ = ["BaseChannel", "Channel", "Decider"]
+__all__ = ["BaseChannel", "Channel", "Decider", "ListenerAware"]
 
 
 @runtime_checkable
@@ -77,6 +77,15 @@ class Channel(Protocol):
 
     async def aclose(self) -> None:
         """Release what the channel holds (HTTP clients, connections)."""
+        ...
+
+
+@runtime_checkable
+class ListenerAware(Protocol):
+    """A channel that wants to know where the embedded listener serves its routes."""
+
+    def listening(self, url: str) -> None:
+        """Called once the listener serves at ``url`` (e.g. ``http://127.0.0.1:8787``)."""
         ...
 
 
