@@ -12,13 +12,18 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The agent-framework integrations the examples use (type-checked by lint, run by the tests).
+$(BIN)/.integrations: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev,integrations]'
+	touch $@
+
 demo: $(BIN)/.installed
 	$(BIN)/humanlayer-async demo
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.integrations
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

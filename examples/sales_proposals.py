@@ -1,0 +1,77 @@
+"""Sales automation: a person reviews every proposal before it goes to a client.
+
+The first use case of the article: ``send_proposal`` always needs approval, the
+reviewer sees the deal's context next to the call, and the tool learns who approved
+it through ``current_decision()``. Two proposals go out at once; each waits for its own
+answer.
+
+Runs offline and finishes by itself::
+
+    python examples/sales_proposals.py
+
+Channels: the sales team would answer in Slack (a ``#sales-approvals`` channel), with
+email as a fallback for reviewers on the road; the first answer from either wins. Here
+an ``AutoChannel`` plays the sales lead, by a rule, so no one has to be at hand. To ask
+real people, pass real channels instead, e.g.::
+
+    from humanlayer_async.channels import ConsoleChannel
+    hl = HumanLayer([ConsoleChannel()])   # answer in this terminal: y <id> / n <id> reason
+
+and the Slack and email channels the same way (see the Channels pages of the docs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import structlog
+
+from humanlayer_async import ApprovalDenied, ApprovalRequest, HumanLayer, current_decision
+from humanlayer_async.testing import AutoChannel
+
+# The SDK's event log: warnings only, on stderr, to keep the output readable.
+structlog.configure(
+    wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+)
+
+CRM = {
+    "jane@bigcorp.example": {"account": "BigCorp", "deal": "$48,000/yr", "discount": "10%"},
+    "joe@startup.example": {"account": "Startup Inc", "deal": "$6,000/yr", "discount": "45%"},
+}
+
+
+def sales_lead(request: ApprovalRequest) -> bool | str:
+    """The reviewer, as a rule: discounts over 30% go back to the rep."""
+    discount = int(str(request.context["discount"]).rstrip("%"))
+    return discount <= 30 or f"a {discount}% discount needs the VP of Sales; send it to them first"
+
+
+hl = HumanLayer([AutoChannel(sales_lead, by="maria (sales lead)")])
+
+
+@hl.require_approval(context=lambda client_email, **kwargs: CRM[client_email])
+async def send_proposal(client_email: str, proposal_pdf: bytes) -> str:
+    """Sales team reviews before sending proposals."""
+    decision = current_decision()
+    assert decision is not None  # always gated: someone approved this very call
+    return f"proposal ({len(proposal_pdf)} bytes) sent to {client_email}, approved by {decision.by}"
+
+
+async def propose(client_email: str) -> None:
+    try:
+        print(await send_proposal(client_email, b"%PDF-1.7 ... your custom proposal ..."))
+    except ApprovalDenied as denied:
+        print(f"not sent to {client_email}: {denied}")
+
+
+async def main() -> None:
+    async with hl, asyncio.TaskGroup() as agent:
+        for client_email in CRM:
+            agent.create_task(propose(client_email))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
