@@ -33,7 +33,13 @@ def test_top_level_names() -> None:
 
 
 def test_subpackage_names() -> None:
-    assert humanlayer_async.channels.__all__ == ["BaseChannel", "Channel", "ConsoleChannel", "Decider"]
+    assert humanlayer_async.channels.__all__ == [
+        "BaseChannel",
+        "Channel",
+        "ConsoleChannel",
+        "Decider",
+        "EmailChannel",
+    ]
     assert humanlayer_async.stores.__all__ == ["MemoryStore", "Store", "StoreEvent"]
     assert humanlayer_async.testing.__all__ == ["AutoChannel", "Rule"]
 

@@ -2,5 +2,6 @@
 
 from .base import BaseChannel, Channel, Decider
 from .console import ConsoleChannel
+from .email import EmailChannel
 
-__all__ = ["BaseChannel", "Channel", "ConsoleChannel", "Decider"]
+__all__ = ["BaseChannel", "Channel", "ConsoleChannel", "Decider", "EmailChannel"]

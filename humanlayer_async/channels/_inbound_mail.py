@@ -1,0 +1,360 @@
+"""Inbound-mail webhooks: verify each provider's signature or auth, then read the reply.
+
+Every provider's payload becomes one ``InboundMail``; anything wrong becomes ``Refused``
+(a 4xx status and a reason safe to log and to return), never an unhandled exception.
+
+- ``mailgun``: form fields, ``HMAC-SHA256(secret, timestamp + token) == signature``;
+  stale timestamps and reused tokens are refused.
+- ``sendgrid``: Inbound Parse multipart, HTTP basic auth with ``secret`` as the password.
+- ``postmark``: inbound JSON, HTTP basic auth likewise.
+- ``generic``: ``{"from", "to", "text", "headers"}`` JSON with ``X-Timestamp`` and
+  ``X-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from email.parser import HeaderParser
+from email.utils import getaddresses, parseaddr
+from typing import Any, Literal
+
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+
+from ._mail_reply import strip_quotes
+
+__all__ = ["PROVIDERS", "InboundMail", "Provider", "Refused", "ReplayGuard", "read_mail"]
+
+Provider = Literal["mailgun", "sendgrid", "postmark", "generic"]
+PROVIDERS: tuple[Provider, ...] = ("mailgun", "sendgrid", "postmark", "generic")
+
+MAX_AGE = 300.0
+"""Seconds a signed webhook stays valid (either way, for clock skew)."""
+
+
+class Refused(Exception):
+    """A webhook that decides nothing: ``status`` is the 4xx to answer, ``reason`` says why.
+
+    ``fields`` (a request id, a sender address) go into the log line, never into the answer.
+    """
+
+    def __init__(self, status: int, reason: str, **fields: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.fields = fields
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMail:
+    """One reply, as every provider's payload is read.
+
+    ``sender`` is the ``From`` address and ``recipients`` the addresses it was sent to,
+    lowercase. ``text`` is the reply's own text, quoted parts stripped. ``failed_check``
+    names a failing SPF/DKIM/DMARC verdict the provider reported, if any.
+    """
+
+    sender: str
+    recipients: tuple[str, ...]
+    text: str
+    headers: tuple[tuple[str, str], ...]
+    failed_check: str | None = None
+    mailbox_hash: str | None = None
+
+    def header(self, name: str) -> str | None:
+        """The first header called ``name`` (any case), if present."""
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key.lower() == wanted), None)
+
+    @property
+    def automatic(self) -> bool:
+        """Whether an auto-responder or a bounce sent it (RFC 3834 ``Auto-Submitted`` and kin)."""
+        submitted = (self.header("Auto-Submitted") or "no").strip().lower()
+        precedence = (self.header("Precedence") or "").strip().lower()
+        return (
+            not submitted.startswith("no")
+            or precedence in {"bulk", "junk", "auto_reply"}
+            or self.header("X-Autoreply") is not None
+            or self.header("X-Autorespond") is not None
+        )
+
+    @property
+    def message_id(self) -> str | None:
+        value = self.header("Message-ID")
+        return value.strip() if value and value.strip() else None
+
+
+class ReplayGuard:
+    """Remembers the nonces of signed webhooks for as long as their timestamps are fresh."""
+
+    def __init__(self, max_age: float = MAX_AGE) -> None:
+        self.max_age = max_age
+        self._seen: dict[str, float] = {}
+
+    def check_fresh(self, timestamp: str | None) -> None:
+        """Refuse a missing, malformed, stale or future timestamp (Unix seconds)."""
+        try:
+            age = time.time() - float(timestamp or "")
+        except ValueError:
+            raise Refused(401, "missing or malformed timestamp") from None
+        if not abs(age) <= self.max_age:
+            raise Refused(401, "stale timestamp")
+
+    def first_use(self, nonce: str) -> None:
+        """Refuse a nonce already seen within the freshness window (both ways)."""
+        now = time.monotonic()
+        while self._seen:
+            oldest, expires = next(iter(self._seen.items()))
+            if expires > now:
+                break
+            del self._seen[oldest]
+        if nonce in self._seen:
+            raise Refused(401, "replayed webhook")
+        self._seen[nonce] = now + 2 * self.max_age
+
+
+async def read_mail(provider: Provider, request: Request, secret: str, guard: ReplayGuard) -> InboundMail:
+    """Verify ``request`` as ``provider`` signs or authenticates it, and read the reply in it."""
+    if provider == "mailgun":
+        return await _mailgun(request, secret, guard)
+    if provider == "sendgrid":
+        return await _sendgrid(request, secret)
+    if provider == "postmark":
+        return await _postmark(request, secret)
+    return await _generic(request, secret, guard)
+
+
+# -- providers ---------------------------------------------------------------------------
+
+
+async def _mailgun(request: Request, secret: str, guard: ReplayGuard) -> InboundMail:
+    form = await _form(request)
+    timestamp, token, signature = _field(form, "timestamp"), _field(form, "token"), _field(form, "signature")
+    if not (timestamp and token and signature):
+        raise Refused(401, "missing Mailgun signature")
+    expected = hmac.new(secret.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected.encode(), signature.strip().lower().encode()):
+        raise Refused(401, "bad Mailgun signature")
+    guard.check_fresh(timestamp)
+    guard.first_use(f"mailgun:{token}")
+    headers = _header_pairs(_json(_field(form, "message-headers") or "[]"))
+    mailgun_verdicts = [
+        ("spf", _first_word(_lookup(headers, "X-Mailgun-Spf"))),
+        ("dkim", _first_word(_lookup(headers, "X-Mailgun-Dkim-Check-Result"))),
+    ]
+    return InboundMail(
+        sender=_address(_field(form, "from") or _field(form, "sender")),
+        recipients=_addresses(_field(form, "recipient")),
+        text=strip_quotes(_field(form, "stripped-text") or _field(form, "body-plain") or ""),
+        headers=headers,
+        failed_check=failed_check([*mailgun_verdicts, *_header_verdicts(headers)]),
+    )
+
+
+async def _sendgrid(request: Request, secret: str) -> InboundMail:
+    _check_basic_auth(request, secret)
+    form = await _form(request)
+    headers = tuple(
+        (name, str(value)) for name, value in HeaderParser().parsestr(_field(form, "headers") or "").items()
+    )
+    envelope = _json(_field(form, "envelope") or "{}")
+    envelope_to = envelope.get("to") if isinstance(envelope, dict) else None
+    recipients = _addresses(_field(form, "to"))
+    if isinstance(envelope_to, list):
+        recipients += _addresses(", ".join(str(address) for address in envelope_to))
+    dkim_results = re.findall(r":\s*([a-z]+)", (_field(form, "dkim") or "").lower())
+    sendgrid_verdicts = [("spf", _first_word(_field(form, "SPF"))), *(("dkim", r) for r in dkim_results)]
+    return InboundMail(
+        sender=_address(_field(form, "from")),
+        recipients=recipients,
+        text=strip_quotes(_field(form, "text") or ""),
+        headers=headers,
+        failed_check=failed_check([*sendgrid_verdicts, *_header_verdicts(headers)]),
+    )
+
+
+async def _postmark(request: Request, secret: str) -> InboundMail:
+    _check_basic_auth(request, secret)
+    payload = _json(await request.body())
+    if not isinstance(payload, dict):
+        raise Refused(400, "the Postmark payload is not a JSON object")
+    from_full = payload.get("FromFull")
+    sender = from_full.get("Email") if isinstance(from_full, dict) else payload.get("From")
+    listed = [
+        entry.get("Email")
+        for key in ("ToFull", "CcFull")
+        if isinstance(payload.get(key), list)
+        for entry in payload[key]
+        if isinstance(entry, dict)
+    ]
+    recipients = [*listed, payload.get("OriginalRecipient")]
+    headers = _header_pairs(
+        [
+            [entry.get("Name"), entry.get("Value")]
+            for entry in _list(payload.get("Headers"), "Headers")
+            if isinstance(entry, dict)
+        ]
+    )
+    mailbox_hash = payload.get("MailboxHash")
+    return InboundMail(
+        sender=_address(_str_or_none(sender, "FromFull.Email")),
+        recipients=_addresses(", ".join(r for r in recipients if isinstance(r, str))),
+        text=strip_quotes(
+            _str_or_none(payload.get("StrippedTextReply"), "StrippedTextReply")
+            or _str_or_none(payload.get("TextBody"), "TextBody")
+            or ""
+        ),
+        headers=headers,
+        failed_check=failed_check(_header_verdicts(headers)),
+        mailbox_hash=mailbox_hash.lower() if isinstance(mailbox_hash, str) and mailbox_hash else None,
+    )
+
+
+async def _generic(request: Request, secret: str, guard: ReplayGuard) -> InboundMail:
+    timestamp, signature = request.headers.get("x-timestamp"), request.headers.get("x-signature")
+    if not (timestamp and signature and signature.startswith("sha256=")):
+        raise Refused(401, "missing X-Timestamp or X-Signature: sha256=<hex>")
+    body = await request.body()
+    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected.encode(), signature.removeprefix("sha256=").strip().lower().encode()):
+        raise Refused(401, "bad X-Signature")
+    guard.check_fresh(timestamp)
+    guard.first_use(f"generic:{expected}")
+    payload = _json(body)
+    if not isinstance(payload, dict):
+        raise Refused(400, "the payload is not a JSON object")
+    raw_headers = payload.get("headers", {})
+    if not isinstance(raw_headers, dict):
+        raise Refused(400, '"headers" must be an object of header name to value')
+    headers = _header_pairs([[name, value] for name, value in raw_headers.items()])
+    to = payload.get("to")
+    if isinstance(to, list) and all(isinstance(address, str) for address in to):
+        to = ", ".join(to)
+    return InboundMail(
+        sender=_address(_str_or_none(payload.get("from"), "from")),
+        recipients=_addresses(_str_or_none(to, "to")),
+        text=strip_quotes(_str_or_none(payload.get("text"), "text") or ""),
+        headers=headers,
+        failed_check=failed_check(_header_verdicts(headers)),
+    )
+
+
+# -- SPF / DKIM / DMARC --------------------------------------------------------------------
+
+
+def failed_check(verdicts: Iterable[tuple[str, str | None]]) -> str | None:
+    """The failing check among ``(mechanism, result)`` verdicts, as ``"spf=fail"``, or ``None``.
+
+    SPF fails on ``fail`` or ``softfail``, DMARC on ``fail``, DKIM on ``fail`` when no
+    signature passed (a message may carry several).
+    """
+    results = [(mechanism, result.lower()) for mechanism, result in verdicts if result]
+    for mechanism, result in results:
+        if (mechanism == "spf" and result in {"fail", "softfail"}) or (
+            mechanism == "dmarc" and result == "fail"
+        ):
+            return f"{mechanism}={result}"
+    dkim = {result for mechanism, result in results if mechanism == "dkim"}
+    if "fail" in dkim and "pass" not in dkim:
+        return "dkim=fail"
+    return None
+
+
+def _header_verdicts(headers: tuple[tuple[str, str], ...]) -> list[tuple[str, str | None]]:
+    """Verdicts in the receiving server's (topmost) ``Authentication-Results`` and ``Received-SPF``."""
+    verdicts: list[tuple[str, str | None]] = []
+    results = _lookup(headers, "Authentication-Results")
+    if results:
+        found = re.findall(r"\b(spf|dkim|dmarc)\s*=\s*([a-z]+)", results, re.IGNORECASE)
+        verdicts.extend((mechanism.lower(), result) for mechanism, result in found)
+    verdicts.append(("spf", _first_word(_lookup(headers, "Received-SPF"))))
+    return verdicts
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+async def _form(request: Request) -> FormData:
+    try:
+        return await request.form()
+    except (HTTPException, MultiPartException, ValueError) as exc:
+        raise Refused(400, "malformed form body") from exc
+
+
+def _field(form: FormData, name: str) -> str | None:
+    value = form.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _json(raw: str | bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise Refused(400, "malformed JSON") from None
+
+
+def _list(value: object, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise Refused(400, f"{what} must be a list")
+    return value
+
+
+def _str_or_none(value: object, what: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise Refused(400, f"{what} must be a string")
+
+
+def _header_pairs(raw: object) -> tuple[tuple[str, str], ...]:
+    pairs = _list(raw, "the headers")
+    if not all(
+        isinstance(pair, list) and len(pair) == 2 and all(isinstance(item, str) for item in pair)
+        for pair in pairs
+    ):
+        raise Refused(400, "the headers must be [name, value] string pairs")
+    return tuple((name, value) for name, value in pairs)
+
+
+def _lookup(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
+    wanted = name.lower()
+    return next((value for key, value in headers if key.lower() == wanted), None)
+
+
+def _first_word(value: str | None) -> str | None:
+    words = (value or "").split()
+    return words[0].strip(";:()").lower() if words else None
+
+
+def _address(value: str | None) -> str:
+    address = parseaddr(value or "")[1].strip().lower()
+    if "@" not in address:
+        raise Refused(400, "no sender address")
+    return address
+
+
+def _addresses(value: str | None) -> tuple[str, ...]:
+    pairs = getaddresses([value]) if value else []
+    return tuple(address.strip().lower() for _, address in pairs if "@" in address)
+
+
+def _check_basic_auth(request: Request, secret: str) -> None:
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    password = decoded.partition(b":")[2]
+    if scheme.lower() != "basic" or not hmac.compare_digest(password, secret.encode()):
+        raise Refused(401, "missing or wrong HTTP basic auth")

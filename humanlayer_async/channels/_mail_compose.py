@@ -1,0 +1,119 @@
+"""The emails EmailChannel sends: the request, the help reply, and the follow-up once decided."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from email.message import EmailMessage
+from email.utils import formatdate
+
+from .._models import ApprovalRequest, Decision
+from .._render import describe_decision, format_value, summarize
+from ._mail_reply import ANSWER_HELP, QUESTION_HELP
+
+__all__ = ["compose", "follow_up_text", "help_text", "request_bodies", "subject"]
+
+_Rows = list[tuple[str, str]]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def subject(request: ApprovalRequest) -> str:
+    """``[Approval needed] send_email(to='bob@...')`` or ``[Question] <the question>``."""
+    if request.kind == "question":
+        return _one_line(f"[Question] {format_value(request.message or '', 100)}")
+    return _one_line(f"[Approval needed] {summarize(request)}")
+
+
+def _sections(request: ApprovalRequest) -> tuple[str, str, list[tuple[str, _Rows]], str]:
+    """The intro, the call (or question), titled rows of facts, and how to answer."""
+    expiry = ("Expires", f"{request.expires_at:%Y-%m-%d %H:%M:%S} UTC")
+    if request.kind == "question":
+        return "An agent asks you:", request.message or "", [("", [expiry])], QUESTION_HELP
+    sections: list[tuple[str, _Rows]] = []
+    if request.doc:
+        sections.append(("", [("What it does", request.doc.strip())]))
+    sections.append(("Arguments", [(name, format_value(value)) for name, value in request.kwargs.items()]))
+    if request.context:
+        sections.append(("Context", [(name, format_value(value)) for name, value in request.context.items()]))
+    sections.append(("", [expiry, ("Request", request.id)]))
+    return (
+        "An agent wants to make this call and needs your approval:",
+        summarize(request),
+        sections,
+        ANSWER_HELP,
+    )
+
+
+def request_bodies(request: ApprovalRequest) -> tuple[str, str]:
+    """The plain-text and HTML bodies of a request."""
+    intro, call, sections, how = _sections(request)
+    text = [intro, "", f"    {call}", ""]
+    markup = [f"<p>{html.escape(intro)}</p>", f"<pre>{html.escape(call)}</pre>"]
+    for title, rows in sections:
+        if title:
+            text.append(f"{title}:")
+            markup.append(f"<h3>{html.escape(title)}</h3>")
+        indent = "  " if title else ""
+        text.extend(f"{indent}{name}: {value}" for name, value in rows)
+        text.append("")
+        cells = "".join(
+            f"<tr><th align='left' valign='top'>{html.escape(name)}</th>"
+            f"<td style='white-space: pre-wrap'>{html.escape(value)}</td></tr>"
+            for name, value in rows
+        )
+        markup.append(f"<table>{cells}</table>")
+    text.append(how)
+    markup.append(f"<pre>{html.escape(how)}</pre>")
+    return "\n".join(text) + "\n", "<html><body>" + "\n".join(markup) + "</body></html>\n"
+
+
+def help_text(request: ApprovalRequest) -> str:
+    """The short reply to an approver whose reply was not a clear answer."""
+    if request.kind == "question":
+        return f"Your reply had no answer above the quoted message.\n\n{QUESTION_HELP}\n"
+    return f"Your reply did not approve or deny {summarize(request)}.\n\n{ANSWER_HELP}\n"
+
+
+def follow_up_text(request: ApprovalRequest, decision: Decision) -> str:
+    """Who decided, how and when, once the request is decided, timed out or cancelled."""
+    return f"{summarize(request)}\n\n{describe_decision(decision)}\n"
+
+
+def compose(
+    *,
+    sender: str,
+    to: str,
+    subject: str,
+    text: str,
+    message_id: str,
+    html_body: str | None = None,
+    reply_to: str | None = None,
+    in_reply_to: str | None = None,
+    references: Sequence[str] = (),
+    auto_submitted: str = "auto-generated",
+) -> EmailMessage:
+    """One message, with ``Date``, ``Message-ID`` and threading headers.
+
+    ``Auto-Submitted`` (RFC 3834) keeps out-of-office responders from answering it.
+    """
+    message = EmailMessage()
+    message["Subject"] = subject
+    message["From"] = sender
+    message["To"] = to
+    if reply_to:
+        message["Reply-To"] = reply_to
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = message_id
+    if in_reply_to:
+        message["In-Reply-To"] = in_reply_to
+    if references:
+        message["References"] = " ".join(references)
+    message["Auto-Submitted"] = auto_submitted
+    message["X-Auto-Response-Suppress"] = "All"
+    message.set_content(text)
+    if html_body is not None:
+        message.add_alternative(html_body, subtype="html")
+    return message

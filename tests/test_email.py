@@ -1,0 +1,614 @@
+"""EmailChannel end to end: a real SMTP server (aiosmtpd) on loopback receives the requests;
+replies, in each provider's format and signed as it signs, reach the running listener over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from email.utils import parseaddr
+from typing import Any, cast
+
+import anyio
+import httpx
+import pytest
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+from structlog.testing import capture_logs
+
+from humanlayer_async import (
+    ApprovalDenied,
+    ApprovalTimeout,
+    ChannelError,
+    ConfigurationError,
+    HumanLayer,
+    Status,
+)
+from humanlayer_async.channels import EmailChannel
+
+from .test_gate import wait_pending
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "inbound-signing-key-0123"
+TOKEN_SECRET = "reply-token-key-4567"
+ALICE = "alice@company.com"
+BOB = "bob@company.com"
+REPLY_TO = re.compile(r"^approvals\+([a-z2-7]{44})@replies\.company\.com$")
+
+# -- a real SMTP server ----------------------------------------------------------------------
+
+
+class Inbox:
+    """An aiosmtpd handler served on the test's own event loop: keeps what it accepts.
+
+    ``answers`` are DATA replies to give (in order) before accepting; ``stalls`` DATA
+    commands hang until the test ends; ``unknown`` addresses are refused for good.
+    """
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.messages: list[EmailMessage] = []
+        self.answers: list[str] = []
+        self.always: str | None = None
+        self.stalls = 0
+        self.unknown: set[str] = set()
+        self.logins: list[tuple[bytes, bytes]] = []
+        self.release = asyncio.Event()
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address in self.unknown:
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.stalls:
+            self.stalls -= 1
+            await self.release.wait()
+        if self.always:
+            return self.always
+        if self.answers:
+            return self.answers.pop(0)
+        self.messages.append(message_from_bytes(cast(bytes, envelope.content), policy=policy.default))
+        return "250 OK"
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> Any:
+        self.logins.append((data.login, data.password))
+        return AuthResult(success=data.password == b"smtp-pass")
+
+    async def wait(self, count: int) -> list[EmailMessage]:
+        """The messages received, once there are ``count``."""
+        with anyio.fail_after(5):
+            while len(self.messages) < count:
+                await anyio.sleep(0.005)
+        return list(self.messages)
+
+    def received_by(self, address: str) -> list[EmailMessage]:
+        return [message for message in self.messages if message["To"] == address]
+
+
+@pytest.fixture
+async def inbox() -> AsyncIterator[Inbox]:
+    loop = asyncio.get_running_loop()
+    box = Inbox()
+    server = await loop.create_server(
+        lambda: SMTP(box, loop=loop, authenticator=box.authenticate, auth_require_tls=False),
+        "127.0.0.1",
+        0,
+    )
+    box.port = server.sockets[0].getsockname()[1]
+    yield box
+    box.release.set()
+    server.close()
+    await server.wait_closed()
+
+
+def make_channel(inbox: Inbox, provider: str = "mailgun", **options: Any) -> EmailChannel:
+    channel = EmailChannel(
+        options.pop("to", [ALICE, BOB]),
+        sender="Approvals <approvals@company.com>",
+        smtp_host="127.0.0.1",
+        smtp_port=inbox.port,
+        reply_to="approvals@replies.company.com",
+        inbound=provider,  # type: ignore[arg-type]
+        inbound_secret=SECRET,
+        token_secret=TOKEN_SECRET,
+        **options,
+    )
+    channel.smtp_timeout = 0.5
+    channel.retry_delays = (0.05, 0.1)
+    return channel
+
+
+@contextlib.asynccontextmanager
+async def running(
+    channel: EmailChannel, **options: Any
+) -> AsyncIterator[tuple[HumanLayer, httpx.AsyncClient]]:
+    async with HumanLayer([channel], listen="127.0.0.1:0", **options) as hl:
+        assert hl.url is not None
+        async with httpx.AsyncClient(base_url=hl.url) as client:
+            yield hl, client
+
+
+class Calls:
+    """Runs gated calls in a task group and keeps how each ended."""
+
+    def __init__(self, task_group: anyio.abc.TaskGroup) -> None:
+        self.task_group = task_group
+        self.results: list[object] = []
+
+    def start(self, call: Callable[[], Awaitable[object]]) -> None:
+        async def run() -> None:
+            try:
+                self.results.append(await call())
+            except ApprovalDenied as exc:
+                self.results.append(exc)
+
+        self.task_group.start_soon(run)
+
+
+# -- replies, in each provider's format and signed as it signs -------------------------------
+
+
+def _message_id() -> str:
+    return f"<{secrets.token_hex(8)}@mail.company.com>"
+
+
+async def post_mailgun(
+    client: httpx.AsyncClient,
+    *,
+    to: str,
+    sender: str,
+    text: str,
+    stripped: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    timestamp: str | None = None,
+    token: str | None = None,
+    key: str = SECRET,
+) -> httpx.Response:
+    timestamp = str(int(time.time())) if timestamp is None else timestamp
+    token = token or secrets.token_hex(25)
+    fields = {
+        "recipient": to,
+        "sender": parseaddr(sender)[1],
+        "from": sender,
+        "subject": "Re: [Approval needed]",
+        "body-plain": text,
+        "message-headers": json.dumps([["Message-Id", _message_id()], ["From", sender], *map(list, headers)]),
+        "timestamp": timestamp,
+        "token": token,
+        "signature": hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest(),
+    }
+    if stripped is not None:
+        fields["stripped-text"] = stripped
+    return await client.post("/email/inbound/mailgun", files={k: (None, v) for k, v in fields.items()})
+
+
+async def post_sendgrid(
+    client: httpx.AsyncClient,
+    *,
+    to: str,
+    sender: str,
+    text: str,
+    headers: str = "",
+    spf: str = "pass",
+    dkim: str = "{@company.com : pass}",
+    password: str = SECRET,
+) -> httpx.Response:
+    raw_headers = f"Message-ID: {_message_id()}\nFrom: {sender}\nTo: {to}\nSubject: Re: request\n{headers}"
+    fields = {
+        "headers": raw_headers,
+        "dkim": dkim,
+        "to": to,
+        "from": sender,
+        "text": text,
+        "subject": "Re: request",
+        "envelope": json.dumps({"to": [to], "from": parseaddr(sender)[1]}),
+        "SPF": spf,
+        "charsets": json.dumps({"to": "UTF-8", "text": "UTF-8"}),
+        "sender_ip": "203.0.113.9",
+    }
+    return await client.post(
+        "/email/inbound/sendgrid", files={k: (None, v) for k, v in fields.items()}, auth=("parse", password)
+    )
+
+
+async def post_postmark(
+    client: httpx.AsyncClient,
+    *,
+    to: str,
+    sender: str,
+    text: str,
+    stripped: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    password: str = SECRET,
+) -> httpx.Response:
+    name, address = parseaddr(sender)
+    mailbox_hash = to.partition("@")[0].rpartition("+")[2]
+    payload = {
+        "From": address,
+        "FromName": name,
+        "FromFull": {"Email": address, "Name": name, "MailboxHash": ""},
+        "To": to,
+        "ToFull": [{"Email": to, "Name": "", "MailboxHash": mailbox_hash}],
+        "OriginalRecipient": to,
+        "MailboxHash": mailbox_hash,
+        "Subject": "Re: request",
+        "MessageID": secrets.token_hex(8),
+        "TextBody": text,
+        "StrippedTextReply": stripped or "",
+        "Headers": [
+            {"Name": "Received-SPF", "Value": "Pass (sender SPF authorized) identity=mailfrom"},
+            {"Name": "Message-ID", "Value": _message_id()},
+            *({"Name": k, "Value": v} for k, v in headers),
+        ],
+    }
+    return await client.post("/email/inbound/postmark", json=payload, auth=("postmark", password))
+
+
+def sign_generic(body: bytes, timestamp: str | None = None, key: str = SECRET) -> dict[str, str]:
+    timestamp = str(int(time.time())) if timestamp is None else timestamp
+    digest = hmac.new(key.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return {"X-Timestamp": timestamp, "X-Signature": f"sha256={digest}", "Content-Type": "application/json"}
+
+
+async def post_generic(
+    client: httpx.AsyncClient,
+    *,
+    to: str,
+    sender: str,
+    text: str,
+    headers: Sequence[tuple[str, str]] = (),
+) -> httpx.Response:
+    payload = {
+        "from": sender,
+        "to": to,
+        "text": text,
+        "headers": {"Message-ID": _message_id(), **dict(headers)},
+    }
+    body = json.dumps(payload).encode()
+    return await client.post("/email/inbound/generic", content=body, headers=sign_generic(body))
+
+
+async def post_reply(
+    provider: str, client: httpx.AsyncClient, *, to: str, sender: str, text: str, **extra: Any
+) -> httpx.Response:
+    posts: dict[str, Callable[..., Awaitable[httpx.Response]]] = {
+        "mailgun": post_mailgun,
+        "sendgrid": post_sendgrid,
+        "postmark": post_postmark,
+        "generic": post_generic,
+    }
+    return await posts[provider](client, to=to, sender=sender, text=text, **extra)
+
+
+def text_of(message: EmailMessage) -> str:
+    part = message.get_body(("plain",))
+    assert part is not None
+    return cast(str, cast(EmailMessage, part).get_content())
+
+
+def html_of(message: EmailMessage) -> str:
+    part = message.get_body(("html",))
+    assert part is not None
+    return cast(str, cast(EmailMessage, part).get_content())
+
+
+# -- the request, and decisions through every provider -----------------------------------------
+
+GMAIL_QUOTE = (
+    "\n\nOn Tue, Nov 25, 2026 at 10:02 AM Approvals <\napprovals+x@replies.company.com> wrote:\n"
+    "> An agent wants to make this call\n> approve\n"
+)
+
+
+async def test_request_mail_then_approve_by_mailgun_reply_and_follow_ups(inbox: Inbox) -> None:
+    channel = make_channel(inbox)
+    async with running(channel) as (hl, client), anyio.create_task_group() as tg:
+
+        @hl.require_approval(context={"customer": "ACME <corp>"})
+        async def send_email(to: str, subject: str, api_key: str = "sk-live-123") -> str:
+            """Send an email to a customer."""
+            return f"sent to {to}"
+
+        calls = Calls(tg)
+        calls.start(lambda: send_email("bob@acme.com", "Renewal"))
+        [request] = await wait_pending(hl)
+        sent = await inbox.wait(2)
+        assert sorted(m["To"] for m in sent) == [ALICE, BOB]
+        to_alice = inbox.received_by(ALICE)[0]
+        assert to_alice["Subject"].startswith("[Approval needed] send_email(to='bob@acme.com'")
+        assert to_alice["From"] == "Approvals <approvals@company.com>"
+        assert to_alice["Date"] and to_alice["Message-ID"] == f"<hl.{request.id}.0@company.com>"
+        tokens = {m["To"]: REPLY_TO.fullmatch(m["Reply-To"]) for m in sent}
+        assert all(tokens.values()) and tokens[ALICE] != tokens[BOB]
+        assert len(to_alice["Reply-To"].partition("@")[0]) <= 64
+        body = text_of(to_alice)
+        for expected in (
+            "send_email(",
+            "Send an email to a customer.",
+            "subject: Renewal",
+            "customer: ACME <corp>",
+        ):
+            assert expected in body
+        assert f"Expires: {request.expires_at:%Y-%m-%d %H:%M:%S} UTC" in body
+        assert "deny: <reason>" in body and "api_key: ***" in body and "sk-live-123" not in body
+        assert "ACME &lt;corp&gt;" in html_of(to_alice) and "sk-live-123" not in html_of(to_alice)
+
+        response = await post_mailgun(
+            client,
+            to=to_alice["Reply-To"],
+            sender="Alice Example <Alice@Company.com>",
+            text="Approved, go ahead" + GMAIL_QUOTE,
+            stripped="Approved, go ahead",
+        )
+        assert response.status_code == 200 and response.json() == {"status": "approved"}
+        follow_ups = (await inbox.wait(4))[2:]
+    assert calls.results == ["sent to bob@acme.com"]
+    decided = await hl.get(request.id)
+    assert decided.decision is not None
+    assert (decided.decision.by, decided.decision.via, decided.decision.comment) == (
+        ALICE,
+        "email",
+        "go ahead",
+    )
+    assert sorted(m["To"] for m in follow_ups) == [ALICE, BOB]
+    for follow_up in follow_ups:
+        index = 0 if follow_up["To"] == ALICE else 1
+        assert follow_up["In-Reply-To"] == follow_up["References"] == f"<hl.{request.id}.{index}@company.com>"
+        assert follow_up["Subject"] == f"Re: {to_alice['Subject']}"
+        assert f"approved by {ALICE} via email at " in text_of(follow_up) and "(go ahead)" in text_of(
+            follow_up
+        )
+
+
+OUTLOOK_REPLY = (
+    "deny: vendor not verified\r\n\r\nBob\r\n\r\n"
+    "-----Original Message-----\r\nFrom: Approvals <approvals@company.com>\r\n"
+    "Sent: Tuesday, November 25, 2026 10:02 AM\r\nTo: Bob\r\nSubject: [Approval needed]\r\n\r\n"
+    "approve\r\n"
+)
+
+
+@pytest.mark.parametrize("provider", ["sendgrid", "postmark", "generic"])
+async def test_deny_with_reason_from_an_outlook_reply(inbox: Inbox, provider: str) -> None:
+    channel = make_channel(inbox, provider)
+    async with running(channel) as (hl, client), anyio.create_task_group() as tg:
+
+        @hl.require_approval()
+        async def pay_invoice(vendor: str, amount: float) -> str:
+            return "paid"
+
+        calls = Calls(tg)
+        calls.start(lambda: pay_invoice("Initech", 1200.0))
+        [request] = await wait_pending(hl)
+        await inbox.wait(2)
+        reply_to = inbox.received_by(BOB)[0]["Reply-To"]
+        response = await post_reply(provider, client, to=reply_to, sender=f"Bob <{BOB}>", text=OUTLOOK_REPLY)
+        assert response.status_code == 200 and response.json() == {"status": "denied"}
+    [outcome] = calls.results
+    assert isinstance(outcome, ApprovalDenied)
+    assert (outcome.decision.by, outcome.decision.comment) == (BOB, "vendor not verified")
+    assert (await hl.get(request.id)).status is Status.DENIED
+
+
+async def test_human_as_tool_answer_is_the_reply_without_quotes(inbox: Inbox) -> None:
+    channel = make_channel(inbox, "generic")
+    async with running(channel) as (hl, client), anyio.create_task_group() as tg:
+        ask = hl.human_as_tool()
+        calls = Calls(tg)
+        calls.start(lambda: ask("Which region should the new cluster go to?"))
+        await wait_pending(hl)
+        question = (await inbox.wait(2))[0]
+        assert question["Subject"] == "[Question] Which region should the new cluster go to?"
+        assert "Which region should the new cluster go to?" in text_of(question)
+        text = "eu-west-1, close to the customers.\nNot us-east.\n\nOn Tue, A wrote:\n> Which region?\n"
+        response = await post_generic(client, to=question["Reply-To"], sender=question["To"], text=text)
+        assert response.json() == {"status": "approved"}
+    assert calls.results == ["eu-west-1, close to the customers.\nNot us-east."]
+
+
+async def test_a_late_reply_gets_who_decided_first(inbox: Inbox) -> None:
+    channel = make_channel(inbox)
+    async with running(channel) as (hl, client), anyio.create_task_group() as tg:
+
+        @hl.require_approval()
+        async def deploy() -> str:
+            return "deployed"
+
+        Calls(tg).start(deploy)
+        await wait_pending(hl)
+        await inbox.wait(2)
+        alice, bob = inbox.received_by(ALICE)[0], inbox.received_by(BOB)[0]
+        first = await post_mailgun(client, to=alice["Reply-To"], sender=ALICE, text="lgtm")
+        assert first.status_code == 200
+        with capture_logs() as logs:
+            late = await post_mailgun(client, to=bob["Reply-To"], sender=BOB, text="no")
+        assert late.status_code == 409 and late.text.startswith(f"already approved by {ALICE} via email")
+    assert any(e["event"] == "email.inbound_refused" and e["status"] == 409 for e in logs)
+
+
+# -- SMTP failures ---------------------------------------------------------------------------
+
+
+async def test_smtp_refusing_then_timing_out_is_retried_and_delivered(inbox: Inbox) -> None:
+    inbox.answers = ["451 4.3.0 try again later"]
+    inbox.stalls = 1
+    channel = make_channel(inbox, to=ALICE, smtp_username="mailer@company.com", smtp_password="smtp-pass")
+    with capture_logs() as logs:
+        async with running(channel) as (hl, client), anyio.create_task_group() as tg:
+
+            @hl.require_approval()
+            async def deploy() -> str:
+                return "deployed"
+
+            calls = Calls(tg)
+            calls.start(deploy)
+            [mail] = await inbox.wait(1)
+            await wait_pending(hl)
+            response = await post_mailgun(client, to=mail["Reply-To"], sender=ALICE, text="approve")
+            assert response.status_code == 200
+    assert calls.results == ["deployed"]
+    retries = [e for e in logs if e["event"] == "email.smtp_retry"]
+    assert len(retries) == 2 and {"Timed out" in r["error"] or "451" in r["error"] for r in retries} == {True}
+    assert "451" in retries[0]["error"] + retries[1]["error"]
+    assert inbox.logins[0] == (b"mailer@company.com", b"smtp-pass")
+    assert "smtp-pass" not in repr(logs) and "smtp-pass" not in repr(channel)
+
+
+async def test_every_attempt_refused_fails_the_request_with_channel_error(inbox: Inbox) -> None:
+    inbox.always = "451 4.3.0 mailbox busy"
+    channel = make_channel(inbox)
+    with capture_logs() as logs:
+        async with running(channel) as (hl, _):
+
+            @hl.require_approval(on_reject="return")
+            async def deploy() -> str:
+                return "deployed"
+
+            with pytest.raises(ChannelError, match="451"):
+                await deploy()
+            [request_id] = [e["request_id"] for e in logs if e["event"] == "approval.requested"]
+            failed = await hl.get(request_id)
+    assert failed.status is Status.FAILED
+    assert failed.decision is not None and "email" in (failed.decision.comment or "")
+    assert len([e for e in logs if e["event"] == "email.smtp_retry"]) == 2
+    assert inbox.messages == []
+
+
+async def test_an_unreachable_server_is_a_channel_error(inbox: Inbox) -> None:
+    with socket_closed() as port:
+        channel = make_channel(inbox)
+        channel.smtp_port = port
+        async with running(channel) as (hl, _):
+
+            @hl.require_approval()
+            async def deploy() -> str:
+                return "deployed"
+
+            with pytest.raises(ChannelError, match="could not deliver"):
+                await deploy()
+
+
+@contextlib.contextmanager
+def socket_closed() -> Any:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    yield port
+
+
+async def test_a_recipient_refused_for_good_is_not_retried_and_gets_no_follow_up(inbox: Inbox) -> None:
+    inbox.unknown = {BOB}
+    channel = make_channel(inbox)
+    with capture_logs() as logs:
+        async with running(channel) as (hl, client), anyio.create_task_group() as tg:
+
+            @hl.require_approval()
+            async def deploy() -> str:
+                return "deployed"
+
+            Calls(tg).start(deploy)
+            [request] = await wait_pending(hl)
+            [mail] = await inbox.wait(1)
+            assert mail["To"] == ALICE
+            assert (
+                await post_mailgun(client, to=mail["Reply-To"], sender=ALICE, text="yes")
+            ).status_code == 200
+            await inbox.wait(2)
+    assert [m["To"] for m in inbox.messages] == [ALICE, ALICE]
+    assert inbox.messages[1]["In-Reply-To"] == f"<hl.{request.id}.0@company.com>"
+    assert not [e for e in logs if e["event"] == "email.smtp_retry"]
+    assert [e["to"] for e in logs if e["event"] == "email.undelivered"] == [[BOB]]
+
+
+async def test_timeout_and_cancellation_follow_ups(inbox: Inbox) -> None:
+    channel = make_channel(inbox, to=ALICE)
+    async with running(channel, timeout=0.3) as (hl, _):
+
+        @hl.require_approval()
+        async def deploy() -> str:
+            return "deployed"
+
+        @hl.require_approval(timeout=60)
+        async def rollback() -> str:
+            return "rolled back"
+
+        with pytest.raises(ApprovalTimeout):
+            await deploy()
+        with anyio.move_on_after(0.2):
+            await rollback()
+        messages = await inbox.wait(4)
+    requests = {m["Subject"].split("] ")[1]: m for m in messages if "In-Reply-To" not in m}
+    follow_ups = {m["In-Reply-To"]: text_of(m) for m in messages if "In-Reply-To" in m}
+    assert "timed out via timeout" in follow_ups[requests["deploy()"]["Message-ID"]]
+    assert "cancelled via caller" in follow_ups[requests["rollback()"]["Message-ID"]]
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMTP_HOST", "smtp.company.com")
+    monkeypatch.setenv("SMTP_PORT", "2525")
+    monkeypatch.setenv("SMTP_USERNAME", "approvals@company.com")
+    monkeypatch.setenv("SMTP_PASSWORD", "hunter2-smtp")
+    monkeypatch.setenv("HUMANLAYER_SECRET", "fleet-secret")
+    channel = EmailChannel(to="approvals@company.com", inbound_secret="whsec-abc")
+    assert (channel.smtp_host, channel.smtp_port, channel.sender) == (
+        "smtp.company.com",
+        2525,
+        "approvals@company.com",
+    )
+    assert channel.reply_to == "approvals@company.com" and channel.approvers == ("approvals@company.com",)
+    assert [route.path for route in channel.routes()] == ["/email/inbound/generic"]  # type: ignore[attr-defined]
+    shown = repr(channel)
+    assert "smtp.company.com" in shown
+    for secret in ("hunter2-smtp", "fleet-secret", "whsec-abc"):
+        assert secret not in shown
+
+
+def test_a_missing_host_or_sender_and_bad_values_name_what_is_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SMTP_HOST", "SMTP_PORT", "SMTP_USERNAME", "SMTP_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigurationError, match="SMTP_HOST"):
+        EmailChannel(to="a@company.com", sender="b@company.com")
+    with pytest.raises(ConfigurationError, match="sender="):
+        EmailChannel(to="a@company.com", smtp_host="localhost")
+    with pytest.raises(ConfigurationError, match="inbound must be one of"):
+        EmailChannel(to="a@company.com", sender="b@company.com", smtp_host="h", inbound="imap")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="at most 19"):
+        EmailChannel(to="a@company.com", sender="a-very-long-approvals-box@company.com", smtp_host="h")
+    with pytest.raises(ConfigurationError, match="to must be"):
+        EmailChannel(to="not an address", sender="b@company.com", smtp_host="h")
+    with pytest.raises(ConfigurationError, match="exclude each other"):
+        EmailChannel(to="a@company.com", sender="b@company.com", smtp_host="h", use_tls=True, start_tls=True)
+    monkeypatch.setenv("SMTP_PORT", "smtp")
+    with pytest.raises(ConfigurationError, match="SMTP_PORT"):
+        EmailChannel(to="a@company.com", sender="b@company.com", smtp_host="h")
+
+
+def test_without_a_token_secret_a_random_key_and_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HUMANLAYER_SECRET", raising=False)
+    with capture_logs() as logs:
+        first = EmailChannel(to="a@company.com", sender="b@company.com", smtp_host="h", smtp_port=25)
+        second = EmailChannel(to="a@company.com", sender="b@company.com", smtp_host="h", smtp_port=25)
+    assert [e["event"] for e in logs] == ["email.ephemeral_token_key"] * 2
+    request_id = secrets.token_hex(16)
+    token = first._reply_address(request_id, 0).partition("+")[2].partition("@")[0]
+    assert first._tokens.read(token, first.to) == (request_id, 0)
+    assert second._tokens.read(token, second.to) is None
