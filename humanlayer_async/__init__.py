@@ -11,12 +11,15 @@
 from ._audit import AuditEntry
 from ._client import HumanLayer
 from ._exceptions import (
+    AlreadyExecuted,
     ApprovalDenied,
     ApprovalTimeout,
+    ArgumentsChanged,
     ChannelError,
     ConfigurationError,
     HumanLayerError,
     NotAnApprover,
+    OutcomeUnknown,
     StoreError,
     UnknownRequest,
 )
@@ -27,9 +30,11 @@ from ._render import mask_secrets
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlreadyExecuted",
     "ApprovalDenied",
     "ApprovalRequest",
     "ApprovalTimeout",
+    "ArgumentsChanged",
     "AuditEntry",
     "ChannelError",
     "ConfigurationError",
@@ -37,6 +42,7 @@ __all__ = [
     "HumanLayer",
     "HumanLayerError",
     "NotAnApprover",
+    "OutcomeUnknown",
     "Status",
     "StoreError",
     "UnknownRequest",

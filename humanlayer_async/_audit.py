@@ -10,6 +10,8 @@ Events, each with ``request_id`` bound:
 - ``approval.executing``  an approved tool started
 - ``approval.executed``   an approved tool ran (ok or the error's type)
 - ``approval.failed``     no channel could deliver it
+- ``approval.reattached`` a replayed call of a run found its earlier request (durable stores)
+- ``approval.outcome_unknown``  a replayed call found its tool started and never finished
 
 The library never configures logging: events go through ``structlog.get_logger()`` and
 appear however the application has set structlog up.
@@ -35,11 +37,13 @@ AuditEvent = Literal[
     "approval.executing",
     "approval.executed",
     "approval.failed",
+    "approval.reattached",
+    "approval.outcome_unknown",
 ]
 
 logger = structlog.get_logger("humanlayer_async")
 
-_WARNINGS = frozenset({"approval.timed_out", "approval.failed"})
+_WARNINGS = frozenset({"approval.timed_out", "approval.failed", "approval.outcome_unknown"})
 
 
 @dataclass(frozen=True, slots=True)

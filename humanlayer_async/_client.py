@@ -5,22 +5,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import math
 import secrets
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import replace
+from collections import Counter
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, Self, TypeVar, cast, overload
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskGroup, TaskStatus
 from starlette.applications import Starlette
 
 from ._audit import AuditEvent, logger, make_entry
 from ._bridge import Bridge
-from ._exceptions import ChannelError, ConfigurationError, HumanLayerError, NotAnApprover
+from ._codec import digest, dumps
+from ._exceptions import (
+    AlreadyExecuted,
+    ChannelError,
+    ConfigurationError,
+    HumanLayerError,
+    NotAnApprover,
+    OutcomeUnknown,
+    StoreError,
+)
 from ._gate import (
     Condition,
     ContextHook,
@@ -31,12 +53,12 @@ from ._gate import (
     gate,
     refusal,
 )
-from ._models import ApprovalRequest, Decision, Kind, Status
+from ._models import ApprovalRequest, Decision, Execution, Kind, Status
 from ._registry import EXPIRED, Registry
 from ._render import Render, mask_secrets
 from .channels.base import Channel, Decider, ListenerAware
 from .listener import Listener, build_app
-from .stores.base import Store
+from .stores.base import DurableStore, Store
 from .stores.memory import MemoryStore
 
 __all__ = ["HumanLayer"]
@@ -51,6 +73,24 @@ _FINAL_EVENTS: dict[Status, AuditEvent] = {
     Status.CANCELLED: "approval.cancelled",
     Status.FAILED: "approval.failed",
 }
+
+
+@dataclass(slots=True)
+class _Run:
+    """One agent run: its id, and how often each call was made in it (for re-attach keys)."""
+
+    run_id: str
+    calls: Counter[str] = field(default_factory=Counter)
+
+    def key(self, qualname: str, arguments_digest: str) -> str:
+        """The next re-attach key for this call: the n-th identical call gets occurrence n."""
+        call = f"{qualname}\0{arguments_digest}"
+        occurrence = self.calls[call]
+        self.calls[call] += 1
+        return hashlib.sha256(f"{self.run_id}\0{call}\0{occurrence}".encode()).hexdigest()
+
+
+_current_run: ContextVar[_Run | None] = ContextVar("humanlayer_run", default=None)
 
 
 def _seconds(value: float | timedelta, what: str) -> float:
@@ -124,7 +164,9 @@ class HumanLayer:
             sentence, for loops that hand tool results to an LLM).
         listen: ``"host:port"`` for the embedded listener, or ``None`` to mount
             ``asgi_app`` in your own server.
-        run_id: Names the agent run; durable stores use it to re-attach after a restart.
+        run_id: Names the agent run; with a durable store, a restarted process that
+            makes the same gated call again re-attaches to its request instead of asking
+            twice (see ``run()`` to name runs per task).
         render: Turns a call's arguments into what approvers, stores and logs see.
             Default: ``mask_secrets``.
     """
@@ -146,10 +188,13 @@ class HumanLayer:
         if store is not None and not isinstance(store, Store):
             raise ConfigurationError(f"{store!r} is not a Store (see humanlayer_async.stores.base)")
         self._store: Store = MemoryStore() if store is None else store
+        self._durable: DurableStore | None = self._store if isinstance(self._store, DurableStore) else None
         self._timeout = _seconds(timeout, "timeout")
         self._on_reject = _check_on_reject(on_reject)
         self._listen = _parse_listen(listen)
         self._run_id = run_id
+        self._default_run = None if run_id is None else _Run(run_id)
+        self._always_listen = False
         self._render = render
         self._decider: Decider = _ChannelDecider(self)
         self._bridge = Bridge()
@@ -184,7 +229,25 @@ class HumanLayer:
 
     @property
     def run_id(self) -> str | None:
-        return self._run_id
+        """The run the current task's gated calls belong to (``run()``, else the constructor's)."""
+        run = _current_run.get() or self._default_run
+        return None if run is None else run.run_id
+
+    @contextlib.contextmanager
+    def run(self, run_id: str) -> Iterator[None]:
+        """Make the gated calls in this block one run named ``run_id``, for re-attach.
+
+        Holds for the current task and the tasks it starts inside the block. With a
+        durable store, a gated call whose request from an earlier process of the same
+        run is still there re-attaches to it (``with hl.run("invoice-42"): ...``).
+        """
+        if not run_id:
+            raise ConfigurationError("run_id must be a non-empty string")
+        token = _current_run.set(_Run(run_id))
+        try:
+            yield
+        finally:
+            _current_run.reset(token)
 
     @property
     def asgi_app(self) -> Starlette:
@@ -384,6 +447,19 @@ class HumanLayer:
 
     # -- lifecycle ---------------------------------------------------------------------
 
+    async def serve(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
+        """Run the listener, the channels and the store follower until cancelled.
+
+        For processes that only take callbacks (``humanlayer-async serve APP``): the
+        listener serves ``GET /healthz`` even when no channel has routes. Needs ``listen``.
+        """
+        if self._listen is None:
+            raise ConfigurationError("serve() needs listen='host:port' on the HumanLayer")
+        self._always_listen = True
+        async with self:
+            task_status.started()
+            await anyio.sleep_forever()
+
     async def __aenter__(self) -> Self:
         await self._ensure_started()
         return self
@@ -446,7 +522,9 @@ class HumanLayer:
                 for key, channel in list(self._all_channels.items()):
                     await task_group.start(channel.run, self._decider)
                     self._started_channels.add(key)
-                if self._listen is not None and any(c.routes() for c in self._all_channels.values()):
+                if self._listen is not None and (
+                    self._always_listen or any(c.routes() for c in self._all_channels.values())
+                ):
                     self._listener = Listener(self.asgi_app, *self._listen)
                     await task_group.start(self._listener.serve)
                     for channel in self._all_channels.values():
@@ -509,7 +587,12 @@ class HumanLayer:
         await self._store.record(make_entry(event, request_id, **fields))
 
     async def ask(self, spec: RequestSpec) -> Decision:
-        """Store a request, deliver it, and wait for the decision that stands."""
+        """Store a request, deliver it, and wait for the decision that stands.
+
+        With a durable store and a run, a call whose request an earlier process of the
+        run left behind re-attaches to it instead: it waits for that request (no second
+        message) or gets its decision at once.
+        """
         await self._ensure_started()
         assert self._loop is not None and self._registry is not None
         channels = self._channels if spec.channels is None else spec.channels
@@ -518,6 +601,7 @@ class HumanLayer:
                 await self._start_channel(channel)
         timeout = self._timeout if spec.timeout is None else spec.timeout
         now = datetime.now(UTC)
+        run = _current_run.get() or self._default_run
         request = ApprovalRequest(
             id=secrets.token_hex(16),
             kind=spec.kind,
@@ -527,11 +611,18 @@ class HumanLayer:
             approvers=spec.approvers,
             created_at=now,
             expires_at=now + timedelta(seconds=timeout),
-            run_id=self._run_id,
+            run_id=None if run is None else run.run_id,
             message=spec.message,
             doc=spec.doc,
         )
+        if self._durable is not None:
+            return await self._ask_durable(self._durable, request, spec, channels, run)
         await self._store.create(request)
+        await self._audit_requested(request)
+        future = self._registry.wait(request.id, self._loop.time() + timeout)
+        return await self._wait(request, channels, future, {}, deliver=True)
+
+    async def _audit_requested(self, request: ApprovalRequest) -> None:
         await self.audit(
             "approval.requested",
             request.id,
@@ -540,16 +631,88 @@ class HumanLayer:
             kwargs=request.kwargs,
             expires_at=request.expires_at.isoformat(),
         )
-        future = self._registry.wait(request.id, self._loop.time() + timeout)
-        refs: dict[int, str | None] = {}
+
+    async def _ask_durable(
+        self,
+        store: DurableStore,
+        request: ApprovalRequest,
+        spec: RequestSpec,
+        channels: Sequence[Channel],
+        run: _Run | None,
+    ) -> Decision:
+        """``ask`` on a durable store: bind the arguments' digest, and re-attach within a run."""
+        assert self._loop is not None and self._registry is not None
+        arguments = digest(spec.kwargs)  # a StoreError naming an argument without a JSON form
+        key = None if run is None else run.key(spec.qualname or spec.function, arguments)
+        request = replace(request, key=key, digest=arguments)
+        lifetime = (request.expires_at - request.created_at).total_seconds()
+        # Wait before storing: another process may decide as soon as the request is stored.
+        future = self._registry.wait(request.id, self._loop.time() + lifetime)
         try:
-            await self._deliver(request, channels, refs)
+            stored = await store.create_or_attach(request)
+        except BaseException:
+            self._registry.discard(request.id)
+            raise
+        if stored.id == request.id:
+            await self._audit_requested(request)
+            return await self._wait(request, channels, future, {}, deliver=True)
+        self._registry.discard(request.id)
+        await self.audit(
+            "approval.reattached",
+            stored.id,
+            function=stored.function,
+            run_id=stored.run_id,
+            status=stored.status,
+        )
+        if stored.decision is not None:
+            return stored.decision
+        remaining = (stored.expires_at - datetime.now(UTC)).total_seconds()
+        future = self._registry.wait(stored.id, self._loop.time() + max(0.0, remaining))
+        try:
+            refs = await self._delivered(store, stored, channels)
+            latest = await store.get(stored.id)  # decided between attaching and waiting?
+        except BaseException:
+            self._registry.discard(stored.id)
+            raise
+        if latest.decision is not None:
+            self._registry.resolve(latest.decision)
+        return await self._wait(stored, channels, future, refs, deliver=False)
+
+    async def _delivered(
+        self, store: DurableStore, request: ApprovalRequest, channels: Sequence[Channel]
+    ) -> dict[int, str | None]:
+        """Where an earlier process delivered ``request``, from the audit trail, for updates."""
+        index = {channel.name: position for position, channel in enumerate(channels)}
+        return {
+            index[entry.fields["channel"]]: entry.fields.get("ref")
+            for entry in await store.history(request_id=request.id)
+            if entry.event == "approval.delivered" and entry.fields.get("channel") in index
+        }
+
+    async def _wait(
+        self,
+        request: ApprovalRequest,
+        channels: Sequence[Channel],
+        future: asyncio.Future[Decision | None],
+        refs: dict[int, str | None],
+        *,
+        deliver: bool,
+    ) -> Decision:
+        """Deliver a new request, wait for its decision, settle a timeout or a cancellation."""
+        assert self._registry is not None
+        try:
+            if deliver:
+                await self._deliver(request, channels, refs)
             decision = await future
             if decision is EXPIRED:
                 decision = await self._settle(request.id, Status.TIMED_OUT, via="timeout")
         except ChannelError:
             raise
         except (anyio.get_cancelled_exc_class(), HumanLayerError) as exc:
+            if request.key is not None:
+                # A run's request outlives its caller: a restarted process re-attaches to it.
+                logger.info("approval.left_pending", request_id=request.id, run_id=request.run_id)
+                raise
             cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
             with anyio.CancelScope(shield=True):
                 decision = await self._settle(
@@ -564,6 +727,39 @@ class HumanLayer:
             self._registry.discard(request.id)
         self._spawn(self._update, replace(request, decision=decision), channels, refs)
         return decision
+
+    async def begin_execution(self, decision: Decision, spec: RequestSpec) -> Execution | None:
+        """Before an approved call runs: claim its one run in a durable store.
+
+        Returns an earlier run's recorded result for a replayed call; raises
+        ``OutcomeUnknown`` when an earlier run started and never finished, and
+        ``AlreadyExecuted`` when it finished without a JSON result.
+        """
+        if self._durable is not None:
+            earlier = await self._durable.begin_execution(decision.request_id, digest(spec.kwargs))
+            if earlier is not None and earlier.state == "executing":
+                await self.audit("approval.outcome_unknown", decision.request_id, function=spec.function)
+                raise OutcomeUnknown(decision.request_id, spec.function)
+            if earlier is not None:
+                if earlier.result is None:
+                    raise AlreadyExecuted(decision.request_id, spec.function, earlier.outcome)
+                return earlier
+        await self.audit("approval.executing", decision.request_id, function=spec.function)
+        return None
+
+    async def finish_execution(
+        self, decision: Decision, spec: RequestSpec, error: BaseException | None, result: Any
+    ) -> None:
+        """After an approved call: record how it ended (and, in a run, its JSON result)."""
+        outcome = "ok" if error is None else type(error).__name__
+        if self._durable is not None and not isinstance(error, anyio.get_cancelled_exc_class()):
+            # A cancelled tool stays "executing": whether its effect happened is unknown.
+            recorded = None
+            if error is None and (_current_run.get() or self._default_run) is not None:
+                with contextlib.suppress(StoreError):  # no JSON form: a replay gets AlreadyExecuted
+                    recorded = dumps(result, "result")
+            await self._durable.finish_execution(decision.request_id, outcome, recorded)
+        await self.audit("approval.executed", decision.request_id, function=spec.function, outcome=outcome)
 
     async def _deliver(
         self, request: ApprovalRequest, channels: Sequence[Channel], refs: dict[int, str | None]

@@ -9,7 +9,10 @@ Every exception the SDK raises on purpose derives from one root::
      ├── NotAnApprover           the person deciding is not on the request's allowlist
      ├── ConfigurationError      a constructor argument or environment variable is wrong
      ├── ChannelError            a channel could not deliver or update a message
-     └── StoreError              the store could not read or write
+     ├── StoreError              the store could not read or write
+     ├── AlreadyExecuted         a re-attached call already ran; it does not run twice
+     ├── OutcomeUnknown          a re-attached call started but never finished; it does not run again
+     └── ArgumentsChanged        the approval was given for other arguments than this call's
 
 Errors from third-party libraries (slack_sdk, aiosmtplib, asyncpg, ...) are converted
 at the channel or store boundary into ``ChannelError`` or ``StoreError``, keeping the
@@ -24,12 +27,15 @@ if TYPE_CHECKING:
     from ._models import Decision
 
 __all__ = [
+    "AlreadyExecuted",
     "ApprovalDenied",
     "ApprovalTimeout",
+    "ArgumentsChanged",
     "ChannelError",
     "ConfigurationError",
     "HumanLayerError",
     "NotAnApprover",
+    "OutcomeUnknown",
     "StoreError",
     "UnknownRequest",
 ]
@@ -82,3 +88,45 @@ class ChannelError(HumanLayerError):
 
 class StoreError(HumanLayerError):
     """The store could not read or write a request or decision."""
+
+
+class AlreadyExecuted(HumanLayerError):
+    """A re-attached call's approved request already ran, and left no JSON result to return.
+
+    Raised instead of running the tool a second time (at most once, never twice).
+    ``outcome`` is ``"ok"`` or the type name of what the earlier run raised.
+    """
+
+    def __init__(self, request_id: str, function: str, outcome: str | None) -> None:
+        super().__init__(
+            f"{function} already ran for request {request_id!r} (outcome: {outcome or 'unknown'}) "
+            "and recorded no JSON result; it does not run again"
+        )
+        self.request_id = request_id
+        self.outcome = outcome
+
+
+class OutcomeUnknown(HumanLayerError):
+    """A re-attached call's approved request started running and never finished.
+
+    The process died inside the tool, so nobody knows whether its effect happened. The
+    SDK does not run it again; a person has to look (the audit trail says so too).
+    """
+
+    def __init__(self, request_id: str, function: str) -> None:
+        super().__init__(
+            f"{function} started for request {request_id!r} but never finished (the process "
+            "running it stopped); it does not run again: check its effect by hand"
+        )
+        self.request_id = request_id
+
+
+class ArgumentsChanged(HumanLayerError):
+    """The stored request's argument digest differs from this call's: its approval does not apply."""
+
+    def __init__(self, request_id: str, function: str) -> None:
+        super().__init__(
+            f"request {request_id!r} was approved for other arguments than this call of {function}; "
+            "it did not run"
+        )
+        self.request_id = request_id

@@ -13,8 +13,9 @@ import anyio
 import anyio.to_thread
 
 from ._audit import AuditEvent, logger
+from ._codec import loads
 from ._exceptions import ApprovalDenied, ApprovalTimeout
-from ._models import Decision, Kind, Status
+from ._models import Decision, Execution, Kind, Status
 from ._render import Render
 
 if TYPE_CHECKING:
@@ -54,14 +55,29 @@ class RequestSpec:
     channels: Sequence[Channel] | None
     doc: str | None = None
     message: str | None = None
+    qualname: str | None = None
+    """The function's ``module.qualname``: part of the re-attach key (``function`` when None)."""
 
 
 class Asker(Protocol):
-    """What the gate needs from the client: open a request and wait for its decision."""
+    """What the gate needs from the client: open a request, wait for its decision, track the run."""
 
     async def ask(self, spec: RequestSpec) -> Decision: ...
 
     async def audit(self, event: AuditEvent, request_id: str, **fields: Any) -> None: ...
+
+    async def begin_execution(self, decision: Decision, spec: RequestSpec) -> Execution | None:
+        """Before an approved call runs: ``None`` to run it now, or an earlier run's recorded result.
+
+        Raises ``AlreadyExecuted`` / ``OutcomeUnknown`` when an earlier run forbids this one.
+        """
+        ...
+
+    async def finish_execution(
+        self, decision: Decision, spec: RequestSpec, error: BaseException | None, result: Any
+    ) -> None:
+        """After an approved call returned ``result`` or raised ``error``."""
+        ...
 
 
 class Gated(Protocol):
@@ -133,6 +149,7 @@ def gate(
     """Wrap ``func`` so that a call runs only after a human approves it (when ``condition`` holds)."""
     signature = inspect.signature(func)
     name = getattr(func, "__name__", None) or repr(func)
+    qualname = f"{getattr(func, '__module__', None)}.{getattr(func, '__qualname__', name)}"
     doc = inspect.getdoc(func)
     is_async = _is_async(func)
 
@@ -178,6 +195,7 @@ def gate(
             timeout=timeout,
             channels=channels,
             doc=doc,
+            qualname=qualname,
         )
         decision = await asker.ask(spec)
         if not decision.approved:
@@ -185,19 +203,19 @@ def gate(
             if on_reject == "return":
                 return str(denied)
             raise denied
-        await asker.audit("approval.executing", decision.request_id, function=name)
+        earlier = await asker.begin_execution(decision, spec)
+        if earlier is not None and earlier.result is not None:
+            return loads(earlier.result)  # a replayed call: the recorded result, not a second run
         token = _current_decision.set(decision)
         try:
             result = await run(args, kwargs)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                await asker.audit(
-                    "approval.executed", decision.request_id, function=name, outcome=type(exc).__name__
-                )
+                await asker.finish_execution(decision, spec, exc, None)
             raise
         finally:
             _current_decision.reset(token)
-        await asker.audit("approval.executed", decision.request_id, function=name, outcome="ok")
+        await asker.finish_execution(decision, spec, None, result)
         return result
 
     return cast(Callable[..., Coroutine[Any, Any, Any]], gated)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-__all__ = ["ApprovalRequest", "Decision", "Kind", "Status"]
+__all__ = ["ApprovalRequest", "Decision", "Execution", "Kind", "Status"]
 
 Kind = Literal["approval", "question"]
 
@@ -45,6 +45,21 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class Execution:
+    """How far an approved call got, as a durable store recorded it.
+
+    ``state`` is ``"executing"`` once the tool started and ``"executed"`` once it
+    returned or raised; ``outcome`` is then ``"ok"`` or the type name of what it raised.
+    ``result`` is the JSON text of what it returned, kept for calls made in a run
+    (``run_id``) so that a replay gets it back instead of running the tool again.
+    """
+
+    state: Literal["executing", "executed"]
+    outcome: str | None = None
+    result: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ApprovalRequest:
     """One gated call (``kind="approval"``) or one question to a human (``"question"``).
 
@@ -67,6 +82,12 @@ class ApprovalRequest:
     doc: str | None = None
     """The gated function's docstring, shown to approvers."""
     decision: Decision | None = field(default=None, compare=False)
+    key: str | None = None
+    """The re-attach key (run, function, argument digest, occurrence), for calls made in a run."""
+    digest: str | None = None
+    """The digest of the arguments as stored; an approval applies to these arguments only."""
+    execution: Execution | None = field(default=None, compare=False)
+    """How far the approved call got, when a durable store holds the request."""
 
     @property
     def status(self) -> Status:

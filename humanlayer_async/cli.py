@@ -11,6 +11,7 @@ import anyio
 import structlog
 
 from ._client import HumanLayer
+from ._commands import COMMANDS, add_commands, run_command
 from ._demo import run_demo
 from .channels.console import HELP, ConsoleChannel
 
@@ -31,7 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run a scripted agent whose risky tools wait for you")
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds each approval waits")
+    add_commands(commands)
     args = parser.parse_args(argv)
+    if args.command in COMMANDS:
+        return run_command(args)
     # The demo is an application: it may set logging up (the library never does).
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     try:

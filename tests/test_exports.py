@@ -11,9 +11,11 @@ import humanlayer_async.testing
 def test_top_level_names() -> None:
     assert humanlayer_async.__all__ == sorted(humanlayer_async.__all__)
     assert set(humanlayer_async.__all__) == {
+        "AlreadyExecuted",
         "ApprovalDenied",
         "ApprovalRequest",
         "ApprovalTimeout",
+        "ArgumentsChanged",
         "AuditEntry",
         "ChannelError",
         "ConfigurationError",
@@ -21,6 +23,7 @@ def test_top_level_names() -> None:
         "HumanLayer",
         "HumanLayerError",
         "NotAnApprover",
+        "OutcomeUnknown",
         "Status",
         "StoreError",
         "UnknownRequest",
@@ -40,18 +43,29 @@ def test_subpackage_names() -> None:
         "Decider",
         "EmailChannel",
     ]
-    assert humanlayer_async.stores.__all__ == ["MemoryStore", "Store", "StoreEvent"]
+    assert humanlayer_async.stores.__all__ == [
+        "DurableStore",
+        "MemoryStore",
+        "PostgresStore",
+        "SQLiteStore",
+        "Store",
+        "StoreEvent",
+        "store_from_url",
+    ]
     assert humanlayer_async.testing.__all__ == ["AutoChannel", "Rule"]
 
 
 def test_exception_tree() -> None:
     from humanlayer_async import (
+        AlreadyExecuted,
         ApprovalDenied,
         ApprovalTimeout,
+        ArgumentsChanged,
         ChannelError,
         ConfigurationError,
         HumanLayerError,
         NotAnApprover,
+        OutcomeUnknown,
         StoreError,
         UnknownRequest,
     )
@@ -64,5 +78,8 @@ def test_exception_tree() -> None:
         ConfigurationError,
         ChannelError,
         StoreError,
+        AlreadyExecuted,
+        OutcomeUnknown,
+        ArgumentsChanged,
     ):
         assert issubclass(error, HumanLayerError)

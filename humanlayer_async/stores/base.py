@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Literal, Protocol, runtime_checkable
 
 from .._audit import AuditEntry
-from .._models import ApprovalRequest, Decision, Kind
+from .._models import ApprovalRequest, Decision, Execution, Kind
 
-__all__ = ["Store", "StoreEvent"]
+__all__ = ["DurableStore", "Store", "StoreEvent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,4 +64,44 @@ class Store(Protocol):
 
     async def aclose(self) -> None:
         """Release connections and files; ends every ``watch()`` iterator."""
+        ...
+
+
+@runtime_checkable
+class DurableStore(Store, Protocol):
+    """A store that outlives the process: what re-attach, the CLI and ``prune`` need.
+
+    Requests carry their arguments as JSON, a ``key`` for re-attach and the arguments'
+    ``digest``; an expired pending request is marked timed out by whichever process
+    reads it first.
+    """
+
+    async def create_or_attach(self, request: ApprovalRequest) -> ApprovalRequest:
+        """Store ``request``, unless one with its ``key`` exists: return the one that stands.
+
+        The returned request has ``request.id`` when it was created here.
+        """
+        ...
+
+    async def begin_execution(self, request_id: str, digest: str | None) -> Execution | None:
+        """Claim the approved request's one run: ``None`` when this caller may run it now.
+
+        Otherwise returns how far an earlier run got. Raises ``ArgumentsChanged`` when
+        ``digest`` differs from the stored one.
+        """
+        ...
+
+    async def finish_execution(self, request_id: str, outcome: str, result: str | None) -> None:
+        """Record that the run ended (``outcome``: ``"ok"`` or an exception's type name)."""
+        ...
+
+    async def history(
+        self, *, request_id: str | None = None, since: datetime | None = None
+    ) -> list[AuditEntry]:
+        """The audit trail, oldest first, optionally of one request or from ``since`` on."""
+        ...
+
+    async def prune(self, older_than: float | timedelta | None = None) -> int:
+        """Delete requests decided longer ago than ``older_than`` (default: the store's
+        retention); returns how many. The audit trail is kept."""
         ...

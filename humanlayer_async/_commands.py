@@ -1,0 +1,326 @@
+"""The operator commands of ``humanlayer-async``: serve, pending, approve, deny, cancel, answer, audit, prune.
+
+Each works against the store named by ``--store`` or ``HUMANLAYER_STORE`` and decides
+through ``HumanLayer.decide`` (approver allowlists, first decision wins, the audit
+trail), as ``--by`` (default: the OS user), ``via="cli"``. Tables for people, JSON with
+``--json``. Exit status: 0 done, 1 refused (unknown id, not an approver, already
+decided otherwise), 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import getpass
+import importlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import structlog
+
+from ._audit import AuditEntry
+from ._client import HumanLayer
+from ._codec import to_json
+from ._exceptions import ConfigurationError, HumanLayerError, NotAnApprover, UnknownRequest
+from ._models import ApprovalRequest, Decision, Status
+from ._render import describe_decision, format_value, summarize
+from .stores.base import DurableStore
+from .stores.url import store_from_url
+
+__all__ = ["COMMANDS", "add_commands", "run_command"]
+
+COMMANDS = ("serve", "pending", "approve", "deny", "cancel", "answer", "audit", "prune")
+
+_EXPECTED = {
+    "approve": Status.APPROVED,
+    "deny": Status.DENIED,
+    "cancel": Status.CANCELLED,
+    "answer": Status.APPROVED,
+}
+"""The status each deciding command asks for: another one standing means someone was first."""
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class _Refused(Exception):
+    """The command ran and the store said no: exit status 1."""
+
+
+def _duration(text: str) -> timedelta:
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 15m, 2h or 7d")
+    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+
+
+def _since(text: str) -> datetime:
+    """A duration back from now (``2h``) or an ISO 8601 time (UTC unless it says otherwise)."""
+    try:
+        return datetime.now(UTC) - _duration(text)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (15m, 2h, 7d) nor an ISO 8601 time"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def add_commands(commands: Any) -> None:
+    """Add the operator subcommands to the ``humanlayer-async`` parser's subparsers."""
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument(
+        "--store",
+        default=os.environ.get("HUMANLAYER_STORE"),
+        help="sqlite:///path/to/file.db or postgresql://... (default: $HUMANLAYER_STORE)",
+    )
+    store.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    by = argparse.ArgumentParser(add_help=False)
+    by.add_argument("--by", default=getpass.getuser(), help="who decides (default: the OS user)")
+
+    serve = commands.add_parser(
+        "serve", help="run an app's listener alone (callbacks for a fleet of agent processes)"
+    )
+    serve.add_argument("app", metavar="APP", help="module:attribute naming a HumanLayer, e.g. myapp.hl:hl")
+
+    pending = commands.add_parser("pending", parents=[store], help="list the requests waiting for a human")
+    pending.add_argument("--run-id", help="only the requests of this run")
+    pending.add_argument("--kind", choices=["approval", "question"], help="only approvals or questions")
+
+    approve = commands.add_parser("approve", parents=[store, by], help="approve a pending request")
+    approve.add_argument("id", help="the request id (or a unique prefix of a pending one)")
+    approve.add_argument("--comment", help="a note kept with the decision")
+
+    deny = commands.add_parser("deny", parents=[store, by], help="deny a pending request")
+    deny.add_argument("id", help="the request id (or a unique prefix of a pending one)")
+    deny.add_argument("--reason", required=True, help="why: the agent is told")
+
+    cancel = commands.add_parser("cancel", parents=[store, by], help="withdraw a pending request")
+    cancel.add_argument("id", help="the request id (or a unique prefix of a pending one)")
+    cancel.add_argument("--reason", help="why: the agent is told")
+
+    answer = commands.add_parser("answer", parents=[store, by], help="answer a pending question")
+    answer.add_argument("id", help="the request id (or a unique prefix of a pending one)")
+    answer.add_argument("text", help="the answer")
+
+    audit = commands.add_parser("audit", parents=[store], help="print the audit trail")
+    audit.add_argument("--since", type=_since, help="a duration back (15m, 2h, 7d) or an ISO 8601 time")
+    audit.add_argument("--request", help="only the entries of this request id")
+
+    prune = commands.add_parser("prune", parents=[store], help="delete long-decided requests")
+    prune.add_argument(
+        "--older-than", type=_duration, help="decided longer ago than this (default: the store's retention)"
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run one operator command; returns the exit status."""
+    # An application may set logging up (the library never does): quiet, except for serve.
+    level = logging.INFO if args.command == "serve" else logging.WARNING
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    try:
+        if args.command == "serve":
+            return _serve(args.app)
+        if not args.store:
+            raise ConfigurationError(
+                "no store: pass --store sqlite:///path or postgresql://..., or set HUMANLAYER_STORE"
+            )
+        store = store_from_url(args.store)
+        return anyio.run(_operate, store, args)
+    except KeyboardInterrupt:
+        return 130
+    except ConfigurationError as exc:
+        print(f"humanlayer-async {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except (_Refused, HumanLayerError) as exc:
+        print(f"humanlayer-async {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+def _load_app(spec: str) -> HumanLayer:
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigurationError(f"APP must be module:attribute (like uvicorn's), not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as uvicorn does: the app's module is where you run it
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+    for name in attribute.split("."):
+        try:
+            target = getattr(target, name)
+        except AttributeError:
+            raise ConfigurationError(f"{module_name!r} has no attribute {attribute!r}") from None
+    if not isinstance(target, HumanLayer):
+        raise ConfigurationError(f"{spec} is a {type(target).__name__}, not a HumanLayer")
+    return target
+
+
+def _serve(spec: str) -> int:
+    hl = _load_app(spec)
+
+    async def serve() -> None:
+        async with anyio.create_task_group() as task_group:
+            await task_group.start(hl.serve)
+            print(f"humanlayer-async: serving {spec} on {hl.url}", flush=True)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    break
+            task_group.cancel_scope.cancel()
+
+    anyio.run(serve)
+    return 0
+
+
+# -- store commands ------------------------------------------------------------------------
+
+
+async def _operate(store: DurableStore, args: argparse.Namespace) -> int:
+    hl = HumanLayer([], store=store, listen=None)
+    try:
+        command: Callable[[HumanLayer, DurableStore, argparse.Namespace], Awaitable[Any]] = _HANDLERS[
+            args.command
+        ]
+        result = await command(hl, store, args)
+    finally:
+        await hl.aclose()
+    if isinstance(result, Decision) and (
+        result.status is not _EXPECTED[args.command] or result.by != args.by or result.via != "cli"
+    ):
+        raise _Refused(f"request {result.request_id} was already {describe_decision(result)}")
+    return 0
+
+
+def _print(
+    args: argparse.Namespace, data: Any, headers: Sequence[str], rows: Sequence[Sequence[str]]
+) -> None:
+    if args.json:
+        print(json.dumps(to_json(data, "output"), indent=2))
+    elif rows:
+        widths = [max(len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(headers)]
+        for line in [headers, *rows]:
+            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
+async def _resolve(hl: HumanLayer, request_id: str) -> str:
+    """The full id: ``request_id`` itself, or the one pending request it is a prefix of."""
+    try:
+        return (await hl.get(request_id)).id
+    except UnknownRequest:
+        matches = [request.id for request in await hl.pending() if request.id.startswith(request_id)]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise _Refused(f"{request_id!r} is the prefix of {len(matches)} pending requests") from None
+        raise
+
+
+def _request_data(request: ApprovalRequest) -> dict[str, Any]:
+    data = dataclasses.asdict(request)
+    data["status"] = request.status.value
+    return data
+
+
+async def _pending(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -> None:
+    requests = await hl.pending(run_id=args.run_id, kind=args.kind)
+    now = datetime.now(UTC)
+    rows = [
+        (
+            request.short_id,
+            request.kind,
+            request.run_id or "-",
+            summarize(request),
+            f"{(request.expires_at - now).total_seconds() / 60:.0f} min",
+        )
+        for request in requests
+    ]
+    _print(args, [_request_data(r) for r in requests], ("ID", "KIND", "RUN", "CALL", "EXPIRES IN"), rows)
+    if not args.json and not requests:
+        print("nothing is pending")
+
+
+def _show_decision(args: argparse.Namespace, decision: Decision) -> Decision:
+    if args.json:
+        _print(args, dataclasses.asdict(decision), (), [])
+    else:
+        print(f"{decision.request_id}: {describe_decision(decision)}")
+    return decision
+
+
+async def _approve(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -> Decision:
+    request_id = await _resolve(hl, args.id)
+    return _show_decision(
+        args, await hl.decide(request_id, True, by=args.by, comment=args.comment, via="cli")
+    )
+
+
+async def _deny(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -> Decision:
+    request_id = await _resolve(hl, args.id)
+    return _show_decision(
+        args, await hl.decide(request_id, False, by=args.by, comment=args.reason, via="cli")
+    )
+
+
+async def _cancel(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -> Decision:
+    request = await hl.get(await _resolve(hl, args.id))
+    if not request.may_decide(args.by):
+        raise NotAnApprover(request.id, args.by)
+    return _show_decision(args, await hl.cancel(request.id, by=args.by, reason=args.reason, via="cli"))
+
+
+async def _answer(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -> Decision:
+    request_id = await _resolve(hl, args.id)
+    return _show_decision(args, await hl.respond(request_id, args.text, by=args.by, via="cli"))
+
+
+async def _audit(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -> None:
+    entries: list[AuditEntry] = await store.history(request_id=args.request, since=args.since)
+    rows = [
+        (
+            f"{entry.at:%Y-%m-%d %H:%M:%S}",
+            entry.request_id[:8],
+            entry.event.removeprefix("approval."),
+            ", ".join(f"{k}={format_value(v, 60)}" for k, v in entry.fields.items() if v is not None),
+        )
+        for entry in entries
+    ]
+    _print(
+        args,
+        [dataclasses.asdict(entry) for entry in entries],
+        ("AT (UTC)", "REQUEST", "EVENT", "DETAILS"),
+        rows,
+    )
+
+
+async def _prune(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -> None:
+    count = await store.prune(args.older_than)
+    if args.json:
+        _print(args, {"pruned": count}, (), [])
+    else:
+        print(f"pruned {count} decided request{'' if count == 1 else 's'}")
+
+
+_HANDLERS: dict[str, Callable[[HumanLayer, DurableStore, argparse.Namespace], Awaitable[Any]]] = {
+    "pending": _pending,
+    "approve": _approve,
+    "deny": _deny,
+    "cancel": _cancel,
+    "answer": _answer,
+    "audit": _audit,
+    "prune": _prune,
+}

@@ -1,0 +1,147 @@
+"""Rows of the durable stores: the columns they share and the records they map to.
+
+``SQLiteStore`` and ``PostgresStore`` keep the same tables in their own SQL dialects;
+turning requests, decisions and audit entries into column values and back is done
+here once for both. Timestamps are the one difference (epoch seconds in SQLite,
+``timestamptz`` in PostgreSQL), so callers pass their converter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, cast
+
+from .._audit import AuditEntry, AuditEvent, make_entry
+from .._codec import dumps, dumps_mapping, loads
+from .._models import ApprovalRequest, Decision, Execution, Kind, Status
+
+__all__ = [
+    "DEFAULT_RETENTION",
+    "SCHEMA_VERSION",
+    "Row",
+    "audit_row",
+    "decision_row",
+    "epoch",
+    "expired_decision",
+    "expiry_entry",
+    "request_row",
+    "retention_seconds",
+    "to_entry",
+    "to_request",
+]
+
+SCHEMA_VERSION = 1
+"""The version of the tables this SDK reads and writes; stores migrate older ones up to it."""
+
+DEFAULT_RETENTION = timedelta(days=30)
+
+ToDatetime = Callable[[Any], datetime]
+
+
+class Row(Protocol):
+    """A fetched row, by column name: ``sqlite3.Row`` or ``asyncpg.Record``."""
+
+    def __getitem__(self, column: str, /) -> Any: ...
+
+
+def retention_seconds(value: float | timedelta) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not seconds >= 0:
+        raise ValueError(f"retention must be a non-negative number of seconds, not {value!r}")
+    return seconds
+
+
+def request_row(request: ApprovalRequest) -> dict[str, Any]:
+    """The columns of a new request (timestamps excepted); ``StoreError`` names an unstorable argument."""
+    return {
+        "id": request.id,
+        "key": request.key,
+        "run_id": request.run_id,
+        "kind": request.kind,
+        "function": request.function,
+        "kwargs": dumps_mapping(request.kwargs, "argument"),
+        "context": dumps_mapping(request.context, "context entry"),
+        "approvers": json.dumps(list(request.approvers)),
+        "message": request.message,
+        "doc": request.doc,
+        "digest": request.digest,
+    }
+
+
+def decision_row(decision: Decision) -> dict[str, Any]:
+    """The decision columns (``decided_at`` excepted)."""
+    return {
+        "status": decision.status.value,
+        "approved": decision.approved,
+        "decided_by": decision.by,
+        "decided_via": decision.via,
+        "comment": decision.comment,
+        "answer": decision.answer,
+    }
+
+
+def expired_decision(request_id: str, at: datetime) -> Decision:
+    """The decision a store writes for a pending request it finds past its expiry."""
+    return Decision(request_id, False, Status.TIMED_OUT, None, "timeout", None, at)
+
+
+def expiry_entry(request_id: str) -> AuditEntry:
+    """The audit entry (and log line) of a request a store marked timed out."""
+    return make_entry("approval.timed_out", request_id, status=Status.TIMED_OUT.value, by=None, via="timeout")
+
+
+def to_request(row: Row, when: ToDatetime) -> ApprovalRequest:
+    """A stored row as an ``ApprovalRequest`` with its decision and execution."""
+    decision = None
+    if row["status"] != Status.PENDING.value:
+        decision = Decision(
+            request_id=row["id"],
+            approved=bool(row["approved"]),
+            status=Status(row["status"]),
+            by=row["decided_by"],
+            via=row["decided_via"],
+            comment=row["comment"],
+            decided_at=when(row["decided_at"]),
+            answer=row["answer"],
+        )
+    execution = None
+    if row["exec_state"] is not None:
+        execution = Execution(row["exec_state"], row["exec_outcome"], row["result"])
+    return ApprovalRequest(
+        id=row["id"],
+        kind=cast(Kind, row["kind"]),
+        function=row["function"],
+        kwargs=loads(row["kwargs"]),
+        context=loads(row["context"]),
+        approvers=tuple(loads(row["approvers"])),
+        created_at=when(row["created_at"]),
+        expires_at=when(row["expires_at"]),
+        run_id=row["run_id"],
+        message=row["message"],
+        doc=row["doc"],
+        decision=decision,
+        key=row["key"],
+        digest=row["digest"],
+        execution=execution,
+    )
+
+
+def audit_row(entry: AuditEntry) -> tuple[str, str, str]:
+    """``(request_id, event, fields as JSON)`` of an audit entry."""
+    return entry.request_id, entry.event, dumps(dict(entry.fields), f"audit field of {entry.event}")
+
+
+def to_entry(row: Row, when: ToDatetime) -> AuditEntry:
+    return AuditEntry(
+        event=cast(AuditEvent, row["event"]),
+        request_id=row["request_id"],
+        at=when(row["at"]),
+        fields=loads(row["fields"]),
+    )
+
+
+def epoch(value: float) -> datetime:
+    """Epoch seconds (SQLite's timestamps) as an aware UTC datetime."""
+    return datetime.fromtimestamp(value, UTC)

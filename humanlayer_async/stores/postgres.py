@@ -1,0 +1,549 @@
+"""PostgresStore: one database for a fleet of processes, decisions announced with NOTIFY.
+
+Requests, the audit trail and an event log live in tables of one schema, created and
+migrated by the store (versioned). ``decide`` is one conditional ``UPDATE``: across
+processes the first decision wins. Every new request and decision appends to the
+event log, whose sequence numbers follow commit order (writers take a transaction
+advisory lock just before appending), and sends ``NOTIFY`` with ids only.
+
+Each store keeps one dedicated connection that ``LISTEN``s, opened before its first
+write. When that connection drops (a server restart, ``pg_terminate_backend``) the
+store reconnects with backoff and catches up on the events it missed by sequence
+number, so a decision made meanwhile still wakes its waiter. Expiry uses the
+database's clock. asyncpg is imported on first use; its errors become ``StoreError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+
+from .._audit import AuditEntry, logger
+from .._exceptions import ArgumentsChanged, ConfigurationError, StoreError, UnknownRequest
+from .._models import ApprovalRequest, Decision, Execution, Kind, Status
+from ._rows import (
+    DEFAULT_RETENTION,
+    SCHEMA_VERSION,
+    audit_row,
+    decision_row,
+    expiry_entry,
+    request_row,
+    retention_seconds,
+    to_entry,
+    to_request,
+)
+from .base import StoreEvent
+
+if TYPE_CHECKING:
+    import asyncpg
+    from asyncpg.pool import PoolConnectionProxy
+
+    Connection = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
+
+__all__ = ["PostgresStore"]
+
+T = TypeVar("T")
+
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+_MAX_RECONNECT_DELAY = 5.0
+
+
+def _migrations(schema: str) -> dict[int, tuple[str, ...]]:
+    """Version → the statements that bring the previous version to it."""
+    return {
+        1: (
+            f"""CREATE TABLE {schema}.requests (
+                id text PRIMARY KEY,
+                key text UNIQUE,
+                run_id text,
+                kind text NOT NULL,
+                function text NOT NULL,
+                kwargs jsonb NOT NULL,
+                context jsonb NOT NULL,
+                approvers jsonb NOT NULL,
+                message text,
+                doc text,
+                digest text,
+                created_at timestamptz NOT NULL,
+                expires_at timestamptz NOT NULL,
+                status text NOT NULL DEFAULT 'pending',
+                approved boolean,
+                decided_by text,
+                decided_via text,
+                comment text,
+                answer text,
+                decided_at timestamptz,
+                exec_state text,
+                exec_outcome text,
+                result text
+            )""",
+            f"CREATE INDEX requests_pending ON {schema}.requests (created_at) WHERE status = 'pending'",
+            f"""CREATE TABLE {schema}.audit (
+                seq bigserial PRIMARY KEY,
+                request_id text NOT NULL,
+                event text NOT NULL,
+                at timestamptz NOT NULL,
+                fields jsonb NOT NULL
+            )""",
+            f"CREATE INDEX audit_request ON {schema}.audit (request_id, seq)",
+            f"""CREATE TABLE {schema}.events (
+                seq bigserial PRIMARY KEY,
+                kind text NOT NULL,
+                request_id text NOT NULL,
+                at timestamptz NOT NULL DEFAULT now()
+            )""",
+        )
+    }
+
+
+def _asyncpg() -> Any:
+    try:
+        import asyncpg
+    except ImportError as exc:
+        raise ConfigurationError(
+            "PostgresStore needs asyncpg: pip install 'humanlayer-async[postgres]'"
+        ) from exc
+    return asyncpg
+
+
+def _lock_id(text: str) -> int:
+    """A signed 64-bit advisory lock key for ``text``."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
+
+
+def _same(value: datetime) -> datetime:
+    return value
+
+
+class _Subscriber:
+    """One ``watch()`` iterator: the notifications it has not yielded yet."""
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[int, str, str]] = deque()
+        self.wake = anyio.Event()
+
+
+class PostgresStore:
+    """A durable store on PostgreSQL, shared by every process of a fleet.
+
+    Args:
+        dsn: A libpq connection URI (``postgresql://user:password@host:5432/db``).
+            It is never logged or shown in reprs.
+        schema: The schema holding the store's tables; created when missing. Give each
+            deployment (or test run) its own to keep them apart.
+        retention: How long ``prune()`` keeps decided requests. Default: 30 days.
+        min_size, max_size: The connection pool's bounds (plus one ``LISTEN`` connection).
+        connect_timeout: Seconds to wait for a connection.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "humanlayer",
+        retention: float | timedelta = DEFAULT_RETENTION,
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        _asyncpg()
+        if not _IDENTIFIER.fullmatch(schema):
+            raise ConfigurationError(
+                f"schema must be a lowercase SQL identifier (letters, digits, _), not {schema!r}"
+            )
+        self._dsn = dsn
+        self.schema = schema
+        self._retention = retention_seconds(retention)
+        self._pool_args: dict[str, Any] = {
+            "min_size": min_size,
+            "max_size": max_size,
+            "timeout": connect_timeout,
+            "server_settings": {"application_name": self.application_name},
+        }
+        self._channel = f"{schema}_events"
+        self._event_lock = _lock_id(f"humanlayer_async:{schema}:events")
+        self._pool: asyncpg.Pool[Any] | None = None
+        self._listen_conn: asyncpg.Connection[Any] | None = None
+        self._lost = False
+        self._baseline = 0
+        self._subscribers: set[_Subscriber] = set()
+        self._open_lock = anyio.Lock()
+        self._listen_lock = anyio.Lock()
+        self._closing = anyio.Event()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"PostgresStore(schema={self.schema!r})"
+
+    @property
+    def application_name(self) -> str:
+        """What the store's connections show as ``application_name`` in ``pg_stat_activity``."""
+        return f"humanlayer-async/{self.schema}"
+
+    # -- connections -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        asyncpg = _asyncpg()
+        try:
+            yield
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise StoreError(f"PostgreSQL ({self.schema}): {type(exc).__name__}: {exc}") from exc
+
+    async def _ready(self) -> asyncpg.Pool[Any]:
+        if self._pool is not None:
+            return self._pool
+        if self._closed:
+            raise StoreError(f"{self!r} is closed")
+        async with self._open_lock:
+            if self._pool is None:
+                with self._errors():
+                    pool = await _asyncpg().create_pool(self._dsn, **self._pool_args)
+                    try:
+                        async with pool.acquire() as conn:
+                            await self._migrate(conn)
+                        await self._listen()
+                        async with pool.acquire() as conn:
+                            self._baseline = await conn.fetchval(
+                                f"SELECT coalesce(max(seq), 0) FROM {self.schema}.events"
+                            )
+                    except BaseException:
+                        with anyio.CancelScope(shield=True):
+                            await pool.close()
+                        raise
+                self._pool = pool
+        return self._pool
+
+    async def _migrate(self, conn: Connection) -> None:
+        schema = self.schema
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_id(f"humanlayer_async:{schema}"))
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS {schema}.meta (version integer NOT NULL)")
+            version = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {schema}.meta")
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"schema {schema!r} has version {version}, newer than this SDK's "
+                    f"{SCHEMA_VERSION}: upgrade humanlayer-async"
+                )
+            migrations = _migrations(schema)
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in migrations[target]:
+                    await conn.execute(statement)
+                await conn.execute(f"DELETE FROM {schema}.meta")
+                await conn.execute(f"INSERT INTO {schema}.meta (version) VALUES ($1)", target)
+                logger.info("store.migrated", store=repr(self), version=target)
+
+    async def _listen(self) -> None:
+        """Open the dedicated connection and ``LISTEN`` on it."""
+        conn = await _asyncpg().connect(
+            self._dsn,
+            timeout=self._pool_args["timeout"],
+            server_settings=self._pool_args["server_settings"],
+        )
+        try:
+            await conn.add_listener(self._channel, self._notified)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+            raise
+        conn.add_termination_listener(self._terminated)
+        self._listen_conn = conn
+        self._lost = False
+
+    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        seq, kind, request_id = str(payload).split(":", 2)
+        for subscriber in self._subscribers:
+            subscriber.items.append((int(seq), kind, request_id))
+            subscriber.wake.set()
+
+    def _terminated(self, conn: object) -> None:
+        if conn is not self._listen_conn or self._closed:
+            return
+        logger.warning("store.listen_lost", store=repr(self))
+        self._lost = True
+        for subscriber in self._subscribers:
+            subscriber.wake.set()
+
+    async def _reconnect(self) -> None:
+        """Reopen the ``LISTEN`` connection, with backoff, until it works or the store closes."""
+        async with self._listen_lock:
+            delay = 0.05
+            while self._lost and not self._closed:
+                old, self._listen_conn = self._listen_conn, None
+                if old is not None:
+                    old.terminate()
+                try:
+                    with self._errors():
+                        await self._listen()
+                except StoreError as exc:
+                    logger.warning("store.reconnect_failed", store=repr(self), error=str(exc), retry_in=delay)
+                    with anyio.move_on_after(delay):
+                        await self._closing.wait()
+                    delay = min(delay * 2, _MAX_RECONNECT_DELAY)
+                else:
+                    logger.info("store.listen_restored", store=repr(self))
+
+    async def _transact(self, func: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run ``func`` in a transaction; once more on a fresh connection if the first was dropped."""
+        asyncpg = _asyncpg()
+        pool = await self._ready()
+        with self._errors():
+            for attempt in range(2):
+                try:
+                    async with pool.acquire() as conn, conn.transaction():
+                        return await func(conn)
+                except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError):
+                    if attempt:
+                        raise
+                    logger.warning("store.connection_lost", store=repr(self), retrying=True)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _announce(self, conn: Connection, kind: str, request_id: str) -> None:
+        """Append to the event log in commit order and ``NOTIFY`` (ids only)."""
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", self._event_lock)
+        seq = await conn.fetchval(
+            f"INSERT INTO {self.schema}.events (kind, request_id) VALUES ($1, $2) RETURNING seq",
+            kind,
+            request_id,
+        )
+        await conn.execute("SELECT pg_notify($1, $2)", self._channel, f"{seq}:{kind}:{request_id}")
+
+    async def _insert_audit(self, conn: Connection, entry: AuditEntry) -> None:
+        request_id, event, fields = audit_row(entry)
+        await conn.execute(
+            f"INSERT INTO {self.schema}.audit (request_id, event, at, fields) VALUES ($1, $2, $3, $4)",
+            request_id,
+            event,
+            entry.at,
+            fields,
+        )
+
+    async def _expire(self, conn: Connection, request_id: str | None) -> None:
+        """Mark pending requests past their expiry (by the database's clock) timed out."""
+        rows = await conn.fetch(
+            f"UPDATE {self.schema}.requests SET status = 'timed_out', approved = false,"
+            " decided_by = NULL, decided_via = 'timeout', comment = NULL, decided_at = now()"
+            " WHERE status = 'pending' AND expires_at <= now() AND ($1::text IS NULL OR id = $1)"
+            " RETURNING id",
+            request_id,
+        )
+        for row in rows:
+            await self._insert_audit(conn, expiry_entry(row["id"]))
+            await self._announce(conn, "decided", row["id"])
+
+    async def _fetch(self, conn: Connection, request_id: str) -> ApprovalRequest:
+        await self._expire(conn, request_id)
+        row = await conn.fetchrow(f"SELECT * FROM {self.schema}.requests WHERE id = $1", request_id)
+        if row is None:
+            raise UnknownRequest(request_id)
+        return to_request(row, _same)
+
+    # -- the Store protocol ------------------------------------------------------------
+
+    async def create(self, request: ApprovalRequest) -> None:
+        await self.create_or_attach(request)
+
+    async def create_or_attach(self, request: ApprovalRequest) -> ApprovalRequest:
+        values = request_row(request)  # encodes first: errors name the argument
+        lifetime = (request.expires_at - request.created_at).total_seconds()
+        schema = self.schema
+        columns = ", ".join(values)
+        marks = ", ".join(f"${index}" for index in range(1, len(values) + 1))
+        lifetime_mark = f"${len(values) + 1}"
+
+        async def create(conn: Connection) -> ApprovalRequest:
+            if request.key is not None:
+                existing = await conn.fetchval(
+                    f"SELECT id FROM {schema}.requests WHERE key = $1", request.key
+                )
+                if existing is not None:
+                    return await self._fetch(conn, existing)
+            row = await conn.fetchrow(
+                f"INSERT INTO {schema}.requests ({columns}, created_at, expires_at)"
+                f" VALUES ({marks}, now(), now() + make_interval(secs => {lifetime_mark}))"
+                " ON CONFLICT (key) DO NOTHING RETURNING *",
+                *values.values(),
+                lifetime,
+            )
+            if row is None:  # another process created this key meanwhile
+                existing = await conn.fetchval(
+                    f"SELECT id FROM {schema}.requests WHERE key = $1", request.key
+                )
+                return await self._fetch(conn, existing)
+            await self._announce(conn, "requested", request.id)
+            return to_request(row, _same)
+
+        return await self._transact(create)
+
+    async def get(self, request_id: str) -> ApprovalRequest:
+        return await self._transact(lambda conn: self._fetch(conn, request_id))
+
+    async def decide(self, decision: Decision) -> Decision:
+        values = decision_row(decision)
+        # Approvals and denials count only before the expiry; timeouts and cancellations always.
+        late_ok = decision.status not in (Status.APPROVED, Status.DENIED)
+
+        async def decide(conn: Connection) -> Decision:
+            updated = await conn.fetchval(
+                f"UPDATE {self.schema}.requests SET status = $2, approved = $3, decided_by = $4,"
+                " decided_via = $5, comment = $6, answer = $7, decided_at = $8"
+                " WHERE id = $1 AND status = 'pending' AND ($9 OR expires_at > now()) RETURNING id",
+                decision.request_id,
+                *values.values(),
+                decision.decided_at,
+                late_ok,
+            )
+            if updated is not None:
+                await self._announce(conn, "decided", decision.request_id)
+                return decision
+            standing = (await self._fetch(conn, decision.request_id)).decision
+            assert standing is not None
+            return standing
+
+        return await self._transact(decide)
+
+    async def list_pending(
+        self, *, run_id: str | None = None, kind: Kind | None = None
+    ) -> list[ApprovalRequest]:
+        async def pending(conn: Connection) -> list[ApprovalRequest]:
+            await self._expire(conn, None)
+            rows = await conn.fetch(
+                f"SELECT * FROM {self.schema}.requests WHERE status = 'pending'"
+                " AND ($1::text IS NULL OR run_id = $1) AND ($2::text IS NULL OR kind = $2)"
+                " ORDER BY created_at, id",
+                run_id,
+                kind,
+            )
+            return [to_request(row, _same) for row in rows]
+
+        return await self._transact(pending)
+
+    async def record(self, entry: AuditEntry) -> None:
+        await self._transact(lambda conn: self._insert_audit(conn, entry))
+
+    async def watch(self) -> AsyncIterator[StoreEvent]:
+        await self._ready()
+        subscriber = _Subscriber()
+        self._subscribers.add(subscriber)
+        last = self._baseline
+        behind = True  # events may have been written before this iterator subscribed
+        try:
+            while not self._closed:
+                if self._lost:
+                    await self._reconnect()
+                    behind = True
+                    continue
+                if behind:
+                    behind = False
+                    for row in await self._transact(functools.partial(self._events_after, after=last)):
+                        last = row["seq"]
+                        yield StoreEvent(row["kind"], row["request_id"])
+                while subscriber.items:
+                    seq, kind, request_id = subscriber.items.popleft()
+                    if seq > last:
+                        last = seq
+                        yield StoreEvent(kind, request_id)  # type: ignore[arg-type]
+                await subscriber.wake.wait()
+                subscriber.wake = anyio.Event()
+        finally:
+            self._subscribers.discard(subscriber)
+
+    async def _events_after(self, conn: Connection, *, after: int) -> list[Mapping[str, Any]]:
+        return list(
+            await conn.fetch(
+                f"SELECT seq, kind, request_id FROM {self.schema}.events WHERE seq > $1 ORDER BY seq", after
+            )
+        )
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._closing.set()
+        for subscriber in self._subscribers:
+            subscriber.wake.set()
+        with anyio.CancelScope(shield=True):
+            if self._listen_conn is not None:
+                self._listen_conn.terminate()
+                self._listen_conn = None
+            if self._pool is not None:
+                with anyio.move_on_after(5) as scope:
+                    await self._pool.close()
+                if scope.cancelled_caught:
+                    self._pool.terminate()
+                self._pool = None
+
+    # -- durable extras ----------------------------------------------------------------
+
+    async def begin_execution(self, request_id: str, digest: str | None) -> Execution | None:
+        async def begin(conn: Connection) -> Execution | None:
+            row = await conn.fetchrow(
+                f"SELECT function, digest, exec_state, exec_outcome, result FROM {self.schema}.requests"
+                " WHERE id = $1 FOR UPDATE",
+                request_id,
+            )
+            if row is None:
+                raise UnknownRequest(request_id)
+            if row["digest"] != digest:
+                raise ArgumentsChanged(request_id, row["function"])
+            if row["exec_state"] is not None:
+                return Execution(row["exec_state"], row["exec_outcome"], row["result"])
+            await conn.execute(
+                f"UPDATE {self.schema}.requests SET exec_state = 'executing'"
+                " WHERE id = $1 AND status = 'approved'",
+                request_id,
+            )
+            return None
+
+        return await self._transact(begin)
+
+    async def finish_execution(self, request_id: str, outcome: str, result: str | None) -> None:
+        async def finish(conn: Connection) -> None:
+            await conn.execute(
+                f"UPDATE {self.schema}.requests SET exec_state = 'executed', exec_outcome = $2, result = $3"
+                " WHERE id = $1",
+                request_id,
+                outcome,
+                result,
+            )
+
+        await self._transact(finish)
+
+    async def history(
+        self, *, request_id: str | None = None, since: datetime | None = None
+    ) -> list[AuditEntry]:
+        async def history(conn: Connection) -> list[AuditEntry]:
+            rows = await conn.fetch(
+                f"SELECT * FROM {self.schema}.audit WHERE ($1::text IS NULL OR request_id = $1)"
+                " AND ($2::timestamptz IS NULL OR at >= $2) ORDER BY seq",
+                request_id,
+                since,
+            )
+            return [to_entry(row, _same) for row in rows]
+
+        return await self._transact(history)
+
+    async def prune(self, older_than: float | timedelta | None = None) -> int:
+        seconds = self._retention if older_than is None else retention_seconds(older_than)
+
+        async def prune(conn: Connection) -> int:
+            await conn.execute(
+                f"DELETE FROM {self.schema}.events WHERE at < now() - make_interval(secs => $1)", seconds
+            )
+            deleted = await conn.fetch(
+                f"DELETE FROM {self.schema}.requests WHERE status <> 'pending'"
+                " AND decided_at < now() - make_interval(secs => $1) RETURNING id",
+                seconds,
+            )
+            return len(deleted)
+
+        return await self._transact(prune)

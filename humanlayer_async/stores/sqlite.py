@@ -1,0 +1,397 @@
+"""SQLiteStore: requests, decisions and the audit trail in one file; survives restarts.
+
+The standard library's ``sqlite3`` runs in worker threads, one statement batch at a
+time on one connection, so the event loop never waits on the disk. The file is in WAL
+mode: several processes on one machine may share it (an agent, the operator's
+``humanlayer-async approve``). SQLite has no notifications, so ``watch()`` learns about
+other processes' writes by reading ``PRAGMA data_version`` at most every 250 ms, the
+one polling this SDK does.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from os import PathLike
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from .._audit import AuditEntry
+from .._exceptions import ArgumentsChanged, StoreError, UnknownRequest
+from .._models import ApprovalRequest, Decision, Execution, Kind, Status
+from ._rows import (
+    DEFAULT_RETENTION,
+    SCHEMA_VERSION,
+    audit_row,
+    decision_row,
+    epoch,
+    expired_decision,
+    expiry_entry,
+    request_row,
+    retention_seconds,
+    to_entry,
+    to_request,
+)
+from .base import StoreEvent
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+
+POLL_INTERVAL = 0.25
+"""Seconds between two ``PRAGMA data_version`` checks while someone watches."""
+
+_SCHEMA = (
+    """CREATE TABLE hl_requests (
+        id TEXT PRIMARY KEY,
+        key TEXT UNIQUE,
+        run_id TEXT,
+        kind TEXT NOT NULL,
+        function TEXT NOT NULL,
+        kwargs TEXT NOT NULL,
+        context TEXT NOT NULL,
+        approvers TEXT NOT NULL,
+        message TEXT,
+        doc TEXT,
+        digest TEXT,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        approved INTEGER,
+        decided_by TEXT,
+        decided_via TEXT,
+        comment TEXT,
+        answer TEXT,
+        decided_at REAL,
+        exec_state TEXT,
+        exec_outcome TEXT,
+        result TEXT
+    )""",
+    "CREATE INDEX hl_requests_pending ON hl_requests (status, created_at)",
+    """CREATE TABLE hl_audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        at REAL NOT NULL,
+        fields TEXT NOT NULL
+    )""",
+    "CREATE INDEX hl_audit_request ON hl_audit (request_id, seq)",
+    """CREATE TABLE hl_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        at REAL NOT NULL
+    )""",
+)
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA}
+"""Version → the statements that bring the previous version to it."""
+
+
+class SQLiteStore:
+    """A durable store in one SQLite file, for one machine.
+
+    Args:
+        path: The database file; created with its tables on first use.
+        retention: How long ``prune()`` keeps decided requests. Default: 30 days.
+        busy_timeout: Seconds a write waits for another process's transaction.
+    """
+
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        *,
+        retention: float | timedelta = DEFAULT_RETENTION,
+        busy_timeout: float = 10.0,
+    ) -> None:
+        self.path = Path(path)
+        self._retention = retention_seconds(retention)
+        self._busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        # One connection, one statement batch at a time, in a worker thread.
+        self._limiter = anyio.CapacityLimiter(1)
+        self._closed = False
+        self._closing = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    # -- plumbing --------------------------------------------------------------------
+
+    async def _run(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreError(f"{self!r} is closed")
+        return await anyio.to_thread.run_sync(self._call, func, limiter=self._limiter)
+
+    def _call(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            if self._conn is None:
+                self._conn = self._connect()
+            return func(self._conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite ({self.path}): {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            with _transaction(conn):
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path} has schema version {version}, newer than this SDK's "
+                        f"{SCHEMA_VERSION}: upgrade humanlayer-async"
+                    )
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[target]:
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version={target}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    # -- the Store protocol ------------------------------------------------------------
+
+    async def create(self, request: ApprovalRequest) -> None:
+        await self.create_or_attach(request)
+
+    async def create_or_attach(self, request: ApprovalRequest) -> ApprovalRequest:
+        values = request_row(request)  # encodes in the caller's task: errors name the argument
+        values["created_at"] = request.created_at.timestamp()
+        values["expires_at"] = request.expires_at.timestamp()
+        columns = ", ".join(values)
+        marks = ", ".join(f":{name}" for name in values)
+
+        def create(conn: sqlite3.Connection) -> ApprovalRequest:
+            with _transaction(conn):
+                if request.key is not None:
+                    row = conn.execute("SELECT id FROM hl_requests WHERE key = ?", (request.key,)).fetchone()
+                    if row is not None:
+                        return self._fetch(conn, row["id"])
+                conn.execute(f"INSERT INTO hl_requests ({columns}) VALUES ({marks})", values)
+                _event(conn, "requested", request.id)
+            return request
+
+        return await self._run(create)
+
+    async def get(self, request_id: str) -> ApprovalRequest:
+        def get(conn: sqlite3.Connection) -> ApprovalRequest:
+            with _transaction(conn):
+                return self._fetch(conn, request_id)
+
+        return await self._run(get)
+
+    def _fetch(self, conn: sqlite3.Connection, request_id: str) -> ApprovalRequest:
+        """The request, marked timed out first when it is pending past its expiry."""
+        _expire(conn, request_id)
+        row = conn.execute("SELECT * FROM hl_requests WHERE id = ?", (request_id,)).fetchone()
+        if row is None:
+            raise UnknownRequest(request_id)
+        return to_request(row, epoch)
+
+    async def decide(self, decision: Decision) -> Decision:
+        values = decision_row(decision)
+        values.update(id=decision.request_id, decided_at=decision.decided_at.timestamp(), now=time.time())
+        human = decision.status in (Status.APPROVED, Status.DENIED)
+
+        def decide(conn: sqlite3.Connection) -> Decision:
+            with _transaction(conn):
+                # Approvals and denials only count before the expiry; timeouts and cancellations always.
+                updated = conn.execute(
+                    "UPDATE hl_requests SET status = :status, approved = :approved, decided_by = :decided_by,"
+                    " decided_via = :decided_via, comment = :comment, answer = :answer,"
+                    " decided_at = :decided_at WHERE id = :id AND status = 'pending'"
+                    + (" AND expires_at > :now" if human else ""),
+                    values,
+                ).rowcount
+                if updated:
+                    _event(conn, "decided", decision.request_id)
+                    return decision
+                standing = self._fetch(conn, decision.request_id).decision
+                assert standing is not None
+                return standing
+
+        return await self._run(decide)
+
+    async def list_pending(
+        self, *, run_id: str | None = None, kind: Kind | None = None
+    ) -> list[ApprovalRequest]:
+        def pending(conn: sqlite3.Connection) -> list[ApprovalRequest]:
+            with _transaction(conn):
+                _expire(conn, None)
+                rows = conn.execute(
+                    "SELECT * FROM hl_requests WHERE status = 'pending'"
+                    " AND (:run_id IS NULL OR run_id = :run_id) AND (:kind IS NULL OR kind = :kind)"
+                    " ORDER BY created_at, id",
+                    {"run_id": run_id, "kind": kind},
+                ).fetchall()
+            return [to_request(row, epoch) for row in rows]
+
+        return await self._run(pending)
+
+    async def record(self, entry: AuditEntry) -> None:
+        request_id, event, fields = audit_row(entry)
+
+        def record(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO hl_audit (request_id, event, at, fields) VALUES (?, ?, ?, ?)",
+                (request_id, event, entry.at.timestamp(), fields),
+            )
+
+        await self._run(record)
+
+    async def watch(self) -> AsyncIterator[StoreEvent]:
+        def start(conn: sqlite3.Connection) -> tuple[int, int]:
+            return _max_seq(conn), _data_version(conn)
+
+        last, version = await self._run(start)
+        while not self._closed:
+            with anyio.move_on_after(POLL_INTERVAL):
+                await self._closing.wait()
+            if self._closed:
+                return
+            seen = await self._run(_data_version)
+            if seen == version:
+                continue
+            version = seen
+            for row in await self._run(functools.partial(_events_after, after=last)):
+                last = row["seq"]
+                yield StoreEvent(row["kind"], row["request_id"])
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._closing.set()
+
+        def close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(close, limiter=self._limiter)
+
+    # -- durable extras ----------------------------------------------------------------
+
+    async def begin_execution(self, request_id: str, digest: str | None) -> Execution | None:
+        def begin(conn: sqlite3.Connection) -> Execution | None:
+            with _transaction(conn):
+                request = self._fetch(conn, request_id)
+                if request.digest != digest:
+                    raise ArgumentsChanged(request_id, request.function)
+                if request.execution is not None:
+                    return request.execution
+                conn.execute(
+                    "UPDATE hl_requests SET exec_state = 'executing' WHERE id = ? AND status = 'approved'",
+                    (request_id,),
+                )
+                return None
+
+        return await self._run(begin)
+
+    async def finish_execution(self, request_id: str, outcome: str, result: str | None) -> None:
+        def finish(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE hl_requests SET exec_state = 'executed', exec_outcome = ?, result = ? WHERE id = ?",
+                (outcome, result, request_id),
+            )
+
+        await self._run(finish)
+
+    async def history(
+        self, *, request_id: str | None = None, since: datetime | None = None
+    ) -> list[AuditEntry]:
+        params = {"request_id": request_id, "since": None if since is None else since.timestamp()}
+
+        def history(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            return conn.execute(
+                "SELECT * FROM hl_audit WHERE (:request_id IS NULL OR request_id = :request_id)"
+                " AND (:since IS NULL OR at >= :since) ORDER BY seq",
+                params,
+            ).fetchall()
+
+        return [to_entry(row, epoch) for row in await self._run(history)]
+
+    async def prune(self, older_than: float | timedelta | None = None) -> int:
+        horizon = time.time() - (self._retention if older_than is None else retention_seconds(older_than))
+
+        def prune(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                conn.execute("DELETE FROM hl_events WHERE at < ?", (horizon,))
+                return conn.execute(
+                    "DELETE FROM hl_requests WHERE status != 'pending' AND decided_at < ?", (horizon,)
+                ).rowcount
+
+        return await self._run(prune)
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``: writers queue up on the file lock, not on retries."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _event(conn: sqlite3.Connection, kind: str, request_id: str) -> None:
+    conn.execute(
+        "INSERT INTO hl_events (kind, request_id, at) VALUES (?, ?, ?)", (kind, request_id, time.time())
+    )
+
+
+def _expire(conn: sqlite3.Connection, request_id: str | None) -> None:
+    """Mark pending requests past their expiry timed out (one, or all when ``request_id`` is None)."""
+    now = time.time()
+    rows = conn.execute(
+        "SELECT id FROM hl_requests WHERE status = 'pending' AND expires_at <= ?"
+        + (" AND id = ?" if request_id is not None else ""),
+        (now,) if request_id is None else (now, request_id),
+    ).fetchall()
+    for row in rows:
+        decision = expired_decision(row["id"], epoch(now))
+        values: dict[str, Any] = decision_row(decision)
+        values.update(id=decision.request_id, decided_at=now)
+        conn.execute(
+            "UPDATE hl_requests SET status = :status, approved = :approved, decided_by = :decided_by,"
+            " decided_via = :decided_via, comment = :comment, answer = :answer, decided_at = :decided_at"
+            " WHERE id = :id",
+            values,
+        )
+        entry_request, event, fields = audit_row(expiry_entry(decision.request_id))
+        conn.execute(
+            "INSERT INTO hl_audit (request_id, event, at, fields) VALUES (?, ?, ?, ?)",
+            (entry_request, event, now, fields),
+        )
+        _event(conn, "decided", decision.request_id)
+
+
+def _events_after(conn: sqlite3.Connection, *, after: int) -> list[sqlite3.Row]:
+    return conn.execute(
+        "SELECT seq, kind, request_id FROM hl_events WHERE seq > ? ORDER BY seq", (after,)
+    ).fetchall()
+
+
+def _max_seq(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT coalesce(max(seq), 0) FROM hl_events").fetchone()[0])
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
