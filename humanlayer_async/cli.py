@@ -13,15 +13,19 @@ import structlog
 from ._client import HumanLayer
 from ._commands import COMMANDS, add_commands, run_command
 from ._demo import run_demo
+from ._exceptions import ConfigurationError
 from .channels.console import HELP, ConsoleChannel
+from .channels.web import WebChannel
 
 __all__ = ["main"]
 
 
-async def _demo(approval_timeout: float) -> None:
-    console = ConsoleChannel()
-    async with HumanLayer([console], timeout=approval_timeout, listen=None) as hl:
+async def _demo(approval_timeout: float, listen: str) -> None:
+    web = WebChannel()
+    async with HumanLayer([ConsoleChannel(), web], timeout=approval_timeout, listen=listen) as hl:
         print("humanlayer-async demo: a scripted agent (no LLM, no network) asks you before it acts.")
+        print(f"Answer in the web console ({web.url}, sign in with the URL printed above)")
+        print("or in this terminal; either one shows the decisions made in the other.")
         print(HELP + "\n")
         await run_demo(hl, sys.stdout)
 
@@ -32,6 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run a scripted agent whose risky tools wait for you")
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds each approval waits")
+    demo.add_argument(
+        "--listen",
+        default="127.0.0.1:8787",
+        help="host:port of the web console (port 0 picks a free one)",
+    )
     add_commands(commands)
     args = parser.parse_args(argv)
     if args.command in COMMANDS:
@@ -39,9 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The demo is an application: it may set logging up (the library never does).
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     try:
-        anyio.run(_demo, args.timeout)
+        anyio.run(_demo, args.timeout, args.listen)
     except KeyboardInterrupt:
         return 130
+    except ConfigurationError as exc:
+        print(f"humanlayer-async demo: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -22,7 +22,8 @@ async def read_until(process: Process, buffer: list[str], pattern: str) -> re.Ma
 
 
 async def test_demo_runs_reads_at_once_and_waits_for_the_terminal() -> None:
-    command = [sys.executable, "-m", "humanlayer_async.cli", "demo", "--timeout", "60"]
+    command = [sys.executable, "-m", "humanlayer_async.cli", "demo", "--listen", "127.0.0.1:0"]
+    command += ["--timeout", "60"]
     async with await anyio.open_process(command) as process:
         assert process.stdin is not None
         out: list[str] = []

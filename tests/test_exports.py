@@ -42,6 +42,7 @@ def test_subpackage_names() -> None:
         "ConsoleChannel",
         "Decider",
         "EmailChannel",
+        "WebChannel",
     ]
     assert humanlayer_async.stores.__all__ == [
         "DurableStore",

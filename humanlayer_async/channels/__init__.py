@@ -3,5 +3,6 @@
 from .base import BaseChannel, Channel, Decider
 from .console import ConsoleChannel
 from .email import EmailChannel
+from .web import WebChannel
 
-__all__ = ["BaseChannel", "Channel", "ConsoleChannel", "Decider", "EmailChannel"]
+__all__ = ["BaseChannel", "Channel", "ConsoleChannel", "Decider", "EmailChannel", "WebChannel"]

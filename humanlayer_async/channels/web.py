@@ -1,0 +1,520 @@
+"""WebChannel: the approvals console in a browser, served by the SDK's own listener.
+
+Routes, under ``base_path`` (``/approvals`` by default):
+
+- ``GET /approvals?token=…``  sign in: sets a session cookie, redirects to the clean URL
+- ``GET /approvals``          the console (pending requests, recent decisions)
+- ``GET /approvals/events``   server-sent events: new requests and decisions, live
+- ``POST /approvals/requests/{id}``  approve, deny or answer (CSRF-protected)
+- ``GET /approvals/static/…``  the page's CSS and JavaScript, shipped in the package
+
+Every refusal is a 4xx with a ``web.refused`` log line; tokens never appear in logs.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import ipaddress
+import json
+import os
+import re
+import secrets
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Literal
+from urllib.parse import parse_qs, quote
+
+import anyio
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import BaseRoute, Route
+
+from .._audit import logger
+from .._exceptions import ConfigurationError, HumanLayerError, NotAnApprover, UnknownRequest
+from .._models import ApprovalRequest, Decision
+from .._render import describe_decision, summarize
+from . import _web_page
+from .base import BaseChannel, Decider
+
+__all__ = ["WebChannel"]
+
+TOKEN_ENV = "HUMANLAYER_WEB_TOKEN"
+"""The environment variable read for the operator's token when none is given."""
+
+DEFAULT_USER = "web-console"
+"""Who decisions made with the single ``token`` are recorded as."""
+
+COOKIE = "humanlayer_session"
+HISTORY = 50
+MAX_SESSIONS = 1000
+SESSION_SECONDS = 12 * 3600
+KEEPALIVE_SECONDS = 15.0
+SUBSCRIBER_BUFFER = 64
+MIN_KEY_LENGTH = 16
+MAX_COMMENT = 2000
+MAX_ANSWER = 10000
+
+_REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{8,128}")
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_ACTIONS = frozenset({"approve", "deny", "answer"})
+_ASSETS = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+EventKind = Literal["requested", "decided"]
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(slots=True)
+class _Session:
+    user: str
+    csrf: str
+    expires: float = field(default_factory=lambda: time.monotonic() + SESSION_SECONDS)
+
+
+class _Refusal(Exception):
+    """Raised inside a handler: becomes a 4xx response and a ``web.refused`` log line."""
+
+    def __init__(self, status: int, reason: str, text: str | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.text = text or reason
+
+
+@functools.cache
+def _asset(name: str) -> bytes:
+    return resources.files(__package__).joinpath("web_static", name).read_bytes()
+
+
+def _is_loopback(request: Request) -> bool:
+    if request.client is None:
+        return False
+    try:
+        address = ipaddress.ip_address(request.client.host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _check_key(key: object, owner: str) -> str:
+    if not isinstance(key, str) or len(key) < MIN_KEY_LENGTH:
+        raise ConfigurationError(
+            f"the key of {owner} must be a string of at least {MIN_KEY_LENGTH} characters"
+        )
+    return key
+
+
+def _check_base_path(base_path: str) -> str:
+    stripped = base_path.rstrip("/")
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", stripped):
+        raise ConfigurationError(f'base_path must be a path such as "/approvals", not {base_path!r}')
+    return stripped
+
+
+class WebChannel(BaseChannel):
+    """The approvals console: a web page served by the listener at ``base_path``.
+
+    The page lists pending requests (approve, deny with a reason, answer questions)
+    and recent decisions from every channel, updated live. Decisions go through the
+    ``HumanLayer`` like any other channel's, so approver allowlists and first-wins apply.
+
+    Args:
+        token: The operator's key; decisions made with it are recorded as ``web-console``.
+            Default: ``$HUMANLAYER_WEB_TOKEN`` or, when that is unset and no ``users``
+            are given, a new random token printed (to stderr) with the console's URL
+            when the listener starts.
+        users: Named approvers, ``{"alice": "<key>", ...}``: each signs in with their own
+            key and decides as their name. Keys are at least 16 characters.
+        base_path: Where the console is served on the listener.
+        allow_remote: Serve clients other than loopback ones. Off by default, since the
+            listener may be public for Slack and email callbacks.
+    """
+
+    name = "web"
+
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        users: Mapping[str, str] | None = None,
+        base_path: str = "/approvals",
+        allow_remote: bool = False,
+    ) -> None:
+        self._generated = False
+        if token is None and users is None:
+            token = os.environ.get(TOKEN_ENV) or None
+            if token is None:
+                token, self._generated = secrets.token_urlsafe(24), True
+            else:
+                _check_key(token, f"${TOKEN_ENV}")
+        self._keys: dict[str, str] = {}
+        for user, key in (users or {}).items():
+            if not isinstance(user, str) or not user.strip():
+                raise ConfigurationError(f"user names must be non-empty strings, not {user!r}")
+            if _check_key(key, repr(user)) in self._keys:
+                raise ConfigurationError(f"{user!r} has the same key as {self._keys[key]!r}")
+            self._keys[key] = user
+        if token is not None:
+            if _check_key(token, "token") in self._keys:
+                raise ConfigurationError(f"token is also the key of {self._keys[token]!r}")
+            self._keys[token] = DEFAULT_USER
+        self._token = token
+        self.base_path = _check_base_path(base_path)
+        self.allow_remote = allow_remote
+        self._listener_url: str | None = None
+        self._decider: Decider | None = None
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._subscribers: dict[MemoryObjectSendStream[tuple[EventKind, ApprovalRequest]], None] = {}
+        self._history: OrderedDict[str, ApprovalRequest] = OrderedDict()
+
+    def __repr__(self) -> str:
+        users = sorted(set(self._keys.values()))
+        return f"WebChannel(users={users!r}, base_path={self.base_path!r}, allow_remote={self.allow_remote})"
+
+    @property
+    def users(self) -> tuple[str, ...]:
+        """Who may sign in (``web-console`` for the single token)."""
+        return tuple(sorted(set(self._keys.values())))
+
+    @property
+    def url(self) -> str | None:
+        """The console's URL (without a token) once the embedded listener serves it."""
+        return None if self._listener_url is None else self._listener_url + self.base_path
+
+    def login_url(self, base_url: str | None = None, *, user: str | None = None) -> str:
+        """The sign-in URL carrying a key: ``<base_url>/approvals?token=…``. Keep it secret.
+
+        ``base_url`` defaults to the embedded listener's URL; ``user`` picks a named
+        approver's key (default: the single token, or the only user).
+        """
+        base = base_url or self._listener_url
+        if base is None:
+            raise ConfigurationError("the listener is not serving yet: pass the base URL the console is at")
+        wanted = user or (DEFAULT_USER if self._token is not None else None)
+        keys = [key for key, name in self._keys.items() if name == wanted or wanted is None]
+        if len(keys) != 1:
+            raise ConfigurationError(f"name one of the users {list(self.users)} to get their sign-in URL")
+        return f"{base.rstrip('/')}{self.base_path}?token={quote(keys[0], safe='')}"
+
+    def listening(self, url: str) -> None:
+        """Print where the console is; with a generated token, the sign-in URL carrying it."""
+        self._listener_url = url
+        shown = self.login_url() if self._generated else self.url
+        print(f"humanlayer-async web console: {shown}", file=sys.stderr, flush=True)
+
+    # -- the Channel protocol ----------------------------------------------------------
+
+    async def run(self, decider: Decider, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
+        self._decider = decider
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            self._decider = None
+            self._close_streams()
+
+    async def send(self, request: ApprovalRequest) -> str | None:
+        self._publish("requested", request)
+        return request.short_id
+
+    async def update(self, request: ApprovalRequest, ref: str | None) -> None:
+        self._remember(request)
+        self._publish("decided", request)
+
+    def routes(self) -> Sequence[BaseRoute]:
+        base = self.base_path
+        # Every method reaches the guard, so a wrong one is refused (and logged) there.
+        return [
+            Route(base, self._guard(self._page, {"GET"}), methods=_ALL_METHODS),
+            Route(f"{base}/events", self._guard(self._events, {"GET"}), methods=_ALL_METHODS),
+            Route(
+                f"{base}/requests/{{request_id}}", self._guard(self._decide, {"POST"}), methods=_ALL_METHODS
+            ),
+            Route(f"{base}/static/{{name}}", self._guard(self._static, {"GET"}), methods=_ALL_METHODS),
+            Route(f"{base}/{{rest:path}}", self._guard(self._not_found, set()), methods=_ALL_METHODS),
+        ]
+
+    async def aclose(self) -> None:
+        self._close_streams()
+
+    # -- live events -------------------------------------------------------------------
+
+    def _remember(self, request: ApprovalRequest) -> None:
+        self._history.pop(request.id, None)
+        self._history[request.id] = request
+        while len(self._history) > HISTORY:
+            self._history.popitem(last=False)
+
+    def _publish(self, kind: EventKind, request: ApprovalRequest) -> None:
+        for stream in list(self._subscribers):
+            try:
+                stream.send_nowait((kind, request))
+            except anyio.WouldBlock:
+                # A reader this far behind reconnects and gets a fresh snapshot.
+                logger.warning("web.slow_subscriber_dropped")
+                self._subscribers.pop(stream, None)
+                stream.close()
+            except anyio.BrokenResourceError:
+                self._subscribers.pop(stream, None)
+
+    def _close_streams(self) -> None:
+        for stream in list(self._subscribers):
+            stream.close()
+        self._subscribers.clear()
+
+    # -- request handling --------------------------------------------------------------
+
+    def _guard(self, handler: Handler, methods: Collection[str]) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            try:
+                if methods and request.method not in methods:
+                    raise _Refusal(405, "method not allowed")
+                if not self.allow_remote and not _is_loopback(request):
+                    raise _Refusal(403, "not a loopback client", "the console only serves this machine")
+                return await handler(request)
+            except _Refusal as refusal:
+                logger.warning(
+                    "web.refused",
+                    status=refusal.status,
+                    reason=refusal.reason,
+                    method=request.method,
+                    path=request.url.path,
+                    client=None if request.client is None else request.client.host,
+                )
+                return PlainTextResponse(refusal.text, status_code=refusal.status, headers=_SECURITY_HEADERS)
+
+        return endpoint
+
+    def _base(self, request: Request) -> str:
+        return str(request.scope.get("root_path", "")).rstrip("/") + self.base_path
+
+    def _running(self) -> Decider:
+        if self._decider is None:
+            raise _Refusal(503, "channel not running", "the console is not running")
+        return self._decider
+
+    def _key_owner(self, key: str) -> str | None:
+        found = None
+        for candidate, user in self._keys.items():  # compare with every key, in constant time
+            if hmac.compare_digest(candidate.encode(), key.encode()):
+                found = user
+        return found
+
+    def _session(self, request: Request) -> _Session:
+        session = self._sessions.get(request.cookies.get(COOKIE, ""))
+        if session is None or session.expires < time.monotonic():
+            raise _Refusal(
+                401,
+                "no session",
+                "sign in: open the console's URL with its token (printed when the listener started)",
+            )
+        return session
+
+    def _sign_in(self, request: Request, key: str) -> Response:
+        user = self._key_owner(key)
+        if user is None:
+            raise _Refusal(401, "wrong token", "wrong token")
+        session_id = secrets.token_urlsafe(32)
+        self._sessions[session_id] = _Session(user, secrets.token_urlsafe(32))
+        while len(self._sessions) > MAX_SESSIONS:
+            self._sessions.popitem(last=False)
+        logger.info("web.signed_in", user=user)
+        base = self._base(request)
+        response = RedirectResponse(base, status_code=303, headers=_SECURITY_HEADERS)
+        response.set_cookie(
+            COOKIE,
+            session_id,
+            path=base,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    def _check_same_origin(self, request: Request) -> None:
+        """CSRF: the browser must say the request comes from this origin, with the session's token."""
+        fetch_site = request.headers.get("sec-fetch-site")
+        if fetch_site is not None and fetch_site != "same-origin":
+            raise _Refusal(403, "cross-site request", "cross-site requests are refused")
+        origin = request.headers.get("origin")
+        if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
+            raise _Refusal(403, "cross-origin request", "cross-origin requests are refused")
+
+    async def _form(self, request: Request) -> dict[str, str]:
+        content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if content_type != "application/x-www-form-urlencoded":
+            raise _Refusal(415, "not a form", "send application/x-www-form-urlencoded")
+        try:
+            fields = parse_qs(
+                (await request.body()).decode(),
+                keep_blank_values=True,
+                errors="strict",
+                max_num_fields=10,
+            )
+        except ValueError as exc:
+            raise _Refusal(400, "malformed form", "malformed form") from exc
+        if any(len(values) != 1 for values in fields.values()):
+            raise _Refusal(400, "repeated form field", "each form field may appear once")
+        return {name: values[0] for name, values in fields.items()}
+
+    async def _page(self, request: Request) -> Response:
+        key = request.query_params.get("token")
+        if key is not None:
+            return self._sign_in(request, key)
+        session = self._session(request)
+        decider = self._running()
+        base = self._base(request)
+        pending, history = await self._lists(decider, session, base)
+        html = _web_page.page(
+            user=session.user, csrf=session.csrf, base=base, pending=pending, history=history
+        )
+        return HTMLResponse(html, headers=_SECURITY_HEADERS)
+
+    async def _lists(self, decider: Decider, session: _Session, base: str) -> tuple[str, str]:
+        pending = _web_page.pending_list(
+            await decider.pending(),
+            action_for=lambda r: f"{base}/requests/{r.id}",
+            csrf=session.csrf,
+            now=datetime.now(UTC),
+        )
+        return pending, _web_page.history_list(reversed(self._history.values()))
+
+    async def _events(self, request: Request) -> Response:
+        session = self._session(request)
+        decider = self._running()
+        base = self._base(request)
+        send, receive = anyio.create_memory_object_stream[tuple[EventKind, ApprovalRequest]](
+            SUBSCRIBER_BUFFER
+        )
+        self._subscribers[send] = None
+
+        def event(kind: str, data: Mapping[str, str]) -> str:
+            return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                with receive:
+                    pending, history = await self._lists(decider, session, base)
+                    yield "retry: 2000\n" + event("snapshot", {"pending": pending, "history": history})
+                    while True:
+                        with anyio.move_on_after(KEEPALIVE_SECONDS) as idle:
+                            try:
+                                kind, item = await receive.receive()
+                            except anyio.EndOfStream:
+                                return
+                        if idle.cancelled_caught:
+                            yield ": keepalive\n\n"
+                        elif kind == "requested":
+                            html = _web_page.card(
+                                item,
+                                action=f"{base}/requests/{item.id}",
+                                csrf=session.csrf,
+                                now=datetime.now(UTC),
+                            )
+                            yield event(kind, {"id": item.id, "html": html, "summary": summarize(item)})
+                        else:
+                            outcome = "" if item.decision is None else describe_decision(item.decision)
+                            html = _web_page.history_item(item)
+                            yield event(kind, {"id": item.id, "html": html, "summary": outcome})
+            finally:
+                self._subscribers.pop(send, None)
+                send.close()
+
+        headers = {**_SECURITY_HEADERS, "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+    async def _decide(self, request: Request) -> Response:
+        session = self._session(request)
+        self._check_same_origin(request)
+        form = await self._form(request)
+        sent = request.headers.get("x-csrf-token") or form.get("csrf", "")
+        if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+            raise _Refusal(403, "bad csrf token", "the form is stale: reload the page")
+        decider = self._running()
+        request_id = request.path_params["request_id"]
+        action = form.get("action", "")
+        if action not in _ACTIONS:
+            raise _Refusal(400, "unknown action", "action must be approve, deny or answer")
+        comment = form.get("comment", "").strip() or None
+        answer = form.get("answer", "").strip()
+        if (comment and len(comment) > MAX_COMMENT) or len(answer) > MAX_ANSWER:
+            raise _Refusal(400, "field too long", "the comment or answer is too long")
+        if action == "answer" and not answer:
+            raise _Refusal(400, "empty answer", "type an answer first")
+        if not _REQUEST_ID.fullmatch(request_id):
+            raise _Refusal(404, "unknown request", "no such request")
+        try:
+            if action == "answer":
+                decision = await decider.respond(request_id, answer, by=session.user, via=self.name)
+            else:
+                decision = await decider.decide(
+                    request_id, action == "approve", by=session.user, comment=comment, via=self.name
+                )
+        except UnknownRequest as exc:
+            raise _Refusal(404, "unknown request", "no such request") from exc
+        except NotAnApprover as exc:
+            raise _Refusal(
+                403, "not an approver", f"{session.user} is not an approver of this request"
+            ) from exc
+        except HumanLayerError as exc:
+            raise _Refusal(409, "not decidable", str(exc)) from exc
+        return await self._decided(request, decider, decision, session)
+
+    async def _decided(
+        self, request: Request, decider: Decider, decision: Decision, session: _Session
+    ) -> Response:
+        mine = decision.by == session.user and decision.via == self.name
+        if mine:
+            # Shown at once, also when the request was not delivered through this channel.
+            decided = await decider.get(decision.request_id)
+            self._remember(decided)
+            self._publish("decided", decided)
+        else:
+            logger.info("web.already_decided", request_id=decision.request_id, by=session.user)
+        message = describe_decision(decision) if mine else f"already {describe_decision(decision)}"
+        if "application/json" in request.headers.get("accept", ""):
+            body = {"status": decision.status.value, "message": message, "mine": mine}
+            return JSONResponse(body, status_code=200 if mine else 409, headers=_SECURITY_HEADERS)
+        if mine:
+            return RedirectResponse(self._base(request), status_code=303, headers=_SECURITY_HEADERS)
+        return HTMLResponse(
+            _web_page.message_page("Already decided", message), status_code=409, headers=_SECURITY_HEADERS
+        )
+
+    async def _static(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in _ASSETS:
+            raise _Refusal(404, "unknown asset", "not found")
+        content = _asset(name)
+        headers = {**_SECURITY_HEADERS, "Cache-Control": "no-cache"}
+        return Response(content, media_type=_ASSETS[name], headers=headers)
+
+    async def _not_found(self, request: Request) -> Response:
+        raise _Refusal(404, "no such page", "not found")

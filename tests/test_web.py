@@ -1,0 +1,527 @@
+"""The web console: plain HTTP against the real listener, then headless Chromium."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from anyio.abc import ByteReceiveStream
+from structlog.testing import capture_logs
+
+from humanlayer_async import ApprovalDenied, ConfigurationError, HumanLayer
+from humanlayer_async.channels import WebChannel
+
+from .test_gate import wait_pending
+
+pytestmark = pytest.mark.anyio
+
+KEY = "k" * 24
+ALICE = "alice-key-0123456789"
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf-token" content="([^"]+)"', html)
+    assert match is not None
+    return match.group(1)
+
+
+async def signed_in(client: httpx.AsyncClient, web: WebChannel, user: str | None = None) -> str:
+    """Sign ``client`` in with the token URL; return the page's CSRF token."""
+    response = await client.get(web.login_url(user=user))
+    assert response.status_code == 303
+    assert response.headers["location"] == "/approvals"
+    page = await client.get(str(web.url))
+    assert page.status_code == 200
+    return csrf_of(page.text)
+
+
+def refusals(logs: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
+    return [(entry["status"], entry["reason"]) for entry in logs if entry["event"] == "web.refused"]
+
+
+# -- plain HTTP ----------------------------------------------------------------------------
+
+
+async def test_token_url_sets_a_strict_httponly_cookie_and_the_page_lists_the_request() -> None:
+    web = WebChannel(token=KEY)
+    async with HumanLayer([web], listen="127.0.0.1:0", run_id="nightly-42") as hl:
+
+        @hl.require_approval(context={"ticket": "OPS-7"})
+        async def send_email(to: str, subject: str) -> str:
+            """Send an email to a customer."""
+            return "sent"
+
+        async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
+            tg.start_soon(send_email, "jane@example.com", "Your refund")
+            [request] = await wait_pending(hl)
+            with capture_logs() as logs:
+                assert (await client.get(str(web.url))).status_code == 401
+                signed = await client.get(web.login_url())
+            assert signed.status_code == 303 and signed.headers["location"] == "/approvals"
+            cookie = signed.headers["set-cookie"].lower()
+            for attribute in ("httponly", "samesite=strict", "path=/approvals"):
+                assert attribute in cookie
+            assert KEY not in signed.headers["set-cookie"]
+            page = await client.get(str(web.url))
+            assert page.status_code == 200
+            assert "default-src 'none'" in page.headers["content-security-policy"]
+            for text in (
+                "send_email",
+                "jane@example.com",
+                "Your refund",
+                "OPS-7",
+                "nightly-42",
+                "web-console",
+            ):
+                assert text in page.text
+            assert f'id="req-{request.id}"' in page.text
+            for asset, kind in (("console.css", "text/css"), ("console.js", "text/javascript")):
+                served = await client.get(f"{web.url}/static/{asset}")
+                assert served.status_code == 200 and served.headers["content-type"].startswith(kind)
+            await hl.decide(request.id, True, by="test", via="api")
+    assert refusals(logs) == [(401, "no session")]
+    assert all(KEY not in json.dumps(entry, default=str) for entry in logs)
+
+
+async def test_every_bad_request_is_a_logged_4xx_and_the_request_stays_pending() -> None:
+    web = WebChannel(token=KEY)
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl:
+
+        @hl.require_approval()
+        async def tool() -> str:
+            return "ran"
+
+        @hl.require_approval(approvers=["bob"])
+        async def bobs_tool() -> str:
+            return "ran"
+
+        async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
+            tg.start_soon(tool)
+            tg.start_soon(bobs_tool)
+            pending = await wait_pending(hl, 2)
+            mine = next(r for r in pending if r.function == "tool")
+            bobs = next(r for r in pending if r.function == "bobs_tool")
+            url = f"{web.url}/requests/{mine.id}"
+            with capture_logs() as logs:
+                anonymous = await client.post(url, data={"action": "approve"})
+                wrong = await client.get(f"{web.url}?token=not-the-token-at-all")
+                csrf = await signed_in(client, web)
+                good = {"csrf": csrf, "action": "approve"}
+                no_csrf = await client.post(url, data={"action": "approve"})
+                bad_csrf = await client.post(url, data={**good, "csrf": "forged"})
+                other_origin = await client.post(url, data=good, headers={"origin": "http://evil.example"})
+                cross_site = await client.post(url, data=good, headers={"sec-fetch-site": "same-site"})
+                json_body = await client.post(url, json=good, headers={"x-csrf-token": csrf})
+                bad_bytes = await client.post(
+                    url,
+                    content=b"action=approve&csrf=" + csrf.encode() + b"&comment=%FF%FE",
+                    headers={"content-type": "application/x-www-form-urlencoded"},
+                )
+                repeated = await client.post(
+                    url,
+                    content=f"csrf={csrf}&action=approve&action=deny",
+                    headers={"content-type": "application/x-www-form-urlencoded"},
+                )
+                bad_action = await client.post(url, data={**good, "action": "maybe"})
+                empty_answer = await client.post(url, data={**good, "action": "answer"})
+                unknown = await client.post(f"{web.url}/requests/{'0' * 32}", data=good)
+                odd_id = await client.post(f"{web.url}/requests/..%2f..", data=good)
+                not_approver = await client.post(f"{web.url}/requests/{bobs.id}", data=good)
+                wrong_method = await client.get(url)
+                no_asset = await client.get(f"{web.url}/static/secrets.txt")
+                no_page = await client.get(f"{web.url}/admin")
+            statuses = [
+                r.status_code
+                for r in (
+                    anonymous,
+                    wrong,
+                    no_csrf,
+                    bad_csrf,
+                    other_origin,
+                    cross_site,
+                    json_body,
+                    bad_bytes,
+                    repeated,
+                    bad_action,
+                    empty_answer,
+                    unknown,
+                    odd_id,
+                    not_approver,
+                    wrong_method,
+                    no_asset,
+                    no_page,
+                )
+            ]
+            assert statuses == [
+                401,
+                401,
+                403,
+                403,
+                403,
+                403,
+                415,
+                400,
+                400,
+                400,
+                400,
+                404,
+                404,
+                403,
+                405,
+                404,
+                404,
+            ]
+            assert {r.id for r in await hl.pending()} == {mine.id, bobs.id}
+            tg.cancel_scope.cancel()
+    logged = refusals(logs)
+    assert len(logged) == 17
+    assert (403, "cross-origin request") in logged and (403, "cross-site request") in logged
+    assert (403, "not an approver") in logged and (401, "wrong token") in logged
+    assert all("not-the-token-at-all" not in json.dumps(entry, default=str) for entry in logs)
+
+
+async def test_a_late_decision_gets_already_decided_by_whom() -> None:
+    web = WebChannel(token=KEY)
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl:
+
+        @hl.require_approval()
+        async def tool() -> str:
+            return "ran"
+
+        async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
+            tg.start_soon(tool)
+            [request] = await wait_pending(hl)
+            csrf = await signed_in(client, web)
+            await hl.decide(request.id, True, by="U024", via="slack")
+            late = await client.post(
+                f"{web.url}/requests/{request.id}",
+                data={"action": "deny", "comment": "too late"},
+                headers={"accept": "application/json", "x-csrf-token": csrf},
+            )
+    assert late.status_code == 409
+    assert late.json()["status"] == "approved"
+    assert late.json()["message"].startswith("already approved by U024 via slack")
+
+
+async def test_non_loopback_clients_are_refused_unless_allowed() -> None:
+    for allow_remote, expected in ((False, 403), (True, 303)):
+        web = WebChannel(token=KEY, allow_remote=allow_remote)
+        async with HumanLayer([web], listen=None) as hl:
+            with capture_logs() as logs:
+                for client_address, status in (
+                    (("203.0.113.7", 40000), expected),
+                    (("::ffff:127.0.0.1", 1), 303),
+                ):
+                    transport = httpx.ASGITransport(app=hl.asgi_app, client=client_address)
+                    async with httpx.AsyncClient(transport=transport, base_url="http://console") as client:
+                        response = await client.get(f"/approvals?token={KEY}")
+                        assert response.status_code == status, (allow_remote, client_address)
+        assert refusals(logs) == ([] if allow_remote else [(403, "not a loopback client")])
+
+
+async def test_named_users_decide_by_name_and_keys_stay_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    web = WebChannel(users={"alice": ALICE, "bob": "bob-key-0123456789ab"})
+    assert "alice" in repr(web) and ALICE not in repr(web)
+    assert web.users == ("alice", "bob")
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl:
+
+        @hl.require_approval(approvers=["alice"])
+        async def tool() -> str:
+            return "ran"
+
+        async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
+            results: list[str] = []
+
+            async def call() -> None:
+                results.append(await tool())
+
+            tg.start_soon(call)
+            [request] = await wait_pending(hl)
+            csrf = await signed_in(client, web, user="alice")
+            response = await client.post(
+                f"{web.url}/requests/{request.id}", data={"csrf": csrf, "action": "approve", "comment": "ok"}
+            )
+            assert response.status_code == 303
+        assert results == ["ran"]
+        decided = await hl.get(request.id)
+        assert decided.decision is not None
+        assert (decided.decision.by, decided.decision.via, decided.decision.comment) == ("alice", "web", "ok")
+    monkeypatch.setenv("HUMANLAYER_WEB_TOKEN", KEY)
+    assert WebChannel().login_url("http://h") == f"http://h/approvals?token={KEY}"
+    monkeypatch.setenv("HUMANLAYER_WEB_TOKEN", "short")
+    with pytest.raises(ConfigurationError) as short:
+        WebChannel()
+    assert "short" not in str(short.value).replace("$HUMANLAYER_WEB_TOKEN", "")
+    with pytest.raises(ConfigurationError, match="same key"):
+        WebChannel(users={"a": ALICE, "b": ALICE})
+    with pytest.raises(ConfigurationError, match="base_path"):
+        WebChannel(token=KEY, base_path="approvals?x")
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    kind = ""
+    async for line in response.aiter_lines():
+        if line.startswith("event: "):
+            kind = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            yield kind, json.loads(line.removeprefix("data: "))
+
+
+async def test_events_stream_new_requests_and_any_channels_decisions_then_end_cleanly() -> None:
+    web = WebChannel(token=KEY)
+    hl = HumanLayer([web], listen="127.0.0.1:0")
+    await hl.__aenter__()
+
+    @hl.require_approval()
+    async def tool(n: int) -> int:
+        return n
+
+    seen: list[tuple[str, dict[str, str]]] = []
+    ended = anyio.Event()
+    async with httpx.AsyncClient(timeout=30) as client, anyio.create_task_group() as tg:
+        await signed_in(client, web)
+
+        async def follow() -> None:
+            async with client.stream("GET", f"{web.url}/events") as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                async for event in sse_events(response):
+                    seen.append(event)
+            ended.set()  # reached only when the server finished the response cleanly
+
+        async def call() -> None:
+            assert await tool(7) == 7
+
+        tg.start_soon(follow)
+        with anyio.fail_after(10):
+            while not seen:
+                await anyio.sleep(0.01)
+        assert seen[0][0] == "snapshot" and seen[0][1]["pending"] == ""
+        tg.start_soon(call)
+        [request] = await wait_pending(hl)
+        with anyio.fail_after(10):
+            while [kind for kind, _ in seen] != ["snapshot", "requested"]:
+                await anyio.sleep(0.01)
+        assert f"req-{request.id}" in seen[1][1]["html"]
+        await hl.decide(request.id, True, by="U024", comment="fine", via="slack")
+        with anyio.fail_after(10):
+            while len(seen) < 3:
+                await anyio.sleep(0.01)
+        kind, data = seen[2]
+        assert kind == "decided" and data["id"] == request.id
+        assert "approved by U024 via slack" in data["html"] and "(fine)" in data["html"]
+        await hl.aclose()
+        with anyio.fail_after(10):
+            await ended.wait()
+
+
+# -- headless Chromium ---------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+async def browser_page() -> AsyncIterator[Any]:
+    """A page in a fresh headless Chromium (the system one on PATH), with its own profile."""
+    if CHROMIUM is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not on PATH (install the Debian packages chromium and chromium-driver)")
+        pytest.skip("chromium is not on PATH: apt-get install chromium chromium-driver")
+    from playwright.async_api import async_playwright
+
+    with tempfile.TemporaryDirectory() as profile:
+        async with async_playwright() as playwright:
+            context = await playwright.chromium.launch_persistent_context(
+                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            try:
+                yield context.pages[0] if context.pages else await context.new_page()
+            finally:
+                await context.close()
+
+
+async def test_browser_approves_denies_and_answers_live(browser_page: Any) -> None:
+    page = browser_page
+    web = WebChannel()
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl:
+        ask = hl.human_as_tool()
+
+        @hl.require_approval()
+        async def send_email(to: str) -> str:
+            """Send an email."""
+            return f"sent to {to}"
+
+        @hl.require_approval(condition=lambda amount, **kwargs: amount > 1000)
+        async def transfer_money(amount: int) -> str:
+            return f"moved {amount}"
+
+        @hl.require_approval()
+        async def purge(table: str) -> str:
+            return "purged"
+
+        results: dict[str, Any] = {}
+
+        async def call(name: str, coro: Any) -> None:
+            try:
+                results[name] = await coro
+            except ApprovalDenied as exc:
+                results[name] = exc
+
+        await page.goto(web.login_url())
+        assert page.url == web.url  # the token is gone from the address bar
+        [cookie] = await page.context.cookies()
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        await page.evaluate("window.notReloaded = true")
+        await page.locator("#connection", has_text="on").wait_for()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, "email", send_email("jane@example.com"))
+            tg.start_soon(call, "transfer", transfer_money(10_000))
+            tg.start_soon(call, "question", ask("Which region should the cluster use?"))
+            tg.start_soon(call, "purge", purge("orders"))
+            pending = {r.function: r for r in await wait_pending(hl, 4)}
+            cards = page.locator("#pending > li.card")
+            await cards.nth(3).wait_for()
+
+            email = page.locator(f"#req-{pending['send_email'].id}")
+            await email.get_by_text("jane@example.com").wait_for()
+            await email.get_by_role("button", name="Approve").click()
+
+            transfer = page.locator(f"#req-{pending['transfer_money'].id}")
+            await transfer.get_by_label("Comment (the reason, when denying)").fill("vendor not verified")
+            await transfer.get_by_role("button", name="Deny").click()
+
+            question = page.locator(f"#req-{pending['contact_human'].id}")
+            await question.get_by_text("Which region should the cluster use?").wait_for()
+            await question.get_by_label("Your answer").fill("eu-west-1")
+            await question.get_by_label("Your answer").press("Tab")
+            await page.keyboard.press("Enter")  # the keyboard reaches "Send answer"
+
+            # A decision from another channel shows up too.
+            await hl.decide(pending["purge"].id, False, by="U024", comment="not today", via="slack")
+            await page.locator("#history > li").nth(3).wait_for()
+        assert results["email"] == "sent to jane@example.com"
+        assert isinstance(results["transfer"], ApprovalDenied)
+        assert results["transfer"].decision.comment == "vendor not verified"
+        assert (results["transfer"].decision.by, results["transfer"].decision.via) == ("web-console", "web")
+        assert results["question"] == "eu-west-1"
+        assert isinstance(results["purge"], ApprovalDenied)
+        await page.locator("#pending-empty").wait_for()
+        assert await cards.count() == 0
+        history = await page.locator("#history").inner_text()
+        assert "approved by web-console via web" in history
+        assert "denied by web-console via web" in history and "vendor not verified" in history
+        assert "answered by web-console via web" in history and "eu-west-1" in history
+        assert "denied by U024 via slack" in history and "not today" in history
+        assert await page.evaluate("window.notReloaded") is True
+
+
+async def test_browser_wrong_token_and_forged_cross_site_posts_are_refused(browser_page: Any) -> None:
+    page = browser_page
+    web = WebChannel()
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl:
+
+        @hl.require_approval()
+        async def tool() -> str:
+            return "ran"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tool)
+            [request] = await wait_pending(hl)
+            with capture_logs() as logs:
+                wrong = await page.goto(f"{web.url}?token=guessed-token-0000000000")
+                assert wrong is not None and wrong.status == 401
+                assert await page.context.cookies() == []
+                await page.goto(web.login_url())
+                await page.locator(f"#req-{request.id}").wait_for()
+                # Forms that post to the console from two other origins, one cross-site
+                # (no cookie is sent) and one same-site on another port (cookie sent).
+                target = f"{web.url}/requests/{request.id}"
+                evil = (
+                    f'<form id="f" method="post" action="{target}">'
+                    '<input name="action" value="approve"></form>'
+                    "<script>document.getElementById('f').submit()</script>"
+                )
+                statuses = []
+                for origin in ("http://evil.example", "http://127.0.0.1:8999"):
+                    await page.route(
+                        f"{origin}/**", lambda route: route.fulfill(content_type="text/html", body=evil)
+                    )
+                    async with page.expect_response(lambda r: "/requests/" in r.url) as posted:
+                        await page.goto(f"{origin}/win-a-prize")
+                    statuses.append((await posted.value).status)
+            assert statuses == [401, 403]
+            assert [r.id for r in await hl.pending()] == [request.id]
+            tg.cancel_scope.cancel()
+    assert refusals(logs) == [(401, "wrong token"), (401, "no session"), (403, "cross-site request")]
+
+
+async def read_until(stream: ByteReceiveStream, buffer: list[str], pattern: str) -> re.Match[str]:
+    with anyio.fail_after(30):
+        while not (match := re.search(pattern, "".join(buffer))):
+            buffer.append((await stream.receive()).decode())
+    return match
+
+
+async def test_the_demo_answered_from_the_browser_and_the_terminal(browser_page: Any) -> None:
+    page = browser_page
+    command = [
+        sys.executable,
+        "-m",
+        "humanlayer_async.cli",
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--timeout",
+        "60",
+    ]
+    env = {**os.environ, "HUMANLAYER_WEB_TOKEN": ""}
+    async with await anyio.open_process(command, env=env) as process:
+        assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+        err: list[str] = []
+        out: list[str] = []
+        url = (await read_until(process.stderr, err, r"web console: (http://\S+\?token=\S+)")).group(1)
+        ids = {}
+        for function in ("send_email", "transfer_money", "delete_database_records"):
+            match = await read_until(
+                process.stdout, out, rf"{function}\([^\n]*\n(?:  [^\n]*\n)*?  answer: y (\w+)"
+            )
+            ids[function] = match.group(1)
+        await page.goto(url)
+        cards = page.locator("#pending > li.card")
+        await cards.nth(2).wait_for()
+        for function in ("send_email", "delete_database_records"):
+            card = page.locator(f"#pending > li.card[data-id^='{ids[function]}']")
+            await card.get_by_role("button", name="Approve").click()
+            await card.wait_for(state="detached")
+        await process.stdin.send(f"n {ids['transfer_money']} vendor not verified\n".encode())
+        user = getpass.getuser()
+        await page.locator("#history", has_text=f"denied by {user} via console").wait_for()
+        await read_until(process.stdout, out, r"summary(\n.*){7}")
+        assert await process.wait() == 0
+    text = "".join(out)
+    assert re.search(rf"\[{ids['send_email']}\] send_email: approved by web-console via web", text)
+    summary = text[text.index("summary") :]
+    assert re.search(r"ran\s+send email\s+approved by web-console via web at .*, after \d", summary)
+    assert re.search(r"ran\s+delete database records\s+approved by web-console via web", summary)
+    assert re.search(
+        rf"refused\s+transfer \$10,000\s+denied by {user} via console.*vendor not verified", summary
+    )
+    assert re.search(r"ran\s+transfer \$100\s+no approval needed", summary)
+    assert "vendor not verified" in await page.locator("#history").inner_text()
