@@ -140,7 +140,8 @@ class PostgresStore:
         schema: The schema holding the store's tables; created when missing. Give each
             deployment (or test run) its own to keep them apart.
         retention: How long ``prune()`` keeps decided requests. Default: 30 days.
-        min_size, max_size: The connection pool's bounds (plus one ``LISTEN`` connection).
+        min_size: The connection pool's lower bound (plus one ``LISTEN`` connection).
+        max_size: The connection pool's upper bound (plus one ``LISTEN`` connection).
         connect_timeout: Seconds to wait for a connection.
     """
 
