@@ -405,6 +405,8 @@ async def test_browser_approves_denies_and_answers_live(browser_page: Any) -> No
 
             transfer = page.locator(f"#req-{pending['transfer_money'].id}")
             await transfer.get_by_label("Comment (the reason, when denying)").fill("vendor not verified")
+            # Enter in the comment box adds a line; it must not submit with the first button (Approve).
+            await transfer.get_by_label("Comment (the reason, when denying)").press("Enter")
             await transfer.get_by_role("button", name="Deny").click()
 
             question = page.locator(f"#req-{pending['contact_human'].id}")

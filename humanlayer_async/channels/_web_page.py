@@ -75,7 +75,8 @@ def card(request: ApprovalRequest, *, action: str, csrf: str, now: datetime) -> 
         )
         form = (
             f'<label for="c-{rid}">Comment (the reason, when denying)</label>'
-            f'<input id="c-{rid}" name="comment" maxlength="2000" autocomplete="off">'
+            # A textarea: Enter adds a line instead of submitting with the first button (Approve).
+            f'<textarea id="c-{rid}" name="comment" rows="2" maxlength="2000"></textarea>'
             '<div class="buttons">'
             '<button type="submit" name="action" value="approve" class="approve">Approve</button>'
             '<button type="submit" name="action" value="deny" class="deny">Deny</button>'
