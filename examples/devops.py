@@ -12,8 +12,9 @@ Runs offline and finishes by itself::
 Channels: scaling decisions would go to Slack (``#ops-approvals``); deletions to Slack
 and to the on-call engineer's email, so whoever sees it first answers. Here two
 ``AutoChannel`` objects play the ops lead and the on-call engineer by rules. To ask
-real people, give the decorators real channels instead, e.g. ``channels=[ConsoleChannel()]``
-to answer in this terminal.
+real people, use real channels instead: ``ops_slack = SlackChannel(channel="#ops-approvals")``
+and ``oncall_email = EmailChannel("oncall@company.com", ...)``, or ``ConsoleChannel()`` to
+answer in this terminal.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ Channels: the CFO would get an email and answer by replying "approve" or "deny
 <reason>" (or click in the web console); email is what reaches them anywhere. Here an
 ``AutoChannel`` plays the CFO by a rule. To ask a person, pass real channels instead,
 e.g. ``HumanLayer([ConsoleChannel()], timeout=86400)`` to answer in this terminal, with
-a day to do so.
+a day to do so, or, with ``SMTP_HOST`` and friends in the environment::
+
+    HumanLayer([EmailChannel("cfo@company.com", inbound="postmark", inbound_secret=...)], timeout=86400)
 """
 
 from __future__ import annotations

@@ -14,10 +14,15 @@ email as a fallback for reviewers on the road; the first answer from either wins
 an ``AutoChannel`` plays the sales lead, by a rule, so no one has to be at hand. To ask
 real people, pass real channels instead, e.g.::
 
-    from humanlayer_async.channels import ConsoleChannel
-    hl = HumanLayer([ConsoleChannel()])   # answer in this terminal: y <id> / n <id> reason
+    from humanlayer_async.channels import ConsoleChannel, EmailChannel, SlackChannel
 
-and the Slack and email channels the same way (see the Channels pages of the docs).
+    hl = HumanLayer([ConsoleChannel()])   # answer in this terminal: y <id> / n <id> reason
+    hl = HumanLayer([                     # or: Slack (SLACK_BOT_TOKEN, SLACK_SIGNING_SECRET)
+        SlackChannel(channel="#sales-approvals"),
+        EmailChannel("sales-leads@company.com", inbound="mailgun", inbound_secret=...),
+    ])
+
+(see the Channels pages of the docs for each channel's set-up).
 """
 
 from __future__ import annotations
