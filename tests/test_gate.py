@@ -326,6 +326,7 @@ async def test_two_thousand_concurrent_calls_each_get_their_own_outcome() -> Non
             random.Random(7).shuffle(order)
             for n in order:
                 await hl.decide(by_n[n], n % 3 != 0, by="alice", comment=f"no-{n}")
+                await anyio.sleep(0)  # decisions arrive one by one, as from a listener
     assert len(outcomes) == count
     for n in range(count):
         assert outcomes[n] == (f"denied:no-{n}" if n % 3 == 0 else f"ran:{n * 3}")
