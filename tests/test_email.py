@@ -177,16 +177,18 @@ async def post_mailgun(
     timestamp: str | None = None,
     token: str | None = None,
     key: str = SECRET,
+    message_id: str | None = None,
 ) -> httpx.Response:
     timestamp = str(int(time.time())) if timestamp is None else timestamp
     token = token or secrets.token_hex(25)
+    message_headers = [["Message-Id", message_id or _message_id()], ["From", sender], *map(list, headers)]
     fields = {
         "recipient": to,
         "sender": parseaddr(sender)[1],
         "from": sender,
         "subject": "Re: [Approval needed]",
         "body-plain": text,
-        "message-headers": json.dumps([["Message-Id", _message_id()], ["From", sender], *map(list, headers)]),
+        "message-headers": json.dumps(message_headers),
         "timestamp": timestamp,
         "token": token,
         "signature": hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest(),
@@ -234,6 +236,7 @@ async def post_postmark(
     stripped: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
     password: str = SECRET,
+    spf: str = "Pass",
 ) -> httpx.Response:
     name, address = parseaddr(sender)
     mailbox_hash = to.partition("@")[0].rpartition("+")[2]
@@ -250,7 +253,7 @@ async def post_postmark(
         "TextBody": text,
         "StrippedTextReply": stripped or "",
         "Headers": [
-            {"Name": "Received-SPF", "Value": "Pass (sender SPF authorized) identity=mailfrom"},
+            {"Name": "Received-SPF", "Value": f"{spf} (sender SPF verdict) identity=mailfrom"},
             {"Name": "Message-ID", "Value": _message_id()},
             *({"Name": k, "Value": v} for k, v in headers),
         ],

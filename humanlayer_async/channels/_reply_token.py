@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Sequence
 
 __all__ = ["TOKEN_LENGTH", "ReplyTokens"]
@@ -23,6 +24,7 @@ TOKEN_LENGTH = -(-_PAYLOAD_BYTES * 8 // 5)
 """Characters in a token: 44, so ``approvals+<token>`` fits the 64 a local part may have."""
 
 _DOMAIN = b"humanlayer-async/email-reply-token\x00"
+_HEX_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class ReplyTokens:
@@ -46,9 +48,9 @@ class ReplyTokens:
 
         Raises ``ValueError`` for an id that is not 32 hex digits or an index over 255.
         """
-        raw_id = bytes.fromhex(request_id)
-        if len(raw_id) != _ID_BYTES or not 0 <= index < 256:
+        if not _HEX_ID.fullmatch(request_id) or not 0 <= index < 256:
             raise ValueError("reply tokens need a 32-hex-digit request id and a recipient index under 256")
+        raw_id = bytes.fromhex(request_id)
         payload = raw_id + bytes([index]) + self._mac(raw_id, index, recipient)
         return base64.b32encode(payload).decode().rstrip("=").lower()
 

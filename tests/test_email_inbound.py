@@ -1,0 +1,430 @@
+"""Inbound-mail webhooks that must decide nothing: ambiguous, automatic, spoofed, forged,
+stale, replayed or malformed. Each is a 4xx with a log line; the request stays pending."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from humanlayer_async import ApprovalRequest, HumanLayer, Status
+
+from .test_email import (
+    ALICE,
+    BOB,
+    SECRET,
+    TOKEN_SECRET,
+    Calls,
+    Inbox,
+    inbox,
+    make_channel,
+    post_generic,
+    post_mailgun,
+    post_postmark,
+    post_reply,
+    post_sendgrid,
+    running,
+    sign_generic,
+    text_of,
+)
+from .test_gate import wait_pending
+
+pytestmark = pytest.mark.anyio
+
+__all__ = ["inbox"]  # the fixture, shared with test_email
+
+PROVIDERS = ("mailgun", "sendgrid", "postmark", "generic")
+
+
+class Pending:
+    """A gated call waiting for an answer, and the reply address each recipient was given."""
+
+    def __init__(self, request: ApprovalRequest, reply_to: dict[str, str]) -> None:
+        self.request = request
+        self.reply_to = reply_to
+
+
+@contextlib.asynccontextmanager
+async def waiting(
+    inbox: Inbox, *providers: str, **options: Any
+) -> AsyncIterator[tuple[HumanLayer, httpx.AsyncClient, Pending]]:
+    """A HumanLayer with one EmailChannel per provider, and one request waiting."""
+    channels = [make_channel(inbox, provider, **options) for provider in providers]
+    async with HumanLayer(channels, listen="127.0.0.1:0") as hl, anyio.create_task_group() as tg:
+        assert hl.url is not None
+
+        @hl.require_approval()
+        async def drop_table(name: str) -> str:
+            return f"dropped {name}"
+
+        Calls(tg).start(lambda: drop_table("users"))
+        [request] = await wait_pending(hl)
+        mails = await inbox.wait(len(channels) * len(channels[0].to))
+        async with httpx.AsyncClient(base_url=hl.url) as client:
+            yield hl, client, Pending(request, {m["To"]: m["Reply-To"] for m in mails})
+        tg.cancel_scope.cancel()
+
+
+def refusals(logs: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
+    return [(e["status"], e["reason"]) for e in logs if e["event"] == "email.inbound_refused"]
+
+
+# -- not an answer ---------------------------------------------------------------------------
+
+
+async def test_ambiguous_replies_decide_nothing_and_one_approver_gets_one_help_reply(inbox: Inbox) -> None:
+    async with waiting(inbox, "mailgun") as (hl, client, pending):
+        with capture_logs() as logs:
+            first = await post_mailgun(
+                client,
+                to=pending.reply_to[ALICE],
+                sender=ALICE,
+                text="No problem, go ahead",
+                message_id="<reply-1@mail.company.com>",
+            )
+            assert first.status_code == 422
+            [help_mail] = (await inbox.wait(3))[2:]
+            for text in ("not approved", "Sure thing!", "", "approve this please"):
+                again = await post_mailgun(client, to=pending.reply_to[ALICE], sender=ALICE, text=text)
+                assert again.status_code == 422
+            from_bob = await post_mailgun(client, to=pending.reply_to[BOB], sender=BOB, text="maybe later")
+            assert from_bob.status_code == 422
+            assert (await hl.get(pending.request.id)).status is Status.PENDING
+            decided = await post_mailgun(client, to=pending.reply_to[BOB], sender=BOB, text="Yes.")
+            assert decided.json() == {"status": "approved"}
+            messages = await inbox.wait(5)
+    assert help_mail["To"] == ALICE
+    assert help_mail["In-Reply-To"] == "<reply-1@mail.company.com>"
+    assert help_mail["References"] == f"<hl.{pending.request.id}.0@company.com> <reply-1@mail.company.com>"
+    assert help_mail["Reply-To"] == pending.reply_to[ALICE]
+    assert help_mail["Auto-Submitted"] == "auto-replied"
+    assert "did not approve or deny drop_table(name='users')" in text_of(help_mail)
+    assert "deny: <reason>" in text_of(help_mail)
+    assert len(messages) == 5 and sorted(m["To"] for m in messages[3:]) == [ALICE, BOB]
+    assert all(f"approved by {BOB} via email" in text_of(m) for m in messages[3:])
+    assert len(refusals(logs)) == 6 and {status for status, _ in refusals(logs)} == {422}
+
+
+async def test_non_approvers_and_automatic_replies_get_no_help(inbox: Inbox) -> None:
+    async with waiting(inbox, "generic", approvers=[ALICE]) as (hl, client, pending):
+        with capture_logs() as logs:
+            bob_clear = await post_generic(client, to=pending.reply_to[BOB], sender=BOB, text="approve")
+            bob_vague = await post_generic(client, to=pending.reply_to[BOB], sender=BOB, text="hmm")
+            out_of_office = await post_generic(
+                client,
+                to=pending.reply_to[ALICE],
+                sender=ALICE,
+                text="No, I am out of the office until Monday.",
+                headers=[("Auto-Submitted", "auto-replied")],
+            )
+            bulk = await post_generic(
+                client, to=pending.reply_to[ALICE], sender=ALICE, text="yes", headers=[("Precedence", "bulk")]
+            )
+            assert (await hl.get(pending.request.id)).status is Status.PENDING
+            decided = await post_generic(client, to=pending.reply_to[ALICE], sender=ALICE, text="deny")
+            assert decided.json() == {"status": "denied"}
+            messages = await inbox.wait(4)
+    assert [r.status_code for r in (bob_clear, bob_vague, out_of_office, bulk)] == [403, 403, 422, 422]
+    assert "not an approver" in bob_clear.text and "automatic" in out_of_office.text
+    assert len(messages) == 4 and all(m["In-Reply-To"] for m in messages[2:])  # two follow-ups, no help
+    assert len(refusals(logs)) == 4
+
+
+# -- spoofed, forwarded, guessed -------------------------------------------------------------
+
+
+def _forged_token(token: str, request_id: str) -> str:
+    """``token`` carrying another request id, its MAC left as it was."""
+    raw = base64.b32decode(token.upper() + "====")
+    forged = bytes.fromhex(request_id) + raw[16:]
+    return base64.b32encode(forged).decode().rstrip("=").lower()
+
+
+async def test_spoofed_forwarded_guessed_and_failing_senders_are_refused(inbox: Inbox) -> None:
+    async with waiting(inbox, *PROVIDERS) as (hl, client, pending):
+        alice_address = pending.reply_to[ALICE]
+        token = alice_address.partition("+")[2].partition("@")[0]
+        guessed = alice_address.replace(
+            token, "".join(random.choices("abcdefghijklmnopqrstuvwxyz234567", k=44))
+        )
+        other_request = alice_address.replace(token, _forged_token(token, secrets.token_hex(16)))
+        with capture_logs() as logs:
+            statuses: dict[str, list[int]] = {}
+            for provider in PROVIDERS:
+                attempts = [
+                    {"to": alice_address, "sender": "Alice <mallory@evil.example>"},  # spoofed
+                    {"to": alice_address, "sender": BOB},  # forwarded to another approver
+                    {"to": guessed, "sender": ALICE},
+                    {"to": other_request, "sender": ALICE},
+                    {"to": "approvals@replies.company.com", "sender": ALICE},  # no token
+                ]
+                results = [await post_reply(provider, client, text="approve", **a) for a in attempts]
+                statuses[provider] = [r.status_code for r in results]
+            failing = [
+                await post_mailgun(
+                    client,
+                    to=alice_address,
+                    sender=ALICE,
+                    text="approve",
+                    headers=[("X-Mailgun-Spf", "Fail")],
+                ),
+                await post_mailgun(
+                    client,
+                    to=alice_address,
+                    sender=ALICE,
+                    text="approve",
+                    headers=[("X-Mailgun-Dkim-Check-Result", "Fail")],
+                ),
+                await post_sendgrid(client, to=alice_address, sender=ALICE, text="approve", spf="softfail"),
+                await post_sendgrid(
+                    client, to=alice_address, sender=ALICE, text="approve", dkim="{@company.com : fail}"
+                ),
+                await post_postmark(client, to=alice_address, sender=ALICE, text="approve", spf="Fail"),
+                await post_generic(
+                    client,
+                    to=alice_address,
+                    sender=ALICE,
+                    text="approve",
+                    headers=[("Authentication-Results", "mx.company.com; spf=pass; dkim=pass; dmarc=fail")],
+                ),
+            ]
+            assert (await hl.get(pending.request.id)).status is Status.PENDING
+            # A passing verdict does not stand in for the token and sender checks, and vice versa:
+            passing = await post_sendgrid(
+                client,
+                to=alice_address,
+                sender=ALICE,
+                text="approve",
+                dkim="{@a.com : fail}, {@company.com : pass}",
+            )
+    assert statuses == {provider: [403] * 5 for provider in PROVIDERS}
+    assert [r.status_code for r in failing] == [403] * 6
+    assert "spf=fail" in failing[0].text and "dmarc=fail" in failing[5].text
+    assert passing.json() == {"status": "approved"}
+    assert len(refusals(logs)) == 26
+    logged = repr(logs)
+    for secret in (SECRET, TOKEN_SECRET, token):
+        assert secret not in logged
+
+
+async def test_a_token_for_an_unknown_request_is_404(inbox: Inbox) -> None:
+    channel = make_channel(inbox, "generic")
+    async with running(channel) as (_, client):
+        address = channel._reply_address(secrets.token_hex(16), 0)
+        response = await post_generic(client, to=address, sender=ALICE, text="approve")
+    assert response.status_code == 404
+
+
+async def test_without_an_inbound_secret_every_webhook_is_refused(inbox: Inbox) -> None:
+    channel = make_channel(inbox, "generic")
+    channel._inbound_secret = None
+    with capture_logs() as logs:
+        async with running(channel) as (_, client):
+            response = await post_generic(
+                client, to="approvals@replies.company.com", sender=ALICE, text="yes"
+            )
+    assert response.status_code == 403
+    assert [e["event"] for e in logs if e["event"].startswith("email.")] == [
+        "email.inbound_disabled",
+        "email.inbound_refused",
+    ]
+
+
+# -- forged, stale, replayed -----------------------------------------------------------------
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+async def test_forged_signatures_and_wrong_credentials_are_401(inbox: Inbox) -> None:
+    async with waiting(inbox, *PROVIDERS) as (hl, client, pending):
+        to = pending.reply_to[ALICE]
+        body = json.dumps({"from": ALICE, "to": to, "text": "approve"}).encode()
+        good = sign_generic(body)
+        with capture_logs() as logs:
+            responses = {
+                "mailgun wrong key": await post_mailgun(
+                    client, to=to, sender=ALICE, text="approve", key="guess"
+                ),
+                "mailgun unsigned": await client.post(
+                    "/email/inbound/mailgun", data={"recipient": to, "from": ALICE, "body-plain": "approve"}
+                ),
+                "sendgrid wrong password": await post_sendgrid(
+                    client, to=to, sender=ALICE, text="approve", password="guess"
+                ),
+                "sendgrid no auth": await client.post(
+                    "/email/inbound/sendgrid", data={"to": to, "from": ALICE}
+                ),
+                "sendgrid bad base64": await client.post(
+                    "/email/inbound/sendgrid", headers={"Authorization": "Basic !!!"}, data={"to": to}
+                ),
+                "postmark wrong password": await post_postmark(
+                    client, to=to, sender=ALICE, text="approve", password="guess"
+                ),
+                "postmark bearer": await client.post(
+                    "/email/inbound/postmark", json={}, headers={"Authorization": f"Bearer {SECRET}"}
+                ),
+                "generic wrong key": await client.post(
+                    "/email/inbound/generic", content=body, headers=sign_generic(body, key="guess")
+                ),
+                "generic other body": await client.post(
+                    "/email/inbound/generic", content=body.replace(b"approve", b"deny"), headers=good
+                ),
+                "generic unsigned": await client.post("/email/inbound/generic", content=body),
+                "generic no prefix": await client.post(
+                    "/email/inbound/generic",
+                    content=body,
+                    headers={**good, "X-Signature": good["X-Signature"].removeprefix("sha256=")},
+                ),
+            }
+            assert (await hl.get(pending.request.id)).status is Status.PENDING
+    assert {name: r.status_code for name, r in responses.items()} == dict.fromkeys(responses, 401)
+    assert len(refusals(logs)) == len(responses)
+
+
+async def test_stale_and_replayed_webhooks_are_refused(inbox: Inbox) -> None:
+    async with waiting(inbox, "mailgun", "generic") as (hl, client, pending):
+        to = pending.reply_to[ALICE]
+        old, future = str(int(time.time()) - 301), str(int(time.time()) + 400)
+        stale = [
+            await post_mailgun(client, to=to, sender=ALICE, text="approve", timestamp=old),
+            await post_mailgun(client, to=to, sender=ALICE, text="approve", timestamp=future),
+        ]
+        body = json.dumps({"from": ALICE, "to": to, "text": "maybe"}).encode()
+        stale.append(
+            await client.post("/email/inbound/generic", content=body, headers=sign_generic(body, old))
+        )
+        assert [r.status_code for r in stale] == [401, 401, 401] and "stale" in stale[0].text
+
+        signed = sign_generic(body)
+        first = await client.post("/email/inbound/generic", content=body, headers=signed)
+        replayed = await client.post("/email/inbound/generic", content=body, headers=signed)
+        assert (first.status_code, replayed.status_code) == (422, 401) and "replayed" in replayed.text
+
+        token = secrets.token_hex(25)
+        once = await post_mailgun(
+            client, to=to, sender=ALICE, text="maybe", token=token, timestamp=str(int(time.time()))
+        )
+        twice = await post_mailgun(client, to=to, sender=ALICE, text="approve", token=token)
+        assert (once.status_code, twice.status_code) == (422, 401)
+        assert (await hl.get(pending.request.id)).status is Status.PENDING
+
+
+# -- malformed payloads ----------------------------------------------------------------------
+
+
+async def test_malformed_payloads_are_400_and_the_listener_goes_on(inbox: Inbox) -> None:
+    async with waiting(inbox, *PROVIDERS) as (hl, client, pending):
+        to = pending.reply_to[ALICE]
+        auth = _basic("inbound", SECRET)
+
+        async def generic(body: bytes) -> httpx.Response:
+            return await client.post("/email/inbound/generic", content=body, headers=sign_generic(body))
+
+        async def mailgun_with(**fields: str) -> httpx.Response:
+            now, nonce = str(int(time.time())), secrets.token_hex(25)
+            signature = hmac.new(SECRET.encode(), (now + nonce).encode(), hashlib.sha256).hexdigest()
+            form = {"recipient": to, "from": ALICE, "timestamp": now, "token": nonce, "signature": signature}
+            return await client.post("/email/inbound/mailgun", data={**form, **fields})
+
+        with capture_logs() as logs:
+            responses = [
+                await generic(b"not json"),
+                await generic(b"\xff\xfe\x00"),
+                await generic(b"[]"),
+                await generic(json.dumps({"from": 5, "to": to, "text": "approve"}).encode()),
+                await generic(json.dumps({"from": ALICE, "to": 7, "text": "approve"}).encode()),
+                await generic(json.dumps({"from": ALICE, "to": to, "text": {"a": 1}}).encode()),
+                await generic(json.dumps({"from": ALICE, "to": to, "text": "yes", "headers": []}).encode()),
+                await generic(json.dumps({"from": ALICE, "to": to, "headers": {"A": 1}}).encode()),
+                await generic(json.dumps({"to": to, "text": "approve"}).encode()),
+                await generic(json.dumps({"from": "nobody", "to": to, "text": "approve"}).encode()),
+                await mailgun_with(**{"message-headers": "{not json"}),
+                await mailgun_with(**{"message-headers": '[["only-a-name"]]'}),
+                await mailgun_with(**{"message-headers": '{"a": "b"}'}),
+                await mailgun_with(**{"from": ""}),
+                await client.post(
+                    "/email/inbound/sendgrid",
+                    content=b'--xyz\r\nContent-Disposition: form-data; name="to"\r\n\r\nno end',
+                    headers={**auth, "Content-Type": "multipart/form-data; boundary=xyz"},
+                ),
+                await client.post(
+                    "/email/inbound/sendgrid", data={"from": ALICE, "to": to, "envelope": "{"}, headers=auth
+                ),
+                await client.post("/email/inbound/postmark", content=b"{", headers=auth),
+                await client.post("/email/inbound/postmark", json=[1, 2], headers=auth),
+                await client.post("/email/inbound/postmark", json={"FromFull": {"Email": 7}}, headers=auth),
+                await client.post(
+                    "/email/inbound/postmark", json={"From": ALICE, "Headers": "x"}, headers=auth
+                ),
+                await client.post(
+                    "/email/inbound/postmark", json={"From": ALICE, "Headers": [{"Name": 1}]}, headers=auth
+                ),
+                await client.post(
+                    "/email/inbound/postmark", json={"From": ALICE, "TextBody": ["approve"]}, headers=auth
+                ),
+            ]
+            assert (await client.get("/healthz")).text == "ok"
+            assert (await hl.get(pending.request.id)).status is Status.PENDING
+    assert [r.status_code for r in responses] == [400] * len(responses), [r.text for r in responses]
+    assert len(refusals(logs)) == len(responses)
+
+
+def _mutate(value: Any, rng: random.Random) -> Any:
+    """``value`` with one part dropped or replaced by something of another type."""
+    junk = [None, 0, -1.5, True, "", "x" * 300, [], {}, [["a", 1]], {"Email": None}, "\x00\ud800"]
+    if isinstance(value, dict) and value:
+        key = rng.choice(sorted(value))
+        mutated = dict(value)
+        if rng.random() < 0.3:
+            del mutated[key]
+        else:
+            mutated[key] = _mutate(value[key], rng) if rng.random() < 0.3 else rng.choice(junk)
+        return mutated
+    if isinstance(value, list) and value:
+        index = rng.randrange(len(value))
+        return [*value[:index], _mutate(value[index], rng), *value[index + 1 :]]
+    return rng.choice(junk)
+
+
+async def test_mutated_payloads_never_make_a_500(inbox: Inbox) -> None:
+    rng = random.Random(4)
+    async with waiting(inbox, "postmark", "generic") as (hl, client, pending):
+        to = pending.reply_to[ALICE]
+        postmark = {
+            "From": ALICE,
+            "FromFull": {"Email": ALICE, "Name": "Alice"},
+            "ToFull": [{"Email": to, "MailboxHash": to.partition("+")[2].partition("@")[0]}],
+            "OriginalRecipient": to,
+            "MailboxHash": "",
+            "TextBody": "maybe",
+            "StrippedTextReply": "maybe",
+            "Headers": [{"Name": "Received-SPF", "Value": "Pass"}],
+        }
+        generic = {"from": ALICE, "to": [to], "text": "maybe", "headers": {"Message-ID": "<m@x>"}}
+        statuses: set[int] = set()
+        for _ in range(25):
+            body = json.dumps(_mutate(postmark, rng)).encode("utf-8", "surrogatepass")
+            response = await client.post(
+                "/email/inbound/postmark", content=body, headers=_basic("pm", SECRET)
+            )
+            statuses.add(response.status_code)
+            body = json.dumps(_mutate(generic, rng)).encode("utf-8", "surrogatepass")
+            response = await client.post("/email/inbound/generic", content=body, headers=sign_generic(body))
+            statuses.add(response.status_code)
+        assert (await hl.get(pending.request.id)).status is Status.PENDING
+    assert statuses and max(statuses) < 500 and min(statuses) >= 400, statuses
+    assert {400, 422} <= statuses
