@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import structlog
+from starlette.types import ASGIApp
+
+from humanlayer_async.listener import Listener
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository: the working directory of the subprocesses that run ``benchmarks.*``."""
 RESULTS = ROOT / "benchmarks" / "results"
 
-LOGGING = "structlog and logging filtered below WARNING (info events are dropped before rendering)"
+LOGGING = (
+    "structlog and logging filtered below WARNING (info events dropped before rendering; "
+    "loggers cached on first use; warnings to stderr)"
+)
 
 
 def arguments(
@@ -50,7 +59,9 @@ def arguments(
 def quiet_logging() -> str:
     """Filter structlog and the standard library's logging below WARNING; say so."""
     structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING), cache_logger_on_first_use=True
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),  # stdout is for the table
+        cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=logging.WARNING)
     return LOGGING
@@ -75,6 +86,27 @@ def machine() -> dict[str, Any]:
         "system": f"{platform.system()} {platform.release()}",
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
+
+
+def revision() -> dict[str, Any]:
+    """The commit measured, and whether the library's files differed from it.
+
+    Outside a git checkout (an exported tree), ``BENCH_REVISION`` names the commit.
+    """
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "humanlayer_async"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": os.environ.get("BENCH_REVISION"), "library_modified": None}
+    return {"commit": commit, "library_modified": bool(changed)}
 
 
 def rss_bytes() -> int | None:
@@ -160,6 +192,7 @@ class Report:
             "smoke": self.smoke,
             "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": machine(),
+            "revision": revision(),
             "settings": self.settings,
             "results": [row.as_dict() for row in self.rows],
             "targets": [target.as_dict() for target in self.targets],
@@ -175,9 +208,11 @@ class Report:
         print(f"wrote {out}")
 
 
-def _number(value: float | None) -> str:
+def number(value: float | None) -> str:
     if value is None:
         return "—"
+    if float(value).is_integer() and abs(value) >= 10:
+        return f"{value:,.0f}"
     if value >= 100:
         return f"{value:,.0f}"
     if value >= 10:
@@ -196,8 +231,8 @@ def render(report: Report) -> str:
                 row.metric,
                 row.unit,
                 row.baseline_name,
-                _number(row.baseline),
-                _number(row.ours),
+                number(row.baseline),
+                number(row.ours),
                 "—" if ratio is None else f"{ratio:.3g}x",
             )
         )
@@ -211,6 +246,67 @@ def render(report: Report) -> str:
         out.append(f"target {'MET' if target.met else 'MISSED'}: {target.goal} — measured {target.measured}")
     out.extend(f"note: {note}" for note in report.notes)
     return "\n".join(out)
+
+
+def _short(path: str | None) -> str:
+    if not path:
+        return "?"
+    for marker in ("site-packages/", f"{ROOT.as_posix()}/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return Path(path).name
+
+
+def profile(work: Callable[[], object], top: int = 12) -> dict[str, Any]:
+    """Profile ``work()`` with pyinstrument: the functions with the most time, inclusive and self.
+
+    Paths are shortened to the package (never this machine's absolute paths).
+    """
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        return {"skipped": "pyinstrument is not installed (pip install -e '.[bench]')"}
+    profiler = Profiler(interval=0.0002, async_mode="disabled")
+    profiler.start()
+    work()
+    session = profiler.stop()
+    root = session.root_frame()
+    if root is None:
+        return {"skipped": "no samples"}
+    inclusive: dict[str, float] = {}
+    own: dict[str, float] = {}
+    stack = [(root, frozenset[str]())]
+    while stack:
+        frame, above = stack.pop()
+        if frame.function.startswith("["):  # pyinstrument's own [self] / [await] frames
+            continue
+        key = f"{frame.function} ({_short(frame.file_path)})"
+        if key not in above:  # recursion counts once
+            inclusive[key] = inclusive.get(key, 0.0) + frame.time
+        own[key] = own.get(key, 0.0) + frame.total_self_time
+        stack.extend((child, above | {key}) for child in frame.children)
+    total = root.time or 1.0
+
+    def ranked(times: dict[str, float], keep: Callable[[str], bool]) -> list[dict[str, Any]]:
+        chosen = sorted(((t, k) for k, t in times.items() if keep(k)), reverse=True)[:top]
+        return [{"function": k, "seconds": round(t, 4), "share": round(t / total, 3)} for t, k in chosen]
+
+    return {
+        "tool": "pyinstrument",
+        "seconds": round(total, 3),
+        "ours_inclusive": ranked(inclusive, lambda key: "humanlayer_async/" in key),
+        "self_time": ranked(own, lambda key: True),
+    }
+
+
+@contextlib.asynccontextmanager
+async def serving(app: ASGIApp) -> AsyncIterator[str]:
+    """Serve ``app`` on a free loopback port with the SDK's own listener; yield its URL."""
+    listener = Listener(app, "127.0.0.1", 0)
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(listener.serve)
+        yield listener.url
+        task_group.cancel_scope.cancel()
 
 
 def run(main: Callable[[Sequence[str] | None], int]) -> None:
