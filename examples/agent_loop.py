@@ -120,7 +120,7 @@ async def agent(model: ScriptedModel, task: str) -> str:
         lookups = [t for t, call in zip(tasks, turn, strict=True) if call.name == "lookup_order"]
         if lookups:
             await asyncio.wait(lookups)
-            waiting = len(await hl.pending())
+            waiting = sum(not t.done() for t, call in zip(tasks, turn, strict=True) if call.name == "refund")
             print(f"{len(lookups)} look-ups done while {waiting} refunds waited for a human")
             lookups_done.set()
         messages += await asyncio.gather(*tasks)

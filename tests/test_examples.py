@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 
 pytestmark = pytest.mark.anyio
@@ -22,20 +26,45 @@ INTEGRATIONS = {
 }
 
 
-async def run_example(name: str) -> str:
-    """Run one example in a fresh interpreter; return its standard output."""
+Runs = dict[str, "subprocess.Popen[bytes]"]
+
+
+def missing_extra(name: str) -> str | None:
+    """Why ``name`` cannot run here, or ``None`` when it can."""
     module = INTEGRATIONS.get(name)
-    if module is not None and importlib.util.find_spec(module) is None:
-        reason = f"examples/{name}.py needs {module!r}: pip install -e '.[integrations]'"
+    if module is None or importlib.util.find_spec(module) is not None:
+        return None
+    return f"examples/{name}.py needs {module!r}: pip install -e '.[integrations]'"
+
+
+@pytest.fixture(scope="module")
+def runs() -> Iterator[Runs]:
+    """Every runnable example, started at once (each in a fresh interpreter) to keep this fast."""
+    started = {
+        path.stem: subprocess.Popen(
+            [sys.executable, str(path)], cwd=EXAMPLES.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for path in sorted(EXAMPLES.glob("*.py"))
+        if missing_extra(path.stem) is None
+    }
+    yield started
+    for process in started.values():
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+async def run_example(runs: Runs, name: str) -> str:
+    """Wait for one example to finish; return its standard output."""
+    reason = missing_extra(name)
+    if reason is not None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{reason} (CI must install the integrations extra)")
         pytest.skip(reason)
-    with anyio.fail_after(60):
-        result = await anyio.run_process(
-            [sys.executable, str(EXAMPLES / f"{name}.py")], cwd=EXAMPLES.parent, check=False
-        )
-    out, err = result.stdout.decode(), result.stderr.decode()
-    assert result.returncode == 0, f"examples/{name}.py exited {result.returncode}:\n{out}\n{err}"
+    process = runs[name]
+    stdout, stderr = await anyio.to_thread.run_sync(functools.partial(process.communicate, timeout=60))
+    out, err = stdout.decode(), stderr.decode()
+    assert process.returncode == 0, f"examples/{name}.py exited {process.returncode}:\n{out}\n{err}"
     return out
 
 
@@ -48,8 +77,8 @@ def test_every_example_is_tested() -> None:
     assert {path.stem for path in EXAMPLES.glob("*.py")} == tested
 
 
-async def test_sales_proposals() -> None:
-    out = await run_example("sales_proposals")
+async def test_sales_proposals(runs: Runs) -> None:
+    out = await run_example(runs, "sales_proposals")
     assert "sent to jane@bigcorp.example, approved by maria (sales lead)" in out
     assert (
         "not sent to joe@startup.example: A human denied send_proposal by maria (sales lead) via auto: "
@@ -57,8 +86,8 @@ async def test_sales_proposals() -> None:
     )
 
 
-async def test_invoice_payments() -> None:
-    out = await run_example("invoice_payments")
+async def test_invoice_payments(runs: Runs) -> None:
+    out = await run_example(runs, "invoice_payments")
     lines = set(out.splitlines())
     assert "paid INV-001: $1,200.00 to ACME Supplies" in lines  # under $5,000: no approval asked
     assert "paid INV-002: $8,400.00 to Globex" in lines
@@ -67,8 +96,8 @@ async def test_invoice_payments() -> None:
     assert len(lines) == 4
 
 
-async def test_devops() -> None:
-    out = await run_example("devops")
+async def test_devops(runs: Runs) -> None:
+    out = await run_example(runs, "devops")
     assert "scale checkout to 8: checkout scaled to 8 replicas\n" in out
     assert "scale search to 20: A human denied scale_infrastructure by ops-lead via auto: 20 replicas" in out
     # Two channels got the deletion; the first answer (ops-lead's) stood, not the on-call's.
@@ -77,14 +106,14 @@ async def test_devops() -> None:
     assert "replicas now: {'checkout': 8, 'search': 2}" in out
 
 
-async def test_agent_loop() -> None:
-    out = await run_example("agent_loop")
+async def test_agent_loop(runs: Runs) -> None:
+    out = await run_example(runs, "agent_loop")
     assert "40 look-ups done while 6 refunds waited for a human" in out
     assert "model: 4 refunds done; for the 2 refused, a human said: offer a 20% voucher instead" in out
 
 
-async def test_openai_agents() -> None:
-    out = await run_example("openai_agents")
+async def test_openai_agents(runs: Runs) -> None:
+    out = await run_example(runs, "openai_agents")
     # The SDK built the schema from the gated function's signature and docstring.
     assert "tool: refund: Refund a customer's order." in out
     assert (
@@ -101,8 +130,8 @@ async def test_openai_agents() -> None:
     assert "Order A-1002 was not refunded: a human said no" in out
 
 
-async def test_langgraph_agent() -> None:
-    out = await run_example("langgraph_agent")
+async def test_langgraph_agent(runs: Runs) -> None:
+    out = await run_example(runs, "langgraph_agent")
     assert (
         'tool: scale_service: {"replicas": {"description": "How many replicas should run.", '
         '"type": "integer"}' in out
@@ -121,8 +150,8 @@ async def test_langgraph_agent() -> None:
     assert "model: Done: checkout now runs 6 replicas; deleted vol-tmp-1." in out
 
 
-async def test_pydantic_ai_agent() -> None:
-    out = await run_example("pydantic_ai_agent")
+async def test_pydantic_ai_agent(runs: Runs) -> None:
+    out = await run_example(runs, "pydantic_ai_agent")
     assert "tool: transfer_money: Transfer money from the company account." in out
     assert '"amount": {"description": "The amount in dollars.", "type": "number"}' in out
     assert '"required": ["amount", "recipient"]' in out
@@ -136,8 +165,8 @@ async def test_pydantic_ai_agent() -> None:
     assert "Not paid (1): the treasurer refused" in out
 
 
-async def test_fastapi_app() -> None:
-    out = await run_example("fastapi_app")
+async def test_fastapi_app(runs: Runs) -> None:
+    out = await run_example(runs, "fastapi_app")
     assert "GET /humanlayer/healthz -> 200 ok" in out
     assert "refund $40   -> 200 refunded $40.00 on A-17\n" in out
     assert "GET /approvals -> [('refund', {'order_id': 'A-18', 'amount': 450.0})]" in out
