@@ -5,12 +5,24 @@
     hl = HumanLayer([AutoChannel(lambda request: request.kwargs["amount"] < 5000)])
 
 It records what it was sent and how each request ended, for your assertions.
+
+For Slack flows, build the payloads Slack sends and sign them as Slack does::
+
+    payload = slack_block_actions(request.id, "approve", user="U024BE7LH")
+    body = slack_form_body(payload)
+    await client.post(f"{hl.url}/slack/events", content=body, headers=sign_slack_body(body, secret))
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import inspect
-from collections.abc import Awaitable, Callable
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
+from urllib.parse import urlencode
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
@@ -18,9 +30,17 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._exceptions import ChannelError
 from ._models import ApprovalRequest
+from .channels import _slack_blocks as slack_blocks
 from .channels.base import BaseChannel, Decider
 
-__all__ = ["AutoChannel", "Rule"]
+__all__ = [
+    "AutoChannel",
+    "Rule",
+    "sign_slack_body",
+    "slack_block_actions",
+    "slack_form_body",
+    "slack_view_submission",
+]
 
 Rule = Callable[[ApprovalRequest], bool | str | Awaitable[bool | str | None] | None]
 """``True`` approves, ``False`` denies, a string answers a question (or, for an
@@ -82,3 +102,98 @@ class AutoChannel(BaseChannel):
             await decider.decide(request.id, False, by=self.by, comment=verdict, via=self.name)
         else:
             await decider.decide(request.id, verdict, by=self.by, via=self.name)
+
+
+def sign_slack_body(
+    body: bytes | str, signing_secret: str, *, timestamp: int | None = None
+) -> dict[str, str]:
+    """The headers Slack sends with ``body``, signed with ``signing_secret``.
+
+    The signature is ``v0=`` and the hex HMAC-SHA256 of ``v0:{timestamp}:{body}``;
+    ``timestamp`` defaults to now (pass an old one to test stale requests).
+    """
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    raw = body.encode() if isinstance(body, str) else body
+    digest = hmac.new(signing_secret.encode(), b"v0:" + stamp.encode() + b":" + raw, hashlib.sha256)
+    return {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Slack-Request-Timestamp": stamp,
+        "X-Slack-Signature": f"v0={digest.hexdigest()}",
+    }
+
+
+def slack_form_body(payload: Mapping[str, Any]) -> bytes:
+    """An interaction payload as Slack posts it: ``payload=<url-encoded JSON>``."""
+    return urlencode({"payload": json.dumps(payload)}).encode()
+
+
+def slack_block_actions(
+    request_id: str,
+    action: Literal["approve", "deny", "answer"] = "approve",
+    *,
+    user: str = "U0TESTER",
+    text: str | None = None,
+    channel: str = "C0TEST",
+    message_ts: str = "1700000000.000100",
+    response_url: str | None = None,
+    trigger_id: str = "1700000000.1.test",
+) -> dict[str, Any]:
+    """The ``block_actions`` payload of a click on a ``SlackChannel`` message.
+
+    ``action`` names the button; ``"answer"`` with ``text`` is instead the answer box of
+    a webhook-mode question, submitted with Enter.
+    """
+    if action == "answer" and text is not None:
+        element = {"type": "plain_text_input", "action_id": slack_blocks.ANSWER_INLINE, "value": text}
+        element["block_id"] = request_id
+    else:
+        action_id = {
+            "approve": slack_blocks.APPROVE,
+            "deny": slack_blocks.DENY,
+            "answer": slack_blocks.ANSWER,
+        }
+        element = {
+            "type": "button",
+            "action_id": action_id[action],
+            "block_id": "actions",
+            "value": request_id,
+        }
+    payload: dict[str, Any] = {
+        "type": "block_actions",
+        "user": {"id": user, "username": user.lower(), "team_id": "T0TEST"},
+        "api_app_id": "A0TEST",
+        "team": {"id": "T0TEST", "domain": "test"},
+        "container": {"type": "message", "message_ts": message_ts, "channel_id": channel},
+        "channel": {"id": channel, "name": "approvals"},
+        "trigger_id": trigger_id,
+        "actions": [{**element, "action_ts": f"{time.time():.6f}"}],
+    }
+    if response_url is not None:
+        payload["response_url"] = response_url
+    return payload
+
+
+def slack_view_submission(
+    request_id: str,
+    text: str | None = None,
+    *,
+    modal: Literal["deny", "answer"] = "deny",
+    user: str = "U0TESTER",
+) -> dict[str, Any]:
+    """The ``view_submission`` payload of ``SlackChannel``'s deny-reason or answer modal."""
+    callback_id = slack_blocks.DENY_VIEW if modal == "deny" else slack_blocks.ANSWER_VIEW
+    value = {"type": "plain_text_input", "value": text}
+    return {
+        "type": "view_submission",
+        "user": {"id": user, "username": user.lower(), "team_id": "T0TEST"},
+        "api_app_id": "A0TEST",
+        "team": {"id": "T0TEST", "domain": "test"},
+        "trigger_id": "1700000000.2.test",
+        "view": {
+            "id": "V0TEST",
+            "type": "modal",
+            "callback_id": callback_id,
+            "private_metadata": request_id,
+            "state": {"values": {slack_blocks.TEXT_BLOCK: {slack_blocks.TEXT_ACTION: value}}},
+        },
+    }

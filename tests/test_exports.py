@@ -42,6 +42,7 @@ def test_subpackage_names() -> None:
         "ConsoleChannel",
         "Decider",
         "EmailChannel",
+        "SlackChannel",
         "WebChannel",
     ]
     assert humanlayer_async.stores.__all__ == [
@@ -53,7 +54,14 @@ def test_subpackage_names() -> None:
         "StoreEvent",
         "store_from_url",
     ]
-    assert humanlayer_async.testing.__all__ == ["AutoChannel", "Rule"]
+    assert humanlayer_async.testing.__all__ == [
+        "AutoChannel",
+        "Rule",
+        "sign_slack_body",
+        "slack_block_actions",
+        "slack_form_body",
+        "slack_view_submission",
+    ]
 
 
 def test_exception_tree() -> None:

@@ -3,6 +3,15 @@
 from .base import BaseChannel, Channel, Decider
 from .console import ConsoleChannel
 from .email import EmailChannel
+from .slack import SlackChannel
 from .web import WebChannel
 
-__all__ = ["BaseChannel", "Channel", "ConsoleChannel", "Decider", "EmailChannel", "WebChannel"]
+__all__ = [
+    "BaseChannel",
+    "Channel",
+    "ConsoleChannel",
+    "Decider",
+    "EmailChannel",
+    "SlackChannel",
+    "WebChannel",
+]

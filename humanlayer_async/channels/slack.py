@@ -1,0 +1,606 @@
+"""SlackChannel: approval messages with buttons, and the clicks that come back as decisions.
+
+Out: ``chat.postMessage`` with a bot token (``channel=``), or an incoming webhook
+(``webhook_url=``). In: Slack's interactivity callbacks at ``POST /slack/events``,
+verified with the signing secret, or Socket Mode with an app-level token (no public URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
+
+import aiohttp
+import anyio
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskGroup, TaskStatus
+from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
+from slack_sdk.web.async_client import AsyncWebClient
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from .._audit import logger
+from .._exceptions import ChannelError, ConfigurationError, NotAnApprover, UnknownRequest
+from .._models import ApprovalRequest, Decision
+from . import _slack_blocks as blocks
+from .base import BaseChannel, Decider
+
+__all__ = ["SlackChannel"]
+
+T = TypeVar("T")
+
+_MAX_SKEW = 300  # seconds: Slack's own bound on a request timestamp
+_HTTP_TIMEOUT = 10.0  # seconds for one call to Slack
+_ATTEMPTS = 5  # tries for 5xx answers, timeouts and network errors
+_BACKOFF = 0.25  # seconds before the first retry; doubles, with jitter
+_UPDATE_WINDOW = 300.0  # seconds a message update or notice may keep retrying on 429
+_CONNECT_TIMEOUT = 15.0  # seconds for the Socket Mode connection at start
+NOT_AN_APPROVER = "you are not an approver for this request"
+
+
+class _BadPayload(Exception):
+    """A verified request whose body is not an interaction this channel handles."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What a callback gets back: a status, a text, and for modals a JSON body."""
+
+    status: int = 200
+    text: str = ""
+    body: dict[str, Any] | None = None
+
+    def response(self) -> Response:
+        if self.body is not None:
+            return JSONResponse(self.body, status_code=self.status)
+        return PlainTextResponse(self.text, status_code=self.status)
+
+
+@dataclass(frozen=True, slots=True)
+class _Click:
+    """One button click (or Enter in an answer box), from a ``block_actions`` payload."""
+
+    action: str
+    request_id: str
+    user: str
+    text: str | None  # what was typed in an answer box
+    trigger_id: str | None
+    channel: str | None
+    response_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Submission:
+    """A submitted modal, from a ``view_submission`` payload."""
+
+    view: str
+    request_id: str
+    user: str
+    text: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """A failed call to Slack, as the retry loop sees it."""
+
+    status: int | None  # None: no HTTP answer (timeout, connection error)
+    retry_after: str | None
+    error: str
+
+
+class _HTTPStatus(Exception):
+    """A webhook or ``response_url`` answered something other than 200."""
+
+    def __init__(self, status: int, retry_after: str | None, text: str) -> None:
+        super().__init__(f"HTTP {status}: {text}")
+        self.failure = _Failure(status, retry_after, text or f"HTTP {status}")
+
+
+def _setting(value: str | None, variable: str) -> str | None:
+    return value or os.environ.get(variable) or None
+
+
+def _approvers(approvers: Iterable[str] | str | None) -> tuple[str, ...]:
+    if approvers is None:
+        return ()
+    return (approvers,) if isinstance(approvers, str) else tuple(approvers)
+
+
+class SlackChannel(BaseChannel):
+    """Slack: a Block Kit message with Approve / Deny per request, decided by a click.
+
+    Two ways out: the Web API (``channel``: a channel or user id, with a bot token),
+    whose messages are updated in place with ``chat.update`` and whose Deny and Answer
+    buttons open modals; or an incoming webhook (``webhook_url``), whose messages are
+    updated through the click's ``response_url`` and whose Deny decides at once.
+    Two ways in: HTTP callbacks at ``/slack/events`` verified with ``signing_secret``,
+    or Socket Mode with ``app_token`` (``xapp-...``), which needs no public URL.
+
+    Args:
+        bot_token: A bot token (``xoxb-...``). Default: ``SLACK_BOT_TOKEN``.
+        signing_secret: The app's signing secret. Default: ``SLACK_SIGNING_SECRET``.
+        channel: Where the Web API posts requests (``C...``, ``U...``, or ``#name``).
+        webhook_url: An incoming webhook URL, instead of ``channel`` and a bot token.
+        app_token: An app-level token for Socket Mode. Default: ``SLACK_APP_TOKEN``.
+        base_url: The Web API's base URL (an Enterprise Grid proxy, a test server).
+        approvers: Slack user ids (``U...``) who may decide requests that name no
+            approvers of their own. Default: anyone who can click.
+
+    Raises:
+        ConfigurationError: naming what is missing or contradictory.
+    """
+
+    name = "slack"
+
+    def __init__(
+        self,
+        *,
+        bot_token: str | None = None,
+        signing_secret: str | None = None,
+        channel: str | None = None,
+        webhook_url: str | None = None,
+        app_token: str | None = None,
+        base_url: str = "https://slack.com/api/",
+        approvers: Iterable[str] | str | None = None,
+    ) -> None:
+        if channel and webhook_url:
+            raise ConfigurationError(
+                "SlackChannel takes channel= (the Web API, with a bot token) or webhook_url= "
+                "(an incoming webhook), not both"
+            )
+        if not channel and not webhook_url:
+            raise ConfigurationError(
+                "SlackChannel needs channel= (with bot_token= or SLACK_BOT_TOKEN) for the Web API, "
+                "or webhook_url= for an incoming webhook"
+            )
+        if webhook_url and bot_token:
+            raise ConfigurationError("bot_token= posts to channel=; with webhook_url= leave it out")
+        token = _setting(bot_token, "SLACK_BOT_TOKEN") if channel else None
+        if channel and token is None:
+            raise ConfigurationError(
+                f"SlackChannel(channel={channel!r}) needs a bot token: pass bot_token= or set SLACK_BOT_TOKEN"
+            )
+        secret = _setting(signing_secret, "SLACK_SIGNING_SECRET")
+        socket_token = _setting(app_token, "SLACK_APP_TOKEN")
+        if secret is None and socket_token is None:
+            raise ConfigurationError(
+                "SlackChannel needs a way to receive clicks: signing_secret= (or SLACK_SIGNING_SECRET) "
+                "for HTTP callbacks, or app_token= (or SLACK_APP_TOKEN) for Socket Mode"
+            )
+        if socket_token is not None and not socket_token.startswith("xapp-"):
+            raise ConfigurationError("app_token must be an app-level token (xapp-...) with connections:write")
+        self.channel = channel
+        self.approvers = _approvers(approvers)
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self._bot_token = token
+        self._webhook_url = webhook_url
+        self._app_token = socket_token
+        self._verifier = None if secret is None else SignatureVerifier(secret)
+        self._send_lock = anyio.Lock()
+        self._response_urls: dict[str, str] = {}  # webhook mode: request id → a click's response_url
+        self._decider: Decider | None = None
+        self._web: AsyncWebClient | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: TaskGroup | None = None
+
+    def __repr__(self) -> str:
+        out = f"channel={self.channel!r}" if self.channel else "webhook"
+        ways = [way for way, on in (("http", self._verifier), ("socket mode", self._app_token)) if on]
+        return f"SlackChannel({out}, inbound={'+'.join(ways)!r}, approvers={list(self.approvers)!r})"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def routes(self) -> Sequence[BaseRoute]:
+        if self._verifier is None:
+            return ()
+        return [Route("/slack/events", self._events, methods=["POST"])]
+
+    async def run(self, decider: Decider, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_HTTP_TIMEOUT))
+        self._session, self._decider = session, decider
+        self._web = AsyncWebClient(
+            token=self._bot_token, base_url=self.base_url, session=session, retry_handlers=[]
+        )
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if self._app_token is not None:
+                    await stack.enter_async_context(self._socket_mode(session, self._app_token))
+                async with anyio.create_task_group() as tasks:
+                    self._tasks = tasks
+                    task_status.started()
+                    try:
+                        await anyio.sleep_forever()
+                    finally:
+                        self._tasks = None
+        finally:
+            self._web = self._session = None
+            with anyio.CancelScope(shield=True):
+                await session.close()
+
+    @contextlib.asynccontextmanager
+    async def _socket_mode(self, session: aiohttp.ClientSession, app_token: str) -> AsyncIterator[None]:
+        """A connected Socket Mode client, closed (its own tasks ended) on the way out."""
+        web = AsyncWebClient(base_url=self.base_url, session=session, retry_handlers=[])
+        client = SocketModeClient(app_token, web_client=web, auto_reconnect_enabled=True)
+        try:
+            client.socket_mode_request_listeners.append(self._on_envelope)
+            try:
+                with anyio.fail_after(_CONNECT_TIMEOUT):
+                    client.wss_uri = await client.issue_new_wss_url()
+                    await client.connect()  # type: ignore[no-untyped-call]  # slack_sdk leaves it untyped
+            except SlackApiError as exc:
+                raise ChannelError(
+                    f"Slack Socket Mode could not connect: {exc.response.get('error')}"
+                ) from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise ChannelError(f"Slack Socket Mode could not connect: {type(exc).__name__}") from exc
+            logger.info("slack.socket_mode_connected")
+            yield
+        finally:
+            with anyio.move_on_after(_CONNECT_TIMEOUT, shield=True):
+                await client.close()  # type: ignore[no-untyped-call]  # slack_sdk leaves it untyped
+                own = [client.message_processor, client.current_session_monitor, client.message_receiver]
+                await asyncio.wait([task for task in own if task is not None])  # close() only cancels them
+
+    # -- out -------------------------------------------------------------------------
+
+    async def send(self, request: ApprovalRequest) -> str | None:
+        web = self._running()
+        message = blocks.request_message(request, self._allowed(request), modals=self.channel is not None)
+        deadline = time.monotonic() + (request.expires_at - datetime.now(UTC)).total_seconds()
+        async with self._send_lock:  # one at a time: a 429 then holds the queue, not a herd
+            if self._webhook_url is not None:
+                await self._retrying(
+                    "webhook", functools.partial(self._post, self._webhook_url, message), deadline
+                )
+                return None
+            assert self.channel is not None
+            post = functools.partial(web.chat_postMessage, channel=self.channel, **message)
+            response = await self._retrying("chat.postMessage", post, deadline)
+        return f"{response['channel']}:{response['ts']}"
+
+    async def update(self, request: ApprovalRequest, ref: str | None) -> None:
+        web = self._running()
+        message = blocks.outcome_message(request)
+        deadline = time.monotonic() + _UPDATE_WINDOW
+        if self._webhook_url is None and ref is not None:
+            channel, _, ts = ref.partition(":")
+            update = functools.partial(web.chat_update, channel=channel, ts=ts, **message)
+            await self._retrying("chat.update", update, deadline)
+            return
+        response_url = self._response_urls.pop(request.id, None)
+        if response_url is None:
+            # An incoming webhook's message can only be replaced through a click's response_url.
+            logger.info("slack.update_skipped", request_id=request.id, reason="no click on this message yet")
+            return
+        replace = functools.partial(self._post, response_url, {"replace_original": True, **message})
+        await self._retrying("response_url", replace, deadline)
+
+    def _running(self) -> AsyncWebClient:
+        if self._web is None:
+            raise ChannelError("SlackChannel is not running: start the HumanLayer first (async with hl)")
+        return self._web
+
+    async def _post(self, url: str, payload: Mapping[str, Any]) -> None:
+        """POST JSON to a webhook or ``response_url``; anything but 200 raises ``_HTTPStatus``."""
+        assert self._session is not None
+        async with self._session.post(url, json=payload) as response:
+            if response.status != 200:
+                text = (await response.text())[:200]
+                raise _HTTPStatus(response.status, response.headers.get("Retry-After"), text)
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]], deadline: float) -> T:
+        """``call()``, retried with backoff on 5xx and network errors, after Retry-After on 429.
+
+        Anything else Slack refuses, or a failure that outlasts the retries or ``deadline``
+        (a ``time.monotonic()`` value), is a ``ChannelError`` naming Slack's error.
+        """
+        failures = 0
+        while True:
+            try:
+                return await call()
+            except SlackApiError as exc:
+                response = exc.response
+                failure = _Failure(
+                    response.status_code,
+                    response.headers.get("Retry-After"),
+                    str(response.get("error") or f"HTTP {response.status_code}"),
+                )
+                cause: Exception = exc
+            except _HTTPStatus as exc:
+                failure, cause = exc.failure, exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failure, cause = _Failure(None, None, type(exc).__name__), exc
+            if failure.status == 429:
+                wait = _retry_after(failure.retry_after)
+            elif failure.status is None or failure.status >= 500:
+                failures += 1
+                if failures >= _ATTEMPTS:
+                    raise ChannelError(f"Slack {what} failed {failures} times: {failure.error}") from cause
+                wait = min(_BACKOFF * 2 ** (failures - 1), 8.0) * random.uniform(0.8, 1.2)
+            else:
+                raise ChannelError(f"Slack {what} failed: {failure.error}") from cause
+            if time.monotonic() + wait > deadline:
+                raise ChannelError(f"Slack {what} failed: {failure.error}, and time ran out") from cause
+            logger.warning("slack.retry", call=what, error=failure.error, wait=round(wait, 3))
+            await anyio.sleep(wait)
+
+    def _later(self, what: str, call: Callable[[], Awaitable[object]]) -> None:
+        """Run an outbound call after the callback is acknowledged, in the channel's task group."""
+
+        async def guarded() -> None:
+            try:
+                await self._retrying(what, call, time.monotonic() + _UPDATE_WINDOW)
+            except Exception as exc:  # logged, never fatal to the channel's other work
+                logger.warning("slack.call_failed", call=what, error=str(exc) or repr(exc))
+
+        if self._tasks is not None:
+            self._tasks.start_soon(guarded)
+
+    def _tell(self, click: _Click, text: str) -> None:
+        """An ephemeral message to whoever clicked."""
+        if self._webhook_url is None and self._web is not None:
+            channel = click.channel or self.channel
+            assert channel is not None
+            post = functools.partial(
+                self._web.chat_postEphemeral, channel=channel, user=click.user, text=text
+            )
+            self._later("chat.postEphemeral", post)
+        elif click.response_url:
+            payload = {"response_type": "ephemeral", "replace_original": False, "text": text}
+            self._later("response_url", functools.partial(self._post, click.response_url, payload))
+
+    # -- in --------------------------------------------------------------------------
+
+    async def _events(self, request: Request) -> Response:
+        """``POST /slack/events``: Slack's interactivity request URL."""
+        try:
+            body = (await request.body()).decode()
+        except UnicodeDecodeError:
+            logger.warning("slack.refused", reason="the body is not UTF-8", status=400)
+            return PlainTextResponse("bad request: not a Slack payload", status_code=400)
+        problem = self._unverified(request.headers, body)
+        if problem is not None:
+            logger.warning("slack.refused", reason=problem, status=401)
+            return PlainTextResponse("invalid Slack signature", status_code=401)
+        try:
+            reply = await self._handle(_form_payload(body))
+        except _BadPayload as exc:
+            logger.warning("slack.refused", reason=str(exc), status=400)
+            return PlainTextResponse(f"bad request: {exc}", status_code=400)
+        return reply.response()
+
+    def _unverified(self, headers: Mapping[str, str], body: str) -> str | None:
+        """Why the request is not signed by Slack (``None``: it is)."""
+        timestamp = headers.get("x-slack-request-timestamp")
+        signature = headers.get("x-slack-signature")
+        if not timestamp or not signature:
+            return "missing signature"
+        if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+            return "bad timestamp"
+        if abs(time.time() - int(timestamp)) > _MAX_SKEW:
+            return "stale timestamp"
+        assert self._verifier is not None
+        return None if self._verifier.is_valid(body, timestamp, signature) else "bad signature"
+
+    async def _on_envelope(self, client: AsyncBaseSocketModeClient, envelope: SocketModeRequest) -> None:
+        # Called in a task of slack_sdk's own: hand the envelope over to ours at once.
+        if self._tasks is None:  # starting or stopping: unacknowledged, Slack tells the user
+            logger.warning("slack.refused", reason="not running", via="socket mode")
+            return
+        self._tasks.start_soon(self._answer_envelope, client, envelope)
+
+    async def _answer_envelope(self, client: AsyncBaseSocketModeClient, envelope: SocketModeRequest) -> None:
+        """Handle one Socket Mode envelope, then acknowledge it (the decision stored first)."""
+        reply = _Reply()
+        try:
+            if envelope.type != "interactive":
+                raise _BadPayload(f"envelope type {envelope.type!r}")
+            reply = await self._handle(envelope.payload)
+        except _BadPayload as exc:
+            logger.warning("slack.refused", reason=str(exc), via="socket mode")
+        except Exception as exc:  # no acknowledgement: Slack sends the envelope again
+            logger.error("slack.envelope_failed", error=repr(exc))
+            return
+        try:
+            await client.send_socket_mode_response(SocketModeResponse(envelope.envelope_id, reply.body))
+        except Exception as exc:
+            logger.warning("slack.ack_failed", error=repr(exc))
+
+    async def _handle(self, payload: Mapping[str, Any]) -> _Reply:
+        """Turn one interaction payload into a decision (or a reason why not)."""
+        kind = payload.get("type")
+        if kind == "block_actions":
+            return await self._on_click(_parse_click(payload))
+        if kind == "view_submission":
+            return await self._on_submission(_parse_submission(payload))
+        raise _BadPayload(f"payload type {kind!r}")
+
+    async def _pending(self, request_id: str, user: str) -> ApprovalRequest | _Reply:
+        """The request if ``user`` may still decide it; otherwise the reply to give."""
+        assert self._decider is not None
+        try:
+            request = await self._decider.get(request_id)
+        except UnknownRequest:
+            logger.warning("slack.refused", reason="unknown request", request_id=request_id, status=404)
+            return _Reply(404, "unknown request")
+        if request.decision is not None:
+            return self._already(request.decision)
+        allowed = self._allowed(request)
+        if allowed and user not in allowed:
+            logger.warning("slack.not_an_approver", request_id=request_id, user=user)
+            return _Reply(200, NOT_AN_APPROVER)
+        return request
+
+    def _allowed(self, request: ApprovalRequest) -> tuple[str, ...]:
+        return request.approvers or self.approvers
+
+    def _already(self, decision: Decision) -> _Reply:
+        logger.info("slack.already_decided", request_id=decision.request_id, status=decision.status.value)
+        return _Reply(200, f"This request was already {blocks.slack_describe(decision)}.")
+
+    async def _on_click(self, click: _Click) -> _Reply:
+        reply = await self._click(click)
+        if reply.status == 200 and reply.text:
+            self._tell(click, reply.text)
+        return reply
+
+    async def _click(self, click: _Click) -> _Reply:
+        found = await self._pending(click.request_id, click.user)
+        if isinstance(found, _Reply):
+            return found
+        request, modals = found, self._webhook_url is None
+        if click.action not in _ACTIONS[request.kind]:
+            raise _BadPayload(f"action {click.action!r} on a {request.kind}")
+        if modals and click.action in (blocks.DENY, blocks.ANSWER):
+            if not click.trigger_id:
+                raise _BadPayload("a click without trigger_id")
+            view = blocks.deny_view(request) if click.action == blocks.DENY else blocks.answer_view(request)
+            assert self._web is not None
+            self._later(
+                "views.open", functools.partial(self._web.views_open, trigger_id=click.trigger_id, view=view)
+            )
+            return _Reply()
+        if click.response_url and not modals:
+            self._response_urls[request.id] = click.response_url
+        if click.action == blocks.ANSWER_INLINE:
+            if not click.text:
+                return _Reply(200, "type an answer first")
+            return await self._decide(request, click.user, True, answer=click.text)
+        if click.action == blocks.ANSWER:
+            raise _BadPayload("an Answer button in webhook mode")
+        return await self._decide(request, click.user, click.action == blocks.APPROVE)
+
+    async def _on_submission(self, submission: _Submission) -> _Reply:
+        found = await self._pending(submission.request_id, submission.user)
+        if isinstance(found, _Reply):
+            reply = found
+        elif submission.view == blocks.DENY_VIEW and found.kind == "approval":
+            reply = await self._decide(found, submission.user, False, comment=submission.text)
+        elif submission.view == blocks.ANSWER_VIEW and found.kind == "question" and submission.text:
+            reply = await self._decide(found, submission.user, True, answer=submission.text)
+        else:
+            raise _BadPayload(f"view {submission.view!r} on a {found.kind}")
+        if reply.status == 200 and reply.text:  # shown under the text box; the modal stays open
+            return _Reply(body={"response_action": "errors", "errors": {blocks.TEXT_BLOCK: reply.text}})
+        return reply
+
+    async def _decide(
+        self,
+        request: ApprovalRequest,
+        user: str,
+        approved: bool,
+        *,
+        comment: str | None = None,
+        answer: str | None = None,
+    ) -> _Reply:
+        """Store the decision before the callback is acknowledged; say who won if not us."""
+        assert self._decider is not None
+        try:
+            if answer is not None:
+                decision = await self._decider.respond(request.id, answer, by=user, via=self.name)
+            else:
+                decision = await self._decider.decide(
+                    request.id, approved, by=user, comment=comment or None, via=self.name
+                )
+        except NotAnApprover:
+            return _Reply(200, NOT_AN_APPROVER)
+        except UnknownRequest:
+            return _Reply(404, "unknown request")
+        if (decision.by, decision.via, decision.approved) != (user, self.name, approved):
+            return self._already(decision)
+        return _Reply()
+
+
+_ACTIONS = {
+    "approval": (blocks.APPROVE, blocks.DENY),
+    "question": (blocks.ANSWER, blocks.ANSWER_INLINE),
+}
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds to wait from a Retry-After header (seconds); one second when absent or odd."""
+    try:
+        seconds = float(value) if value else 1.0
+    except ValueError:
+        return 1.0
+    return seconds if 0 <= seconds < 3600 else 1.0
+
+
+def _form_payload(body: str) -> dict[str, Any]:
+    """The JSON ``payload`` field of a form-encoded interactivity request."""
+    try:
+        fields = parse_qs(body, max_num_fields=20, strict_parsing=True)
+        payload = json.loads(fields["payload"][0])
+    except (ValueError, KeyError) as exc:
+        raise _BadPayload("not a Slack interactivity payload") from exc
+    if not isinstance(payload, dict):
+        raise _BadPayload("the payload is not a JSON object")
+    return payload
+
+
+def _dig(data: Any, *path: str) -> Any:
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def _text(data: Any, *path: str) -> str:
+    value = _dig(data, *path)
+    if not isinstance(value, str) or not value:
+        raise _BadPayload(f"no {'.'.join(path)}")
+    return value
+
+
+def _optional(data: Any, *path: str) -> str | None:
+    value = _dig(data, *path)
+    return value if isinstance(value, str) and value else None
+
+
+def _parse_click(payload: Mapping[str, Any]) -> _Click:
+    actions = payload.get("actions")
+    if not isinstance(actions, list) or not actions or not isinstance(actions[0], dict):
+        raise _BadPayload("no actions")
+    action = actions[0]
+    action_id = _text(action, "action_id")
+    if action_id == blocks.ANSWER_INLINE:
+        request_id, typed = _text(action, "block_id"), _optional(action, "value")
+    elif action_id in (blocks.APPROVE, blocks.DENY, blocks.ANSWER):
+        request_id, typed = _text(action, "value"), None
+    else:
+        raise _BadPayload(f"action {action_id!r}")
+    return _Click(
+        action=action_id,
+        request_id=request_id,
+        user=_text(payload, "user", "id"),
+        text=typed,
+        trigger_id=_optional(payload, "trigger_id"),
+        channel=_optional(payload, "container", "channel_id") or _optional(payload, "channel", "id"),
+        response_url=_optional(payload, "response_url"),
+    )
+
+
+def _parse_submission(payload: Mapping[str, Any]) -> _Submission:
+    view = payload.get("view")
+    return _Submission(
+        view=_text(view, "callback_id"),
+        request_id=_text(view, "private_metadata"),
+        user=_text(payload, "user", "id"),
+        text=_optional(view, "state", "values", blocks.TEXT_BLOCK, blocks.TEXT_ACTION, "value"),
+    )

@@ -1,0 +1,268 @@
+"""A local fake of Slack's servers, on loopback, speaking Slack's wire formats.
+
+- Web API methods under ``/api/`` (``chat.postMessage``, ``chat.update``, ``views.open``,
+  ``chat.postEphemeral``, ``auth.test``, ``apps.connections.open``): bearer-token auth,
+  JSON or form bodies, ``{"ok": true, ...}`` / ``{"ok": false, "error": ...}`` answers.
+- An incoming webhook (``webhook_url``) and ``response_url`` endpoints (``response_url(name)``).
+- A per-channel rate limit on posting (``min_interval`` seconds between messages), answered
+  with 429, ``Retry-After`` and ``ratelimited`` as Slack does; ``fail(method, status)``
+  makes the next calls fail with a 5xx or a Slack error.
+- Socket Mode: ``apps.connections.open`` returns a ``ws://`` URL of this server, which
+  says ``hello`` and relays envelopes (``send_envelope``) and their acknowledgements.
+
+Everything received is recorded in ``calls``; ``wait_for`` waits for a condition on it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Self, TypeVar
+from urllib.parse import parse_qsl
+
+import anyio
+from aiohttp import WSMsgType, web
+
+T = TypeVar("T")
+
+BOT_TOKEN = "xoxb-fake-bot-token-0123456789"
+APP_TOKEN = "xapp-1-A0TEST-fake-app-token"
+WEBHOOK_PATH = "/services/T0TEST/B0TEST/fakeWebhookSecret"
+PATIENCE = 30.0  # seconds before a wait gives up
+
+
+@dataclass
+class Call:
+    """One request the fake received, and its status code."""
+
+    method: str  # a Web API method, "webhook", or "response_url"
+    data: dict[str, Any]
+    status: int = 200
+    path: str = ""
+    at: float = field(default_factory=time.monotonic)
+
+
+class FakeSlack:
+    """Slack's servers for tests; ``async with FakeSlack() as slack:`` serves on a free port."""
+
+    def __init__(self, *, min_interval: float | None = None) -> None:
+        self.min_interval = min_interval
+        self.calls: list[Call] = []
+        self.messages: dict[tuple[str, str], dict[str, Any]] = {}
+        self.acks: dict[str, dict[str, Any]] = {}
+        self._failures: dict[str, deque[tuple[int, str]]] = {}
+        self._last_post: dict[str, float] = {}
+        self._ts = itertools.count(1)
+        self._changed = anyio.Event()
+        self._sockets: list[web.WebSocketResponse] = []
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_post("/api/{method}", self._api)
+        app.router.add_post(WEBHOOK_PATH, self._webhook)
+        app.router.add_post("/actions/{name}", self._response_url)
+        app.router.add_get("/socket-mode", self._socket)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for socket in list(self._sockets):
+            await socket.close()
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    # -- what tests use -------------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api/"
+
+    @property
+    def webhook_url(self) -> str:
+        return self.url + WEBHOOK_PATH
+
+    def response_url(self, name: str) -> str:
+        return f"{self.url}/actions/{name}"
+
+    def received(self, method: str, status: int | None = 200) -> list[Call]:
+        """The calls of ``method`` (answered with ``status``; ``None``: any)."""
+        return [c for c in self.calls if c.method == method and (status is None or c.status == status)]
+
+    def fail(self, method: str, status: int = 500, *, error: str = "internal_error", times: int = 1) -> None:
+        """Make the next ``times`` calls of ``method`` fail with ``status`` and ``error``."""
+        self._failures.setdefault(method, deque()).extend([(status, error)] * times)
+
+    async def wait_for(self, condition: Callable[[], T | None]) -> T:
+        """``condition()`` once it is truthy, re-checked whenever a call arrives.
+
+        Fails after ``PATIENCE`` seconds, so a test that would hang fails instead.
+        """
+        with anyio.fail_after(PATIENCE):
+            while not (result := condition()):
+                await self._changed.wait()
+        return result
+
+    async def wait_calls(self, method: str, count: int = 1, *, status: int | None = 200) -> list[Call]:
+        """The calls of ``method`` answered with ``status``, once there are ``count`` of them."""
+        return await self.wait_for(lambda: (calls := self.received(method, status))[count - 1 :] and calls)
+
+    @property
+    def sockets(self) -> int:
+        """Open Socket Mode connections."""
+        return len(self._sockets)
+
+    async def send_envelope(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send an ``interactive`` envelope to the connected app; return its acknowledgement."""
+        envelope_id = str(uuid.uuid4())
+        await self.wait_for(lambda: self._sockets)
+        await self._sockets[-1].send_json(
+            {
+                "envelope_id": envelope_id,
+                "type": "interactive",
+                "accepts_response_payload": True,
+                "payload": payload,
+            }
+        )
+        return await self.wait_for(lambda: self.acks.get(envelope_id))
+
+    # -- the servers ----------------------------------------------------------------
+
+    def _record(self, call: Call) -> None:
+        self.calls.append(call)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _api(self, request: web.Request) -> web.StreamResponse:
+        method = request.match_info["method"]
+        data = await _body(request)
+        call = Call(method, data, path=request.path)
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        expected = APP_TOKEN if method == "apps.connections.open" else BOT_TOKEN
+        if token != expected:
+            return self._answer(call, {"ok": False, "error": "invalid_auth"})
+        failures = self._failures.get(method)
+        if failures:
+            status, error = failures.popleft()
+            return self._answer(call, {"ok": False, "error": error}, status)
+        if method == "chat.postMessage":
+            return self._post_message(call)
+        if method == "chat.update":
+            key = (str(data.get("channel")), str(data.get("ts")))
+            if key not in self.messages:
+                return self._answer(call, {"ok": False, "error": "message_not_found"})
+            self.messages[key] = {"text": data.get("text"), "blocks": data.get("blocks")}
+            return self._answer(call, {"ok": True, "channel": key[0], "ts": key[1]})
+        if method == "views.open":
+            if not data.get("trigger_id") or not isinstance(data.get("view"), dict):
+                return self._answer(call, {"ok": False, "error": "invalid_arguments"})
+            return self._answer(call, {"ok": True, "view": {"id": f"V{next(self._ts):08d}", **data["view"]}})
+        if method == "chat.postEphemeral":
+            if not (data.get("channel") and data.get("user") and data.get("text")):
+                return self._answer(call, {"ok": False, "error": "invalid_arguments"})
+            return self._answer(call, {"ok": True, "message_ts": self._next_ts()})
+        if method == "auth.test":
+            return self._answer(call, {"ok": True, "user_id": "U0BOT", "team_id": "T0TEST", "bot_id": "B0"})
+        if method == "apps.connections.open":
+            ws_url = self.url.replace("http://", "ws://") + "/socket-mode"
+            return self._answer(call, {"ok": True, "url": ws_url})
+        return self._answer(call, {"ok": False, "error": "unknown_method"})
+
+    def _post_message(self, call: Call) -> web.StreamResponse:
+        channel = str(call.data.get("channel") or "")
+        if not channel or not (call.data.get("text") or call.data.get("blocks")):
+            return self._answer(call, {"ok": False, "error": "no_text" if channel else "channel_not_found"})
+        limited = self._limited(channel, call)
+        if limited is not None:
+            return limited
+        ts = self._next_ts()
+        self.messages[(channel, ts)] = {"text": call.data.get("text"), "blocks": call.data.get("blocks")}
+        return self._answer(call, {"ok": True, "channel": channel, "ts": ts, "message": {"ts": ts}})
+
+    def _limited(self, key: str, call: Call) -> web.StreamResponse | None:
+        """429 with Retry-After when ``key`` posted less than ``min_interval`` ago."""
+        now = time.monotonic()
+        if self.min_interval is not None and key in self._last_post:
+            remaining = self._last_post[key] + self.min_interval - now
+            if remaining > 0:
+                headers = {"Retry-After": str(math.ceil(remaining))}
+                return self._answer(call, {"ok": False, "error": "ratelimited"}, 429, headers)
+        self._last_post[key] = now
+        return None
+
+    async def _webhook(self, request: web.Request) -> web.StreamResponse:
+        call = Call("webhook", await _body(request), path=request.path)
+        failures = self._failures.get("webhook")
+        if failures:
+            status, error = failures.popleft()
+            call.status = status
+            self._record(call)
+            return web.Response(status=status, text=error)
+        limited = self._limited("webhook", call)
+        if limited is not None:
+            return limited
+        if not (call.data.get("text") or call.data.get("blocks")):
+            call.status = 400
+            self._record(call)
+            return web.Response(status=400, text="no_text")
+        self._record(call)
+        return web.Response(text="ok")
+
+    async def _response_url(self, request: web.Request) -> web.StreamResponse:
+        call = Call("response_url", await _body(request), path=request.path)
+        return self._answer(call, {"ok": True})
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self._sockets.append(socket)
+        self._record(Call("socket.connected", {}))
+        try:
+            await socket.send_json(
+                {"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A0"}}
+            )
+            async for message in socket:
+                if message.type == WSMsgType.TEXT:
+                    ack = json.loads(message.data)
+                    self.acks[ack["envelope_id"]] = ack
+                    self._record(Call("socket.ack", ack))
+        finally:
+            self._sockets.remove(socket)
+            self._record(Call("socket.closed", {}))
+        return socket
+
+    def _answer(
+        self, call: Call, body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+    ) -> web.StreamResponse:
+        call.status = status
+        self._record(call)
+        return web.json_response(body, status=status, headers=headers)
+
+    def _next_ts(self) -> str:
+        return f"{int(time.time())}.{next(self._ts):06d}"
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    """A JSON or form body (slack_sdk sends both), or query parameters."""
+    raw = await request.read()
+    if request.content_type == "application/json":
+        data = json.loads(raw or b"{}")
+        return data if isinstance(data, dict) else {"_": data}
+    fields: dict[str, Any] = dict(parse_qsl(raw.decode()))
+    fields.update(request.query)
+    for key in ("blocks", "view"):
+        if isinstance(fields.get(key), str):
+            fields[key] = json.loads(fields[key])
+    return fields

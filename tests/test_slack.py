@@ -1,0 +1,701 @@
+"""SlackChannel against a local fake of Slack, with callbacks signed as Slack signs them,
+sent over real HTTP to the running listener (or relayed over Socket Mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
+from structlog.testing import capture_logs
+
+from humanlayer_async import (
+    ApprovalDenied,
+    ApprovalTimeout,
+    ChannelError,
+    ConfigurationError,
+    HumanLayer,
+    Status,
+)
+from humanlayer_async.channels import SlackChannel
+from humanlayer_async.listener import MAX_BODY
+from humanlayer_async.stores import MemoryStore
+from humanlayer_async.testing import (
+    sign_slack_body,
+    slack_block_actions,
+    slack_form_body,
+    slack_view_submission,
+)
+
+from .fake_slack import APP_TOKEN, BOT_TOKEN, Call, FakeSlack
+from .test_gate import wait_pending
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+CHANNEL = "C0APPROVALS"
+ALICE, BOB, MALLORY = "U0ALICE", "U0BOB", "U0MALLORY"
+NOT_AN_APPROVER = "you are not an approver for this request"
+
+
+@pytest.fixture(autouse=True)
+def _no_slack_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack() as fake:
+        yield fake
+
+
+def web_api(slack: FakeSlack, **options: Any) -> SlackChannel:
+    return SlackChannel(
+        bot_token=BOT_TOKEN, signing_secret=SECRET, channel=CHANNEL, base_url=slack.api_url, **options
+    )
+
+
+async def click(
+    client: httpx.AsyncClient, payload: dict[str, Any], *, secret: str = SECRET, timestamp: int | None = None
+) -> httpx.Response:
+    body = slack_form_body(payload)
+    return await client.post(
+        "/slack/events", content=body, headers=sign_slack_body(body, secret, timestamp=timestamp)
+    )
+
+
+def blocks_of(call: Call) -> list[dict[str, Any]]:
+    blocks = call.data["blocks"]
+    return json.loads(blocks) if isinstance(blocks, str) else list(blocks)
+
+
+def buttons(call: Call) -> list[dict[str, Any]]:
+    return [
+        element for block in blocks_of(call) if block["type"] == "actions" for element in block["elements"]
+    ]
+
+
+def updates_of(slack: FakeSlack, ts: str) -> list[Call]:
+    return [call for call in slack.received("chat.update") if call.data["ts"] == ts]
+
+
+async def test_approve_posts_the_request_and_a_click_runs_the_tool(slack: FakeSlack) -> None:
+    ran: list[str] = []
+    async with (
+        HumanLayer([web_api(slack)], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+    ):
+
+        @hl.require_approval(approvers=[ALICE, BOB], context={"ticket": "OPS-42"})
+        async def send_email(to: str, subject: str, api_key: str) -> str:
+            """Send an email to a customer."""
+            ran.append(to)
+            return f"sent to {to}"
+
+        results: list[str] = []
+
+        async def call() -> None:
+            results.append(await send_email("bob@example.com", "hi <!channel>", api_key="sk-live-123"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            [post] = await slack.wait_calls("chat.postMessage")
+            [request] = await hl.pending()
+            assert post.data["channel"] == CHANNEL
+            assert "send_email" in post.data["text"]
+            shown = json.dumps(post.data["blocks"])
+            for expected in ("send_email", "bob@example.com", "Send an email to a customer.", "OPS-42"):
+                assert expected in shown
+            assert "***" in shown and "sk-live-123" not in shown
+            assert "<@U0ALICE>, <@U0BOB>" in shown and "<!date^" in shown
+            fields = [field for block in blocks_of(post) for field in block.get("fields", [])]
+            [subject] = [field for field in fields if field["text"] == "hi <!channel>"]
+            assert subject["type"] == "plain_text"  # an argument cannot ping the channel
+            approve, deny = buttons(post)
+            assert (approve["text"]["text"], approve["style"], approve["value"]) == (
+                "Approve",
+                "primary",
+                request.id,
+            )
+            assert (deny["text"]["text"], deny["style"], deny["value"]) == ("Deny", "danger", request.id)
+            ts = (await slack.wait_for(lambda: list(slack.messages)))[0][1]
+
+            response = await click(client, slack_block_actions(request.id, user=ALICE, message_ts=ts))
+            assert response.status_code == 200
+
+        assert results == ["sent to bob@example.com"]
+        assert ran == ["bob@example.com"]
+        decision = (await hl.get(request.id)).decision
+        assert decision is not None and (decision.by, decision.via, decision.status) == (
+            ALICE,
+            "slack",
+            Status.APPROVED,
+        )
+        [update] = await slack.wait_for(lambda: updates_of(slack, ts))
+        assert update.data["channel"] == CHANNEL
+        assert buttons(update) == []
+        assert "approved by U0ALICE via slack" in update.data["text"]
+        assert "approved by <@U0ALICE> via slack" in json.dumps(update.data["blocks"])
+
+
+async def test_deny_opens_a_modal_whose_reason_is_the_refusal(slack: FakeSlack) -> None:
+    async with (
+        HumanLayer([web_api(slack)], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+    ):
+
+        @hl.require_approval()
+        async def drop_table(name: str) -> str:
+            return "dropped"
+
+        async def call() -> None:
+            with pytest.raises(
+                ApprovalDenied, match="denied drop_table by U0BOB via slack: too risky"
+            ) as info:
+                await drop_table("users")
+            assert info.value.decision.comment == "too risky"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await slack.wait_calls("chat.postMessage")
+            [request] = await hl.pending()
+            payload = slack_block_actions(
+                request.id, "deny", user=BOB, trigger_id="13345224609.738474920.8088"
+            )
+            response = await click(client, payload)
+            assert (response.status_code, response.text) == (200, "")
+            [opened] = await slack.wait_calls("views.open")
+            assert opened.data["trigger_id"] == "13345224609.738474920.8088"
+            view = opened.data["view"]
+            assert view["private_metadata"] == request.id and view["type"] == "modal"
+            assert (await hl.get(request.id)).status is Status.PENDING  # the modal decides, not the click
+
+            response = await click(client, slack_view_submission(request.id, "too risky", user=BOB))
+            assert (response.status_code, response.text) == (200, "")
+
+        [update] = await slack.wait_calls("chat.update")
+        assert "denied by U0BOB via slack" in update.data["text"] and "too risky" in update.data["text"]
+        assert buttons(update) == []
+
+
+async def test_a_question_is_answered_through_the_answer_modal(slack: FakeSlack) -> None:
+    async with (
+        HumanLayer([web_api(slack)], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+    ):
+        ask = hl.human_as_tool()
+        answers: list[str] = []
+
+        async def call() -> None:
+            answers.append(await ask("Which region should I deploy to?"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            [post] = await slack.wait_calls("chat.postMessage")
+            [request] = await hl.pending()
+            assert "Which region should I deploy to?" in json.dumps(post.data["blocks"])
+            [answer] = buttons(post)
+            assert (answer["text"]["text"], answer["value"]) == ("Answer", request.id)
+            assert (
+                await click(client, slack_block_actions(request.id, "answer", user=ALICE))
+            ).status_code == 200
+            [opened] = await slack.wait_calls("views.open")
+            assert opened.data["view"]["private_metadata"] == request.id
+            submission = slack_view_submission(request.id, "eu-west-1", modal="answer", user=ALICE)
+            assert (await click(client, submission)).status_code == 200
+        assert answers == ["eu-west-1"]
+        [update] = await slack.wait_calls("chat.update")
+        assert "answered by U0ALICE via slack" in update.data["text"] and "eu-west-1" in update.data["text"]
+
+
+async def test_webhook_mode_denies_without_a_modal_and_updates_through_response_url(slack: FakeSlack) -> None:
+    channel = SlackChannel(webhook_url=slack.webhook_url, signing_secret=SECRET)
+    async with (
+        HumanLayer([channel], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+    ):
+
+        @hl.require_approval()
+        async def restart(service: str) -> str:
+            return "restarted"
+
+        ask = hl.human_as_tool()
+        answers: list[str] = []
+
+        async def gated() -> None:
+            with pytest.raises(ApprovalDenied, match="denied restart by U0BOB via slack"):
+                await restart("api")
+
+        async def question() -> None:
+            answers.append(await ask("Which node?"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(gated)
+            [post] = await slack.wait_calls("webhook")
+            [request] = await hl.pending()
+            assert [b["value"] for b in buttons(post)] == [request.id, request.id]
+            response_url = slack.response_url("deny-1")
+            response = await click(
+                client, slack_block_actions(request.id, "deny", user=BOB, response_url=response_url)
+            )
+            assert response.status_code == 200
+            [replaced] = await slack.wait_calls("response_url")
+            assert replaced.path.endswith("/deny-1") and replaced.data["replace_original"] is True
+            assert "denied by U0BOB via slack" in replaced.data["text"] and buttons(replaced) == []
+
+            tg.start_soon(question)
+            await slack.wait_calls("webhook", 2)
+            [asked] = await hl.pending()
+            [box] = [block for block in blocks_of(slack.received("webhook")[1]) if block["type"] == "input"]
+            assert box["block_id"] == asked.id and box["dispatch_action"] is True
+            typed = slack_block_actions(
+                asked.id, "answer", text="node-7", user=ALICE, response_url=slack.response_url("q")
+            )
+            assert (await click(client, typed)).status_code == 200
+        assert answers == ["node-7"]
+        assert slack.received("views.open", status=None) == []
+        replaced_question = await slack.wait_calls("response_url", 2)
+        assert "answered by U0ALICE via slack" in replaced_question[1].data["text"]
+
+        with capture_logs() as logs:
+            task_group_result: list[str] = []
+
+            async def third() -> None:
+                task_group_result.append(await restart("db"))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(third)
+                [request] = await wait_pending(hl)
+                await hl.decide(request.id, True, by="ops@example.com")
+            assert task_group_result == ["restarted"]
+            with anyio.fail_after(5):
+                while "slack.update_skipped" not in [entry["event"] for entry in logs]:
+                    await anyio.sleep(0.01)  # nobody clicked: an incoming webhook's message stays as sent
+
+
+async def test_socket_mode_decides_over_the_websocket_and_leaves_no_task_behind(slack: FakeSlack) -> None:
+    channel = SlackChannel(bot_token=BOT_TOKEN, app_token=APP_TOKEN, channel=CHANNEL, base_url=slack.api_url)
+    assert channel.routes() == ()
+    async with HumanLayer([channel], listen="127.0.0.1:0") as hl:
+        assert hl.url is None  # Socket Mode needs no listener
+        assert slack.sockets == 1 and len(slack.received("apps.connections.open")) == 1
+
+        @hl.require_approval()
+        async def deploy(version: str) -> str:
+            return f"deployed {version}"
+
+        results: list[str] = []
+
+        async def denied() -> None:
+            with pytest.raises(ApprovalDenied, match="not now"):
+                await deploy("1.0")
+
+        async def approved() -> None:
+            results.append(await deploy("2.0"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(denied)
+            [first] = await wait_pending(hl)
+            ack = await slack.send_envelope(slack_block_actions(first.id, "deny", user=ALICE))
+            assert "payload" not in ack or ack["payload"] is None
+            await slack.wait_calls("views.open")
+            ack = await slack.send_envelope(slack_view_submission(first.id, "not now", user=ALICE))
+            assert (await hl.get(first.id)).status is Status.DENIED  # stored before the ack
+            again = await slack.send_envelope(slack_view_submission(first.id, "changed my mind", user=BOB))
+            assert again["payload"]["response_action"] == "errors"
+            assert "already denied by <@U0ALICE>" in json.dumps(again["payload"])
+
+            tg.start_soon(approved)
+            [second] = await wait_pending(hl)
+            await slack.send_envelope(slack_block_actions(second.id, "approve", user=BOB))
+        assert results == ["deployed 2.0"]
+        await slack.wait_calls("chat.update", 2)
+    await slack.wait_for(lambda: slack.sockets == 0)
+    leftovers = [task for task in asyncio.all_tasks() if "slack_sdk" in repr(task)]
+    assert leftovers == []
+
+
+async def test_socket_mode_with_a_bad_app_token_fails_at_start(slack: FakeSlack) -> None:
+    channel = SlackChannel(
+        bot_token=BOT_TOKEN, app_token="xapp-1-wrong", channel=CHANNEL, base_url=slack.api_url
+    )
+    hl = HumanLayer([channel], listen=None)
+    with pytest.raises(ChannelError, match="Socket Mode could not connect: invalid_auth"):
+        await hl.__aenter__()
+    await hl.aclose()
+    assert [task for task in asyncio.all_tasks() if "slack_sdk" in repr(task)] == []
+
+
+async def test_forged_stale_malformed_and_oversized_callbacks_get_4xx_and_decide_nothing(
+    slack: FakeSlack,
+) -> None:
+    async with (
+        HumanLayer([web_api(slack)], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+    ):
+
+        @hl.require_approval()
+        async def wire(amount: int) -> str:
+            return f"wired {amount}"
+
+        results: list[str] = []
+
+        async def call() -> None:
+            results.append(await wire(5000))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            [request] = await wait_pending(hl)
+            good = slack_form_body(slack_block_actions(request.id, user=ALICE))
+            other = slack_form_body(slack_block_actions(request.id, user=MALLORY))
+
+            async def post(body: bytes, headers: dict[str, str]) -> int:
+                return (await client.post("/slack/events", content=body, headers=headers)).status_code
+
+            with capture_logs() as logs:
+                statuses = {
+                    "forged": await post(good, sign_slack_body(good, "not-the-signing-secret")),
+                    "stale": await post(
+                        good, sign_slack_body(good, SECRET, timestamp=int(time.time()) - 301)
+                    ),
+                    "future": await post(
+                        good, sign_slack_body(good, SECRET, timestamp=int(time.time()) + 301)
+                    ),
+                    "missing": await post(good, {"Content-Type": "application/x-www-form-urlencoded"}),
+                    "tampered": await post(other, sign_slack_body(good, SECRET)),
+                    "bad timestamp": await post(
+                        good, {**sign_slack_body(good, SECRET), "X-Slack-Request-Timestamp": "9" * 5000}
+                    ),
+                }
+                malformed = [
+                    b"payload=not-json",
+                    b"hello=world",
+                    b"\xff\xfe\x00",
+                    slack_form_body({"type": "shortcut"}),
+                    slack_form_body(["a", "list"]),  # type: ignore[arg-type]
+                    slack_form_body(
+                        {**slack_block_actions(request.id), "actions": [{"action_id": "x", "value": "y"}]}
+                    ),
+                    slack_form_body({**slack_block_actions(request.id), "user": "not-an-object"}),
+                    slack_form_body(
+                        slack_view_submission(request.id, modal="answer")
+                    ),  # an answer to an approval
+                ]
+                for index, body in enumerate(malformed):
+                    statuses[f"malformed {index}"] = await post(body, sign_slack_body(body, SECRET))
+                huge = b"payload=" + b"x" * MAX_BODY
+                statuses["oversized"] = await post(huge, sign_slack_body(huge, SECRET))
+                unknown = slack_form_body(slack_block_actions("0" * 32, user=ALICE))
+                statuses["unknown"] = await post(unknown, sign_slack_body(unknown, SECRET))
+                assert (await client.get("/healthz")).text == "ok"
+
+            assert statuses == {
+                "forged": 401,
+                "stale": 401,
+                "future": 401,
+                "missing": 401,
+                "tampered": 401,
+                "bad timestamp": 401,
+                **{f"malformed {index}": 400 for index in range(len(malformed))},
+                "oversized": 413,
+                "unknown": 404,
+            }
+            assert (await hl.get(request.id)).status is Status.PENDING
+            refused = [entry for entry in logs if entry["event"] == "slack.refused"]
+            reasons = [entry["reason"] for entry in refused]
+            assert reasons[:6] == [
+                "bad signature",
+                "stale timestamp",
+                "stale timestamp",
+                "missing signature",
+                "bad signature",
+                "bad timestamp",
+            ]
+            assert len(refused) == 6 + len(malformed) + 1  # the oversized one is the listener's
+            assert [entry["event"] for entry in logs].count("listener.refused") == 1
+            assert SECRET not in repr(logs)
+
+            assert (await click(client, slack_block_actions(request.id, user=ALICE))).status_code == 200
+        assert results == ["wired 5000"]
+
+
+async def test_non_approvers_get_an_ephemeral_and_decide_nothing(slack: FakeSlack) -> None:
+    async with (
+        HumanLayer([web_api(slack, approvers=[BOB])], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+    ):
+
+        @hl.require_approval(approvers=[ALICE])
+        async def named() -> str:
+            return "named ran"
+
+        @hl.require_approval()
+        async def unnamed() -> str:
+            return "unnamed ran"
+
+        results: list[str] = []
+
+        async def call(tool: Any) -> None:
+            results.append(await tool())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, named)
+            [first] = await wait_pending(hl)
+            for action in ("approve", "deny"):
+                response = await click(client, slack_block_actions(first.id, action, user=MALLORY))
+                assert (response.status_code, response.text) == (200, NOT_AN_APPROVER)
+            response = await click(client, slack_block_actions(first.id, user=BOB))  # the channel's approver
+            assert response.text == NOT_AN_APPROVER  # ... but this request names its own
+            modal = await click(client, slack_view_submission(first.id, "no", user=MALLORY))
+            assert modal.json() == {"response_action": "errors", "errors": {"hl_text": NOT_AN_APPROVER}}
+            ephemerals = await slack.wait_calls("chat.postEphemeral", 3)
+            assert [(e.data["user"], e.data["channel"], e.data["text"]) for e in ephemerals] == [
+                (MALLORY, "C0TEST", NOT_AN_APPROVER),
+                (MALLORY, "C0TEST", NOT_AN_APPROVER),
+                (BOB, "C0TEST", NOT_AN_APPROVER),
+            ]
+            assert slack.received("views.open", status=None) == []
+            assert (await hl.get(first.id)).status is Status.PENDING
+
+            tg.start_soon(call, unnamed)
+            second = (await wait_pending(hl, 2))[1]
+            assert (await click(client, slack_block_actions(second.id, user=ALICE))).text == NOT_AN_APPROVER
+            assert (await hl.get(second.id)).status is Status.PENDING
+            assert (await click(client, slack_block_actions(second.id, user=BOB))).status_code == 200
+            assert (await click(client, slack_block_actions(first.id, user=ALICE))).status_code == 200
+        assert sorted(results) == ["named ran", "unnamed ran"]
+
+
+async def test_double_clicks_first_wins_and_the_tool_runs_once(slack: FakeSlack) -> None:
+    runs: list[int] = []
+    async with (
+        HumanLayer([web_api(slack)], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+    ):
+
+        @hl.require_approval()
+        async def pay(amount: int) -> str:
+            runs.append(amount)
+            return "paid"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pay, 10)
+            [request] = await wait_pending(hl)
+            texts: dict[str, str] = {}
+
+            async def approve(user: str) -> None:
+                response = await click(client, slack_block_actions(request.id, user=user))
+                assert response.status_code == 200
+                texts[user] = response.text
+
+            async with anyio.create_task_group() as clicks:
+                clicks.start_soon(approve, ALICE)
+                clicks.start_soon(approve, BOB)
+            decision = (await hl.get(request.id)).decision
+            assert decision is not None and decision.by in (ALICE, BOB)
+            loser = BOB if decision.by == ALICE else ALICE
+            assert texts[decision.by] == ""
+            assert texts[loser].startswith(f"This request was already approved by <@{decision.by}> via slack")
+
+            late = await click(client, slack_block_actions(request.id, "deny", user=loser))
+            assert late.status_code == 200 and f"already approved by <@{decision.by}>" in late.text
+            same = await click(client, slack_block_actions(request.id, user=decision.by))
+            assert same.status_code == 200
+        assert runs == [10]
+        notices = await slack.wait_calls("chat.postEphemeral", 3)
+        assert {e.data["user"] for e in notices} == {ALICE, BOB}
+        assert all("already approved by" in e.data["text"] for e in notices)
+        assert slack.received("views.open", status=None) == []
+        assert len(slack.received("chat.update")) == 1
+
+
+async def test_429_is_retried_after_retry_after_and_every_request_is_delivered() -> None:
+    async with FakeSlack(min_interval=1.0) as slack:
+        with capture_logs() as logs:
+            async with HumanLayer([web_api(slack)], listen="127.0.0.1:0") as hl:
+
+                @hl.require_approval()
+                async def step(n: int) -> int:
+                    return n
+
+                results: list[int] = []
+
+                async def call(n: int) -> None:
+                    results.append(await step(n))
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(call, 1)
+                    tg.start_soon(call, 2)
+                    await slack.wait_calls("chat.postMessage", 2)
+                    for request in await wait_pending(hl, 2):
+                        await hl.decide(request.id, True, by=ALICE)
+                assert sorted(results) == [1, 2]
+        limited = slack.received("chat.postMessage", status=429)
+        assert len(limited) == 1  # the retry waited as long as Retry-After said
+        assert [(e["call"], e["error"]) for e in logs if e["event"] == "slack.retry"] == [
+            ("chat.postMessage", "ratelimited")
+        ]
+
+
+async def test_5xx_is_retried_and_a_refusal_fails_the_call_closed(slack: FakeSlack) -> None:
+    channel = web_api(slack)
+    async with HumanLayer([channel], listen="127.0.0.1:0") as hl:
+
+        @hl.require_approval()
+        async def tool() -> str:
+            return "ran"
+
+        slack.fail("chat.postMessage", 503, times=2)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tool)
+            await slack.wait_calls("chat.postMessage")
+            [request] = await wait_pending(hl)
+            await hl.decide(request.id, True, by=ALICE)
+        assert len(slack.received("chat.postMessage", status=503)) == 2
+
+        slack.fail("chat.postMessage", 200, error="channel_not_found")
+        with (
+            capture_logs() as logs,
+            pytest.raises(ChannelError, match="postMessage failed: channel_not_found"),
+        ):
+            await tool()
+        [failed] = [entry for entry in logs if entry["event"] == "approval.failed"]
+        assert (await hl.get(failed["request_id"])).status is Status.FAILED
+        assert await hl.pending() == []
+
+        slack.fail("chat.postMessage", 502, times=5)  # the channel gives up after five tries
+        with pytest.raises(ChannelError, match="failed 5 times: internal_error") as info:
+            await channel.send(await hl.get(failed["request_id"]))
+        assert isinstance(info.value.__cause__, SlackApiError)
+        assert BOT_TOKEN not in str(info.value)
+
+
+async def test_decisions_made_elsewhere_timeouts_and_cancellations_update_the_message(
+    slack: FakeSlack,
+) -> None:
+    store = MemoryStore()
+    async with HumanLayer([web_api(slack)], listen="127.0.0.1:0", store=store) as hl:
+
+        @hl.require_approval()
+        async def elsewhere() -> str:
+            return "ran"
+
+        @hl.require_approval(timeout=0.2)
+        async def expires() -> str:
+            return "never"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(elsewhere)
+            [request] = await wait_pending(hl)
+            await hl.decide(request.id, True, by="ops@example.com", comment="via the CLI")
+        with pytest.raises(ApprovalTimeout):
+            await expires()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(elsewhere)
+            [request] = await wait_pending(hl)
+            with anyio.fail_after(5):  # cancel once delivered: the message then exists to update
+                while not any(
+                    e.event == "approval.delivered" and e.request_id == request.id for e in store.audit_log
+                ):
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+        texts = [call.data["text"] for call in await slack.wait_calls("chat.update", 3)]
+        assert any("approved by ops@example.com via api" in text and "via the CLI" in text for text in texts)
+        assert any("timed out via timeout" in text for text in texts)
+        assert any("cancelled via caller" in text for text in texts)
+
+
+async def test_a_burst_of_300_clicks_resolves_300_pending_approvals(slack: FakeSlack) -> None:
+    async with (
+        HumanLayer([web_api(slack)], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+    ):
+
+        @hl.require_approval(on_reject="return")
+        async def job(n: int) -> str:
+            return f"ran {n}"
+
+        results: dict[int, str] = {}
+
+        async def call(n: int) -> None:
+            results[n] = await job(n)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(300):
+                tg.start_soon(call, n)
+            await slack.wait_calls("chat.postMessage", 300)
+            pending = await wait_pending(hl, 300)
+            by_n = {request.kwargs["n"]: request for request in pending}
+
+            in_flight = anyio.CapacityLimiter(20)  # httpx's pool slows down with hundreds queued
+
+            async def answer(n: int) -> None:
+                request = by_n[n]
+                if n % 2:
+                    payload = slack_view_submission(request.id, f"no {n}", user=BOB)
+                else:
+                    payload = slack_block_actions(request.id, user=ALICE)
+                async with in_flight:
+                    assert (await click(client, payload)).status_code == 200
+
+            async with anyio.create_task_group() as clicks:
+                for n in range(300):
+                    clicks.start_soon(answer, n)
+        assert len(results) == 300
+        for n, result in results.items():
+            assert result == (
+                f"ran {n}"
+                if n % 2 == 0
+                else f"A human denied job by U0BOB via slack: no {n}. It did not run."
+            )
+        updates = await slack.wait_calls("chat.update", 300)
+        assert sum("approved by U0ALICE" in call.data["text"] for call in updates) == 150
+        assert sum("denied by U0BOB" in call.data["text"] for call in updates) == 150
+
+
+def test_configuration_errors_name_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigurationError, match="SLACK_BOT_TOKEN"):
+        SlackChannel(channel=CHANNEL, signing_secret=SECRET)
+    with pytest.raises(ConfigurationError, match=r"SLACK_SIGNING_SECRET.*SLACK_APP_TOKEN"):
+        SlackChannel(channel=CHANNEL, bot_token=BOT_TOKEN)
+    with pytest.raises(ConfigurationError, match=r"channel=.*webhook_url="):
+        SlackChannel(bot_token=BOT_TOKEN, signing_secret=SECRET)
+    with pytest.raises(ConfigurationError, match="not both"):
+        SlackChannel(channel=CHANNEL, webhook_url="https://hooks.slack.com/x", signing_secret=SECRET)
+    with pytest.raises(ConfigurationError, match="xapp-") as info:
+        SlackChannel(channel=CHANNEL, bot_token=BOT_TOKEN, app_token="xoxb-oops-a-bot-token")
+    assert "oops" not in str(info.value)
+
+    monkeypatch.setenv("SLACK_BOT_TOKEN", BOT_TOKEN)
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", SECRET)
+    channel = SlackChannel(channel=CHANNEL, approvers="U0ALICE", base_url="http://proxy.internal/api")
+    assert channel.approvers == ("U0ALICE",)
+    assert channel.base_url == "http://proxy.internal/api/"
+    assert [route.path for route in channel.routes()] == ["/slack/events"]  # type: ignore[attr-defined]
+    text = repr(channel)
+    assert text == "SlackChannel(channel='C0APPROVALS', inbound='http', approvers=['U0ALICE'])"
+    monkeypatch.setenv("SLACK_APP_TOKEN", APP_TOKEN)
+    webhook = SlackChannel(webhook_url="https://hooks.slack.com/services/T/B/secret-part")
+    assert repr(webhook) == "SlackChannel(webhook, inbound='http+socket mode', approvers=[])"
+    for secret in (BOT_TOKEN, SECRET, APP_TOKEN, "secret-part"):
+        assert secret not in repr(channel) + repr(webhook)
+
+
+def test_sign_slack_body_signs_as_slack_does() -> None:
+    body = slack_form_body(slack_block_actions("abc", user=ALICE))
+    headers = sign_slack_body(body, SECRET)
+    verifier = SignatureVerifier(SECRET)
+    assert verifier.is_valid_request(body, headers)
+    assert not verifier.is_valid_request(body + b"x", headers)
+    old = sign_slack_body(body, SECRET, timestamp=1_531_420_618)
+    assert old["X-Slack-Request-Timestamp"] == "1531420618"
+    assert old["X-Slack-Signature"] == verifier.generate_signature(timestamp="1531420618", body=body)
+    assert not verifier.is_valid_request(body, old)  # too old
