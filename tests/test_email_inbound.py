@@ -345,6 +345,10 @@ async def test_malformed_payloads_are_400_and_the_listener_goes_on(inbox: Inbox)
                 await generic(b"not json"),
                 await generic(b"\xff\xfe\x00"),
                 await generic(b"[]"),
+                await generic(b"[" * 200_000),
+                await client.post(
+                    "/email/inbound/postmark", content=b'{"Headers": ' + b"[" * 200_000, headers=auth
+                ),
                 await generic(json.dumps({"from": 5, "to": to, "text": "approve"}).encode()),
                 await generic(json.dumps({"from": ALICE, "to": 7, "text": "approve"}).encode()),
                 await generic(json.dumps({"from": ALICE, "to": to, "text": {"a": 1}}).encode()),
@@ -428,3 +432,32 @@ async def test_mutated_payloads_never_make_a_500(inbox: Inbox) -> None:
         assert (await hl.get(pending.request.id)).status is Status.PENDING
     assert statuses and max(statuses) < 500 and min(statuses) >= 400, statuses
     assert {400, 422} <= statuses
+
+
+async def test_header_injection_and_unencodable_text_in_a_reply_are_harmless(inbox: Inbox) -> None:
+    channel = make_channel(inbox, "generic")
+    async with running(channel) as (hl, client), anyio.create_task_group() as tg:
+        calls = Calls(tg)
+        calls.start(lambda: hl.human_as_tool()("Which region, \ud800?"))
+        [request] = await wait_pending(hl)
+        question = (await inbox.wait(2))[0]
+        assert question["Subject"] == "[Question] Which region, ??"
+        injected = "<r1@mail.company.com>\r\nBcc: victim@evil.example"
+        body = json.dumps(
+            {
+                "from": ALICE,
+                "to": question["Reply-To"],
+                "text": "> quoted only",
+                "headers": {"Message-ID": injected},
+            }
+        ).encode()
+        empty = await client.post("/email/inbound/generic", content=body, headers=sign_generic(body))
+        assert empty.status_code == 422
+        [help_mail] = (await inbox.wait(3))[2:]
+        answer = await post_generic(client, to=question["Reply-To"], sender=ALICE, text="eu-west-1 \ud800")
+        assert answer.json() == {"status": "approved"}
+        follow_ups = (await inbox.wait(5))[3:]
+    assert help_mail["In-Reply-To"] == f"<hl.{request.id}.0@company.com>" and "Bcc" not in help_mail
+    assert "no answer above the quoted message" in text_of(help_mail)
+    assert calls.results == ["eu-west-1 ?"]
+    assert all("answered by alice@company.com via email" in text_of(m) for m in follow_ups)

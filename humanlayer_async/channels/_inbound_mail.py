@@ -38,6 +38,8 @@ __all__ = ["PROVIDERS", "InboundMail", "Provider", "Refused", "ReplayGuard", "re
 Provider = Literal["mailgun", "sendgrid", "postmark", "generic"]
 PROVIDERS: tuple[Provider, ...] = ("mailgun", "sendgrid", "postmark", "generic")
 
+_MESSAGE_ID = re.compile(r"<[!-;=?-~]{1,250}@[!-;=?-~]{1,250}>")
+
 MAX_AGE = 300.0
 """Seconds a signed webhook stays valid (either way, for clock skew)."""
 
@@ -90,8 +92,9 @@ class InboundMail:
 
     @property
     def message_id(self) -> str | None:
-        value = self.header("Message-ID")
-        return value.strip() if value and value.strip() else None
+        """The reply's ``Message-ID``, when it is a well-formed ``<id@host>`` (safe to thread on)."""
+        match = _MESSAGE_ID.fullmatch((self.header("Message-ID") or "").strip())
+        return match.group(0) if match else None
 
 
 class ReplayGuard:
@@ -299,7 +302,7 @@ def _field(form: FormData, name: str) -> str | None:
 def _json(raw: str | bytes) -> Any:
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         raise Refused(400, "malformed JSON") from None
 
 

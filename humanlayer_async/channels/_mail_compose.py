@@ -9,7 +9,7 @@ from email.utils import formatdate
 
 from .._models import ApprovalRequest, Decision
 from .._render import describe_decision, format_value, summarize
-from ._mail_reply import ANSWER_HELP, QUESTION_HELP
+from ._mail_reply import ANSWER_HELP, QUESTION_HELP, utf8_safe
 
 __all__ = ["compose", "follow_up_text", "help_text", "request_bodies", "subject"]
 
@@ -100,7 +100,7 @@ def compose(
     ``Auto-Submitted`` (RFC 3834) keeps out-of-office responders from answering it.
     """
     message = EmailMessage()
-    message["Subject"] = subject
+    message["Subject"] = utf8_safe(subject)
     message["From"] = sender
     message["To"] = to
     if reply_to:
@@ -113,7 +113,7 @@ def compose(
         message["References"] = " ".join(references)
     message["Auto-Submitted"] = auto_submitted
     message["X-Auto-Response-Suppress"] = "All"
-    message.set_content(text)
+    message.set_content(utf8_safe(text))
     if html_body is not None:
-        message.add_alternative(html_body, subtype="html")
+        message.add_alternative(utf8_safe(html_body), subtype="html")
     return message

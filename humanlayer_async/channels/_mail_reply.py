@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ANSWER_HELP", "QUESTION_HELP", "parse_answer", "strip_quotes"]
+__all__ = ["ANSWER_HELP", "QUESTION_HELP", "parse_answer", "strip_quotes", "utf8_safe"]
 
 ANSWER_HELP = (
     "Reply with your answer on the first line, above the quoted text:\n"
@@ -57,6 +57,11 @@ def _quote_starts(lines: list[str], index: int) -> bool:
     return bool(_HEADER_BLOCK_START.match(line)) and any(_HEADER_BLOCK_NEXT.match(text) for text in following)
 
 
+def utf8_safe(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates, from JSON escapes) as ``?``."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def strip_quotes(text: str) -> str:
     """The reply's own text: no quoted lines (``> ...``), nothing from the quoted message on.
 
@@ -71,7 +76,7 @@ def strip_quotes(text: str) -> str:
             break
         if not line.lstrip().startswith(">"):
             kept.append(line.rstrip())
-    return "\n".join(kept).strip()
+    return utf8_safe("\n".join(kept).strip())
 
 
 def parse_answer(text: str) -> tuple[bool, str | None] | None:

@@ -202,22 +202,23 @@ class EmailChannel(BaseChannel):
 
     async def send(self, request: ApprovalRequest) -> str | None:
         """Mail the request to every recipient; the reference is the sent ``Message-ID`` s."""
-        text, html_body = request_bodies(request)
         try:
-            messages = [
-                compose(
-                    sender=self.sender,
-                    to=address,
-                    subject=subject(request),
-                    text=text,
-                    html_body=html_body,
-                    message_id=self._message_id(request.id, index),
-                    reply_to=self._reply_address(request.id, index),
-                )
-                for index, address in enumerate(self.to)
-            ]
+            reply_to = [self._reply_address(request.id, index) for index in range(len(self.to))]
         except ValueError as exc:
             raise ChannelError(f"email: cannot make a reply address for request {request.id!r}") from exc
+        text, html_body = request_bodies(request)
+        messages = [
+            compose(
+                sender=self.sender,
+                to=address,
+                subject=subject(request),
+                text=text,
+                html_body=html_body,
+                message_id=self._message_id(request.id, index),
+                reply_to=reply_to[index],
+            )
+            for index, address in enumerate(self.to)
+        ]
         delivered = await self._deliver(messages)
         return " ".join(str(message["Message-ID"]) for message in delivered)
 
