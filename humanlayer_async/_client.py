@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any, Literal, ParamSpec, Self, TypeVar, cast, overload
 
 import anyio
+import anyio.lowlevel
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskGroup, TaskStatus
 from starlette.applications import Starlette
@@ -195,6 +196,8 @@ class HumanLayer:
         self._run_id = run_id
         self._default_run = None if run_id is None else _Run(run_id)
         self._always_listen = False
+        self._settling = 0  # waiters storing their cancellation; aclose() lets them finish
+        self._settled: anyio.Event | None = None
         self._render = render
         self._decider: Decider = _ChannelDecider(self)
         self._bridge = Bridge()
@@ -480,9 +483,14 @@ class HumanLayer:
         if self._supervisor is not None and self._closing is not None:
             self._closing.set()
             await self._supervisor
-        if self._registry is not None:
-            self._registry.close()
         with anyio.CancelScope(shield=True):
+            if self._registry is not None and self._registry.close():
+                await (
+                    anyio.lowlevel.checkpoint()
+                )  # the failed waiters run up to storing their cancellation...
+                if self._settling:
+                    self._settled = anyio.Event()
+                    await self._settled.wait()  # ...which the store must take before it closes
             for channel in self._all_channels.values():
                 await channel.aclose()
             await self._store.aclose()
@@ -714,14 +722,20 @@ class HumanLayer:
                 logger.info("approval.left_pending", request_id=request.id, run_id=request.run_id)
                 raise
             cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
-            with anyio.CancelScope(shield=True):
-                decision = await self._settle(
-                    request.id,
-                    Status.CANCELLED,
-                    via="caller" if cancelled else "shutdown",
-                    comment="the waiting call was cancelled" if cancelled else "the HumanLayer closed",
-                )
-                self._spawn(self._update, replace(request, decision=decision), channels, refs)
+            self._settling += 1
+            try:
+                with anyio.CancelScope(shield=True):
+                    decision = await self._settle(
+                        request.id,
+                        Status.CANCELLED,
+                        via="caller" if cancelled else "shutdown",
+                        comment="the waiting call was cancelled" if cancelled else "the HumanLayer closed",
+                    )
+                    self._spawn(self._update, replace(request, decision=decision), channels, refs)
+            finally:
+                self._settling -= 1
+                if not self._settling and self._settled is not None:
+                    self._settled.set()
             raise
         finally:
             self._registry.discard(request.id)

@@ -128,7 +128,10 @@ def run_command(args: argparse.Namespace) -> int:
     """Run one operator command; returns the exit status."""
     # An application may set logging up (the library never does): quiet, except for serve.
     level = logging.INFO if args.command == "serve" else logging.WARNING
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
     try:
         if args.command == "serve":
             return _serve(args.app)

@@ -68,8 +68,8 @@ class Registry:
             heapq.heapify(self._deadlines)
         return future
 
-    def close(self) -> None:
-        """Fail every waiter: the ``HumanLayer`` that would have woken them is closing."""
+    def close(self) -> int:
+        """Fail every waiter (the ``HumanLayer`` that would have woken them is closing); how many."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_at = None, math.inf
@@ -80,6 +80,7 @@ class Registry:
                 future.set_exception(
                     HumanLayerError("the HumanLayer was closed while this call waited for a human")
                 )
+        return len(waiting)
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:

@@ -1,0 +1,132 @@
+"""``humanlayer-async`` operator commands and ``serve``, run as a user runs them (processes)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import signal
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from humanlayer_async import Status
+from humanlayer_async.stores import store_from_url
+
+from .durable_helpers import cli_command, run_cli
+from .test_stores import make_request
+
+pytestmark = pytest.mark.anyio
+
+
+async def seed(url: str) -> None:
+    store = store_from_url(url)
+    try:
+        await store.create(make_request("aaaa1111" + "0" * 24, run_id="run-1", approvers=()))
+        await store.create(make_request("bbbb2222" + "0" * 24, run_id="run-2", approvers=()))
+        await store.create(
+            make_request("cccc3333" + "0" * 24, kind="question", message="Which vendor?", approvers=())
+        )
+        await store.create(make_request("dddd4444" + "0" * 24, approvers=("cfo",)))
+    finally:
+        await store.aclose()
+
+
+async def test_pending_approve_deny_answer_cancel_audit(store_url: str) -> None:
+    await seed(store_url)
+    code, out, _ = await run_cli("pending", "--store", store_url)
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split() == ["ID", "KIND", "RUN", "CALL", "EXPIRES", "IN"]
+    assert [row.split()[0] for row in rows] == ["aaaa1111", "bbbb2222", "cccc3333", "dddd4444"]
+    assert "transfer(amount=5)" in rows[0] and "question: Which vendor?" in rows[2]
+
+    code, out, _ = await run_cli(
+        "pending", "--run-id", "run-2", "--json", env={"HUMANLAYER_STORE": store_url}
+    )
+    assert code == 0 and [r["id"][:8] for r in json.loads(out)] == ["bbbb2222"]
+
+    code, out, _ = await run_cli("approve", "aaaa", "--comment", "fine", "--store", store_url)
+    assert code == 0 and f"approved by {getpass.getuser()} via cli" in out  # --by: the OS user
+    code, out, _ = await run_cli(
+        "deny", "bbbb2222", "--by", "ann", "--reason", "wrong IBAN", "--store", store_url
+    )
+    assert code == 0 and "denied by ann" in out and "(wrong IBAN)" in out
+    code, out, _ = await run_cli("answer", "cccc", "ACME Corp", "--by", "ann", "--json", "--store", store_url)
+    assert code == 0 and json.loads(out)["answer"] == "ACME Corp"
+    code, _, err = await run_cli("cancel", "dddd", "--by", "mallory", "--store", store_url)
+    assert code == 1 and "not an approver" in err
+    code, out, _ = await run_cli("cancel", "dddd", "--by", "cfo", "--reason", "dup", "--store", store_url)
+    assert code == 0 and "cancelled by cfo" in out
+    code, _, err = await run_cli("approve", "bbbb2222" + "0" * 24, "--by", "ann", "--store", store_url)
+    assert code == 1 and "already denied by ann" in err
+
+    store = store_from_url(store_url)
+    try:
+        assert await store.list_pending() == []
+        question = await store.get("cccc3333" + "0" * 24)
+        assert question.decision is not None and question.decision.answer == "ACME Corp"
+        assert (await store.get("dddd4444" + "0" * 24)).status is Status.CANCELLED
+    finally:
+        await store.aclose()
+
+    code, out, _ = await run_cli("audit", "--json", "--since", "1h", "--store", store_url)
+    entries = json.loads(out)
+    assert code == 0 and [e["event"] for e in entries] == [
+        "approval.decided",
+        "approval.decided",
+        "approval.decided",
+        "approval.cancelled",
+    ]
+    assert entries[1]["fields"] == {"status": "denied", "by": "ann", "via": "cli", "comment": "wrong IBAN"}
+    code, out, _ = await run_cli("audit", "--request", "bbbb2222" + "0" * 24, "--store", store_url)
+    assert code == 0 and "decided" in out and "wrong IBAN" in out and "aaaa1111" not in out
+    code, out, _ = await run_cli("audit", "--since", "2999-01-01T00:00:00", "--json", "--store", store_url)
+    assert code == 0 and json.loads(out) == []
+
+    code, out, _ = await run_cli("prune", "--older-than", "0s", "--store", store_url)
+    assert code == 0 and out.strip() == "pruned 4 decided requests"
+
+
+async def test_usage_errors_exit_2_and_unknown_ids_exit_1(tmp_path: Path) -> None:
+    code, _, err = await run_cli("pending")
+    assert code == 2 and "HUMANLAYER_STORE" in err
+    code, _, err = await run_cli("pending", "--store", "redis://cache")
+    assert code == 2 and "unsupported store URL" in err
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    code, _, err = await run_cli("approve", "nope", "--store", url)
+    assert code == 1 and "no approval request with id 'nope'" in err
+    code, _, err = await run_cli("audit", "--since", "yesterday", "--store", url)
+    assert code == 2 and "neither a duration" in err
+
+
+async def test_serve_runs_an_apps_listener_alone_until_sigterm(tmp_path: Path) -> None:
+    (tmp_path / "fleet_app.py").write_text(
+        "from humanlayer_async import HumanLayer\n"
+        "from humanlayer_async.stores import SQLiteStore\n"
+        f"hl = HumanLayer([], store=SQLiteStore({str(tmp_path / 'a.db')!r}), listen='127.0.0.1:0')\n"
+    )
+    process = await anyio.open_process([*cli_command(), "serve", "fleet_app:hl"], cwd=tmp_path)
+    try:
+        assert process.stdout is not None
+        with anyio.fail_after(20):
+            line = b""
+            while b"\n" not in line:
+                line += await process.stdout.receive()
+        url = line.decode().split(" on ")[1].split()[0]
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"{url}/healthz")
+        assert (response.status_code, response.text) == (200, "ok")
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.aclose()
+
+    code, _, err = await run_cli("serve", "fleet_app:nothing", cwd=tmp_path)
+    assert code == 2 and "has no attribute 'nothing'" in err
+    code, _, err = await run_cli("serve", "json:dumps")
+    assert code == 2 and "not a HumanLayer" in err

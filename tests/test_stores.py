@@ -1,0 +1,279 @@
+"""The durable stores' contract, on a real SQLite file and the real PostgreSQL server."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pydantic
+import pytest
+
+from humanlayer_async import ApprovalRequest, ConfigurationError, Decision, HumanLayer, Status, StoreError
+from humanlayer_async._audit import make_entry
+from humanlayer_async._codec import digest
+from humanlayer_async.stores import DurableStore, PostgresStore, SQLiteStore, StoreEvent, store_from_url
+from humanlayer_async.testing import AutoChannel
+
+pytestmark = pytest.mark.anyio
+
+
+def make_request(
+    request_id: str, *, run_id: str | None = None, lifetime: float = 600, **extra: object
+) -> ApprovalRequest:
+    now = datetime.now(UTC)
+    fields: dict[str, object] = {
+        "kind": "approval",
+        "function": "transfer",
+        "kwargs": {"amount": 5},
+        "context": {"env": "prod"},
+        "approvers": ("cfo",),
+        "doc": "Move money.",
+        **extra,
+    }
+    return ApprovalRequest(
+        id=request_id,
+        created_at=now,
+        expires_at=now + timedelta(seconds=lifetime),
+        run_id=run_id,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def decision(request_id: str, approved: bool, by: str) -> Decision:
+    status = Status.APPROVED if approved else Status.DENIED
+    return Decision(request_id, approved, status, by, "api", None, datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.fixture
+async def two(store_url: str) -> AsyncIterator[tuple[DurableStore, DurableStore]]:
+    """Two handles on one store, as two processes have."""
+    first, second = store_from_url(store_url), store_from_url(store_url)
+    yield first, second
+    await first.aclose()
+    await second.aclose()
+
+
+async def test_first_decision_wins_across_handles_and_survives_reopening(
+    store_url: str, two: tuple[DurableStore, DurableStore]
+) -> None:
+    first, second = two
+    await first.create(make_request("r1", message=None))
+    approved = await second.decide(decision("r1", True, "alice"))
+    assert await first.decide(decision("r1", False, "bob")) == approved
+    await first.aclose()
+    reopened = store_from_url(store_url)
+    try:
+        stored = await reopened.get("r1")
+        assert stored.decision == approved and stored.status is Status.APPROVED
+        assert (stored.kwargs, stored.context, stored.approvers, stored.doc) == (
+            {"amount": 5},
+            {"env": "prod"},
+            ("cfo",),
+            "Move money.",
+        )
+    finally:
+        await reopened.aclose()
+
+
+async def test_pending_lists_every_handles_requests_oldest_first_with_filters(
+    two: tuple[DurableStore, DurableStore],
+) -> None:
+    first, second = two
+    await first.create(make_request("a", run_id="run-1"))
+    await second.create(make_request("b", run_id="run-2", kind="question", message="Which vendor?"))
+    await second.create(make_request("c", run_id="run-1"))
+    await first.decide(decision("c", True, "alice"))
+    assert [r.id for r in await first.list_pending()] == ["a", "b"]
+    assert [r.id for r in await second.list_pending(run_id="run-1")] == ["a"]
+    assert [r.id for r in await second.list_pending(kind="question")] == ["b"]
+
+
+async def test_watch_yields_other_handles_requests_and_decisions(
+    two: tuple[DurableStore, DurableStore],
+) -> None:
+    first, second = two
+    await first.list_pending()  # connected (PostgreSQL: listening) before anything is written
+    seen: list[StoreEvent] = []
+
+    async def follow() -> None:
+        async for event in first.watch():
+            seen.append(event)
+            if event.kind == "decided":
+                return
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            await anyio.sleep(0.3)
+            await second.create(make_request("w1"))
+            await second.decide(decision("w1", True, "alice"))
+    assert seen == [StoreEvent("requested", "w1"), StoreEvent("decided", "w1")]
+
+
+async def test_an_expired_request_is_timed_out_by_the_first_reader_once(
+    two: tuple[DurableStore, DurableStore],
+) -> None:
+    first, second = two
+    await first.create(make_request("x1", lifetime=0.3))
+    await anyio.sleep(0.5)
+    assert await second.list_pending() == []
+    late = await first.decide(decision("x1", True, "alice"))  # too late: the timeout stands
+    assert late.status is Status.TIMED_OUT and late.via == "timeout"
+    events = [e.event for e in await first.history(request_id="x1")]
+    assert events == ["approval.timed_out"]
+
+
+async def test_prune_deletes_long_decided_requests_and_keeps_pending_ones_and_the_audit(
+    two: tuple[DurableStore, DurableStore],
+) -> None:
+    first, _ = two
+    await first.create(make_request("old"))
+    await first.create(make_request("open"))
+    await first.decide(decision("old", True, "alice"))
+    await first.record(make_entry("approval.decided", "old", by="alice"))
+    assert await first.prune() == 0  # the default retention is 30 days
+    await anyio.sleep(0.05)
+    assert await first.prune(timedelta(seconds=0.01)) == 1
+    assert [r.id for r in await first.list_pending()] == ["open"]
+    assert [e.event for e in await first.history(request_id="old")] == ["approval.decided"]
+
+
+class Currency(enum.Enum):
+    EUR = "EUR"
+
+
+@dataclasses.dataclass
+class Invoice:
+    number: int
+    due: datetime
+
+
+class Vendor(pydantic.BaseModel):
+    name: str
+    iban: str
+
+
+async def test_arguments_are_stored_as_json(store_url: str) -> None:
+    store = store_from_url(store_url)
+    async with HumanLayer([AutoChannel()], store=store, listen=None) as hl:
+
+        @hl.require_approval()
+        async def pay(
+            invoice: Invoice, vendor: Vendor, currency: Currency, memo: bytes, tags: tuple[str, ...]
+        ) -> str:
+            return "paid"
+
+        due = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+        assert (
+            await pay(Invoice(7, due), Vendor(name="ACME", iban="DE00"), Currency.EUR, b"\x00hi", ("a", "b"))
+            == "paid"
+        )
+        [entry] = [e for e in await store.history() if e.event == "approval.requested"]
+        stored = await store.get(entry.request_id)
+    assert stored.kwargs == {
+        "invoice": {"number": 7, "due": "2030-01-02T03:04:05+00:00"},
+        "vendor": {"name": "ACME", "iban": "DE00"},
+        "currency": "EUR",
+        "memo": "AGhp",
+        "tags": ["a", "b"],
+    }
+    assert stored.digest == digest(stored.kwargs)
+
+
+async def test_an_argument_without_json_form_is_a_store_error_naming_it_at_request_time(
+    store_url: str,
+) -> None:
+    runs: list[object] = []
+    store = store_from_url(store_url)
+    async with HumanLayer([AutoChannel()], store=store, listen=None) as hl:
+
+        @hl.require_approval()
+        async def upload(path: str, handle: object) -> None:
+            runs.append(handle)
+
+        with pytest.raises(StoreError, match=r"argument 'handle' cannot be stored as JSON: object"):
+            await upload("/tmp/x", object())
+        assert await hl.pending() == []
+    assert runs == []
+
+
+def test_equal_arguments_have_equal_digests_whatever_their_order() -> None:
+    assert digest({"a": 1, "b": [1, 2]}) == digest({"b": [1, 2], "a": 1})
+    assert digest({"a": 1}) != digest({"a": 2})
+
+
+async def test_sqlite_refuses_a_newer_schema_and_creates_missing_directories(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "deep" / "dir" / "a.db"
+    store = SQLiteStore(path)
+    await store.create(make_request("s1"))
+    await store.aclose()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version=99")
+    newer = SQLiteStore(path)
+    with pytest.raises(StoreError, match="newer than this SDK"):
+        await newer.get("s1")
+    await newer.aclose()
+
+
+def test_store_urls() -> None:
+    assert isinstance(store_from_url("sqlite:///relative.db"), SQLiteStore)
+    absolute = store_from_url("sqlite:////abs/file.db")
+    assert isinstance(absolute, SQLiteStore) and absolute.path == Path("/abs/file.db")
+    pg = store_from_url("postgresql://u:secret@db.example/app?schema=fleet&sslmode=disable")
+    assert isinstance(pg, PostgresStore) and pg.schema == "fleet" and "secret" not in repr(pg)
+    with pytest.raises(ConfigurationError, match="unsupported store URL") as caught:
+        store_from_url("redis://u:hunter2@cache/0")
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.postgres
+async def test_postgres_schema_is_created_on_an_empty_database_and_reused(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    stores = [PostgresStore(pg_dsn, schema=pg_schema) for _ in range(3)]
+    try:
+        # Three processes' worth of handles creating the schema at once: one creates, all work.
+        async with anyio.create_task_group() as tg:
+            for index, store in enumerate(stores):
+                tg.start_soon(store.create, make_request(f"p{index}"))
+        assert len(await stores[0].list_pending()) == 3
+    finally:
+        for store in stores:
+            await store.aclose()
+    again = PostgresStore(pg_dsn, schema=pg_schema)
+    try:
+        assert len(await again.list_pending()) == 3  # the existing schema, as it was
+    finally:
+        await again.aclose()
+    conn = await asyncpg.connect(pg_dsn)
+    await conn.execute(f"UPDATE {pg_schema}.meta SET version = 99")
+    await conn.close()
+    newer = PostgresStore(pg_dsn, schema=pg_schema)
+    with pytest.raises(StoreError, match="newer than this SDK"):
+        await newer.list_pending()
+    await newer.aclose()
+
+
+async def test_postgres_store_names_the_extra_when_asyncpg_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "asyncpg", None)
+    with pytest.raises(ConfigurationError, match=r"humanlayer-async\[postgres\]"):
+        PostgresStore("postgresql://localhost/db")
+
+
+@pytest.mark.postgres
+async def test_postgres_errors_become_store_errors_without_the_password() -> None:
+    store = PostgresStore("postgresql://nobody:hunter2@127.0.0.1:1/none", connect_timeout=2)
+    with pytest.raises(StoreError) as caught:
+        await store.list_pending()
+    assert caught.value.__cause__ is not None and "hunter2" not in str(caught.value)
+    await store.aclose()
