@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,3 +81,48 @@ async def test_all_together_runs_every_script() -> None:
 
     written = {path.stem for path in (ROOT / "benchmarks").glob("*.py") if not path.stem.startswith("_")}
     assert written and written <= set(BENCHMARKS)
+
+
+async def test_slack_rate_limit(tmp_path: Path) -> None:
+    report = await smoke("slack_rate_limit", tmp_path / "slack.json")
+    figures = report["figures"]
+    n = report["settings"]["requests"]
+    # The stand-in refused some posts with 429, and still every request got through once.
+    assert figures["refused_429"] > 0
+    assert figures["posted"] == figures["distinct_requests"] == figures["ran"] == n
+    assert figures["seconds"] >= figures["lower_bound_seconds"] > 0
+    assert [target["met"] for target in report["targets"]] == [True]
+
+
+async def test_click_to_resume(tmp_path: Path) -> None:
+    report = await smoke("click_to_resume", tmp_path / "click.json")
+    figures = report["figures"]
+    paced = figures["ours"]["paced"]
+    assert paced["statuses"] == [200] and paced["resumed"] == report["settings"]["pending"]
+    assert 0 < paced["resume_ms"]["p50"] <= paced["resume_ms"]["p99"] <= paced["resume_ms"]["max"]
+    for kind in ("ours", "bolt", "starlette"):
+        assert figures[kind]["throughput_per_s"] > 0
+    for kind in ("bolt", "starlette"):
+        assert figures[kind]["paced"]["statuses"] == [200]
+
+
+def _postgres_reachable() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+async def test_across_processes(tmp_path: Path) -> None:
+    if not os.environ.get("HUMANLAYER_TEST_DSN") and not _postgres_reachable():
+        if os.environ.get("CI") == "true":
+            pytest.fail("PostgreSQL is not reachable at 127.0.0.1:5432 (CI must start it)")
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (set HUMANLAYER_TEST_DSN)")
+    report = await smoke("across_processes", tmp_path / "across.json")
+    for key in ("notify_ms", "decision_ms"):
+        figures = report["figures"][key]
+        assert 0 < figures["p50"] <= figures["p99"] <= figures["max"]
+    assert [target["name"] for target in report["targets"]] == ["p99_across_processes"]
