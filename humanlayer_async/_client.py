@@ -67,6 +67,9 @@ __all__ = ["HumanLayer"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
+_DRAIN_SECONDS = 10.0
+"""How long ``aclose()`` lets channel updates and cancellations in flight finish."""
+
 _FINAL_EVENTS: dict[Status, AuditEvent] = {
     Status.APPROVED: "approval.decided",
     Status.DENIED: "approval.decided",
@@ -196,8 +199,9 @@ class HumanLayer:
         self._run_id = run_id
         self._default_run = None if run_id is None else _Run(run_id)
         self._always_listen = False
-        self._settling = 0  # waiters storing their cancellation; aclose() lets them finish
-        self._settled: anyio.Event | None = None
+        # Work aclose() lets finish: waiters storing their cancellation, channel updates.
+        self._busy = 0
+        self._idle: anyio.Event | None = None
         self._render = render
         self._decider: Decider = _ChannelDecider(self)
         self._bridge = Bridge()
@@ -480,17 +484,14 @@ class HumanLayer:
         if self._closed:
             return
         self._closed = True
-        if self._supervisor is not None and self._closing is not None:
-            self._closing.set()
-            await self._supervisor
         with anyio.CancelScope(shield=True):
             if self._registry is not None and self._registry.close():
-                await (
-                    anyio.lowlevel.checkpoint()
-                )  # the failed waiters run up to storing their cancellation...
-                if self._settling:
-                    self._settled = anyio.Event()
-                    await self._settled.wait()  # ...which the store must take before it closes
+                # The failed waiters wake first and start storing their cancellation.
+                await anyio.lowlevel.checkpoint()
+            await self._drain()
+            if self._supervisor is not None and self._closing is not None:
+                self._closing.set()
+                await self._supervisor
             for channel in self._all_channels.values():
                 await channel.aclose()
             await self._store.aclose()
@@ -574,8 +575,33 @@ class HumanLayer:
                 await func(*args)
             except Exception as exc:
                 logger.error("humanlayer.background_failed", task=func.__name__, error=repr(exc))
+            finally:
+                self._done_working()
 
+        self._busy += 1  # counted from now, so aclose() waits for it even before it starts
         self._task_group.start_soon(guarded)
+
+    @contextlib.contextmanager
+    def _working(self) -> Iterator[None]:
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._done_working()
+
+    def _done_working(self) -> None:
+        self._busy -= 1
+        if not self._busy and self._idle is not None:
+            self._idle.set()
+
+    async def _drain(self) -> None:
+        """Let work in flight (cancellations being stored, channel updates) finish, within a bound."""
+        with anyio.move_on_after(_DRAIN_SECONDS, shield=True) as scope:
+            while self._busy:
+                self._idle = anyio.Event()
+                await self._idle.wait()
+        if scope.cancelled_caught:
+            logger.warning("humanlayer.drain_timed_out", unfinished=self._busy, seconds=_DRAIN_SECONDS)
 
     async def _start_channel(self, channel: Channel) -> None:
         """Start a channel given to ``require_approval`` that the supervisor did not start."""
@@ -722,20 +748,14 @@ class HumanLayer:
                 logger.info("approval.left_pending", request_id=request.id, run_id=request.run_id)
                 raise
             cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
-            self._settling += 1
-            try:
-                with anyio.CancelScope(shield=True):
-                    decision = await self._settle(
-                        request.id,
-                        Status.CANCELLED,
-                        via="caller" if cancelled else "shutdown",
-                        comment="the waiting call was cancelled" if cancelled else "the HumanLayer closed",
-                    )
-                    self._spawn(self._update, replace(request, decision=decision), channels, refs)
-            finally:
-                self._settling -= 1
-                if not self._settling and self._settled is not None:
-                    self._settled.set()
+            with self._working(), anyio.CancelScope(shield=True):
+                decision = await self._settle(
+                    request.id,
+                    Status.CANCELLED,
+                    via="caller" if cancelled else "shutdown",
+                    comment="the waiting call was cancelled" if cancelled else "the HumanLayer closed",
+                )
+                self._spawn(self._update, replace(request, decision=decision), channels, refs)
             raise
         finally:
             self._registry.discard(request.id)

@@ -340,3 +340,41 @@ async def test_memory_store_drops_decided_requests_after_retention() -> None:
 def test_repr_shows_no_secrets() -> None:
     hl = HumanLayer([AutoChannel(by="alice")], listen=None)
     assert repr(hl) == "HumanLayer(channels=[auto], store=MemoryStore(requests=0), timeout=3600.0)"
+
+
+class SlowUpdateChannel(BaseChannel):
+    """Delivers at once; takes a while to update what it delivered."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.updated: list[Status] = []
+
+    async def send(self, request: ApprovalRequest) -> str | None:
+        return request.id
+
+    async def update(self, request: ApprovalRequest, ref: str | None) -> None:
+        await anyio.sleep(0.2)
+        self.updated.append(request.status)
+
+
+async def test_aclose_lets_channel_updates_in_flight_finish() -> None:
+    channel = SlowUpdateChannel()
+    hl = HumanLayer([channel], listen=None)
+
+    @hl.require_approval()
+    async def tool() -> str:
+        return "ran"
+
+    async def waiter() -> None:
+        with pytest.raises(HumanLayerError, match="closed"):
+            await tool()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tool)
+        tg.start_soon(waiter)
+        first, _still_waiting = await wait_pending(hl, 2)
+        await hl.decide(first.id, True, by="alice")
+        await anyio.sleep(0.01)  # the approved call resumes and schedules its update
+        await hl.aclose()  # the second is still waiting: it is cancelled, and told
+    assert sorted(channel.updated) == sorted([Status.APPROVED, Status.CANCELLED])
