@@ -21,6 +21,7 @@ from ._exceptions import (
     NotAnApprover,
     OutcomeUnknown,
     StoreError,
+    TooManyPending,
     UnknownRequest,
 )
 from ._gate import current_decision
@@ -45,6 +46,7 @@ __all__ = [
     "OutcomeUnknown",
     "Status",
     "StoreError",
+    "TooManyPending",
     "UnknownRequest",
     "__version__",
     "current_decision",

@@ -43,6 +43,7 @@ from ._exceptions import (
     NotAnApprover,
     OutcomeUnknown,
     StoreError,
+    TooManyPending,
 )
 from ._gate import (
     Condition,
@@ -173,6 +174,9 @@ class HumanLayer:
             twice (see ``run()`` to name runs per task).
         render: Turns a call's arguments into what approvers, stores and logs see.
             Default: ``mask_secrets``.
+        max_pending: The most requests this ``HumanLayer`` waits for at once; a gated
+            call beyond it raises ``TooManyPending`` without asking (a bound on what a
+            runaway agent can queue). Default: no limit.
     """
 
     def __init__(
@@ -185,7 +189,10 @@ class HumanLayer:
         listen: str | None = "127.0.0.1:8787",
         run_id: str | None = None,
         render: Render = mask_secrets,
+        max_pending: int | None = None,
     ) -> None:
+        if max_pending is not None and (isinstance(max_pending, bool) or max_pending < 1):
+            raise ConfigurationError(f"max_pending must be a positive number or None, not {max_pending!r}")
         self._channels = _check_channels(
             _default_channels() if approval_channels is None else approval_channels
         )
@@ -199,6 +206,8 @@ class HumanLayer:
         self._run_id = run_id
         self._default_run = None if run_id is None else _Run(run_id)
         self._always_listen = False
+        self._max_pending = max_pending
+        self._asking = 0  # calls between ask() and their decision: what max_pending bounds
         # Work aclose() lets finish: waiters storing their cancellation, channel updates.
         self._busy = 0
         self._idle: anyio.Event | None = None
@@ -628,6 +637,16 @@ class HumanLayer:
         message) or gets its decision at once.
         """
         await self._ensure_started()
+        if self._max_pending is not None and self._asking >= self._max_pending:
+            logger.warning("approval.too_many_pending", function=spec.function, max_pending=self._max_pending)
+            raise TooManyPending(spec.function, self._max_pending)
+        self._asking += 1
+        try:
+            return await self._ask(spec)
+        finally:
+            self._asking -= 1
+
+    async def _ask(self, spec: RequestSpec) -> Decision:
         assert self._loop is not None and self._registry is not None
         channels = self._channels if spec.channels is None else spec.channels
         for channel in channels:

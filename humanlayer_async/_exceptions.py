@@ -12,7 +12,8 @@ Every exception the SDK raises on purpose derives from one root::
      ├── StoreError              the store could not read or write
      ├── AlreadyExecuted         a re-attached call already ran; it does not run twice
      ├── OutcomeUnknown          a re-attached call started but never finished; it does not run again
-     └── ArgumentsChanged        the approval was given for other arguments than this call's
+     ├── ArgumentsChanged        the approval was given for other arguments than this call's
+     └── TooManyPending          the HumanLayer already waits for max_pending requests; nothing was asked
 
 Errors from third-party libraries (slack_sdk, aiosmtplib, asyncpg, ...) are converted
 at the channel or store boundary into ``ChannelError`` or ``StoreError``, keeping the
@@ -37,6 +38,7 @@ __all__ = [
     "NotAnApprover",
     "OutcomeUnknown",
     "StoreError",
+    "TooManyPending",
     "UnknownRequest",
 ]
 
@@ -130,3 +132,18 @@ class ArgumentsChanged(HumanLayerError):
             "it did not run"
         )
         self.request_id = request_id
+
+
+class TooManyPending(HumanLayerError):
+    """The ``HumanLayer`` already waits for ``max_pending`` requests: this call was refused.
+
+    Nothing was stored or sent and the tool did not run. It is a limit against runaway
+    agents and floods, not a decision: retry once some of the pending requests are answered.
+    """
+
+    def __init__(self, function: str, limit: int) -> None:
+        super().__init__(
+            f"{function} was not asked for: this HumanLayer already waits for {limit} approval requests "
+            "(max_pending); it did not run"
+        )
+        self.limit = limit

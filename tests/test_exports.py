@@ -26,6 +26,7 @@ def test_top_level_names() -> None:
         "OutcomeUnknown",
         "Status",
         "StoreError",
+        "TooManyPending",
         "UnknownRequest",
         "__version__",
         "current_decision",
@@ -76,6 +77,7 @@ def test_exception_tree() -> None:
         NotAnApprover,
         OutcomeUnknown,
         StoreError,
+        TooManyPending,
         UnknownRequest,
     )
 
@@ -90,5 +92,6 @@ def test_exception_tree() -> None:
         AlreadyExecuted,
         OutcomeUnknown,
         ArgumentsChanged,
+        TooManyPending,
     ):
         assert issubclass(error, HumanLayerError)

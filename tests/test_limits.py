@@ -1,0 +1,283 @@
+"""Denial-of-service limits: body size on every inbound route, the number of pending requests
+(``max_pending``), and slow clients that trickle headers or bodies into the real listener."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import httpx
+import pytest
+from anyio.abc import SocketStream
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from structlog.testing import capture_logs
+
+from humanlayer_async import ApprovalDenied, ConfigurationError, HumanLayer, Status, TooManyPending
+from humanlayer_async.listener import MAX_BODY, Listener, build_app
+
+from .fake_slack import FakeSlack
+from .hostile import Outcomes, fake_slack, serving, web_session
+from .test_email import Inbox, inbox
+from .test_gate import wait_pending
+
+pytestmark = pytest.mark.anyio
+
+__all__ = ["fake_slack", "inbox"]  # fixtures
+
+# -- request body size, route by route -----------------------------------------------------
+
+
+async def test_every_inbound_route_refuses_a_body_over_the_limit_before_reading_it(
+    fake_slack: FakeSlack, inbox: Inbox
+) -> None:
+    async with (
+        serving(fake_slack, inbox, listen="127.0.0.1:0") as site,
+        httpx.AsyncClient(base_url=str(site.hl.url)) as client,
+    ):
+        csrf = await web_session(client)
+        routes = [
+            ("POST", "/slack/events"),
+            *(("POST", f"/email/inbound/{provider}") for provider in site.emails),
+            ("POST", f"/approvals/requests/{site.request.id}"),
+            ("POST", "/approvals"),
+            ("GET", "/healthz"),
+        ]
+        form = {"content-type": "application/x-www-form-urlencoded", "x-csrf-token": csrf}
+        just_over = b"action=approve&comment=" + b"x" * (MAX_BODY - 22)
+        at_limit = just_over[:MAX_BODY]
+
+        async def streamed() -> AsyncIterator[bytes]:
+            yield b"action=approve&comment="
+            for _ in range(MAX_BODY // 65536 + 1):
+                yield b"y" * 65536
+
+        with capture_logs() as declared_logs:
+            declared = [
+                (await client.request(method, path, content=just_over, headers=form)).status_code
+                for method, path in routes
+            ]
+        with capture_logs() as streamed_logs:
+            chunked = [
+                (await client.request(method, path, content=streamed(), headers=form)).status_code
+                for method, path in routes
+            ]
+        # A body of exactly the limit reaches the routes, which refuse it on their own terms.
+        at_limit_statuses = {
+            path: (await client.request(method, path, content=at_limit, headers=form)).status_code
+            for method, path in routes
+        }
+        # Declared too large: refused before any route runs.
+        assert declared == [413] * len(routes)
+        assert [(e["event"], e["status"]) for e in declared_logs] == [("listener.refused", 413)] * len(routes)
+        # Streamed without a length: refused as it comes in, if the route reads it; routes that
+        # check credentials first refuse without reading it at all.
+        assert chunked == [413, 413, 401, 401, 401, 413, 405, 200]
+        assert [e["event"] for e in streamed_logs].count("listener.refused") == 3
+        assert set(at_limit_statuses.values()) <= {200, 400, 401, 403, 405, 409}, at_limit_statuses
+        assert at_limit_statuses["/healthz"] == 200
+        assert await site.untouched()
+
+
+# -- max_pending ---------------------------------------------------------------------------
+
+
+async def test_max_pending_refuses_calls_beyond_it_without_asking_and_frees_up_on_decisions() -> None:
+    ran: list[int] = []
+    async with HumanLayer([], listen=None, max_pending=3) as hl, anyio.create_task_group() as tg:
+
+        @hl.require_approval()
+        async def refund(n: int) -> int:
+            ran.append(n)
+            return n
+
+        ask = hl.human_as_tool()
+        refused: list[TooManyPending] = []
+
+        denied: list[int] = []
+
+        async def call(n: int) -> None:
+            try:
+                await refund(n)
+            except TooManyPending as exc:
+                refused.append(exc)
+            except ApprovalDenied:
+                denied.append(n)
+
+        outcomes = Outcomes(tg)
+        with capture_logs() as logs:
+            for n in range(10):  # all at once: the limit holds however they interleave
+                tg.start_soon(call, n)
+            await wait_pending(hl, 3)
+            with anyio.fail_after(5):
+                while len(refused) < 7:
+                    await anyio.sleep(0.01)
+            with pytest.raises(TooManyPending, match=r"contact_human was not asked.*waits for 3"):
+                await ask("one more?")  # questions count too
+        pending = await hl.pending()
+        assert len(pending) == 3 and ran == []
+        assert len(refused) == 7 and all(exc.limit == 3 for exc in refused)
+        assert "it did not run" in str(refused[0])
+        assert [e["event"] for e in logs].count("approval.too_many_pending") == 8
+        assert [e["event"] for e in logs].count("approval.requested") == 3
+
+        await hl.decide(pending[0].id, True, by="ops")
+        with anyio.fail_after(5):
+            while len(await hl.pending()) > 2:
+                await anyio.sleep(0.01)
+        outcomes.start(lambda: refund(99))  # a slot is free again
+        with anyio.fail_after(5):
+            while len(await hl.pending()) < 3:
+                await anyio.sleep(0.01)
+        for request in await hl.pending():
+            await hl.decide(request.id, False, by="ops")
+    assert ran == [pending[0].kwargs["n"]]
+    assert sorted(denied) == sorted(request.kwargs["n"] for request in pending[1:])
+    assert len(outcomes.ended) == 1 and isinstance(outcomes.ended[0], ApprovalDenied)
+
+
+@pytest.mark.parametrize("value", [0, -1, True])
+def test_max_pending_must_be_positive(value: int) -> None:
+    with pytest.raises(ConfigurationError, match="max_pending"):
+        HumanLayer([], listen=None, max_pending=value)
+
+
+# -- slow clients --------------------------------------------------------------------------
+
+READ_TIMEOUT = 0.5
+
+
+async def _echo(request: Request) -> Response:
+    return PlainTextResponse(f"read {len(await request.body())} bytes")
+
+
+async def _closed(stream: SocketStream) -> bool:
+    """Whether the server closed the connection (reads until it does, 10 s at most)."""
+    with anyio.move_on_after(10):
+        try:
+            while await stream.receive():
+                pass
+        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
+            return True
+    return False
+
+
+async def _answer(stream: SocketStream) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    with anyio.fail_after(10):
+        try:
+            while True:
+                chunks.append(await stream.receive())
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            pass
+    return b"".join(chunks)
+
+
+async def test_slow_headers_and_bodies_are_cut_off_and_never_hold_the_listener() -> None:
+    app = build_app([Route("/echo", _echo, methods=["POST"])], read_timeout=READ_TIMEOUT)
+    listener = Listener(app, "127.0.0.1", 0, read_timeout=READ_TIMEOUT)
+    async with anyio.create_task_group() as tg:
+        await tg.start(listener.serve)
+        host, port = "127.0.0.1", listener.port
+        dribbling = anyio.Event()
+
+        async def dribble(stream: SocketStream, data: bytes) -> None:
+            try:
+                for byte in data:
+                    await stream.send(bytes([byte]))
+                    dribbling.set()
+                    await anyio.sleep(0.05)
+            except (anyio.BrokenResourceError, OSError):
+                pass  # the server hung up, as it should
+
+        with capture_logs() as logs:
+            # 1. Headers trickling in a byte at a time, forever.
+            slow_headers = await anyio.connect_tcp(host, port)
+            tg.start_soon(
+                dribble, slow_headers, b"POST /echo HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10_000
+            )
+            # 2. A connection that never says anything.
+            silent = await anyio.connect_tcp(host, port)
+            # 3. Complete headers, then a body a byte at a time.
+            slow_body = await anyio.connect_tcp(host, port)
+            await slow_body.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+            tg.start_soon(dribble, slow_body, b"b" * 5000)
+            # 4. A keep-alive connection whose second request stalls mid-headers.
+            kept = await anyio.connect_tcp(host, port)
+            await kept.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b"200 OK" in await kept.receive()
+            await kept.send(b"GET /healthz HTTP/1.1\r\nHo")
+            # 5. A crowd of silent connections.
+            crowd = [await anyio.connect_tcp(host, port) for _ in range(100)]
+            await dribbling.wait()
+
+            # Meanwhile, everyone else is served at once.
+            async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+                for _ in range(5):
+                    assert (await client.post("/echo", content=b"z" * 1000)).text == "read 1000 bytes"
+
+            assert await _closed(slow_headers)
+            assert await _closed(silent)
+            assert b"408 Request Timeout" in await _answer(slow_body)
+            assert await _closed(kept)
+            assert all([await _closed(stream) for stream in crowd])
+        for stream in [slow_headers, silent, slow_body, kept, *crowd]:
+            await stream.aclose()
+        tg.cancel_scope.cancel()
+    reasons = [entry["reason"] for entry in logs if entry["event"] == "listener.refused"]
+    assert reasons.count("slow body") == 1
+    assert reasons.count("slow headers") == 103  # silent, trickling, stalled keep-alive, the crowd
+
+
+async def test_a_fast_client_is_never_cut_off_and_a_streaming_response_outlives_the_timeout() -> None:
+    async def stream_for_a_while(request: Request) -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(4):  # 0.8 s: longer than READ_TIMEOUT, yet the client is not slow
+                yield b"tick\n"
+                await anyio.sleep(0.2)
+
+        from starlette.responses import StreamingResponse
+
+        return StreamingResponse(chunks())
+
+    routes = [Route("/echo", _echo, methods=["POST"]), Route("/stream", stream_for_a_while)]
+    listener = Listener(
+        build_app(routes, read_timeout=READ_TIMEOUT), "127.0.0.1", 0, read_timeout=READ_TIMEOUT
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(listener.serve)
+        async with httpx.AsyncClient(base_url=listener.url) as client:
+            assert (await client.get("/stream")).text == "tick\n" * 4
+            for _ in range(3):  # the same keep-alive connection, idle for a while between requests
+                response = await client.post("/echo", content=b"q" * 100_000)
+                assert response.text == "read 100000 bytes"
+                await anyio.sleep(READ_TIMEOUT * 1.5)
+        tg.cancel_scope.cancel()
+
+
+async def test_the_embedded_listener_keeps_deciding_while_slow_clients_hang_on(
+    fake_slack: FakeSlack, inbox: Inbox
+) -> None:
+    async with serving(fake_slack, inbox, listen="127.0.0.1:0") as site:
+        assert site.hl.url is not None
+        host, port = site.hl.url.removeprefix("http://").rsplit(":", 1)
+        hangers = [await anyio.connect_tcp(host, int(port)) for _ in range(50)]
+        for stream in hangers:
+            await stream.send(b"POST /slack/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npay")
+        async with httpx.AsyncClient(base_url=site.hl.url) as client:
+            csrf = await web_session(client)
+            response = await client.post(
+                f"/approvals/requests/{site.request.id}",
+                data={"csrf": csrf, "action": "approve"},
+                headers={"accept": "application/json"},
+            )
+        assert response.json()["status"] == "approved"
+        with anyio.fail_after(5):
+            while not site.outcomes.ended:
+                await anyio.sleep(0.01)
+        assert site.outcomes.ended == ["wired 5000"]
+        assert (await site.hl.get(site.request.id)).status is Status.APPROVED
+        for stream in hangers:
+            await stream.aclose()
