@@ -10,6 +10,7 @@ import typing
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from structlog.testing import capture_logs
 
@@ -321,14 +322,14 @@ async def test_two_thousand_concurrent_calls_each_get_their_own_outcome() -> Non
             for n in range(count):
                 tg.start_soon(call, n)
                 if n % 100 == 0:
-                    await anyio.sleep(0)  # asyncio debug mode makes each task start costly
+                    await anyio.lowlevel.checkpoint()  # asyncio debug mode makes each task start costly
             pending = await wait_pending(hl, count)
             by_n = {int(r.kwargs["n"]): r.id for r in pending}
             order = list(by_n)
             random.Random(7).shuffle(order)
             for n in order:
                 await hl.decide(by_n[n], n % 3 != 0, by="alice", comment=f"no-{n}")
-                await anyio.sleep(0)  # decisions arrive one by one, as from a listener
+                await anyio.lowlevel.checkpoint()  # decisions arrive one by one, as from a listener
     assert len(outcomes) == count
     for n in range(count):
         assert outcomes[n] == (f"denied:no-{n}" if n % 3 == 0 else f"ran:{n * 3}")
