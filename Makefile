@@ -21,7 +21,7 @@ demo: $(BIN)/.installed
 	$(BIN)/humanlayer-async demo
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered
 
 lint: $(BIN)/.integrations
 	$(BIN)/ruff check .
