@@ -161,7 +161,8 @@ async def notify_round_trips(n: int) -> list[float]:
     return latencies
 
 
-async def decisions(n: int) -> list[float]:
+async def decisions(n: int, calls: list[float]) -> list[float]:
+    """Decision → resume latencies; ``calls`` gets how long each ``hl.decide()`` took here."""
     import asyncpg
 
     from humanlayer_async.stores import PostgresStore
@@ -178,6 +179,7 @@ async def decisions(n: int) -> list[float]:
             for i, request_id in sorted(pending.items()):
                 decided = now()
                 await hl.decide(request_id, True, by="bench")
+                calls.append(now() - decided)
                 word, which, resumed = await other.hear()
                 assert word == "resumed" and int(which) == i
                 latencies.append(float(resumed) - decided)
@@ -196,9 +198,11 @@ def _summary(latencies: list[float]) -> dict[str, float]:
 
 
 async def measure(n: int) -> dict[str, Any]:
+    calls: list[float] = []
     return {
         "notify_ms": _summary(await notify_round_trips(n)),
-        "decision_ms": _summary(await decisions(n)),
+        "decision_ms": _summary(await decisions(n, calls)),
+        "decide_call_ms": _summary(calls),
     }
 
 
@@ -236,6 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "raw NOTIFY→LISTEN",
             )
         )
+    report.rows.append(
+        Row(
+            "hl.decide() call in the deciding process, p50", "ms", None, figures["decide_call_ms"]["p50"], "—"
+        )
+    )
     report.targets.append(
         Target(
             "p99_across_processes",
