@@ -51,6 +51,7 @@ _ATTEMPTS = 5  # tries for 5xx answers, timeouts and network errors
 _BACKOFF = 0.25  # seconds before the first retry; doubles, with jitter
 _UPDATE_WINDOW = 300.0  # seconds a message update or notice may keep retrying on 429
 _CONNECT_TIMEOUT = 15.0  # seconds for the Socket Mode connection at start
+_UPDATES_AT_ONCE = 4  # message updates in flight at once (Slack allows chat.update ~50/min)
 NOT_AN_APPROVER = "you are not an approver for this request"
 
 
@@ -193,6 +194,7 @@ class SlackChannel(BaseChannel):
         self._app_token = socket_token
         self._verifier = None if secret is None else SignatureVerifier(secret)
         self._send_lock = anyio.Lock()
+        self._update_slots = anyio.Semaphore(_UPDATES_AT_ONCE)
         self._response_urls: dict[str, str] = {}  # webhook mode: request id → a click's response_url
         self._decider: Decider | None = None
         self._web: AsyncWebClient | None = None
@@ -277,20 +279,26 @@ class SlackChannel(BaseChannel):
 
     async def update(self, request: ApprovalRequest, ref: str | None) -> None:
         web = self._running()
-        message = blocks.outcome_message(request)
-        deadline = time.monotonic() + _UPDATE_WINDOW
-        if self._webhook_url is None and ref is not None:
-            channel, _, ts = ref.partition(":")
-            update = functools.partial(web.chat_update, channel=channel, ts=ts, **message)
-            await self._retrying("chat.update", update, deadline)
-            return
-        response_url = self._response_urls.pop(request.id, None)
-        if response_url is None:
-            # An incoming webhook's message can only be replaced through a click's response_url.
-            logger.info("slack.update_skipped", request_id=request.id, reason="no click on this message yet")
-            return
-        replace = functools.partial(self._post, response_url, {"replace_original": True, **message})
-        await self._retrying("response_url", replace, deadline)
+        response_url = None
+        if self._webhook_url is not None or ref is None:
+            response_url = self._response_urls.pop(request.id, None)
+            if response_url is None:
+                # An incoming webhook's message can only be replaced through a click's response_url.
+                logger.info("slack.update_skipped", request_id=request.id, reason="no click on it yet")
+                return
+        async with self._update_slots:  # a few at a time: a burst of decisions trickles out
+            message = blocks.outcome_message(request)
+            deadline = time.monotonic() + _UPDATE_WINDOW
+            if response_url is not None:
+                replace = {"replace_original": True, **message}
+                await self._retrying(
+                    "response_url", functools.partial(self._post, response_url, replace), deadline
+                )
+            else:
+                assert ref is not None
+                channel, _, ts = ref.partition(":")
+                update = functools.partial(web.chat_update, channel=channel, ts=ts, **message)
+                await self._retrying("chat.update", update, deadline)
 
     def _running(self) -> AsyncWebClient:
         if self._web is None:
