@@ -286,7 +286,8 @@ async def test_socket_mode_decides_over_the_websocket_and_leaves_no_task_behind(
     assert channel.routes() == ()
     async with HumanLayer([channel], listen="127.0.0.1:0") as hl:
         assert hl.url is None  # Socket Mode needs no listener
-        assert slack.sockets == 1 and len(slack.received("apps.connections.open")) == 1
+        await slack.wait_for(lambda: slack.sockets == 1)
+        assert len(slack.received("apps.connections.open")) == 1
 
         @hl.require_approval()
         async def deploy(version: str) -> str:
