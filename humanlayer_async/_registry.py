@@ -61,7 +61,9 @@ class Registry:
     def discard(self, request_id: str) -> asyncio.Future[Decision | None] | None:
         """Forget the waiter of ``request_id`` and return its future, if there was one."""
         future = self._waiting.pop(request_id, None)
-        if len(self._deadlines) > 2 * len(self._waiting) + _COMPACT_SLACK:
+        if not self._waiting:
+            self._deadlines.clear()  # nobody waits: no deadline matters any more
+        elif len(self._deadlines) > 2 * len(self._waiting) + _COMPACT_SLACK:
             # Entries of answered requests stay in the heap until their deadline; drop
             # them once they outnumber the live ones, so memory follows the pending count.
             self._deadlines = [entry for entry in self._deadlines if entry[1] in self._waiting]
