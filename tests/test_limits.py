@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import anyio
@@ -178,10 +179,15 @@ async def _answer(stream: SocketStream) -> bytes:
 async def test_slow_headers_and_bodies_are_cut_off_and_never_hold_the_listener() -> None:
     app = build_app([Route("/echo", _echo, methods=["POST"])], read_timeout=READ_TIMEOUT)
     listener = Listener(app, "127.0.0.1", 0, read_timeout=READ_TIMEOUT)
-    async with anyio.create_task_group() as tg:
+    async with contextlib.AsyncExitStack() as streams, anyio.create_task_group() as tg:
         await tg.start(listener.serve)
         host, port = "127.0.0.1", listener.port
         dribbling = anyio.Event()
+
+        async def connect() -> SocketStream:
+            stream = await anyio.connect_tcp(host, port)
+            streams.push_async_callback(stream.aclose)
+            return stream
 
         async def dribble(stream: SocketStream, data: bytes) -> None:
             try:
@@ -194,23 +200,23 @@ async def test_slow_headers_and_bodies_are_cut_off_and_never_hold_the_listener()
 
         with capture_logs() as logs:
             # 1. Headers trickling in a byte at a time, forever.
-            slow_headers = await anyio.connect_tcp(host, port)
+            slow_headers = await connect()
             tg.start_soon(
                 dribble, slow_headers, b"POST /echo HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10_000
             )
             # 2. A connection that never says anything.
-            silent = await anyio.connect_tcp(host, port)
-            # 3. Complete headers, then a body a byte at a time.
-            slow_body = await anyio.connect_tcp(host, port)
+            silent = await connect()
+            # 3. Complete headers, then a few bytes of the body, and no more.
+            slow_body = await connect()
             await slow_body.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
-            tg.start_soon(dribble, slow_body, b"b" * 5000)
+            tg.start_soon(dribble, slow_body, b"b" * 5)
             # 4. A keep-alive connection whose second request stalls mid-headers.
-            kept = await anyio.connect_tcp(host, port)
+            kept = await connect()
             await kept.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             assert b"200 OK" in await kept.receive()
             await kept.send(b"GET /healthz HTTP/1.1\r\nHo")
             # 5. A crowd of silent connections.
-            crowd = [await anyio.connect_tcp(host, port) for _ in range(100)]
+            crowd = [await connect() for _ in range(100)]
             await dribbling.wait()
 
             # Meanwhile, everyone else is served at once.
@@ -223,8 +229,6 @@ async def test_slow_headers_and_bodies_are_cut_off_and_never_hold_the_listener()
             assert b"408 Request Timeout" in await _answer(slow_body)
             assert await _closed(kept)
             assert all([await _closed(stream) for stream in crowd])
-        for stream in [slow_headers, silent, slow_body, kept, *crowd]:
-            await stream.aclose()
         tg.cancel_scope.cancel()
     reasons = [entry["reason"] for entry in logs if entry["event"] == "listener.refused"]
     assert reasons.count("slow body") == 1
