@@ -774,11 +774,13 @@ class HumanLayer:
                     via="caller" if cancelled else "shutdown",
                     comment="the waiting call was cancelled" if cancelled else "the HumanLayer closed",
                 )
-                self._spawn(self._update, replace(request, decision=decision), channels, refs)
+                if refs:
+                    self._spawn(self._update, replace(request, decision=decision), channels, refs)
             raise
         finally:
             self._registry.discard(request.id)
-        self._spawn(self._update, replace(request, decision=decision), channels, refs)
+        if refs:  # tell the channels that delivered it; none did: nothing to update
+            self._spawn(self._update, replace(request, decision=decision), channels, refs)
         return decision
 
     async def begin_execution(self, decision: Decision, spec: RequestSpec) -> Execution | None:
