@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload
 
 import anyio
@@ -36,6 +37,8 @@ R = TypeVar("R")
 _current_decision: ContextVar[Decision | None] = ContextVar("humanlayer_current_decision", default=None)
 
 OnReject = Literal["raise", "return"]
+
+_NO_CONTEXT: Mapping[str, Any] = MappingProxyType({})
 Condition = Callable[..., bool | Awaitable[bool]]
 """Gets the call's bound arguments as keywords; true means a human must approve."""
 ContextHook = Callable[..., Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
@@ -169,7 +172,7 @@ def gate(
 
     async def describe(arguments: Mapping[str, Any]) -> Mapping[str, Any]:
         if context is None:
-            return {}
+            return _NO_CONTEXT
         if isinstance(context, Mapping):
             return context
         try:
@@ -184,6 +187,7 @@ def gate(
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         arguments = bound.arguments
+        del bound  # a pending call keeps only what it needs: memory per call is a feature
         if not await needs_approval(arguments):
             return await run(args, kwargs)
         spec = RequestSpec(
@@ -197,6 +201,7 @@ def gate(
             doc=doc,
             qualname=qualname,
         )
+        del arguments
         decision = await asker.ask(spec)
         if not decision.approved:
             denied = refusal(name, decision)
