@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from humanlayer_async import ApprovalDenied, ApprovalRequest, ConfigurationError, HumanLayer
 from humanlayer_async.channels import BaseChannel, Decider
+from humanlayer_async.listener import Listener, build_app
 
 from .test_gate import wait_pending
 
@@ -144,3 +145,18 @@ async def test_asgi_app_mounts_in_a_users_app_with_its_lifespan() -> None:
             response = await client.post(f"/hl/hook/{request.id}", content=b"no")
             assert response.json() == {"status": "denied"}
             assert hl.url is None
+
+
+def test_accepted_connections_are_tcp_so_asyncio_turns_nagle_off() -> None:
+    # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP; without it,
+    # Nagle's algorithm and delayed ACKs held every response back by 40 ms.
+    listener = Listener(build_app([]), "127.0.0.1", 0)
+    server = listener._bind()
+    try:
+        server.setblocking(True)
+        with socket.create_connection(("127.0.0.1", listener.port)):
+            connection, _ = server.accept()
+            with connection:
+                assert connection.proto == socket.IPPROTO_TCP
+    finally:
+        server.close()
