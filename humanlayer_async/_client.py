@@ -60,7 +60,7 @@ from ._registry import EXPIRED, Registry
 from ._render import Render, mask_secrets
 from .channels.base import Channel, Decider, ListenerAware
 from .listener import Listener, build_app
-from .stores.base import DurableStore, Store
+from .stores.base import DurableStore, Store, decision_entry, requested_entry
 from .stores.memory import MemoryStore
 
 __all__ = ["HumanLayer"]
@@ -70,14 +70,6 @@ R = TypeVar("R")
 
 _DRAIN_SECONDS = 10.0
 """How long ``aclose()`` lets channel updates and cancellations in flight finish."""
-
-_FINAL_EVENTS: dict[Status, AuditEvent] = {
-    Status.APPROVED: "approval.decided",
-    Status.DENIED: "approval.decided",
-    Status.TIMED_OUT: "approval.timed_out",
-    Status.CANCELLED: "approval.cancelled",
-    Status.FAILED: "approval.failed",
-}
 
 
 @dataclass(slots=True)
@@ -671,19 +663,9 @@ class HumanLayer:
         if self._durable is not None:
             return await self._ask_durable(self._durable, request, spec, channels, run)
         await self._store.create(request)
-        await self._audit_requested(request)
+        await self._store.record(requested_entry(request))
         future = self._registry.wait(request.id, self._loop.time() + timeout)
         return await self._wait(request, channels, future, {}, deliver=True)
-
-    async def _audit_requested(self, request: ApprovalRequest) -> None:
-        await self.audit(
-            "approval.requested",
-            request.id,
-            function=request.function,
-            kind=request.kind,
-            kwargs=request.kwargs,
-            expires_at=request.expires_at.isoformat(),
-        )
 
     async def _ask_durable(
         self,
@@ -706,8 +688,7 @@ class HumanLayer:
         except BaseException:
             self._registry.discard(request.id)
             raise
-        if stored.id == request.id:
-            await self._audit_requested(request)
+        if stored.id == request.id:  # its audit entry was written with it
             return await self._wait(request, channels, future, {}, deliver=True)
         self._registry.discard(request.id)
         await self.audit(
@@ -880,15 +861,8 @@ class HumanLayer:
 
     async def _record(self, decision: Decision) -> Decision:
         standing = await self._store.decide(decision)
-        if standing == decision:
-            await self.audit(
-                _FINAL_EVENTS[decision.status],
-                decision.request_id,
-                status=decision.status.value,
-                by=decision.by,
-                via=decision.via,
-                comment=decision.comment,
-            )
+        if standing == decision and self._durable is None:  # a durable store wrote it with the decision
+            await self._store.record(decision_entry(decision))
         if self._registry is not None:
             self._registry.resolve(standing)
         return standing

@@ -74,12 +74,13 @@ async def test_pending_approve_deny_answer_cancel_audit(store_url: str) -> None:
     code, out, _ = await run_cli("audit", "--json", "--since", "1h", "--store", store_url)
     entries = json.loads(out)
     assert code == 0 and [e["event"] for e in entries] == [
+        *["approval.requested"] * 4,  # written by the store with each seeded request
         "approval.decided",
         "approval.decided",
         "approval.decided",
         "approval.cancelled",
     ]
-    assert entries[1]["fields"] == {"status": "denied", "by": "ann", "via": "cli", "comment": "wrong IBAN"}
+    assert entries[5]["fields"] == {"status": "denied", "by": "ann", "via": "cli", "comment": "wrong IBAN"}
     code, out, _ = await run_cli("audit", "--request", "bbbb2222" + "0" * 24, "--store", store_url)
     assert code == 0 and "decided" in out and "wrong IBAN" in out and "aaaa1111" not in out
     code, out, _ = await run_cli("audit", "--since", "2999-01-01T00:00:00", "--json", "--store", store_url)

@@ -465,8 +465,8 @@ async def test_killed_right_after_its_own_decision_is_stored_runs_the_tool_once_
             )
         assert len(starts(log)) == 1
         events = [e.event for e in await store.history(request_id=request.id)]
-        # The decision stands as stored. (Its audit entry, written just after, died with the process.)
-        assert events.count("approval.executed") == 1
+        # The decision stands as stored, with its audit entry: the store wrote both in one transaction.
+        assert events.count("approval.decided") == 1 and events.count("approval.executed") == 1
         stored = await store.get(request.id)
         assert stored.decision is not None and (stored.decision.by, stored.decision.via) == ("cfo", "auto")
     finally:

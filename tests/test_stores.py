@@ -126,7 +126,7 @@ async def test_an_expired_request_is_timed_out_by_the_first_reader_once(
     late = await first.decide(decision("x1", True, "alice"))  # too late: the timeout stands
     assert late.status is Status.TIMED_OUT and late.via == "timeout"
     events = [e.event for e in await first.history(request_id="x1")]
-    assert events == ["approval.timed_out"]
+    assert events == ["approval.requested", "approval.timed_out"]
 
 
 async def test_prune_deletes_long_decided_requests_and_keeps_pending_ones_and_the_audit(
@@ -136,12 +136,39 @@ async def test_prune_deletes_long_decided_requests_and_keeps_pending_ones_and_th
     await first.create(make_request("old"))
     await first.create(make_request("open"))
     await first.decide(decision("old", True, "alice"))
-    await first.record(make_entry("approval.decided", "old", by="alice"))
     assert await first.prune() == 0  # the default retention is 30 days
     await anyio.sleep(0.05)
     assert await first.prune(timedelta(seconds=0.01)) == 1
     assert [r.id for r in await first.list_pending()] == ["open"]
-    assert [e.event for e in await first.history(request_id="old")] == ["approval.decided"]
+    assert [e.event for e in await first.history(request_id="old")] == [
+        "approval.requested",
+        "approval.decided",
+    ]
+
+
+async def test_requests_and_decisions_are_written_with_their_audit_entries(
+    two: tuple[DurableStore, DurableStore],
+) -> None:
+    """One transaction each: a process killed after storing one cannot leave it unaudited."""
+    first, second = two
+    request = make_request("a1")
+    await first.create(request)
+    await second.decide(decision("a1", True, "alice"))
+    await first.decide(decision("a1", False, "bob"))  # too late: no entry for it
+    await first.record(make_entry("approval.executed", "a1", outcome="ok"))
+    entries = await second.history(request_id="a1")
+    assert [(e.event, e.fields.get("by")) for e in entries] == [
+        ("approval.requested", None),
+        ("approval.decided", "alice"),
+        ("approval.executed", None),
+    ]
+    assert entries[0].fields == {
+        "function": "transfer",
+        "kind": "approval",
+        "kwargs": {"amount": 5},
+        "expires_at": request.expires_at.isoformat(),
+    }
+    assert entries[1].fields == {"status": "approved", "by": "alice", "via": "api", "comment": None}
 
 
 class Currency(enum.Enum):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
-from .._audit import AuditEntry, AuditEvent, make_entry
+from .._audit import AuditEntry, AuditEvent
 from .._codec import dumps, dumps_mapping, loads
 from .._models import ApprovalRequest, Decision, Execution, Kind, Status
 
@@ -25,7 +25,6 @@ __all__ = [
     "decision_row",
     "epoch",
     "expired_decision",
-    "expiry_entry",
     "request_row",
     "retention_seconds",
     "to_entry",
@@ -85,11 +84,6 @@ def decision_row(decision: Decision) -> dict[str, Any]:
 def expired_decision(request_id: str, at: datetime) -> Decision:
     """The decision a store writes for a pending request it finds past its expiry."""
     return Decision(request_id, False, Status.TIMED_OUT, None, "timeout", None, at)
-
-
-def expiry_entry(request_id: str) -> AuditEntry:
-    """The audit entry (and log line) of a request a store marked timed out."""
-    return make_entry("approval.timed_out", request_id, status=Status.TIMED_OUT.value, by=None, via="timeout")
 
 
 def to_request(row: Row, when: ToDatetime) -> ApprovalRequest:

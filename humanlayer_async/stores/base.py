@@ -7,10 +7,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol, runtime_checkable
 
-from .._audit import AuditEntry
-from .._models import ApprovalRequest, Decision, Execution, Kind
+from .._audit import AuditEntry, AuditEvent, make_entry
+from .._models import ApprovalRequest, Decision, Execution, Kind, Status
 
-__all__ = ["DurableStore", "Store", "StoreEvent"]
+__all__ = ["DurableStore", "Store", "StoreEvent", "decision_entry", "requested_entry"]
+
+_FINAL_EVENTS: dict[Status, AuditEvent] = {
+    Status.APPROVED: "approval.decided",
+    Status.DENIED: "approval.decided",
+    Status.TIMED_OUT: "approval.timed_out",
+    Status.CANCELLED: "approval.cancelled",
+    Status.FAILED: "approval.failed",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +81,9 @@ class DurableStore(Store, Protocol):
 
     Requests carry their arguments as JSON, a ``key`` for re-attach and the arguments'
     ``digest``; an expired pending request is marked timed out by whichever process
-    reads it first.
+    reads it first. A durable store writes the audit entry of each request it creates
+    (``requested_entry``) and each decision it stores (``decision_entry``) in the same
+    transaction, so a process killed in between cannot leave one without the other.
     """
 
     async def create_or_attach(self, request: ApprovalRequest) -> ApprovalRequest:
@@ -105,3 +115,27 @@ class DurableStore(Store, Protocol):
         """Delete requests decided longer ago than ``older_than`` (default: the store's
         retention); returns how many. The audit trail is kept."""
         ...
+
+
+def requested_entry(request: ApprovalRequest) -> AuditEntry:
+    """The audit entry (and log line) of a newly stored request."""
+    return make_entry(
+        "approval.requested",
+        request.id,
+        function=request.function,
+        kind=request.kind,
+        kwargs=request.kwargs,
+        expires_at=request.expires_at.isoformat(),
+    )
+
+
+def decision_entry(decision: Decision) -> AuditEntry:
+    """The audit entry (and log line) of a decision that now stands."""
+    return make_entry(
+        _FINAL_EVENTS[decision.status],
+        decision.request_id,
+        status=decision.status.value,
+        by=decision.by,
+        via=decision.via,
+        comment=decision.comment,
+    )

@@ -34,13 +34,13 @@ from ._rows import (
     SCHEMA_VERSION,
     audit_row,
     decision_row,
-    expiry_entry,
+    expired_decision,
     request_row,
     retention_seconds,
     to_entry,
     to_request,
 )
-from .base import StoreEvent
+from .base import StoreEvent, decision_entry, requested_entry
 
 if TYPE_CHECKING:
     import asyncpg
@@ -196,7 +196,13 @@ class PostgresStore:
         asyncpg = _asyncpg()
         try:
             yield
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+            TimeoutError,
+        ) as exc:
             raise StoreError(f"PostgreSQL ({self.schema}): {type(exc).__name__}: {exc}") from exc
 
     async def _ready(self) -> asyncpg.Pool[Any]:
@@ -294,7 +300,14 @@ class PostgresStore:
                     logger.info("store.listen_restored", store=repr(self))
 
     async def _transact(self, func: Callable[[Connection], Awaitable[T]]) -> T:
-        """Run ``func`` in a transaction; once more on a fresh connection if the first was dropped."""
+        """Run ``func`` in a transaction; once more on fresh connections if the first was dropped.
+
+        A pooled connection whose backend the server ended (a restart, ``pg_terminate_backend``)
+        while it sat idle may look open: it has read the server's goodbye but not yet the
+        end of the stream. asyncpg then refuses the next query with ``InternalClientError``
+        ("another operation is in progress") rather than ``ConnectionDoesNotExistError``.
+        Its idle siblings most likely went with it, so the retry replaces them all.
+        """
         asyncpg = _asyncpg()
         pool = await self._ready()
         with self._errors():
@@ -302,10 +315,15 @@ class PostgresStore:
                 try:
                     async with pool.acquire() as conn, conn.transaction():
                         return await func(conn)
-                except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError):
+                except (
+                    asyncpg.ConnectionDoesNotExistError,
+                    asyncpg.InterfaceError,
+                    asyncpg.InternalClientError,
+                ):
                     if attempt:
                         raise
                     logger.warning("store.connection_lost", store=repr(self), retrying=True)
+                    await pool.expire_connections()
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _announce(self, conn: Connection, kind: str, request_id: str) -> None:
@@ -334,11 +352,11 @@ class PostgresStore:
             f"UPDATE {self.schema}.requests SET status = 'timed_out', approved = false,"
             " decided_by = NULL, decided_via = 'timeout', comment = NULL, decided_at = now()"
             " WHERE status = 'pending' AND expires_at <= now() AND ($1::text IS NULL OR id = $1)"
-            " RETURNING id",
+            " RETURNING id, decided_at",
             request_id,
         )
         for row in rows:
-            await self._insert_audit(conn, expiry_entry(row["id"]))
+            await self._insert_audit(conn, decision_entry(expired_decision(row["id"], row["decided_at"])))
             await self._announce(conn, "decided", row["id"])
 
     async def _fetch(self, conn: Connection, request_id: str) -> ApprovalRequest:
@@ -381,6 +399,7 @@ class PostgresStore:
                 )
                 return await self._fetch(conn, existing)
             await self._announce(conn, "requested", request.id)
+            await self._insert_audit(conn, requested_entry(request))
             return to_request(row, _same)
 
         return await self._transact(create)
@@ -405,6 +424,7 @@ class PostgresStore:
             )
             if updated is not None:
                 await self._announce(conn, "decided", decision.request_id)
+                await self._insert_audit(conn, decision_entry(decision))
                 return decision
             standing = (await self._fetch(conn, decision.request_id)).decision
             assert standing is not None

@@ -33,13 +33,12 @@ from ._rows import (
     decision_row,
     epoch,
     expired_decision,
-    expiry_entry,
     request_row,
     retention_seconds,
     to_entry,
     to_request,
 )
-from .base import StoreEvent
+from .base import StoreEvent, decision_entry, requested_entry
 
 __all__ = ["SQLiteStore"]
 
@@ -183,6 +182,7 @@ class SQLiteStore:
                         return self._fetch(conn, row["id"])
                 conn.execute(f"INSERT INTO hl_requests ({columns}) VALUES ({marks})", values)
                 _event(conn, "requested", request.id)
+                _audit(conn, requested_entry(request))
             return request
 
         return await self._run(create)
@@ -219,6 +219,7 @@ class SQLiteStore:
                 ).rowcount
                 if updated:
                     _event(conn, "decided", decision.request_id)
+                    _audit(conn, decision_entry(decision))
                     return decision
                 standing = self._fetch(conn, decision.request_id).decision
                 assert standing is not None
@@ -243,15 +244,7 @@ class SQLiteStore:
         return await self._run(pending)
 
     async def record(self, entry: AuditEntry) -> None:
-        request_id, event, fields = audit_row(entry)
-
-        def record(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO hl_audit (request_id, event, at, fields) VALUES (?, ?, ?, ?)",
-                (request_id, event, entry.at.timestamp(), fields),
-            )
-
-        await self._run(record)
+        await self._run(functools.partial(_audit, entry=entry))
 
     async def watch(self) -> AsyncIterator[StoreEvent]:
         def start(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -357,6 +350,15 @@ def _event(conn: sqlite3.Connection, kind: str, request_id: str) -> None:
     )
 
 
+def _audit(conn: sqlite3.Connection, entry: AuditEntry) -> None:
+    """Append ``entry`` to the audit trail (inside the caller's transaction, if any)."""
+    request_id, event, fields = audit_row(entry)
+    conn.execute(
+        "INSERT INTO hl_audit (request_id, event, at, fields) VALUES (?, ?, ?, ?)",
+        (request_id, event, entry.at.timestamp(), fields),
+    )
+
+
 def _expire(conn: sqlite3.Connection, request_id: str | None) -> None:
     """Mark pending requests past their expiry timed out (one, or all when ``request_id`` is None)."""
     now = time.time()
@@ -375,11 +377,7 @@ def _expire(conn: sqlite3.Connection, request_id: str | None) -> None:
             " WHERE id = :id",
             values,
         )
-        entry_request, event, fields = audit_row(expiry_entry(decision.request_id))
-        conn.execute(
-            "INSERT INTO hl_audit (request_id, event, at, fields) VALUES (?, ?, ?, ?)",
-            (entry_request, event, now, fields),
-        )
+        _audit(conn, decision_entry(decision))
         _event(conn, "decided", decision.request_id)
 
 
