@@ -634,38 +634,37 @@ class HumanLayer:
             raise TooManyPending(spec.function, self._max_pending)
         self._asking += 1
         try:
-            return await self._ask(spec)
+            # One frame from here to the wait: each nested coroutine would cost every
+            # pending call a few hundred bytes.
+            assert self._loop is not None and self._registry is not None
+            channels = self._channels if spec.channels is None else spec.channels
+            for channel in channels:
+                if id(channel) not in self._started_channels:
+                    await self._start_channel(channel)
+            timeout = self._timeout if spec.timeout is None else spec.timeout
+            now = datetime.now(UTC)
+            run = _current_run.get() or self._default_run
+            request = ApprovalRequest(
+                id=secrets.token_hex(16),
+                kind=spec.kind,
+                function=spec.function,
+                kwargs=spec.kwargs,
+                context=spec.context,
+                approvers=spec.approvers,
+                created_at=now,
+                expires_at=now + timedelta(seconds=timeout),
+                run_id=None if run is None else run.run_id,
+                message=spec.message,
+                doc=spec.doc,
+            )
+            if self._durable is not None:
+                return await self._ask_durable(self._durable, request, spec, channels, run)
+            await self._store.create(request)
+            await self._store.record(requested_entry(request))
+            future = self._registry.wait(request.id, self._loop.time() + timeout)
+            return await self._wait(request, channels, future, {}, deliver=True)
         finally:
             self._asking -= 1
-
-    async def _ask(self, spec: RequestSpec) -> Decision:
-        assert self._loop is not None and self._registry is not None
-        channels = self._channels if spec.channels is None else spec.channels
-        for channel in channels:
-            if id(channel) not in self._started_channels:
-                await self._start_channel(channel)
-        timeout = self._timeout if spec.timeout is None else spec.timeout
-        now = datetime.now(UTC)
-        run = _current_run.get() or self._default_run
-        request = ApprovalRequest(
-            id=secrets.token_hex(16),
-            kind=spec.kind,
-            function=spec.function,
-            kwargs=spec.kwargs,
-            context=spec.context,
-            approvers=spec.approvers,
-            created_at=now,
-            expires_at=now + timedelta(seconds=timeout),
-            run_id=None if run is None else run.run_id,
-            message=spec.message,
-            doc=spec.doc,
-        )
-        if self._durable is not None:
-            return await self._ask_durable(self._durable, request, spec, channels, run)
-        await self._store.create(request)
-        await self._store.record(requested_entry(request))
-        future = self._registry.wait(request.id, self._loop.time() + timeout)
-        return await self._wait(request, channels, future, {}, deliver=True)
 
     async def _ask_durable(
         self,
