@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -127,3 +128,24 @@ async def test_end_of_input_stops_reading_but_not_the_humanlayer(terminal: Termi
 
         with pytest.raises(ApprovalDenied):
             await tool()
+
+
+async def test_input_from_a_file_or_dev_null_is_read_without_watching_it(tmp_path: Path) -> None:
+    answers = tmp_path / "answers.txt"
+    answers.write_text("?\n")
+    output = io.StringIO()
+    devnull, typed = os.open(os.devnull, os.O_RDONLY), os.open(answers, os.O_RDONLY)
+    try:
+        for source, expected in ((devnull, ""), (typed, "nothing is waiting for an answer")):
+            channel = ConsoleChannel(user="alice", input=source, output=output)
+            async with HumanLayer([channel], listen=None, timeout=0.05) as hl:
+
+                @hl.require_approval()
+                async def tool() -> None: ...
+
+                with pytest.raises(ApprovalDenied):
+                    await tool()
+            assert expected in output.getvalue()
+    finally:
+        os.close(devnull)
+        os.close(typed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import stat
 import sys
 from typing import TextIO
 
@@ -85,9 +86,14 @@ class ConsoleChannel(BaseChannel):
         task_status.started()
         if fd is None:
             return
+        # The loop can watch pipes, sockets and terminals; a file or /dev/null is always
+        # readable (the OS refuses to watch it) and a read of it never blocks.
+        mode = os.fstat(fd).st_mode
+        watch = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
         pending = b""
         while True:
-            await anyio.wait_readable(fd)
+            if watch:
+                await anyio.wait_readable(fd)
             try:
                 chunk = os.read(fd, 65536)
             except BlockingIOError:
