@@ -68,6 +68,9 @@ __all__ = ["HumanLayer"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
+_FOLLOW_RETRY = 0.5
+"""Seconds before following a failed store again (doubling, up to 30)."""
+
 _DRAIN_SECONDS = 10.0
 """How long ``aclose()`` lets channel updates and cancellations in flight finish."""
 
@@ -557,14 +560,28 @@ class HumanLayer:
             self._ready.set()
 
     async def _follow_store(self) -> None:
-        """Wake local waiters when another process decides one of their requests."""
+        """Wake local waiters when another process decides one of their requests.
+
+        A store that fails (a database outage outlasting its own reconnects) is followed
+        again after a pause that doubles up to 30 s: the listener and the calls waiting
+        here carry on meanwhile, and a new ``watch()`` catches up on what it missed.
+        """
         registry = self._registry
         assert registry is not None
-        async for event in self._store.watch():
-            if event.kind == "decided" and event.request_id in registry:
-                request = await self._store.get(event.request_id)
-                if request.decision is not None:
-                    registry.resolve(request.decision)
+        pause = _FOLLOW_RETRY
+        while True:
+            try:
+                async for event in self._store.watch():
+                    pause = _FOLLOW_RETRY
+                    if event.kind == "decided" and event.request_id in registry:
+                        request = await self._store.get(event.request_id)
+                        if request.decision is not None:
+                            registry.resolve(request.decision)
+                return  # the store was closed
+            except StoreError as exc:
+                logger.error("humanlayer.store_follow_failed", error=str(exc), retry_in=pause)
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 30.0)
 
     def _spawn(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``func(*args)`` in the supervisor's task group, logging what it raises."""

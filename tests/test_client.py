@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from datetime import timedelta
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import anyio
+import anyio.abc
 import pytest
+from structlog.testing import capture_logs
 
 from humanlayer_async import (
     ApprovalDenied,
@@ -15,14 +18,16 @@ from humanlayer_async import (
     ApprovalTimeout,
     ChannelError,
     ConfigurationError,
+    Decision,
     HumanLayer,
     HumanLayerError,
     NotAnApprover,
     Status,
+    StoreError,
     UnknownRequest,
 )
 from humanlayer_async.channels import BaseChannel
-from humanlayer_async.stores import MemoryStore
+from humanlayer_async.stores import MemoryStore, StoreEvent
 from humanlayer_async.testing import AutoChannel
 
 from .test_gate import wait_pending
@@ -378,3 +383,51 @@ async def test_aclose_lets_channel_updates_in_flight_finish() -> None:
         await anyio.sleep(0.01)  # the approved call resumes and schedules its update
         await hl.aclose()  # the second is still waiting: it is cancelled, and told
     assert sorted(channel.updated) == sorted([Status.APPROVED, Status.CANCELLED])
+
+
+class FlakyWatchStore(MemoryStore):
+    """A memory store whose event stream fails once, then reports decisions written "elsewhere"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watches = 0
+        self.outside: anyio.abc.ObjectReceiveStream[str] | None = None
+
+    async def watch(self) -> AsyncIterator[StoreEvent]:
+        self.watches += 1
+        if self.watches == 1:
+            raise StoreError("connection to the database lost")
+        assert self.outside is not None
+        async for request_id in self.outside:
+            yield StoreEvent("decided", request_id)
+
+
+async def test_a_failing_store_stream_is_followed_again_and_still_wakes_waiters() -> None:
+    store = FlakyWatchStore()
+    send, receive = anyio.create_memory_object_stream[str](10)
+    store.outside = receive
+    with capture_logs() as logs:
+        async with send, receive, HumanLayer([], store=store, listen=None) as hl:
+
+            @hl.require_approval()
+            async def tool() -> str:
+                return "ran"
+
+            async with anyio.create_task_group() as tg:
+                results: list[str] = []
+
+                async def call() -> None:
+                    results.append(await tool())
+
+                tg.start_soon(call)
+                [request] = await wait_pending(hl)
+                # Another process decides: the store changes behind our back and says so.
+                decision = Decision(request.id, True, Status.APPROVED, "bob", "cli", None, datetime.now(UTC))
+                await MemoryStore.decide(store, decision)
+                with anyio.fail_after(5):
+                    await send.send(request.id)
+                    while not results:
+                        await anyio.sleep(0.01)
+    assert results == ["ran"]
+    assert store.watches == 2
+    assert [e["event"] for e in logs].count("humanlayer.store_follow_failed") == 1
