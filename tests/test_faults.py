@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import httpx
@@ -63,6 +63,36 @@ async def slack_behind(proxy: FlakyProxy, slack: FakeSlack, **options: Any) -> A
     )
 
 
+class SlackRig(NamedTuple):
+    """A running HumanLayer whose Slack channel reaches the fake Slack through a flaky proxy."""
+
+    proxy: FlakyProxy
+    hl: HumanLayer
+    client: httpx.AsyncClient  # to the HumanLayer's listener
+    outcomes: Outcomes
+    runs: list[int]  # the amounts the gated ``wire`` tool actually ran with
+    wire: Callable[[int], Coroutine[Any, Any, int]]
+
+
+@contextlib.asynccontextmanager
+async def slack_rig(fake_slack: FakeSlack) -> AsyncIterator[SlackRig]:
+    runs: list[int] = []
+    async with (
+        FlakyProxy(int(fake_slack.url.rsplit(":", 1)[1])) as proxy,
+        slack_behind(proxy, fake_slack) as channel,
+        HumanLayer([channel], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+        anyio.create_task_group() as tg,
+    ):
+
+        @hl.require_approval()
+        async def wire(amount: int) -> int:
+            runs.append(amount)
+            return amount
+
+        yield SlackRig(proxy, hl, client, Outcomes(tg), runs, wire)
+
+
 async def click(client: httpx.AsyncClient, request_id: str, action: str = "approve") -> httpx.Response:
     body, headers = signed_slack(slack_block_actions(request_id, action, user=SLACK_APPROVER))  # type: ignore[arg-type]
     return await client.post("/slack/events", content=body, headers=headers)
@@ -92,21 +122,8 @@ async def ended(outcomes: Outcomes, count: int) -> list[object]:
 async def test_refused_silent_and_5xx_slack_is_retried_and_the_request_delivered_once(
     fake_slack: FakeSlack,
 ) -> None:
-    runs: list[int] = []
-    async with (
-        FlakyProxy(int(fake_slack.url.rsplit(":", 1)[1])) as proxy,
-        slack_behind(proxy, fake_slack) as channel,
-        HumanLayer([channel], listen="127.0.0.1:0") as hl,
-        httpx.AsyncClient(base_url=str(hl.url)) as client,
-        anyio.create_task_group() as tg,
-    ):
-
-        @hl.require_approval()
-        async def wire(amount: int) -> int:
-            runs.append(amount)
-            return amount
-
-        outcomes = Outcomes(tg)
+    async with slack_rig(fake_slack) as rig:
+        proxy, hl, client, outcomes, runs, wire = rig
         with capture_logs() as logs:
             await proxy.set_mode("refuse")
             outcomes.start(lambda: wire(100))
@@ -129,21 +146,8 @@ async def test_refused_silent_and_5xx_slack_is_retried_and_the_request_delivered
 
 @pytest.mark.usefixtures("quick_slack_retries")
 async def test_a_lost_answer_may_post_twice_but_the_tool_runs_once(fake_slack: FakeSlack) -> None:
-    runs: list[int] = []
-    async with (
-        FlakyProxy(int(fake_slack.url.rsplit(":", 1)[1])) as proxy,
-        slack_behind(proxy, fake_slack) as channel,
-        HumanLayer([channel], listen="127.0.0.1:0") as hl,
-        httpx.AsyncClient(base_url=str(hl.url)) as client,
-        anyio.create_task_group() as tg,
-    ):
-
-        @hl.require_approval()
-        async def wire(amount: int) -> int:
-            runs.append(amount)
-            return amount
-
-        outcomes = Outcomes(tg)
+    async with slack_rig(fake_slack) as rig:
+        proxy, hl, client, outcomes, runs, wire = rig
         with capture_logs() as logs:
             await proxy.set_mode("lose_answer")  # Slack posts, its answer never arrives
             outcomes.start(lambda: wire(7))
