@@ -198,7 +198,6 @@ class HumanLayer:
         self._timeout = _seconds(timeout, "timeout")
         self._on_reject = _check_on_reject(on_reject)
         self._listen = _parse_listen(listen)
-        self._run_id = run_id
         self._default_run = None if run_id is None else _Run(run_id)
         self._always_listen = False
         self._max_pending = max_pending

@@ -13,6 +13,7 @@ import anyio
 from .._audit import AuditEntry
 from .._exceptions import UnknownRequest
 from .._models import ApprovalRequest, Decision, Kind
+from ._rows import retention_seconds
 from .base import StoreEvent
 
 __all__ = ["MemoryStore"]
@@ -28,10 +29,7 @@ class MemoryStore:
     """
 
     def __init__(self, *, retention: float | timedelta = 3600.0, audit_size: int = 10_000) -> None:
-        seconds = retention.total_seconds() if isinstance(retention, timedelta) else retention
-        if seconds < 0:
-            raise ValueError("retention must not be negative")
-        self._retention = float(seconds)
+        self._retention = retention_seconds(retention)
         self._requests: dict[str, ApprovalRequest] = {}
         self._decided: deque[tuple[float, str]] = deque()
         self._closed = anyio.Event()
