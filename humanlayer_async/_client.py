@@ -443,8 +443,14 @@ class HumanLayer:
     async def cancel(
         self, request_id: str, *, by: str, reason: str | None = None, via: str = "api"
     ) -> Decision:
-        """Withdraw a pending request: its caller gets ``ApprovalDenied`` (status ``cancelled``)."""
-        await self._store.get(request_id)
+        """Withdraw a pending request: its caller gets ``ApprovalDenied`` (status ``cancelled``).
+
+        A cancellation is a decision like any other: ``by`` must be among the request's
+        approvers (``NotAnApprover`` otherwise; the request stays pending). The waiting
+        program withdrawing its own call (its task cancelled, ``aclose()``) needs no approver.
+        """
+        request = await self._store.get(request_id)
+        self._check_approver(request, by, via)
         return await self._settle(request_id, Status.CANCELLED, by=by, via=via, comment=reason)
 
     async def get(self, request_id: str) -> ApprovalRequest:

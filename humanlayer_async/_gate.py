@@ -115,8 +115,8 @@ def refusal(function: str, decision: Decision) -> ApprovalDenied:
     who = f" by {decision.by}" if decision.by else ""
     if decision.status is Status.TIMED_OUT:
         return ApprovalTimeout(
-            f"No human approved {function} before the request expired, so it did not run. "
-            "Do not retry it unasked; tell the user it is still waiting for approval.",
+            f"The request to run {function} expired without an answer from a human, so it did not run. "
+            "Do not retry it unasked; tell the user nobody approved it in time.",
             decision,
         )
     if decision.status is Status.CANCELLED:
@@ -129,6 +129,19 @@ def refusal(function: str, decision: Decision) -> ApprovalDenied:
 async def _call_hook(hook: Callable[..., Any], arguments: Mapping[str, Any]) -> Any:
     result = hook(**arguments)
     return await result if inspect.isawaitable(result) else result
+
+
+def _shown_arguments(arguments: Mapping[str, Any], spread: str | None) -> dict[str, Any]:
+    """The bound arguments as people see them: ``**kwargs`` spread into their own names.
+
+    A ``render`` hook then sees (and masks) ``api_key`` passed through ``**params`` as
+    ``api_key``, not hidden in one argument named ``params``. A keyword that collides with
+    a positional-only parameter's name is shown as ``params['name']``.
+    """
+    shown = {name: value for name, value in arguments.items() if name != spread}
+    for name, value in arguments.get(spread, {}).items() if spread is not None else ():
+        shown[f"{spread}[{name!r}]" if name in shown else name] = value
+    return shown
 
 
 def _is_async(func: Callable[..., Any]) -> bool:
@@ -155,6 +168,7 @@ def gate(
     qualname = f"{getattr(func, '__module__', None)}.{getattr(func, '__qualname__', name)}"
     doc = inspect.getdoc(func)
     is_async = _is_async(func)
+    spread = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
 
     async def run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if is_async:
@@ -193,7 +207,7 @@ def gate(
         spec = RequestSpec(
             kind="approval",
             function=name,
-            kwargs=render(arguments),
+            kwargs=render(_shown_arguments(arguments, spread)),
             context=await describe(arguments),
             approvers=approvers,
             timeout=timeout,

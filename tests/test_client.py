@@ -99,6 +99,41 @@ async def test_non_approver_decides_nothing() -> None:
         assert results == ["paid"]
 
 
+async def test_non_approver_cannot_cancel_but_the_waiting_program_can_withdraw() -> None:
+    async with HumanLayer([], listen=None) as hl:
+
+        @hl.require_approval(approvers=["U_CFO"])
+        async def pay() -> str:
+            return "paid"
+
+        async with anyio.create_task_group() as tg:
+            refused: list[ApprovalDenied] = []
+
+            async def call() -> None:
+                try:
+                    await pay()
+                except ApprovalDenied as exc:
+                    refused.append(exc)
+
+            tg.start_soon(call)
+            [request] = await wait_pending(hl)
+            with pytest.raises(NotAnApprover, match="U_INTERN"):
+                await hl.cancel(request.id, by="U_INTERN", reason="I say so")
+            assert (await hl.get(request.id)).status is Status.PENDING
+            await hl.cancel(request.id, by="U_CFO", reason="obsolete")
+        [denied] = refused
+        assert denied.decision.status is Status.CANCELLED and denied.decision.by == "U_CFO"
+
+        # The program withdrawing its own call is no human decision: no approver needed.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pay)
+            [request] = await wait_pending(hl)
+            tg.cancel_scope.cancel()
+        withdrawn = await hl.get(request.id)
+        assert withdrawn.status is Status.CANCELLED and withdrawn.decision is not None
+        assert withdrawn.decision.via == "caller"
+
+
 async def test_human_as_tool_returns_the_answer() -> None:
     async with HumanLayer([], listen=None) as hl:
         contact_human = hl.human_as_tool()

@@ -140,6 +140,10 @@ async def test_timeout_fails_closed_and_tells_the_channels() -> None:
         # A late approval cannot undo the timeout.
         late = await hl.decide(decision.request_id, True, by="alice")
         assert late.status is Status.TIMED_OUT
+    # The sentence an LLM gets says what happened: it expired and did not run, it is not waiting.
+    sentence = str(caught.value)
+    assert "expired without an answer" in sentence and "did not run" in sentence
+    assert "waiting" not in sentence
 
 
 async def test_timeouts_use_their_own_deadlines_in_any_order() -> None:
