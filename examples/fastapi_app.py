@@ -11,6 +11,11 @@ offline and finishes by itself::
     pip install 'humanlayer-async[integrations]'
     python examples/fastapi_app.py
 
+``hl.decide(by=...)`` trusts its caller: whoever calls it can name anyone. So the app's
+decision endpoint authenticates the caller (a bearer token per user, checked in a FastAPI
+dependency) and takes ``by`` from that, never from the request; the approver lists of the
+gated tools then apply to a person the app has verified.
+
 To serve it for real: ``uvicorn examples.fastapi_app:app`` (put TLS in front of it).
 The ``inbox`` channel below stands in for the message a real channel would send to
 a person: replace it with real channels, e.g. ``HumanLayer([ConsoleChannel()], listen=None)``.
@@ -19,14 +24,18 @@ a person: replace it with real channels, e.g. ``HumanLayer([ConsoleChannel()], l
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import os
+import secrets
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import httpx
 import structlog
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from humanlayer_async import ApprovalDenied, ApprovalRequest, HumanLayer, NotAnApprover, current_decision
 from humanlayer_async.testing import AutoChannel
@@ -67,15 +76,36 @@ async def refund_order(order_id: str, amount: float) -> dict[str, str]:
         raise HTTPException(status_code=403, detail=str(denied)) from None
 
 
+# One bearer token per person who may use the approvals API. Keep them out of the code:
+# here from the environment, or random for this offline run.
+TOKENS = {
+    user: os.environ.get(f"APPROVALS_TOKEN_{user.upper().replace('-', '_')}") or secrets.token_urlsafe(24)
+    for user in ("finance-lead", "intern")
+}
+
+
+def approver(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))],
+) -> str:
+    """Who is calling, from their bearer token (compared in constant time); 401 otherwise."""
+    offered = "" if credentials is None else credentials.credentials
+    for user, token in TOKENS.items():
+        if hmac.compare_digest(offered.encode(), token.encode()):
+            return user
+    raise HTTPException(status_code=401, detail="a valid bearer token is required")
+
+
 @app.get("/approvals")
-async def list_approvals() -> list[dict[str, Any]]:
+async def list_approvals(user: Annotated[str, Depends(approver)]) -> list[dict[str, Any]]:
     return [{"id": r.id, "function": r.function, "kwargs": dict(r.kwargs)} for r in await hl.pending()]
 
 
 @app.post("/approvals/{request_id}")
-async def decide(request_id: str, approved: bool, by: str, comment: str | None = None) -> dict[str, Any]:
-    try:
-        decision = await hl.decide(request_id, approved, by=by, comment=comment, via="api")
+async def decide(
+    request_id: str, approved: bool, user: Annotated[str, Depends(approver)], comment: str | None = None
+) -> dict[str, Any]:
+    try:  # `by` is the authenticated caller: nobody can decide in someone else's name
+        decision = await hl.decide(request_id, approved, by=user, comment=comment, via="api")
     except NotAnApprover as exc:
         raise HTTPException(status_code=403, detail=str(exc)) from None
     return {"status": decision.status.value, "by": decision.by}
@@ -101,24 +131,32 @@ async def main() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(big_refund, "A-18", 450)
             request = await inbox.receive()  # the approver got the message
-            listed = (await client.get("/approvals")).json()
+            lead_auth = {"Authorization": f"Bearer {TOKENS['finance-lead']}"}
+            listed = (await client.get("/approvals", headers=lead_auth)).json()
             print(f"GET /approvals -> {[(r['function'], r['kwargs']) for r in listed]}")
-            intern = await client.post(f"/approvals/{request.id}", params={"approved": True, "by": "intern"})
-            print(f"intern approves -> {intern.status_code} {intern.json()['detail']}")
-            lead = await client.post(
-                f"/approvals/{request.id}", params={"approved": True, "by": "finance-lead"}
+            anonymous = await client.post(f"/approvals/{request.id}", params={"approved": True})
+            print(f"no token approves -> {anonymous.status_code} {anonymous.json()['detail']}")
+            forged = await client.post(
+                f"/approvals/{request.id}",
+                params={"approved": True, "by": "finance-lead"},  # ignored: not how `by` is chosen
+                headers={"Authorization": "Bearer not-a-token"},
             )
+            print(f"forged token approves -> {forged.status_code} {forged.json()['detail']}")
+            intern_auth = {"Authorization": f"Bearer {TOKENS['intern']}"}
+            intern = await client.post(
+                f"/approvals/{request.id}",
+                params={"approved": True, "by": "finance-lead"},
+                headers=intern_auth,
+            )
+            print(f"intern approves -> {intern.status_code} {intern.json()['detail']}")
+            lead = await client.post(f"/approvals/{request.id}", params={"approved": True}, headers=lead_auth)
             print(f"finance-lead approves -> {lead.status_code} {lead.json()}")
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(big_refund, "A-19", 9000)
             request = await inbox.receive()
-            params: dict[str, str | bool] = {
-                "approved": False,
-                "by": "finance-lead",
-                "comment": "call the customer first",
-            }
-            await client.post(f"/approvals/{request.id}", params=params)
+            params: dict[str, str | bool] = {"approved": False, "comment": "call the customer first"}
+            await client.post(f"/approvals/{request.id}", params=params, headers=lead_auth)
 
 
 if __name__ == "__main__":

@@ -170,6 +170,9 @@ async def test_fastapi_app(runs: Runs) -> None:
     assert "GET /humanlayer/healthz -> 200 ok" in out
     assert "refund $40   -> 200 refunded $40.00 on A-17\n" in out
     assert "GET /approvals -> [('refund', {'order_id': 'A-18', 'amount': 450.0})]" in out
+    assert "no token approves -> 401 a valid bearer token is required" in out
+    assert "forged token approves -> 401 a valid bearer token is required" in out
+    # The intern names finance-lead in the query: `by` comes from the token, so it is refused.
     assert "intern approves -> 403 'intern' is not an approver" in out
     assert "finance-lead approves -> 200 {'status': 'approved', 'by': 'finance-lead'}" in out
     assert "refund $450  -> 200 refunded $450.00 on A-18, approved by finance-lead" in out
