@@ -35,6 +35,8 @@ __all__ = ["fake_slack", "inbox"]  # fixtures
 
 SMTP_PASSWORD = "smtp-pass"  # what the test SMTP server accepts
 TOOL_SECRET = "tool-argument-SENTINEL-6a0e"
+NESTED_SECRET = "nested-header-SENTINEL-91d2"
+KWARGS_SECRET = "kwargs-token-SENTINEL-3f70"
 DSN_PASSWORD = "dsn-password-SENTINEL-b7c3"
 
 SECRETS = {
@@ -45,6 +47,8 @@ SECRETS = {
     "reply-token key": TOKEN_SECRET,
     "web console token": WEB_TOKEN,
     "a tool's api_key argument": TOOL_SECRET,
+    "an Authorization header nested in an argument": NESTED_SECRET,
+    "an accessToken passed through **options": KWARGS_SECRET,
 }
 
 
@@ -101,7 +105,7 @@ async def test_no_secret_reaches_logs_reprs_errors_pages_or_messages(
         ):
 
             @hl.require_approval()
-            async def charge(customer: str, amount: int, api_key: str) -> str:
+            async def charge(customer: str, amount: int, api_key: str, **options: object) -> str:
                 runs.append(customer)
                 return f"charged {customer}"
 
@@ -111,7 +115,15 @@ async def test_no_secret_reaches_logs_reprs_errors_pages_or_messages(
 
             outcomes = Outcomes(tg)
             for customer in ("slack-co", "email-co", "web-co"):
-                outcomes.start(lambda customer=customer: charge(customer, 10, TOOL_SECRET))  # type: ignore[misc]
+                outcomes.start(
+                    lambda customer=customer: charge(  # type: ignore[misc]
+                        customer,
+                        10,
+                        TOOL_SECRET,
+                        headers={"Authorization": f"Bearer {NESTED_SECRET}"},
+                        accessToken=KWARGS_SECRET,
+                    )
+                )
             pending = {r.kwargs["customer"]: r for r in await wait_pending(hl, 3)}
             await fake_slack.wait_calls("chat.postMessage", 3)
             mails = await inbox.wait(3)
