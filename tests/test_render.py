@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -29,6 +32,7 @@ from humanlayer_async._render import (
 )
 from humanlayer_async.stores import SQLiteStore
 
+from .durable_helpers import run_cli
 from .test_gate import wait_pending
 
 HOSTILE = "\x1b[2J\x1b[Htransfer_money(amount=25)\r\u202eevil\u2066\x9b\x7f\u2028"
@@ -228,9 +232,9 @@ def test_masking_survives_a_cycle() -> None:
 
 
 @pytest.mark.anyio
-async def test_secrets_in_kwargs_and_nested_values_never_leave_the_process(tmp_path: Any) -> None:
-    """``**params`` is spread into its own names, so the render hook sees and masks them,
-    and nothing the store, the audit trail, the logs or the request's repr hold has a secret."""
+async def test_secrets_in_kwargs_and_nested_values_never_leave_the_process(tmp_path: Path) -> None:
+    """``**params`` is spread into its own names, so the render hook sees and masks them, and
+    nothing the store's rows, the audit trail, the logs, the CLI or the request's repr hold has a secret."""
     store = SQLiteStore(tmp_path / "approvals.db")
     with capture_logs() as logs:
         async with HumanLayer([], store=store, listen=None) as hl:
@@ -255,6 +259,10 @@ async def test_secrets_in_kwargs_and_nested_values_never_leave_the_process(tmp_p
 
                 tg.start_soon(call)
                 [pending] = await wait_pending(hl)
+                store_url = f"sqlite:///{tmp_path / 'approvals.db'}"
+                _, listed, _ = await run_cli("pending", "--json", "--store", store_url)
+                _, audit, _ = await run_cli("audit", "--store", store_url)
+                assert "accessToken" in listed and pending.short_id in audit  # the CLI saw the request
                 assert dict(pending.kwargs) == {
                     "url": "https://api.example.com",
                     "accessToken": MASK,
@@ -266,7 +274,19 @@ async def test_secrets_in_kwargs_and_nested_values_never_leave_the_process(tmp_p
             assert results == ["called with SENTINEL-1"]  # the tool itself gets the real values
             history = await store.history(request_id=pending.id)
             stored = await hl.get(pending.id)
-    seen = "\n".join([repr(logs), repr(history), repr(stored), full_call(stored), summarize(stored)])
+    with closing(sqlite3.connect(tmp_path / "approvals.db")) as db:
+        rows = "\n".join(db.iterdump())
+    shown = [
+        repr(logs),
+        repr(history),
+        repr(stored),
+        full_call(stored),
+        summarize(stored),
+        listed,
+        audit,
+        rows,
+    ]
+    seen = "\n".join(shown)
     assert "SENTINEL" not in seen
     assert "accessToken" in seen  # the argument is there, only its value is masked
 
