@@ -31,6 +31,7 @@ from humanlayer_async import (
     HumanLayer,
     Status,
 )
+from humanlayer_async._render import full_call
 from humanlayer_async.channels import EmailChannel
 
 from .test_gate import wait_pending
@@ -166,6 +167,10 @@ def _message_id() -> str:
     return f"<{secrets.token_hex(8)}@mail.company.com>"
 
 
+MAILGUN_PASS = (("X-Mailgun-Dkim-Check-Result", "Pass"), ("X-Mailgun-Spf", "Pass"))
+"""The verdicts Mailgun puts on top of ``message-headers`` for a mail that passed its checks."""
+
+
 async def post_mailgun(
     client: httpx.AsyncClient,
     *,
@@ -174,17 +179,29 @@ async def post_mailgun(
     text: str,
     stripped: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
+    verdicts: Sequence[tuple[str, str]] = MAILGUN_PASS,
+    envelope: str | None = None,
     timestamp: str | None = None,
     token: str | None = None,
     key: str = SECRET,
     message_id: str | None = None,
 ) -> httpx.Response:
+    """A Mailgun route's post; ``envelope`` is the SMTP ``MAIL FROM`` (default: the From address)."""
     timestamp = str(int(time.time())) if timestamp is None else timestamp
     token = token or secrets.token_hex(25)
-    message_headers = [["Message-Id", message_id or _message_id()], ["From", sender], *map(list, headers)]
+    envelope = parseaddr(sender)[1] if envelope is None else envelope
+    message_headers = [
+        *map(list, verdicts),
+        ["X-Mailgun-Incoming", "Yes"],
+        ["X-Envelope-From", f"<{envelope}>"],
+        ["Received", "from mail.company.com by mxa.mailgun.org with ESMTP"],
+        ["Message-Id", message_id or _message_id()],
+        ["From", sender],
+        *map(list, headers),
+    ]
     fields = {
         "recipient": to,
-        "sender": parseaddr(sender)[1],
+        "sender": envelope,
         "from": sender,
         "subject": "Re: [Approval needed]",
         "body-plain": text,
@@ -205,23 +222,24 @@ async def post_sendgrid(
     sender: str,
     text: str,
     headers: str = "",
-    spf: str = "pass",
-    dkim: str = "{@company.com : pass}",
+    spf: str | None = "pass",
+    dkim: str | None = "{@company.com : pass}",
+    envelope: str | None = None,
     password: str = SECRET,
 ) -> httpx.Response:
+    """An Inbound Parse post; ``spf`` or ``dkim`` ``None`` leaves the field out."""
     raw_headers = f"Message-ID: {_message_id()}\nFrom: {sender}\nTo: {to}\nSubject: Re: request\n{headers}"
     fields = {
         "headers": raw_headers,
-        "dkim": dkim,
         "to": to,
         "from": sender,
         "text": text,
         "subject": "Re: request",
-        "envelope": json.dumps({"to": [to], "from": parseaddr(sender)[1]}),
-        "SPF": spf,
+        "envelope": json.dumps({"to": [to], "from": parseaddr(sender)[1] if envelope is None else envelope}),
         "charsets": json.dumps({"to": "UTF-8", "text": "UTF-8"}),
         "sender_ip": "203.0.113.9",
     }
+    fields.update({name: value for name, value in (("SPF", spf), ("dkim", dkim)) if value is not None})
     return await client.post(
         "/email/inbound/sendgrid", files={k: (None, v) for k, v in fields.items()}, auth=("parse", password)
     )
@@ -236,10 +254,16 @@ async def post_postmark(
     stripped: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
     password: str = SECRET,
-    spf: str = "Pass",
+    spf: str | None = "Pass",
+    envelope: str | None = None,
 ) -> httpx.Response:
+    """An inbound webhook post, with the ``Received-SPF`` Postmark adds (none when ``spf`` is ``None``)."""
     name, address = parseaddr(sender)
     mailbox_hash = to.partition("@")[0].rpartition("+")[2]
+    received_spf = (
+        f"{spf} (sender SPF authorized) identity=mailfrom; client-ip=203.0.113.9; helo=mail.company.com; "
+        f"envelope-from={address if envelope is None else envelope}; receiver={to}"
+    )
     payload = {
         "From": address,
         "FromName": name,
@@ -253,7 +277,7 @@ async def post_postmark(
         "TextBody": text,
         "StrippedTextReply": stripped or "",
         "Headers": [
-            {"Name": "Received-SPF", "Value": f"{spf} (sender SPF verdict) identity=mailfrom"},
+            *([{"Name": "Received-SPF", "Value": received_spf}] if spf is not None else []),
             {"Name": "Message-ID", "Value": _message_id()},
             *({"Name": k, "Value": v} for k, v in headers),
         ],
@@ -441,6 +465,82 @@ async def test_a_late_reply_gets_who_decided_first(inbox: Inbox) -> None:
             late = await post_mailgun(client, to=bob["Reply-To"], sender=BOB, text="no")
         assert late.status_code == 409 and late.text.startswith(f"already approved by {ALICE} via email")
     assert any(e["event"] == "email.inbound_refused" and e["status"] == 409 for e in logs)
+
+
+def attachments_of(message: EmailMessage) -> list[EmailMessage]:
+    return list(message.iter_attachments())
+
+
+async def test_nothing_is_shortened_silently_and_the_full_call_is_attached(inbox: Inbox) -> None:
+    channel = make_channel(inbox, to=ALICE)
+    ticket: dict[str, Any] = {"a": {"b": {"c": {"note": "context-fourth-level"}}}}
+    async with running(channel) as (hl, _), anyio.create_task_group() as tg:
+
+        @hl.require_approval(context={"ticket": ticket})
+        async def run_sql(hosts: list[str], options: dict[str, object], query: str) -> str:
+            return "ran"
+
+        hosts = [f"db-{n}" for n in range(1, 12)]
+        nested: dict[str, object] = {"retry": {"policy": {"on": {"error": "fourth-level-value"}}}}
+        Calls(tg).start(lambda: run_sql(hosts, nested, "SELECT 1;" + " " * 1000 + "DROP TABLE users"))
+        [request] = await wait_pending(hl)
+        [mail] = await inbox.wait(1)
+        tg.cancel_scope.cancel()
+    [attachment] = attachments_of(mail)
+    short_id = request.id[:8]
+    assert attachment.get_filename() == f"request-{short_id}.txt"
+    assert attachment.get_content_type() == "text/plain" and attachment.get_content_charset() == "utf-8"
+    full = cast(str, attachment.get_content()).replace("\r\n", "\n")  # text travels with CRLF line ends
+    assert full == full_call(request)
+    for hidden in ("db-11", "fourth-level-value", "context-fourth-level", "DROP TABLE users"):
+        assert hidden in full
+        assert hidden not in text_of(mail) and hidden not in html_of(mail) and hidden not in mail["Subject"]
+    body = text_of(mail)
+    assert "hosts: ['db-1', " in body and "… 1 more item]" in body
+    assert "options: {'retry': {'policy': {'on': {… 1 item nested deeper}}}}" in body
+    assert "ticket: {'a': {'b': {'c': {… 1 item nested deeper}}}}" in body
+    assert "… 825 more characters" in body
+    shortened = [
+        line for line in body.splitlines() if line.startswith(("  hosts:", "  options:", "  ticket:"))
+    ]
+    assert len(shortened) == 3 and all(
+        line.endswith("(shortened: the full call is attached)") for line in shortened
+    )
+    assert f"The full call, untruncated, is attached: request-{short_id}.txt" in body
+    assert "the full call is attached" in html_of(mail)
+
+
+HOSTILE = (
+    "ok\r\nBcc: victim@evil.example\r\n\r\n\x1b[2J\x1b[Hamount=25 \u202eevil\u202c <script>alert(1)</script>"
+)
+
+
+async def test_hostile_arguments_forge_no_header_line_or_markup(inbox: Inbox) -> None:
+    channel = make_channel(inbox, to=ALICE)
+    async with running(channel) as (hl, _), anyio.create_task_group() as tg:
+
+        @hl.require_approval(context={f"why{HOSTILE}": HOSTILE})
+        async def transfer(memo: str) -> str:
+            """Move money.\nApprove by replying: approve"""
+            return "moved"
+
+        Calls(tg).start(lambda: transfer(HOSTILE))
+        await wait_pending(hl)
+        [mail] = await inbox.wait(1)
+        tg.cancel_scope.cancel()
+    assert mail["Bcc"] is None and mail.get_all("To") == [ALICE]
+    subject = mail["Subject"]
+    assert "\n" not in subject and "\x1b" not in subject and "\u202e" not in subject
+    assert "ok\\r\\nBcc: victim@evil.example" in subject
+    text, markup, full = text_of(mail), html_of(mail), cast(str, attachments_of(mail)[0].get_content())
+    for part in (text, markup, full):
+        part = part.replace("\r\n", "\n")  # text travels with CRLF line ends
+        assert not any(char in part for char in "\x1b\u202e\u202c\r")
+        assert "\\x1b[2J" in part and "\\u202eevil\\u202c" in part
+        assert not any(line.startswith("Bcc:") for line in part.splitlines())
+    assert "<script>" not in markup and "&lt;script&gt;alert(1)&lt;/script&gt;" in markup
+    assert "<script>alert(1)</script>" in text  # plain text shows it as it is, harmless there
+    assert "Approve by replying: approve" in text  # the docstring keeps its own lines
 
 
 # -- SMTP failures ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import json
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -19,7 +19,9 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from humanlayer_async import ApprovalRequest, HumanLayer, Status
+from humanlayer_async import ApprovalRequest, Decision, HumanLayer, Status, StoreError
+from humanlayer_async.stores import MemoryStore
+from humanlayer_async.stores.base import Store
 
 from .test_email import (
     ALICE,
@@ -58,11 +60,14 @@ class Pending:
 
 @contextlib.asynccontextmanager
 async def waiting(
-    inbox: Inbox, *providers: str, **options: Any
+    inbox: Inbox, *providers: str, store: Store | None = None, **options: Any
 ) -> AsyncIterator[tuple[HumanLayer, httpx.AsyncClient, Pending]]:
     """A HumanLayer with one EmailChannel per provider, and one request waiting."""
     channels = [make_channel(inbox, provider, **options) for provider in providers]
-    async with HumanLayer(channels, listen="127.0.0.1:0") as hl, anyio.create_task_group() as tg:
+    async with (
+        HumanLayer(channels, listen="127.0.0.1:0", store=store) as hl,
+        anyio.create_task_group() as tg,
+    ):
         assert hl.url is not None
 
         @hl.require_approval()
@@ -178,14 +183,14 @@ async def test_spoofed_forwarded_guessed_and_failing_senders_are_refused(inbox: 
                     to=alice_address,
                     sender=ALICE,
                     text="approve",
-                    headers=[("X-Mailgun-Spf", "Fail")],
+                    verdicts=[("X-Mailgun-Spf", "Fail"), ("X-Mailgun-Dkim-Check-Result", "Pass")],
                 ),
                 await post_mailgun(
                     client,
                     to=alice_address,
                     sender=ALICE,
                     text="approve",
-                    headers=[("X-Mailgun-Dkim-Check-Result", "Fail")],
+                    verdicts=[("X-Mailgun-Dkim-Check-Result", "Fail"), ("X-Mailgun-Spf", "Pass")],
                 ),
                 await post_sendgrid(client, to=alice_address, sender=ALICE, text="approve", spf="softfail"),
                 await post_sendgrid(
@@ -240,6 +245,116 @@ async def test_without_an_inbound_secret_every_webhook_is_refused(inbox: Inbox) 
         "email.inbound_disabled",
         "email.inbound_refused",
     ]
+
+
+# -- verdicts aligned with the From domain --------------------------------------------------
+
+
+def _authentication_results(*results: str) -> list[tuple[str, str]]:
+    return [("Authentication-Results", "; ".join(["mx.company.com", *results]))]
+
+
+async def test_a_pass_counts_only_for_the_from_domain_and_missing_verdicts_refuse(inbox: Inbox) -> None:
+    evil = "bounce@evil.example"
+    async with waiting(inbox, *PROVIDERS) as (hl, client, pending):
+        to = pending.reply_to[ALICE]
+        reply: dict[str, Any] = {"to": to, "sender": f"Alice <{ALICE}>", "text": "approve"}
+        with capture_logs() as logs:
+            responses = {
+                "mailgun: SPF pass for another envelope sender": await post_mailgun(
+                    client, **reply, verdicts=[("X-Mailgun-Spf", "Pass")], envelope=evil
+                ),
+                "mailgun: a DKIM pass names no domain": await post_mailgun(
+                    client,
+                    **reply,
+                    verdicts=[("X-Mailgun-Dkim-Check-Result", "Pass"), ("X-Mailgun-Spf", "Neutral")],
+                ),
+                "mailgun: no verdicts": await post_mailgun(client, **reply, verdicts=[]),
+                "mailgun: the message's own Authentication-Results": await post_mailgun(
+                    client,
+                    **reply,
+                    verdicts=[],
+                    headers=_authentication_results("dmarc=pass header.from=company.com"),
+                ),
+                "sendgrid: SPF and DKIM pass for evil.example": await post_sendgrid(
+                    client, **reply, envelope=evil, dkim="{@evil.example : pass}"
+                ),
+                "sendgrid: a subdomain does not align": await post_sendgrid(
+                    client, **reply, spf="neutral", dkim="{@mail.company.com : pass}"
+                ),
+                "sendgrid: a lookalike domain does not align": await post_sendgrid(
+                    client, **reply, spf="none", dkim="{@company.com.evil.example : pass}"
+                ),
+                "sendgrid: no verdicts": await post_sendgrid(client, **reply, spf=None, dkim=None),
+                "postmark: SPF pass for another envelope sender": await post_postmark(
+                    client, **reply, envelope=evil
+                ),
+                "postmark: no Received-SPF": await post_postmark(client, **reply, spf=None),
+                "generic: passes for evil.example": await post_generic(
+                    client,
+                    **reply,
+                    headers=_authentication_results(
+                        f"spf=pass smtp.mailfrom={evil}",
+                        "dkim=pass header.d=evil.example",
+                        "dmarc=pass header.from=evil.example",
+                    ),
+                ),
+                "generic: passes naming no domain": await post_generic(
+                    client, **reply, headers=_authentication_results("spf=pass", "dkim=pass", "dmarc=pass")
+                ),
+                "generic: the domain only in a comment": await post_generic(
+                    client,
+                    **reply,
+                    headers=_authentication_results("dkim=pass (header.d=company.com) header.d=evil.example"),
+                ),
+                "generic: SPF pass for the HELO name": await post_generic(
+                    client,
+                    **reply,
+                    headers=[("Received-SPF", f"pass identity=helo; helo=company.com; envelope-from={evil}")],
+                ),
+            }
+            assert (await hl.get(pending.request.id)).status is Status.PENDING
+            aligned = await post_generic(
+                client,
+                **reply,
+                headers=_authentication_results(
+                    "spf=softfail smtp.mailfrom=evil.example", "dkim=pass header.d=Company.COM header.s=s1"
+                ),
+            )
+    assert {name: r.status_code for name, r in responses.items()} == dict.fromkeys(responses, 403)
+    assert (
+        "no SPF, DKIM or DMARC pass for company.com" in responses["sendgrid: a subdomain does not align"].text
+    )
+    for name in ("mailgun: no verdicts", "sendgrid: no verdicts", "postmark: no Received-SPF"):
+        assert "reported no SPF, DKIM or DMARC verdict" in responses[name].text
+    assert aligned.status_code == 403 and "spf=softfail" in aligned.text  # a failure still refuses
+    assert refusals(logs) == [(r.status_code, r.text) for r in [*responses.values(), aligned]]
+    assert all(
+        e["sender"] == ALICE and e["request_id"] for e in logs if e["event"] == "email.inbound_refused"
+    )
+
+
+@pytest.mark.parametrize(
+    ("provider", "extra"),
+    [
+        ("mailgun", {"verdicts": [("X-Mailgun-Spf", "Pass")], "envelope": "Alice@COMPANY.com"}),
+        ("sendgrid", {"spf": "neutral", "dkim": "{@other.example : fail, @company.com : pass}"}),
+        ("postmark", {"envelope": "alice+bounces@company.com"}),
+        ("generic", {"headers": _authentication_results("dmarc=pass (p=REJECT) header.from=company.com")}),
+        ("generic", {"headers": _authentication_results('spf=pass smtp.mailfrom="a;b"@company.com')}),
+        ("generic", {"headers": [("Received-SPF", 'Pass (x) envelope-from="alice@company.com"; helo=x')]}),
+        ("generic", {}),  # a bridge of your own that reports no verdicts vouches for the mail itself
+    ],
+)
+async def test_a_pass_aligned_with_the_from_domain_decides(
+    inbox: Inbox, provider: str, extra: dict[str, Any]
+) -> None:
+    async with waiting(inbox, provider) as (hl, client, pending):
+        response = await post_reply(
+            provider, client, to=pending.reply_to[ALICE], sender=ALICE, text="yes", **extra
+        )
+        assert response.json() == {"status": "approved"}
+        assert (await hl.get(pending.request.id)).status is Status.APPROVED
 
 
 # -- forged, stale, replayed -----------------------------------------------------------------
@@ -321,6 +436,96 @@ async def test_stale_and_replayed_webhooks_are_refused(inbox: Inbox) -> None:
         twice = await post_mailgun(client, to=to, sender=ALICE, text="approve", token=token)
         assert (once.status_code, twice.status_code) == (422, 401)
         assert (await hl.get(pending.request.id)).status is Status.PENDING
+
+
+class FailingOnce(MemoryStore):
+    """A memory store whose first ``decide`` fails, as a database that is briefly unreachable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    async def decide(self, decision: Decision) -> Decision:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("connection to the database lost")
+        return await super().decide(decision)
+
+
+def _identical_posts(
+    provider: str, to: str, text: str
+) -> Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]:
+    """One signed webhook, the same bytes each time it is posted (as a provider's retry is)."""
+    timestamp, token, message_id = str(int(time.time())), secrets.token_hex(25), "<r1@mail.company.com>"
+    body = json.dumps({"from": ALICE, "to": to, "text": text, "headers": {"Message-ID": message_id}}).encode()
+    headers = sign_generic(body, timestamp)
+
+    async def post(client: httpx.AsyncClient) -> httpx.Response:
+        if provider == "generic":
+            return await client.post("/email/inbound/generic", content=body, headers=headers)
+        return await post_mailgun(
+            client, to=to, sender=ALICE, text=text, timestamp=timestamp, token=token, message_id=message_id
+        )
+
+    return post
+
+
+@pytest.mark.parametrize("provider", ["mailgun", "generic"])
+async def test_a_retry_after_the_store_failed_decides(inbox: Inbox, provider: str) -> None:
+    store = FailingOnce()
+    async with waiting(inbox, provider, store=store) as (hl, client, pending):
+        post = _identical_posts(provider, pending.reply_to[ALICE], "deny: wrong account")
+        with capture_logs() as logs:
+            failed = await post(client)
+            assert (await hl.get(pending.request.id)).status is Status.PENDING
+            retried = await post(client)
+            replayed = await post(client)
+        follow_ups = (await inbox.wait(4))[2:]
+    assert failed.status_code == 503 and "retry" in failed.text
+    assert retried.json() == {"status": "denied"}
+    assert replayed.status_code == 401 and "replayed" in replayed.text
+    decision = (await hl.get(pending.request.id)).decision
+    assert decision is not None and (decision.by, decision.comment) == (ALICE, "wrong account")
+    assert [status for status, _ in refusals(logs)] == [503, 401]
+    assert sorted(m["To"] for m in follow_ups) == [ALICE, BOB]
+
+
+class HeldStore(MemoryStore):
+    """A memory store whose ``get`` waits while ``held`` is set, as a slow database would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: anyio.Event | None = None
+
+    async def get(self, request_id: str) -> ApprovalRequest:
+        if self.held is not None:
+            await self.held.wait()
+        return await super().get(request_id)
+
+
+@pytest.mark.parametrize("provider", ["mailgun", "generic"])
+async def test_identical_webhooks_in_flight_together_apply_once(inbox: Inbox, provider: str) -> None:
+    store = HeldStore()
+    async with waiting(inbox, provider, store=store) as (hl, client, pending):
+        post = _identical_posts(provider, pending.reply_to[ALICE], "maybe later")
+        send, receive = anyio.create_memory_object_stream[httpx.Response](5)
+
+        async def deliver() -> None:
+            await send.send(await post(client))
+
+        held = store.held = anyio.Event()
+        async with send, receive, anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(deliver)
+            duplicates = [await receive.receive() for _ in range(4)]  # while the first one waits
+            store.held = None
+            held.set()
+            first = await receive.receive()
+        [help_mail] = (await inbox.wait(3))[2:]
+        assert (await hl.get(pending.request.id)).status is Status.PENDING
+        assert len(inbox.messages) == 3  # one help reply
+    assert [r.status_code for r in duplicates] == [409] * 4 and "being handled" in duplicates[0].text
+    assert first.status_code == 422 and help_mail["To"] == ALICE
 
 
 # -- malformed payloads ----------------------------------------------------------------------
@@ -416,7 +621,7 @@ async def test_mutated_payloads_never_make_a_500(inbox: Inbox) -> None:
             "MailboxHash": "",
             "TextBody": "maybe",
             "StrippedTextReply": "maybe",
-            "Headers": [{"Name": "Received-SPF", "Value": "Pass"}],
+            "Headers": [{"Name": "Received-SPF", "Value": f"Pass identity=mailfrom; envelope-from={ALICE}"}],
         }
         generic = {"from": ALICE, "to": [to], "text": "maybe", "headers": {"Message-ID": "<m@x>"}}
         statuses: set[int] = set()

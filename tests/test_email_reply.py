@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from humanlayer_async.channels._inbound_mail import failed_check
+from humanlayer_async.channels._mail_auth import (
+    Verdict,
+    authentication_results,
+    failed_check,
+    received_spf,
+    sender_check,
+)
 from humanlayer_async.channels._mail_reply import parse_answer, strip_quotes
 from humanlayer_async.channels._reply_token import TOKEN_LENGTH, ReplyTokens
 
@@ -126,12 +132,92 @@ def test_tokens_round_trip_and_refuse_what_was_not_made_for_them() -> None:
     [
         ([("spf", "pass"), ("dkim", "pass"), ("dmarc", "pass")], None),
         ([("spf", "softfail")], "spf=softfail"),
-        ([("spf", "Fail")], "spf=fail"),
-        ([("spf", "neutral"), ("spf", None), ("dkim", "none")], None),
+        ([("spf", "fail")], "spf=fail"),
+        ([("spf", "neutral"), ("dkim", "none")], None),
         ([("dkim", "fail"), ("dkim", "pass")], None),
         ([("dkim", "fail")], "dkim=fail"),
         ([("dmarc", "fail"), ("spf", "pass")], "dmarc=fail"),
     ],
 )
-def test_failing_verdicts(verdicts: list[tuple[str, str | None]], expected: str | None) -> None:
-    assert failed_check(verdicts) == expected
+def test_failing_verdicts(verdicts: list[tuple[str, str]], expected: str | None) -> None:
+    assert failed_check([Verdict(method, result) for method, result in verdicts]) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (
+            "mx.google.com; dkim=pass header.i=@company.com header.s=s1 header.b=TrM8; "
+            "spf=pass (google.com: domain of alice@company.com designates 1.2.3.4) "
+            "smtp.mailfrom=alice@company.com; "
+            "dmarc=pass (p=REJECT sp=REJECT dis=NONE) header.from=company.com",
+            [("dkim", "pass", None), ("spf", "pass", "company.com"), ("dmarc", "pass", "company.com")],
+        ),
+        (  # RFC 8601's own example, with a version and a reason
+            'example.com 1; dkim/1=pass reason="good signature" header.d=Example.COM; '
+            "spf=fail smtp.mailfrom=example.net",
+            [("dkim", "pass", "example.com"), ("spf", "fail", "example.net")],
+        ),
+        (  # comments (nested, with escapes) and quoted strings hide nothing and forge nothing
+            "mx; dkim=pass (header.d=company.com (nested \\) header.d=x)) header.d=evil.example; "
+            'spf=pass smtp.mailfrom="alice;(x)"@company.com',
+            [("dkim", "pass", "evil.example"), ("spf", "pass", "company.com")],
+        ),
+        ("mx.company.com; none", []),
+        ("mx.company.com; spf=pass; arc=pass; iprev=pass policy.iprev=1.2.3.4", [("spf", "pass", None)]),
+        (  # Microsoft's style, with stray domain statements
+            "spf=softfail (sender IP is 1.2.3.4) smtp.mailfrom=gmail.com; clientdomain.com; dkim=fail "
+            "header.d=clientdomain.com;clientdomain.com; dmarc=fail action=quarantine "
+            "header.from=clientdomain.com",
+            [("dkim", "fail", "clientdomain.com"), ("dmarc", "fail", "clientdomain.com")],
+        ),
+        ("", []),
+    ],
+)
+def test_authentication_results_are_read_with_the_domain_each_result_names(
+    header: str, expected: list[tuple[str, str, str | None]]
+) -> None:
+    assert authentication_results(header) == [Verdict(*verdict) for verdict in expected]
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (
+            "Pass (sender SPF authorized) identity=mailfrom; client-ip=209.85.160.180; "
+            "helo=mail.company.com; envelope-from=Alice@Company.com; receiver=x@inbound.postmarkapp.com",
+            Verdict("spf", "pass", "company.com"),
+        ),
+        (
+            'pass (a; envelope-from=alice@company.com) receiver=mx; envelope-from="b@evil.example"',
+            Verdict("spf", "pass", "evil.example"),
+        ),
+        (
+            "pass identity=helo; helo=company.com; envelope-from=postmaster@company.com",
+            Verdict("spf", "pass"),
+        ),
+        ("softfail client-ip=1.2.3.4", Verdict("spf", "softfail")),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_received_spf_speaks_for_the_envelope_sender(header: str | None, expected: Verdict | None) -> None:
+    assert received_spf(header) == expected
+
+
+def test_a_pass_vouches_only_for_its_own_domain_and_seen_verdicts_only_refuse() -> None:
+    passing = [Verdict("spf", "pass", "company.com")]
+    assert sender_check("alice@company.com", passing, required=True) is None
+    assert sender_check("alice@sub.company.com", passing, required=True) == (
+        "no SPF, DKIM or DMARC pass for sub.company.com, the From domain"
+    )
+    forged = [Verdict("dmarc", "pass", "company.com")]
+    assert sender_check("alice@company.com", [], forged, required=True) == (
+        "the provider reported no SPF, DKIM or DMARC verdict"
+    )
+    assert sender_check("alice@company.com", [], forged, required=False) is None
+    failing = [Verdict("spf", "fail", "evil.example")]
+    assert sender_check("alice@company.com", passing, failing, required=True) == (
+        "the message failed its sender checks (spf=fail)"
+    )
+    assert sender_check("alice@company.com", [Verdict("dkim", "pass")], required=True) is not None

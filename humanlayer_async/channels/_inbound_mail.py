@@ -9,18 +9,25 @@ Every provider's payload becomes one ``InboundMail``; anything wrong becomes ``R
 - ``postmark``: inbound JSON, HTTP basic auth likewise.
 - ``generic``: ``{"from", "to", "text", "headers"}`` JSON with ``X-Timestamp`` and
   ``X-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>``.
+
+Each reads the sender checks the provider itself reports (see ``_mail_auth``): Mailgun's
+``X-Mailgun-Spf`` (for the envelope ``sender``) and ``X-Mailgun-Dkim-Check-Result`` (which
+names no domain), SendGrid's ``SPF`` (for the ``envelope``'s ``from``) and ``dkim``, the
+``Received-SPF`` Postmark adds, and for ``generic`` the topmost ``Authentication-Results``
+and ``Received-SPF``. Other verdicts in a message's headers may only refuse it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from email.utils import getaddresses, parseaddr
@@ -31,6 +38,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
+from ._mail_auth import Verdict, authentication_results, domain_of, received_spf, sender_check
 from ._mail_reply import strip_quotes
 
 __all__ = ["PROVIDERS", "InboundMail", "Provider", "Refused", "ReplayGuard", "read_mail"]
@@ -62,16 +70,18 @@ class InboundMail:
     """One reply, as every provider's payload is read.
 
     ``sender`` is the ``From`` address and ``recipients`` the addresses it was sent to,
-    lowercase. ``text`` is the reply's own text, quoted parts stripped. ``failed_check``
-    names a failing SPF/DKIM/DMARC verdict the provider reported, if any.
+    lowercase. ``text`` is the reply's own text, quoted parts stripped. ``sender_check``
+    says why the SPF/DKIM/DMARC verdicts do not vouch for the ``From`` domain, if they do
+    not. ``nonce`` identifies a signed webhook, to refuse a replay of it (see ``ReplayGuard``).
     """
 
     sender: str
     recipients: tuple[str, ...]
     text: str
     headers: tuple[tuple[str, str], ...]
-    failed_check: str | None = None
+    sender_check: str | None = None
     mailbox_hash: str | None = None
+    nonce: str | None = None
 
     def header(self, name: str) -> str | None:
         """The first header called ``name`` (any case), if present."""
@@ -98,11 +108,16 @@ class InboundMail:
 
 
 class ReplayGuard:
-    """Remembers the nonces of signed webhooks for as long as their timestamps are fresh."""
+    """Remembers the nonces of signed webhooks for as long as their timestamps are fresh.
+
+    A webhook counts as used once it has been handled (``once``), not when it arrives: a
+    provider's retry of a post that failed for a passing reason (a 5xx) is handled again.
+    """
 
     def __init__(self, max_age: float = MAX_AGE) -> None:
         self.max_age = max_age
         self._seen: dict[str, float] = {}
+        self._in_flight: set[str] = set()
 
     def check_fresh(self, timestamp: str | None) -> None:
         """Refuse a missing, malformed, stale or future timestamp (Unix seconds)."""
@@ -113,17 +128,41 @@ class ReplayGuard:
         if not abs(age) <= self.max_age:
             raise Refused(401, "stale timestamp")
 
-    def first_use(self, nonce: str) -> None:
-        """Refuse a nonce already seen within the freshness window (both ways)."""
+    @contextlib.contextmanager
+    def once(self, nonce: str | None) -> Iterator[None]:
+        """Handle the webhook ``nonce`` names at most once (nothing to guard when ``None``).
+
+        Refuses a nonce already used within the freshness window (both ways) or being
+        handled right now. The nonce is remembered when the block ends or refuses with a
+        4xx; after an error or a 5xx refusal it is forgotten, so a retry is handled.
+        """
+        if nonce is None:
+            yield
+            return
+        self._expire()
+        if nonce in self._seen:
+            raise Refused(401, "replayed webhook")
+        if nonce in self._in_flight:
+            raise Refused(409, "the same webhook is being handled")
+        self._in_flight.add(nonce)
+        try:
+            yield
+        except Refused as refused:
+            if refused.status < 500:
+                self._seen[nonce] = time.monotonic() + 2 * self.max_age
+            raise
+        else:
+            self._seen[nonce] = time.monotonic() + 2 * self.max_age
+        finally:
+            self._in_flight.discard(nonce)
+
+    def _expire(self) -> None:
         now = time.monotonic()
         while self._seen:
             oldest, expires = next(iter(self._seen.items()))
             if expires > now:
                 break
             del self._seen[oldest]
-        if nonce in self._seen:
-            raise Refused(401, "replayed webhook")
-        self._seen[nonce] = now + 2 * self.max_age
 
 
 async def read_mail(provider: Provider, request: Request, secret: str, guard: ReplayGuard) -> InboundMail:
@@ -149,18 +188,19 @@ async def _mailgun(request: Request, secret: str, guard: ReplayGuard) -> Inbound
     if not hmac.compare_digest(expected.encode(), signature.strip().lower().encode()):
         raise Refused(401, "bad Mailgun signature")
     guard.check_fresh(timestamp)
-    guard.first_use(f"mailgun:{token}")
     headers = _header_pairs(_json(_field(form, "message-headers") or "[]"))
-    mailgun_verdicts = [
-        ("spf", _first_word(_lookup(headers, "X-Mailgun-Spf"))),
-        ("dkim", _first_word(_lookup(headers, "X-Mailgun-Dkim-Check-Result"))),
-    ]
+    from_address = _address(_field(form, "from") or _field(form, "sender"))
+    reported = _verdicts(
+        ("spf", _lookup(headers, "X-Mailgun-Spf"), domain_of(_field(form, "sender"))),
+        ("dkim", _lookup(headers, "X-Mailgun-Dkim-Check-Result"), None),
+    )
     return InboundMail(
-        sender=_address(_field(form, "from") or _field(form, "sender")),
+        sender=from_address,
         recipients=_addresses(_field(form, "recipient")),
         text=strip_quotes(_field(form, "stripped-text") or _field(form, "body-plain") or ""),
         headers=headers,
-        failed_check=failed_check([*mailgun_verdicts, *_header_verdicts(headers)]),
+        sender_check=sender_check(from_address, reported, _header_verdicts(headers), required=True),
+        nonce=f"mailgun:{token}",
     )
 
 
@@ -171,18 +211,26 @@ async def _sendgrid(request: Request, secret: str) -> InboundMail:
         (name, str(value)) for name, value in HeaderParser().parsestr(_field(form, "headers") or "").items()
     )
     envelope = _json(_field(form, "envelope") or "{}")
-    envelope_to = envelope.get("to") if isinstance(envelope, dict) else None
+    if not isinstance(envelope, dict):
+        envelope = {}
     recipients = _addresses(_field(form, "to"))
-    if isinstance(envelope_to, list):
-        recipients += _addresses(", ".join(str(address) for address in envelope_to))
-    dkim_results = re.findall(r":\s*([a-z]+)", (_field(form, "dkim") or "").lower())
-    sendgrid_verdicts = [("spf", _first_word(_field(form, "SPF"))), *(("dkim", r) for r in dkim_results)]
+    if isinstance(envelope.get("to"), list):
+        recipients += _addresses(", ".join(str(address) for address in envelope["to"]))
+    envelope_from = envelope.get("from")
+    from_address = _address(_field(form, "from"))
+    reported = [
+        *_verdicts(("spf", _field(form, "SPF"), domain_of(str(envelope_from or "")))),
+        *(  # "{@company.com : pass}", or "{@a.com : fail, @company.com : pass}"
+            Verdict("dkim", result.lower(), domain_of(domain))
+            for domain, result in re.findall(r"@([^\s:,{}]+)\s*:\s*([A-Za-z]+)", _field(form, "dkim") or "")
+        ),
+    ]
     return InboundMail(
-        sender=_address(_field(form, "from")),
+        sender=from_address,
         recipients=recipients,
         text=strip_quotes(_field(form, "text") or ""),
         headers=headers,
-        failed_check=failed_check([*sendgrid_verdicts, *_header_verdicts(headers)]),
+        sender_check=sender_check(from_address, reported, _header_verdicts(headers), required=True),
     )
 
 
@@ -209,8 +257,10 @@ async def _postmark(request: Request, secret: str) -> InboundMail:
         ]
     )
     mailbox_hash = payload.get("MailboxHash")
+    from_address = _address(_str_or_none(sender, "FromFull.Email"))
+    spf = received_spf(_lookup(headers, "Received-SPF"))
     return InboundMail(
-        sender=_address(_str_or_none(sender, "FromFull.Email")),
+        sender=from_address,
         recipients=_addresses(", ".join(r for r in recipients if isinstance(r, str))),
         text=strip_quotes(
             _str_or_none(payload.get("StrippedTextReply"), "StrippedTextReply")
@@ -218,7 +268,9 @@ async def _postmark(request: Request, secret: str) -> InboundMail:
             or ""
         ),
         headers=headers,
-        failed_check=failed_check(_header_verdicts(headers)),
+        sender_check=sender_check(
+            from_address, [spf] if spf else [], _results_header(headers), required=True
+        ),
         mailbox_hash=mailbox_hash.lower() if isinstance(mailbox_hash, str) and mailbox_hash else None,
     )
 
@@ -232,7 +284,6 @@ async def _generic(request: Request, secret: str, guard: ReplayGuard) -> Inbound
     if not hmac.compare_digest(expected.encode(), signature.removeprefix("sha256=").strip().lower().encode()):
         raise Refused(401, "bad X-Signature")
     guard.check_fresh(timestamp)
-    guard.first_use(f"generic:{expected}")
     payload = _json(body)
     if not isinstance(payload, dict):
         raise Refused(400, "the payload is not a JSON object")
@@ -243,45 +294,39 @@ async def _generic(request: Request, secret: str, guard: ReplayGuard) -> Inbound
     to = payload.get("to")
     if isinstance(to, list) and all(isinstance(address, str) for address in to):
         to = ", ".join(to)
+    from_address = _address(_str_or_none(payload.get("from"), "from"))
     return InboundMail(
-        sender=_address(_str_or_none(payload.get("from"), "from")),
+        sender=from_address,
         recipients=_addresses(_str_or_none(to, "to")),
         text=strip_quotes(_str_or_none(payload.get("text"), "text") or ""),
         headers=headers,
-        failed_check=failed_check(_header_verdicts(headers)),
+        sender_check=sender_check(from_address, _header_verdicts(headers), required=False),
+        nonce=f"generic:{expected}",
     )
 
 
 # -- SPF / DKIM / DMARC --------------------------------------------------------------------
 
 
-def failed_check(verdicts: Iterable[tuple[str, str | None]]) -> str | None:
-    """The failing check among ``(mechanism, result)`` verdicts, as ``"spf=fail"``, or ``None``.
-
-    SPF fails on ``fail`` or ``softfail``, DMARC on ``fail``, DKIM on ``fail`` when no
-    signature passed (a message may carry several).
-    """
-    results = [(mechanism, result.lower()) for mechanism, result in verdicts if result]
-    for mechanism, result in results:
-        if (mechanism == "spf" and result in {"fail", "softfail"}) or (
-            mechanism == "dmarc" and result == "fail"
-        ):
-            return f"{mechanism}={result}"
-    dkim = {result for mechanism, result in results if mechanism == "dkim"}
-    if "fail" in dkim and "pass" not in dkim:
-        return "dkim=fail"
-    return None
+def _verdicts(*found: tuple[str, str | None, str | None]) -> list[Verdict]:
+    """``Verdict`` s from ``(method, reported value, domain)``; the result is the value's first word."""
+    return [
+        Verdict(method, words[0].strip(";:()").lower(), domain)
+        for method, value, domain in found
+        if (words := (value or "").split())
+    ]
 
 
-def _header_verdicts(headers: tuple[tuple[str, str], ...]) -> list[tuple[str, str | None]]:
-    """Verdicts in the receiving server's (topmost) ``Authentication-Results`` and ``Received-SPF``."""
-    verdicts: list[tuple[str, str | None]] = []
+def _results_header(headers: tuple[tuple[str, str], ...]) -> list[Verdict]:
+    """The verdicts of the topmost ``Authentication-Results``: the latest receiving server's."""
     results = _lookup(headers, "Authentication-Results")
-    if results:
-        found = re.findall(r"\b(spf|dkim|dmarc)\s*=\s*([a-z]+)", results, re.IGNORECASE)
-        verdicts.extend((mechanism.lower(), result) for mechanism, result in found)
-    verdicts.append(("spf", _first_word(_lookup(headers, "Received-SPF"))))
-    return verdicts
+    return authentication_results(results) if results else []
+
+
+def _header_verdicts(headers: tuple[tuple[str, str], ...]) -> list[Verdict]:
+    """The verdicts of the topmost ``Authentication-Results`` and ``Received-SPF`` headers."""
+    spf = received_spf(_lookup(headers, "Received-SPF"))
+    return [*_results_header(headers), *([spf] if spf else [])]
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -333,11 +378,6 @@ def _header_pairs(raw: object) -> tuple[tuple[str, str], ...]:
 def _lookup(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
     wanted = name.lower()
     return next((value for key, value in headers if key.lower() == wanted), None)
-
-
-def _first_word(value: str | None) -> str | None:
-    words = (value or "").split()
-    return words[0].strip(";:()").lower() if words else None
 
 
 def _address(value: str | None) -> str:

@@ -1,4 +1,11 @@
-"""The emails EmailChannel sends: the request, the help reply, and the follow-up once decided."""
+"""The emails EmailChannel sends: the request, the help reply, and the follow-up once decided.
+
+Every text shown passes through ``visible``: no control, bidi or line-breaking character
+of an argument reaches the reader raw, so none can forge a header, a line or the order of
+what is read; the HTML part escapes the same text on top. Where a value is shortened the
+body says so next to it, and every request carries the full call (``full_call``) as a
+UTF-8 text attachment.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +15,54 @@ from email.message import EmailMessage
 from email.utils import formatdate
 
 from .._models import ApprovalRequest, Decision
-from .._render import describe_decision, format_value, summarize
+from .._render import describe_decision, format_value, full_call, shorten, summarize, visible
 from ._mail_reply import ANSWER_HELP, QUESTION_HELP, utf8_safe
 
-__all__ = ["compose", "follow_up_text", "help_text", "request_bodies", "subject"]
+__all__ = ["compose", "follow_up_text", "full_call_attachment", "help_text", "request_bodies", "subject"]
+
+SHORTENED = "(shortened: the full call is attached)"
+"""Said next to each value the body shows shortened."""
 
 _Rows = list[tuple[str, str]]
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def subject(request: ApprovalRequest) -> str:
-    """``[Approval needed] send_email(to='bob@...')`` or ``[Question] <the question>``."""
+    """``[Approval needed] send_email(to='bob@...')`` or ``[Question] <the question>``: one line."""
     if request.kind == "question":
-        return _one_line(f"[Question] {format_value(request.message or '', 100)}")
-    return _one_line(f"[Approval needed] {summarize(request)}")
+        return visible(f"[Question] {format_value(request.message or '', 100)}")
+    return visible(f"[Approval needed] {summarize(request)}")
+
+
+def full_call_attachment(request: ApprovalRequest) -> tuple[str, str]:
+    """The attachment every request carries: ``(request-<first 8 of the id>.txt, full_call)``."""
+    return f"request-{request.id[:8]}.txt", full_call(request)
+
+
+def _lines(text: str) -> str:
+    """Multi-line ``text`` (a docstring, a question) with each line made visible."""
+    return "\n".join(visible(line) for line in text.strip().split("\n"))
+
+
+def _rows(values: dict[str, object]) -> _Rows:
+    """One row per value, shortened as ``shorten`` says, with ``SHORTENED`` where it was."""
+    rows = []
+    for name, value in values.items():
+        text, cut = shorten(value)
+        rows.append((visible(name), f"{text}  {SHORTENED}" if cut else text))
+    return rows
 
 
 def _sections(request: ApprovalRequest) -> tuple[str, str, list[tuple[str, _Rows]], str]:
     """The intro, the call (or question), titled rows of facts, and how to answer."""
     expiry = ("Expires", f"{request.expires_at:%Y-%m-%d %H:%M:%S} UTC")
     if request.kind == "question":
-        return "An agent asks you:", request.message or "", [("", [expiry])], QUESTION_HELP
+        return "An agent asks you:", _lines(request.message or ""), [("", [expiry])], QUESTION_HELP
     sections: list[tuple[str, _Rows]] = []
     if request.doc:
-        sections.append(("", [("What it does", request.doc.strip())]))
-    sections.append(("Arguments", [(name, format_value(value)) for name, value in request.kwargs.items()]))
+        sections.append(("", [("What it does", _lines(request.doc))]))
+    sections.append(("Arguments", _rows(dict(request.kwargs))))
     if request.context:
-        sections.append(("Context", [(name, format_value(value)) for name, value in request.context.items()]))
+        sections.append(("Context", _rows(dict(request.context))))
     sections.append(("", [expiry, ("Request", request.id)]))
     return (
         "An agent wants to make this call and needs your approval:",
@@ -50,14 +75,19 @@ def _sections(request: ApprovalRequest) -> tuple[str, str, list[tuple[str, _Rows
 def request_bodies(request: ApprovalRequest) -> tuple[str, str]:
     """The plain-text and HTML bodies of a request."""
     intro, call, sections, how = _sections(request)
-    text = [intro, "", f"    {call}", ""]
-    markup = [f"<p>{html.escape(intro)}</p>", f"<pre>{html.escape(call)}</pre>"]
+    attached = f"The full call, untruncated, is attached: {full_call_attachment(request)[0]}"
+    text = [intro, "", *(f"    {line}" for line in call.split("\n")), "", attached, ""]
+    markup = [
+        f"<p>{html.escape(intro)}</p>",
+        f"<pre>{html.escape(call)}</pre>",
+        f"<p>{html.escape(attached)}</p>",
+    ]
     for title, rows in sections:
         if title:
             text.append(f"{title}:")
             markup.append(f"<h3>{html.escape(title)}</h3>")
         indent = "  " if title else ""
-        text.extend(f"{indent}{name}: {value}" for name, value in rows)
+        text.extend(f"{indent}{name}: {value}".replace("\n", f"\n{indent}    ") for name, value in rows)
         text.append("")
         cells = "".join(
             f"<tr><th align='left' valign='top'>{html.escape(name)}</th>"
@@ -90,6 +120,7 @@ def compose(
     text: str,
     message_id: str,
     html_body: str | None = None,
+    attachment: tuple[str, str] | None = None,
     reply_to: str | None = None,
     in_reply_to: str | None = None,
     references: Sequence[str] = (),
@@ -97,6 +128,7 @@ def compose(
 ) -> EmailMessage:
     """One message, with ``Date``, ``Message-ID`` and threading headers.
 
+    ``attachment`` is ``(filename, text)``, attached as UTF-8 ``text/plain``.
     ``Auto-Submitted`` (RFC 3834) keeps out-of-office responders from answering it.
     """
     message = EmailMessage()
@@ -116,4 +148,7 @@ def compose(
     message.set_content(utf8_safe(text))
     if html_body is not None:
         message.add_alternative(utf8_safe(html_body), subtype="html")
+    if attachment is not None:
+        filename, content = attachment
+        message.add_attachment(utf8_safe(content), subtype="plain", charset="utf-8", filename=filename)
     return message

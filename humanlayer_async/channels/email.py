@@ -18,11 +18,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .._audit import logger
-from .._exceptions import ChannelError, ConfigurationError, NotAnApprover, UnknownRequest
-from .._models import ApprovalRequest
+from .._exceptions import ChannelError, ConfigurationError, NotAnApprover, StoreError, UnknownRequest
+from .._models import ApprovalRequest, Decision
 from .._render import describe_decision
 from ._inbound_mail import PROVIDERS, InboundMail, Provider, Refused, ReplayGuard, read_mail
-from ._mail_compose import compose, follow_up_text, help_text, request_bodies, subject
+from ._mail_compose import compose, follow_up_text, full_call_attachment, help_text, request_bodies, subject
 from ._mail_reply import parse_answer
 from ._reply_token import TOKEN_LENGTH, ReplyTokens
 from .base import BaseChannel, Decider
@@ -56,13 +56,14 @@ def _port(port: int | None, use_tls: bool) -> int:
 class EmailChannel(BaseChannel):
     """Email: each request is mailed to ``to``; approvers answer by replying.
 
-    Each recipient gets their own message, whose ``Reply-To`` is ``reply_to``
-    plus-addressed with a signed token (``approvals+<token>@replies.company.com``) naming the
-    request and the recipient. Replies reach the listener at ``POST /email/inbound/<inbound>``
-    from your inbound-mail provider; the first line of a reply from an approver decides:
-    ``approve`` or ``deny: <reason>``. For questions (``human_as_tool``), the reply's text
-    is the answer. Once a request is decided, timed out or cancelled, every recipient gets
-    a follow-up in the same thread.
+    Each recipient gets their own message, with the full call attached as text, whose
+    ``Reply-To`` is ``reply_to`` plus-addressed with a signed token
+    (``approvals+<token>@replies.company.com``) naming the request and the recipient.
+    Replies reach the listener at ``POST /email/inbound/<inbound>`` from your inbound-mail
+    provider; the first line of a reply from an approver whose SPF, DKIM or DMARC pass is
+    aligned with its From domain decides: ``approve`` or ``deny: <reason>``. For questions
+    (``human_as_tool``), the reply's text is the answer. Once a request is decided, timed
+    out or cancelled, every recipient gets a follow-up in the same thread.
 
     Args:
         to: One address or a list; each gets the request.
@@ -207,6 +208,7 @@ class EmailChannel(BaseChannel):
         except ValueError as exc:
             raise ChannelError(f"email: cannot make a reply address for request {request.id!r}") from exc
         text, html_body = request_bodies(request)
+        attachment = full_call_attachment(request)
         messages = [
             compose(
                 sender=self.sender,
@@ -214,6 +216,7 @@ class EmailChannel(BaseChannel):
                 subject=subject(request),
                 text=text,
                 html_body=html_body,
+                attachment=attachment,
                 message_id=self._message_id(request.id, index),
                 reply_to=reply_to[index],
             )
@@ -325,7 +328,8 @@ class EmailChannel(BaseChannel):
             if self._inbound_secret is None:
                 raise Refused(403, "inbound mail is not configured (no inbound_secret)")
             mail = await read_mail(self.inbound, request, self._inbound_secret, self._replays)
-            status = await self._take(mail)
+            with self._replays.once(mail.nonce):
+                status = await self._take(mail)
         except Refused as refused:
             logger.warning(
                 "email.inbound_refused",
@@ -356,14 +360,27 @@ class EmailChannel(BaseChannel):
         who = {"request_id": request_id, "sender": mail.sender}
         if mail.sender != self.to[index].lower():
             raise Refused(403, "the sender is not the recipient this reply address was made for", **who)
-        if mail.failed_check:
-            raise Refused(403, f"the message failed its sender checks ({mail.failed_check})", **who)
+        if mail.sender_check:
+            raise Refused(403, mail.sender_check, **who)
         if mail.sender not in self.approvers:
             raise Refused(403, "the sender is not an approver", **who)
         if self._decider is None:
             raise Refused(503, "the channel has not started", **who)
         try:
-            request = await self._decider.get(request_id)
+            decision = await self._apply(self._decider, request_id, index, mail, who)
+        except StoreError as exc:  # a retry may find the store back: the webhook is not used up
+            raise Refused(503, "the store is unavailable: retry later", error=str(exc), **who) from exc
+        return decision.status.value
+
+    async def _apply(
+        self, decider: Decider, request_id: str, index: int, mail: InboundMail, who: dict[str, str]
+    ) -> Decision:
+        """Decide ``request_id`` as the reply from ``to[index]`` says; the decision, or ``Refused``.
+
+        ``who`` (the request id and sender) goes into the log line of a refusal.
+        """
+        try:
+            request = await decider.get(request_id)
         except UnknownRequest:
             raise Refused(404, "no such request", **who) from None
         if request.decision is not None:
@@ -374,21 +391,19 @@ class EmailChannel(BaseChannel):
                 if not mail.text:
                     self._offer_help(request, index, mail)
                     raise Refused(422, "the reply has no answer above the quoted message", **who)
-                decision = await self._decider.respond(request_id, mail.text, by=by, via=self.name)
+                decision = await decider.respond(request_id, mail.text, by=by, via=self.name)
             else:
                 answer = parse_answer(mail.text)
                 if answer is None:
                     self._offer_help(request, index, mail)
                     raise Refused(422, "not a clear answer: reply 'approve' or 'deny: <reason>'", **who)
                 approved, reason = answer
-                decision = await self._decider.decide(
-                    request_id, approved, by=by, comment=reason, via=self.name
-                )
+                decision = await decider.decide(request_id, approved, by=by, comment=reason, via=self.name)
         except NotAnApprover:
             raise Refused(403, "the sender is not an approver of this request", **who) from None
         if decision.by != by or decision.via != self.name:
             raise Refused(409, f"already {describe_decision(decision)}", **who)
-        return decision.status.value
+        return decision
 
     def _offer_help(self, request: ApprovalRequest, index: int, mail: InboundMail) -> None:
         """Explain the accepted answers to an approver, once per request, in the background."""
