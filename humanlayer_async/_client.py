@@ -141,13 +141,14 @@ def _default_channels() -> list[Channel]:
 
 
 class _ChannelDecider:
-    """The narrow handle channels get: decide, respond, get, pending, nothing else."""
+    """The narrow handle channels get: decide, respond, get, pending, claim, nothing else."""
 
     def __init__(self, hl: HumanLayer) -> None:
         self.decide = hl.decide
         self.respond = hl.respond
         self.get = hl.get
         self.pending = hl.pending
+        self.claim = hl.store.claim
 
 
 class HumanLayer:

@@ -1,4 +1,5 @@
-"""The operator commands of ``humanlayer-async``: serve, pending, approve, deny, cancel, answer, audit, prune.
+"""The operator commands of ``humanlayer-async``: serve, console-link, pending, approve, deny, cancel,
+answer, audit, prune.
 
 Each works against the store named by ``--store`` or ``HUMANLAYER_STORE`` and decides
 through ``HumanLayer.decide`` (approver allowlists, first decision wins, the audit
@@ -32,12 +33,13 @@ from ._codec import to_json
 from ._exceptions import ConfigurationError, HumanLayerError, NotAnApprover, UnknownRequest
 from ._models import ApprovalRequest, Decision, Status
 from ._render import describe_decision, format_value, summarize
+from .channels.web import TOKEN_ENV, WebChannel
 from .stores.base import DurableStore
 from .stores.url import store_from_url
 
 __all__ = ["COMMANDS", "add_commands", "run_command"]
 
-COMMANDS = ("serve", "pending", "approve", "deny", "cancel", "answer", "audit", "prune")
+COMMANDS = ("serve", "console-link", "pending", "approve", "deny", "cancel", "answer", "audit", "prune")
 
 _EXPECTED = {
     "approve": Status.APPROVED,
@@ -94,6 +96,21 @@ def add_commands(commands: Any) -> None:
     )
     serve.add_argument("app", metavar="APP", help="module:attribute naming a HumanLayer, e.g. myapp.hl:hl")
 
+    link = commands.add_parser(
+        "console-link",
+        help="print a new sign-in link to the web console (it works once, for a few minutes)",
+        description=f"Sign with the key in ${TOKEN_ENV}: the console's token or, with --user, that"
+        " user's key. Any process of the console accepts the link, once.",
+    )
+    link.add_argument(
+        "--url", default="http://127.0.0.1:8787", help="where the console's listener is reached"
+    )
+    link.add_argument("--base-path", default="/approvals", help="the console's base_path")
+    link.add_argument("--user", help=f"sign in as this named user (${TOKEN_ENV} holds their key)")
+    link.add_argument(
+        "--expires-in", type=_duration, default=timedelta(minutes=5), help="how long the link works"
+    )
+
     pending = commands.add_parser("pending", parents=[store], help="list the requests waiting for a human")
     pending.add_argument("--run-id", help="only the requests of this run")
     pending.add_argument("--kind", choices=["approval", "question"], help="only approvals or questions")
@@ -135,6 +152,8 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         if args.command == "serve":
             return _serve(args.app)
+        if args.command == "console-link":
+            return _console_link(args)
         if not args.store:
             raise ConfigurationError(
                 "no store: pass --store sqlite:///path or postgresql://..., or set HUMANLAYER_STORE"
@@ -187,6 +206,19 @@ def _serve(spec: str) -> int:
             task_group.cancel_scope.cancel()
 
     anyio.run(serve)
+    return 0
+
+
+# -- console-link --------------------------------------------------------------------------
+
+
+def _console_link(args: argparse.Namespace) -> int:
+    key = os.environ.get(TOKEN_ENV)
+    if not key:
+        raise ConfigurationError(f"set ${TOKEN_ENV} to the console's token (with --user: that user's key)")
+    settings: dict[str, Any] = {"base_path": args.base_path, "code_lifetime": args.expires_in}
+    web = WebChannel(users={args.user: key}, **settings) if args.user else WebChannel(token=key, **settings)
+    print(web.login_url(args.url))
     return 0
 
 

@@ -24,7 +24,7 @@ async def _demo(approval_timeout: float, listen: str) -> None:
     web = WebChannel()
     async with HumanLayer([ConsoleChannel(), web], timeout=approval_timeout, listen=listen) as hl:
         print("humanlayer-async demo: a scripted agent (no LLM, no network) asks you before it acts.")
-        print(f"Answer in the web console ({web.url}, sign in with the URL printed above)")
+        print(f"Answer in the web console ({web.url}, sign in with the link printed above)")
         print("or in this terminal; either one shows the decisions made in the other.")
         print(HELP + "\n")
         await run_demo(hl, sys.stdout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import signal
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import anyio
 import httpx
 import pytest
 
-from humanlayer_async import Status
+from humanlayer_async import HumanLayer, Status
+from humanlayer_async.channels.web import TOKEN_ENV, WebChannel
 from humanlayer_async.stores import store_from_url
 
 from .durable_helpers import cli_command, run_cli
@@ -131,3 +133,28 @@ async def test_serve_runs_an_apps_listener_alone_until_sigterm(tmp_path: Path) -
     assert code == 2 and "has no attribute 'nothing'" in err
     code, _, err = await run_cli("serve", "json:dumps")
     assert code == 2 and "not a HumanLayer" in err
+
+
+async def test_console_link_prints_a_single_use_sign_in_link_for_a_running_console() -> None:
+    operator, alice = "operator-key-0123456789", "alice-key-0123456789"
+    web = WebChannel(token=operator, users={"alice": alice})
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl, httpx.AsyncClient() as client:
+        assert hl.url is not None
+        signed_in_as = []
+        for key, user in ((operator, []), (alice, ["--user", "alice"])):
+            code, out, _ = await run_cli("console-link", "--url", hl.url, *user, env={TOKEN_ENV: key})
+            link = out.strip()
+            assert code == 0 and link.startswith(f"{hl.url}/approvals?code=") and key not in link
+            client.cookies.clear()
+            assert (await client.get(link)).status_code == 303
+            page = await client.get(f"{hl.url}/approvals")
+            signed_in_as.append(re.search(r"Signed in as <strong>(.*?)</strong>", page.text))
+            client.cookies.clear()
+            assert (await client.get(link)).status_code == 401  # used
+        assert [match and match.group(1) for match in signed_in_as] == ["web-console", "alice"]
+        code, out, _ = await run_cli(
+            "console-link", "--url", hl.url, env={TOKEN_ENV: "not-the-key-0123456789"}
+        )
+        assert code == 0 and (await client.get(out.strip())).status_code == 401  # signed with a wrong key
+    code, _, err = await run_cli("console-link", env={TOKEN_ENV: ""})
+    assert code == 2 and f"set ${TOKEN_ENV}" in err

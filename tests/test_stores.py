@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import sys
@@ -17,7 +18,15 @@ import pytest
 from humanlayer_async import ApprovalRequest, ConfigurationError, Decision, HumanLayer, Status, StoreError
 from humanlayer_async._audit import make_entry
 from humanlayer_async._codec import digest
-from humanlayer_async.stores import DurableStore, PostgresStore, SQLiteStore, StoreEvent, store_from_url
+from humanlayer_async.stores import (
+    DurableStore,
+    MemoryStore,
+    PostgresStore,
+    SQLiteStore,
+    Store,
+    StoreEvent,
+    store_from_url,
+)
 from humanlayer_async.testing import AutoChannel
 
 pytestmark = pytest.mark.anyio
@@ -304,3 +313,85 @@ async def test_postgres_errors_become_store_errors_without_the_password() -> Non
         await store.list_pending()
     assert caught.value.__cause__ is not None and "hunter2" not in str(caught.value)
     await store.aclose()
+
+
+# -- claim: a key claimed once across every handle (the web console's single-use sign-in codes)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    """A store of each kind: ``None`` for a MemoryStore, else a durable store's URL."""
+    if request.param == "memory":
+        return None
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'claims.db'}"
+    return f"{request.getfixturevalue('pg_dsn')}?schema={request.getfixturevalue('pg_schema')}"
+
+
+@pytest.fixture
+async def claimers(any_store_url: str | None) -> AsyncIterator[tuple[Store, Store]]:
+    """Two handles on one store (the one MemoryStore twice: it has no other)."""
+    if any_store_url is None:
+        memory = MemoryStore()
+        yield memory, memory
+        await memory.aclose()
+        return
+    first, second = store_from_url(any_store_url), store_from_url(any_store_url)
+    yield first, second
+    await first.aclose()
+    await second.aclose()
+
+
+async def test_a_key_is_claimed_once_across_handles_and_forgotten_after_it_expires(
+    claimers: tuple[Store, Store],
+) -> None:
+    first, second = claimers
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    results: list[bool] = []
+
+    async def claim(store: Store, key: str) -> None:
+        results.append(await store.claim(key, later))
+
+    async with anyio.create_task_group() as tg:  # concurrently, through both handles
+        for index in range(20):
+            tg.start_soon(claim, (first, second)[index % 2], "code-1")
+    assert sorted(results) == [False] * 19 + [True]
+    assert await second.claim("code-2", later) is True  # another key is another claim
+    assert await first.claim("code-2", later) is False
+    await first.claim("brief", datetime.now(UTC) + timedelta(seconds=0.2))
+    await anyio.sleep(0.4)
+    assert await second.claim("brief", later) is True  # expired: forgotten, not kept forever
+    assert await first.claim("code-1", later) is False  # still within its expiry
+
+
+async def test_a_store_of_the_previous_schema_version_is_migrated_and_keeps_its_requests(
+    store_url: str,
+) -> None:
+    store = store_from_url(store_url)
+    await store.create(make_request("m1"))
+    await store.aclose()
+    await downgrade_to_version_1(store)
+    reopened = store_from_url(store_url)
+    try:
+        assert [r.id for r in await reopened.list_pending()] == ["m1"]
+        assert await reopened.claim("after-migration", datetime.now(UTC) + timedelta(minutes=1)) is True
+    finally:
+        await reopened.aclose()
+
+
+async def downgrade_to_version_1(store: DurableStore) -> None:
+    """Make ``store``'s database look as version 1 of the schema left it: no claims table."""
+    if isinstance(store, SQLiteStore):
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(store.path)) as db, db:
+            db.execute("DROP TABLE hl_claims")
+            db.execute("PRAGMA user_version=1")
+        return
+    assert isinstance(store, PostgresStore)
+    pg = await asyncpg.connect(store._dsn)
+    try:
+        await pg.execute(f"DROP TABLE {store.schema}.claims")
+        await pg.execute(f"UPDATE {store.schema}.meta SET version = 1")
+    finally:
+        await pg.close()

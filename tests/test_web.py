@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import getpass
 import json
 import os
 import re
 import shutil
+import sqlite3
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -19,9 +23,11 @@ from anyio.abc import ByteReceiveStream
 from structlog.testing import capture_logs
 
 from humanlayer_async import ApprovalDenied, ConfigurationError, HumanLayer
-from humanlayer_async.channels import WebChannel
+from humanlayer_async.channels import WebChannel, _web_page
+from humanlayer_async.stores import store_from_url
 
 from .test_gate import wait_pending
+from .test_stores import make_request
 
 pytestmark = pytest.mark.anyio
 
@@ -36,7 +42,7 @@ def csrf_of(html: str) -> str:
 
 
 async def signed_in(client: httpx.AsyncClient, web: WebChannel, user: str | None = None) -> str:
-    """Sign ``client`` in with the token URL; return the page's CSRF token."""
+    """Sign ``client`` in with a sign-in link; return the page's CSRF token."""
     response = await client.get(web.login_url(user=user))
     assert response.status_code == 303
     assert response.headers["location"] == "/approvals"
@@ -52,7 +58,7 @@ def refusals(logs: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
 # -- plain HTTP ----------------------------------------------------------------------------
 
 
-async def test_token_url_sets_a_strict_httponly_cookie_and_the_page_lists_the_request() -> None:
+async def test_sign_in_link_sets_a_strict_httponly_cookie_and_the_page_lists_the_request() -> None:
     web = WebChannel(token=KEY)
     async with HumanLayer([web], listen="127.0.0.1:0", run_id="nightly-42") as hl:
 
@@ -65,8 +71,11 @@ async def test_token_url_sets_a_strict_httponly_cookie_and_the_page_lists_the_re
             tg.start_soon(send_email, "jane@example.com", "Your refund")
             [request] = await wait_pending(hl)
             with capture_logs() as logs:
-                assert (await client.get(str(web.url))).status_code == 401
-                signed = await client.get(web.login_url())
+                sign_in = await client.get(str(web.url))
+                link = web.login_url()
+                signed = await client.get(link)
+            assert sign_in.status_code == 401 and 'action="/approvals/sign-in"' in sign_in.text
+            assert link.startswith(f"{web.url}?code=") and KEY not in link
             assert signed.status_code == 303 and signed.headers["location"] == "/approvals"
             cookie = signed.headers["set-cookie"].lower()
             for attribute in ("httponly", "samesite=strict", "path=/approvals"):
@@ -114,7 +123,7 @@ async def test_every_bad_request_is_a_logged_4xx_and_the_request_stays_pending()
             url = f"{web.url}/requests/{mine.id}"
             with capture_logs() as logs:
                 anonymous = await client.post(url, data={"action": "approve"})
-                wrong = await client.get(f"{web.url}?token=not-the-token-at-all")
+                wrong = await client.get(f"{web.url}?code=not-a-code-at-all")
                 csrf = await signed_in(client, web)
                 good = {"csrf": csrf, "action": "approve"}
                 no_csrf = await client.post(url, data={"action": "approve"})
@@ -137,7 +146,7 @@ async def test_every_bad_request_is_a_logged_4xx_and_the_request_stays_pending()
                 unknown = await client.post(f"{web.url}/requests/{'0' * 32}", data=good)
                 odd_id = await client.post(f"{web.url}/requests/..%2f..", data=good)
                 not_approver = await client.post(f"{web.url}/requests/{bobs.id}", data=good)
-                wrong_method = await client.get(url)
+                wrong_method = await client.put(url)
                 no_asset = await client.get(f"{web.url}/static/secrets.txt")
                 no_page = await client.get(f"{web.url}/admin")
             statuses = [
@@ -186,8 +195,8 @@ async def test_every_bad_request_is_a_logged_4xx_and_the_request_stays_pending()
     logged = refusals(logs)
     assert len(logged) == 17
     assert (403, "cross-origin request") in logged and (403, "cross-site request") in logged
-    assert (403, "not an approver") in logged and (401, "wrong token") in logged
-    assert all("not-the-token-at-all" not in json.dumps(entry, default=str) for entry in logs)
+    assert (403, "not an approver") in logged and (401, "forged sign-in code") in logged
+    assert all("not-a-code-at-all" not in json.dumps(entry, default=str) for entry in logs)
 
 
 async def test_a_late_decision_gets_already_decided_by_whom() -> None:
@@ -224,7 +233,7 @@ async def test_non_loopback_clients_are_refused_unless_allowed() -> None:
                 ):
                     transport = httpx.ASGITransport(app=hl.asgi_app, client=client_address)
                     async with httpx.AsyncClient(transport=transport, base_url="http://console") as client:
-                        response = await client.get(f"/approvals?token={KEY}")
+                        response = await client.get(web.login_url("http://console"))
                         assert response.status_code == status, (allow_remote, client_address)
         assert refusals(logs) == ([] if allow_remote else [(403, "not a loopback client")])
 
@@ -257,7 +266,8 @@ async def test_named_users_decide_by_name_and_keys_stay_secret(monkeypatch: pyte
         assert decided.decision is not None
         assert (decided.decision.by, decided.decision.via, decided.decision.comment) == ("alice", "web", "ok")
     monkeypatch.setenv("HUMANLAYER_WEB_TOKEN", KEY)
-    assert WebChannel().login_url("http://h") == f"http://h/approvals?token={KEY}"
+    link = WebChannel().login_url("http://h")
+    assert link.startswith("http://h/approvals?code=") and KEY not in link
     monkeypatch.setenv("HUMANLAYER_WEB_TOKEN", "short")
     with pytest.raises(ConfigurationError) as short:
         WebChannel()
@@ -266,6 +276,231 @@ async def test_named_users_decide_by_name_and_keys_stay_secret(monkeypatch: pyte
         WebChannel(users={"a": ALICE, "b": ALICE})
     with pytest.raises(ConfigurationError, match="base_path"):
         WebChannel(token=KEY, base_path="approvals?x")
+
+
+def cookie_of(response: httpx.Response) -> str:
+    match = re.search(r"humanlayer_session=([^;]+)", response.headers.get("set-cookie", ""))
+    assert match is not None
+    return match.group(1)
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def session_cookie(value: str) -> dict[str, str]:
+    """The header a browser holding the session cookie ``value`` sends."""
+    return {"cookie": f"humanlayer_session={value}"}
+
+
+def code_of(link: str) -> str:
+    return link.partition("?code=")[2]
+
+
+async def test_a_sign_in_code_works_once_and_expired_or_forged_codes_are_refused() -> None:
+    web = WebChannel(token=KEY)
+    other = WebChannel(token="another-key-0123456789")
+    async with HumanLayer([web], listen="127.0.0.1:0"):
+        link = web.login_url()
+        code = code_of(link)
+        signed, _, mac = code.rpartition(".")
+        tampered = f"{signed}.{mac[:-2]}{'AA' if mac[-2:] != 'AA' else 'BB'}"
+        nested = f"{b64(b'web-console')}.{b64(b'[' * 5_000)}.{mac}"  # parsed, it would overflow
+        expired = web._credentials.code("web-console", -60)  # signed, but a minute past its expiry
+        async with httpx.AsyncClient() as client:
+            with capture_logs() as logs:
+                first = await client.get(link)
+                client.cookies.clear()
+                again = await client.get(link)
+                outcomes = [
+                    await client.get(f"{web.url}?code={value}")
+                    for value in (
+                        expired,
+                        tampered,
+                        nested,
+                        code_of(other.login_url("http://x")),
+                        "abc",
+                        "a.b.c",
+                    )
+                ]
+                assert not client.cookies
+                page = await client.get(str(web.url))
+    assert first.status_code == 303 and cookie_of(first)
+    assert again.status_code == 401 and "This sign-in link is not valid" in again.text
+    assert 'action="/approvals/sign-in"' in again.text  # the way to sign in instead
+    assert [r.status_code for r in outcomes] == [401] * 6
+    assert page.status_code == 401
+    assert refusals(logs) == [
+        (401, "used sign-in code"),
+        (401, "expired sign-in code"),
+        *[(401, "forged sign-in code")] * 5,
+        (401, "no session"),
+    ]
+    assert all(code not in json.dumps(entry, default=str) for entry in logs)
+
+
+async def test_two_consoles_sharing_a_store_accept_each_others_codes_exactly_once(store_url: str) -> None:
+    webs = [WebChannel(token=KEY), WebChannel(token=KEY)]
+    async with (
+        HumanLayer([webs[0]], store=store_from_url(store_url), listen="127.0.0.1:0"),
+        HumanLayer([webs[1]], store=store_from_url(store_url), listen="127.0.0.1:0"),
+        httpx.AsyncClient() as client,
+    ):
+        statuses = []
+        for minter, first, second in ((0, 1, 0), (1, 0, 1)):
+            code = code_of(webs[minter].login_url())
+            for server in (first, second):
+                client.cookies.clear()
+                statuses.append((await client.get(f"{webs[server].url}?code={code}")).status_code)
+        # The session cookie one process set is honoured by the other: nothing is kept per process.
+        client.cookies.clear()
+        signed = await client.get(webs[0].login_url())
+        client.cookies.clear()
+        page = await client.get(str(webs[1].url), headers=session_cookie(cookie_of(signed)))
+    assert statuses == [303, 401, 303, 401]
+    assert page.status_code == 200 and "web-console" in page.text
+
+
+async def test_a_forged_altered_or_expired_session_cookie_is_refused() -> None:
+    web = WebChannel(users={"alice": ALICE, "bob": "bob-key-0123456789ab"})
+    stranger = WebChannel(users={"bob": "not-bobs-key-0123456789"})
+    async with HumanLayer([web], listen="127.0.0.1:0"), httpx.AsyncClient() as client:
+        alices = cookie_of(await client.get(web.login_url(user="alice")))
+        client.cookies.clear()
+        name, fields, mac = alices.split(".")
+        forged = [
+            f"{b64(b'bob')}.{fields}.{mac}",  # alice's signature over bob's name
+            f"{name}.{fields}.{mac[::-1]}",
+            stranger._credentials.session("bob", 3600),  # signed with another key for bob
+            web._credentials.session("alice", -1),  # signed, but expired
+            "garbage",
+        ]
+        with capture_logs() as logs:
+            good = await client.get(str(web.url), headers=session_cookie(alices))
+            bad = [await client.get(str(web.url), headers=session_cookie(value)) for value in forged]
+    assert good.status_code == 200 and "<strong>alice</strong>" in good.text
+    assert [r.status_code for r in bad] == [401] * 5
+    assert all("Sign in" in r.text and "<strong>" not in r.text for r in bad)
+    assert refusals(logs) == [(401, "invalid session")] * 5
+
+
+async def test_the_token_is_refused_in_a_url_and_taken_in_the_posted_form_or_a_header() -> None:
+    web = WebChannel(token=KEY)
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl:
+
+        @hl.require_approval()
+        async def tool() -> str:
+            return "ran"
+
+        async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
+            tg.start_soon(tool)
+            [request] = await wait_pending(hl)
+            origin = str(web.url).removesuffix("/approvals")
+            form = f"{web.url}/sign-in"
+            with capture_logs() as logs:
+                in_url = await client.get(f"{web.url}?token={KEY}")
+                in_url_elsewhere = await client.get(f"{web.url}/events?token={KEY}")
+                no_origin = await client.post(form, data={"token": KEY})
+                cross = await client.post(
+                    form, data={"token": KEY}, headers={"origin": "http://evil.example"}
+                )
+                wrong = await client.post(form, data={"token": "w" * 20}, headers={"origin": origin})
+                assert not client.cookies
+                signed = await client.post(form, data={"token": KEY}, headers={"origin": origin})
+                assert (await client.get(str(web.url))).status_code == 200
+                client.cookies.clear()
+                bearer = {"authorization": f"Bearer {KEY}"}
+                by_header = await client.get(str(web.url), headers=bearer)
+                wrong_header = await client.get(str(web.url), headers={"authorization": "Bearer nope"})
+                # A script with the header needs no CSRF token: browsers never add the header themselves.
+                decided = await client.post(
+                    f"{web.url}/requests/{request.id}", data={"action": "approve"}, headers=bearer
+                )
+    assert in_url.status_code == 400 and in_url_elsewhere.status_code == 400
+    assert "Keys never go in a URL" in in_url.text and 'action="/approvals/sign-in"' in in_url.text
+    assert "set-cookie" not in in_url.headers
+    assert (no_origin.status_code, cross.status_code, wrong.status_code) == (403, 403, 401)
+    assert "Wrong key" in wrong.text
+    assert signed.status_code == 303 and signed.headers["location"] == "/approvals" and cookie_of(signed)
+    assert by_header.status_code == 200 and "web-console" in by_header.text
+    assert wrong_header.status_code == 401 and decided.status_code == 303
+    outcome = await hl.get(request.id)
+    assert outcome.decision is not None and (outcome.decision.by, outcome.decision.via) == (
+        "web-console",
+        "web",
+    )
+    assert refusals(logs) == [
+        (400, "token in URL"),
+        (400, "token in URL"),
+        (403, "no origin"),
+        (403, "cross-origin request"),
+        (401, "wrong token"),
+        (401, "wrong token"),
+    ]
+    assert all(KEY not in json.dumps(entry, default=str) for entry in logs)
+
+
+async def test_the_detail_view_needs_a_session_and_unknown_ids_get_a_404_page() -> None:
+    web = WebChannel(users={"alice": ALICE, "bob": "bob-key-0123456789ab"})
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl:
+
+        @hl.require_approval(approvers=["alice"])
+        async def tool(n: int) -> int:
+            return n
+
+        async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
+            tg.start_soon(tool, 7)
+            [request] = await wait_pending(hl)
+            url = f"{web.url}/requests/{request.id}"
+            with capture_logs() as logs:
+                anonymous = await client.get(url)
+                await signed_in(client, web, user="bob")
+                bobs = await client.get(url)
+                client.cookies.clear()
+                await signed_in(client, web, user="alice")
+                alices = await client.get(url)
+                unknown = await client.get(f"{web.url}/requests/{'0' * 32}")
+                odd = await client.get(f"{web.url}/requests/not%20an%20id")
+                await hl.decide(request.id, True, by="alice", via="api")
+                decided = await client.get(url)
+    assert anonymous.status_code == 401 and 'action="/approvals/sign-in"' in anonymous.text
+    assert (
+        bobs.status_code == 200
+        and "bob is not an approver" in bobs.text
+        and "Approve</button>" not in bobs.text
+    )
+    assert alices.status_code == 200 and "Approve</button>" in alices.text
+    assert f"tool  (request {request.id})" in alices.text and "n = 7" in alices.text
+    assert "default-src 'none'" in alices.headers["content-security-policy"]
+    assert (unknown.status_code, odd.status_code) == (404, 404)
+    assert "No such request" in unknown.text and unknown.headers["content-type"].startswith("text/html")
+    assert decided.status_code == 200 and "approved by alice via api" in decided.text
+    assert "Approve</button>" not in decided.text
+    assert refusals(logs) == [(401, "no session"), (404, "unknown request"), (404, "unknown request")]
+
+
+def test_the_full_view_counts_long_runs_of_spaces_and_keeps_indentation() -> None:
+    request = make_request(
+        "f" * 32,
+        kwargs={
+            "short": "x" + " " * 7 + "y",
+            "long": "x" + " " * 8 + "y",
+            "wide": "\u3000" * 9 + "z",  # ideographic spaces are as wide, and as blank
+            "fake": '<span class="spaces">⟨0 spaces⟩</span>',
+        },
+        doc="Tool.\n" + " " * 38 + "indented\n" + " " * 41 + "pushed",
+    )
+    html = _web_page.detail_page(
+        request, user="u", csrf="c", base="/approvals", action="/a", may_decide=False
+    )
+    full = html[html.index('<pre class="full">') : html.index("</pre>")]
+    assert "&quot;x       y&quot;" in full  # seven spaces: as they are
+    assert '&quot;x<span class="spaces" title="8 spaces">⟨8 spaces⟩</span>y&quot;' in full
+    assert "⟨9 spaces⟩</span>z" in full
+    assert "\n" + " " * 40 + "indented" in full  # indentation (two, then 38): as it is
+    assert '\n<span class="spaces" title="43 spaces">⟨43 spaces⟩</span>pushed' in full
+    assert "&lt;span class=\\&quot;spaces\\&quot;&gt;⟨0 spaces⟩&lt;/span&gt;" in full  # escaped first
+    assert "\n  short = &quot;x" in full and "\n  fake = &quot;&lt;span" in full
 
 
 async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, dict[str, str]]]:
@@ -337,24 +572,67 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture
-async def browser_page() -> AsyncIterator[Any]:
-    """A page in a fresh headless Chromium (the system one on PATH), with its own profile."""
+@contextlib.asynccontextmanager
+async def chromium(profile: str) -> AsyncIterator[Any]:
+    """A headless Chromium (the system one on PATH) keeping its profile in ``profile``."""
     if CHROMIUM is None:
         if os.environ.get("CI") == "true":
             pytest.fail("chromium is not on PATH (install the Debian packages chromium and chromium-driver)")
         pytest.skip("chromium is not on PATH: apt-get install chromium chromium-driver")
     from playwright.async_api import async_playwright
 
+    async with async_playwright() as playwright:
+        context = await playwright.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield context
+        finally:
+            await context.close()
+
+
+async def first_page(context: Any) -> Any:
+    return context.pages[0] if context.pages else await context.new_page()
+
+
+@pytest.fixture
+async def browser_page() -> AsyncIterator[Any]:
+    """A page in a fresh headless Chromium, with its own profile."""
     with tempfile.TemporaryDirectory() as profile:
-        async with async_playwright() as playwright:
-            context = await playwright.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-            )
-            try:
-                yield context.pages[0] if context.pages else await context.new_page()
-            finally:
-                await context.close()
+        async with chromium(profile) as context:
+            yield await first_page(context)
+
+
+async def test_browser_history_holds_neither_the_token_nor_a_usable_code(tmp_path: Path) -> None:
+    web = WebChannel(token=KEY)
+    profile = tmp_path / "profile"
+    async with HumanLayer([web], listen="127.0.0.1:0"):
+        async with chromium(str(profile)) as context:
+            page = await first_page(context)
+            await page.goto(web.login_url())  # the link printed or shared
+            assert page.url == web.url
+            await page.get_by_text("Signed in as").wait_for()
+            await context.clear_cookies()
+            await page.goto(str(web.url))  # signed out: the sign-in form, then the key typed into it
+            await page.get_by_label("Your key").fill(KEY)
+            await page.get_by_role("button", name="Sign in").click()
+            await page.get_by_text("Signed in as").wait_for()
+            assert page.url == web.url
+        # Chromium has closed, so its History database is written; read a copy (it may be locked).
+        shutil.copy(profile / "Default" / "History", tmp_path / "History")
+        db = sqlite3.connect(tmp_path / "History")
+        try:
+            urls = [url for (url,) in db.execute("SELECT url FROM urls")]
+        finally:
+            db.close()
+        assert str(web.url) in urls  # the visits were recorded
+        assert not [url for url in urls if KEY in url]
+        assert KEY.encode() not in (tmp_path / "History").read_bytes()
+        visited_links = [url for url in urls if "?code=" in url]
+        assert visited_links  # the sign-in link is there, and spent:
+        async with httpx.AsyncClient() as client:
+            for url in visited_links:
+                assert (await client.get(url)).status_code == 401
 
 
 async def test_browser_approves_denies_and_answers_live(browser_page: Any) -> None:
@@ -447,7 +725,7 @@ async def test_browser_wrong_token_and_forged_cross_site_posts_are_refused(brows
             tg.start_soon(tool)
             [request] = await wait_pending(hl)
             with capture_logs() as logs:
-                wrong = await page.goto(f"{web.url}?token=guessed-token-0000000000")
+                wrong = await page.goto(f"{web.url}?code=guessed-code-0000000000")
                 assert wrong is not None and wrong.status == 401
                 assert await page.context.cookies() == []
                 await page.goto(web.login_url())
@@ -471,7 +749,69 @@ async def test_browser_wrong_token_and_forged_cross_site_posts_are_refused(brows
             assert statuses == [401, 403]
             assert [r.id for r in await hl.pending()] == [request.id]
             tg.cancel_scope.cancel()
-    assert refusals(logs) == [(401, "wrong token"), (401, "no session"), (403, "cross-site request")]
+    assert refusals(logs) == [(401, "forged sign-in code"), (401, "no session"), (403, "cross-site request")]
+
+
+async def test_browser_detail_view_shows_the_whole_call_and_the_card_says_where_it_shortened(
+    browser_page: Any,
+) -> None:
+    page = browser_page
+    web = WebChannel()
+    hostile = '</dd></pre><script>window.pwned = 1</script><b id="injected">x</b>\u202eevil\u202c'
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl:
+
+        @hl.require_approval()
+        async def run_sql(rows: list[str], config: Mapping[str, object], query: str, note: str) -> str:
+            return "ran"
+
+        rows = [f"row-{n}" for n in range(1, 12)]
+        config = {"a": {"b": {"c": {"d": "fourth-level-value"}}}}
+        results: list[str] = []
+
+        async def call() -> None:
+            results.append(await run_sql(rows, config, " " * 1000 + "DROP TABLE users", hostile))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            [request] = await wait_pending(hl)
+            await page.goto(web.login_url())
+            card = page.locator(f"#req-{request.id}")
+            await card.wait_for()
+            shown = await card.inner_text()
+            for cut in ("row-10", "… 1 more item", "nested deeper", "… 16 more characters", "shortened"):
+                assert cut in shown
+            for hidden in ("row-11", "fourth-level-value", "DROP TABLE"):
+                assert hidden not in shown
+            await card.get_by_role("link", name="Show the full call").click()
+            await page.wait_for_url(f"{web.url}/requests/{request.id}")
+            full = await page.locator("pre.full").inner_text()
+            for whole in ('"row-11"', '"fourth-level-value"', "DROP TABLE users", "⟨1,000 spaces⟩"):
+                assert whole in full
+            # Nothing pushes the statement out of sight: it is drawn inside the window.
+            box = await page.evaluate(
+                """() => {
+                    const full = document.querySelector("pre.full");
+                    const walker = document.createTreeWalker(full, NodeFilter.SHOW_TEXT);
+                    while (walker.nextNode()) {
+                        const at = walker.currentNode.data.indexOf("DROP TABLE");
+                        if (at < 0) continue;
+                        const range = document.createRange();
+                        range.setStart(walker.currentNode, at);
+                        range.setEnd(walker.currentNode, at + 10);
+                        const r = range.getBoundingClientRect();
+                        return {left: r.left, right: r.right, width: window.innerWidth};
+                    }
+                    return null;
+                }"""
+            )
+            assert box is not None and 0 <= box["left"] < box["right"] <= box["width"]
+            # Hostile text is text: escaped, its bidi control spelled out.
+            assert "<script>window.pwned = 1</script>" in full and "\\u202eevil\\u202c" in full
+            assert await page.evaluate("window.pwned") is None
+            assert await page.locator("#injected").count() == 0
+            await page.get_by_role("button", name="Approve").click()
+            await page.wait_for_url(str(web.url))
+        assert results == ["ran"]
 
 
 async def read_until(stream: ByteReceiveStream, buffer: list[str], pattern: str) -> re.Match[str]:
@@ -498,7 +838,7 @@ async def test_the_demo_answered_from_the_browser_and_the_terminal(browser_page:
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
         err: list[str] = []
         out: list[str] = []
-        url = (await read_until(process.stderr, err, r"web console: (http://\S+\?token=\S+)")).group(1)
+        url = (await read_until(process.stderr, err, r"web console: (http://\S+\?code=\S+)")).group(1)
         ids = {}
         for function in ("send_email", "transfer_money", "delete_database_records"):
             match = await read_until(

@@ -1,20 +1,35 @@
-"""The web console's HTML: the page, a pending request's card, a line of history.
+"""The web console's HTML: the page, a pending request's card, a line of history, the
+full view of one request, the sign-in form.
 
 Everything is rendered on the server and escaped here; the page's script only inserts
-these fragments as they arrive over server-sent events.
+these fragments as they arrive over server-sent events. Caller text goes through
+``visible`` (control and bidi characters spelled out), then HTML escaping, then
+``_spaces``: a long run of spaces becomes a marker saying how many, so that it cannot
+push what follows out of sight.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from html import escape
 from typing import Any
 
 from .._models import ApprovalRequest
-from .._render import describe_decision, format_value, summarize
+from .._render import describe_decision, full_call, shorten, summarize, visible
 
-__all__ = ["card", "duration", "history_item", "history_list", "message_page", "page", "pending_list"]
+__all__ = [
+    "card",
+    "detail_page",
+    "duration",
+    "history_item",
+    "history_list",
+    "message_page",
+    "page",
+    "pending_list",
+    "sign_in_page",
+]
 
 
 def duration(seconds: float) -> str:
@@ -30,35 +45,52 @@ def duration(seconds: float) -> str:
     return f"{seconds // 86400} d"
 
 
-def _fields(values: Mapping[str, Any], css: str, label: str) -> str:
+LONG_SPACES = 8
+"""Spaces in a row, after a line's indentation, shown as one marker (``⟨1,000 spaces⟩``)."""
+LONG_INDENT = 40
+"""Spaces of indentation at the start of a line shown as they are; more become a marker."""
+
+_BLANK = "[ \u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]"
+_LONG_RUN = re.compile(rf"(?m)^{_BLANK}{{{LONG_INDENT + 1},}}|(?<=\S){_BLANK}{{{LONG_SPACES},}}")
+
+
+def _marker(match: re.Match[str]) -> str:
+    count = f"{len(match.group()):,} spaces"
+    return f'<span class="spaces" title="{count}">⟨{count}⟩</span>'
+
+
+def _spaces(html: str) -> str:
+    """Escaped ``html`` with each long run of spaces (or other blanks) shown as a marker."""
+    return _LONG_RUN.sub(_marker, html)
+
+
+def _text(text: str) -> str:
+    """Caller text as HTML: visible, escaped, long runs of spaces marked."""
+    return _spaces(escape(visible(text)))
+
+
+def _paragraph(text: str) -> str:
+    """Like ``_text``, keeping line breaks (shown in a ``pre-wrap`` element)."""
+    return "\n".join(_text(line) for line in text.split("\n"))
+
+
+def _fields(values: Mapping[str, Any], css: str, label: str) -> tuple[str, bool]:
+    """A ``<dl>`` of the values, shortened as ``format_value`` shortens; and whether it did."""
     if not values:
-        return ""
-    rows = "".join(
-        f"<div><dt>{escape(name)}</dt><dd>{escape(format_value(value, 1000))}</dd></div>"
-        for name, value in values.items()
-    )
-    return f'<dl class="{css}" aria-label="{label}">{rows}</dl>'
+        return "", False
+    rows, cut = [], False
+    for name, value in values.items():
+        text, shortened = shorten(value, 1000)
+        cut = cut or shortened
+        rows.append(f"<div><dt>{_text(name)}</dt><dd>{_spaces(escape(text))}</dd></div>")
+    return f'<dl class="{css}" aria-label="{label}">{"".join(rows)}</dl>', cut
 
 
-def card(request: ApprovalRequest, *, action: str, csrf: str, now: datetime) -> str:
-    """One pending request: what it is, for how long it waits, and the form to decide it."""
+def _decide_form(request: ApprovalRequest, *, action: str, csrf: str) -> str:
+    """The form that approves, denies or answers ``request`` (posted to ``action``)."""
     rid = escape(request.id)
-    created = request.created_at.isoformat()
-    expires = request.expires_at.isoformat()
-    age = duration((now - request.created_at).total_seconds())
-    left = duration((request.expires_at - now).total_seconds())
-    approvers = f" · approvers: {escape(', '.join(request.approvers))}" if request.approvers else ""
-    meta = (
-        f'<p class="meta">run <span class="run">{escape(request.run_id or "—")}</span>'
-        f' · asked <time class="age" datetime="{created}">{age} ago</time>'
-        f' · <time class="left" datetime="{expires}">{left} left</time>{approvers}'
-        f" · id <code>{escape(request.short_id)}</code></p>"
-    )
-    hidden = f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
     if request.kind == "question":
-        title = "Question"
-        body = f'<p class="message">{escape(request.message or "")}</p>'
-        form = (
+        fields = (
             f'<label for="a-{rid}">Your answer</label>'
             f'<textarea id="a-{rid}" name="answer" rows="3" maxlength="10000" required></textarea>'
             '<div class="buttons">'
@@ -67,13 +99,7 @@ def card(request: ApprovalRequest, *, action: str, csrf: str, now: datetime) -> 
             "</div>"
         )
     else:
-        title = "Approval needed"
-        doc = f'<p class="doc">{escape(request.doc.splitlines()[0])}</p>' if request.doc else ""
-        body = (
-            f"{doc}{_fields(request.kwargs, 'args', 'arguments')}"
-            f"{_fields(request.context, 'context', 'context')}"
-        )
-        form = (
+        fields = (
             f'<label for="c-{rid}">Comment (the reason, when denying)</label>'
             # A textarea: Enter adds a line instead of submitting with the first button (Approve).
             f'<textarea id="c-{rid}" name="comment" rows="2" maxlength="2000"></textarea>'
@@ -83,12 +109,46 @@ def card(request: ApprovalRequest, *, action: str, csrf: str, now: datetime) -> 
             "</div>"
         )
     return (
+        f'<form class="decide" method="post" action="{escape(action)}">'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">{fields}'
+        '<p class="result" role="status"></p></form>'
+    )
+
+
+def card(request: ApprovalRequest, *, action: str, csrf: str, now: datetime) -> str:
+    """One pending request: what it is, for how long it waits, and the form to decide it.
+
+    Arguments and context are shortened as ``format_value`` shortens, saying so where it
+    does; "Show the full call" links to the request's full view, at ``action`` too.
+    """
+    rid = escape(request.id)
+    created = request.created_at.isoformat()
+    expires = request.expires_at.isoformat()
+    age = duration((now - request.created_at).total_seconds())
+    left = duration((request.expires_at - now).total_seconds())
+    approvers = f" · approvers: {_text(', '.join(request.approvers))}" if request.approvers else ""
+    meta = (
+        f'<p class="meta">run <span class="run">{_text(request.run_id or "—")}</span>'
+        f' · asked <time class="age" datetime="{created}">{age} ago</time>'
+        f' · <time class="left" datetime="{expires}">{left} left</time>{approvers}'
+        f" · id <code>{escape(request.short_id)}</code></p>"
+    )
+    if request.kind == "question":
+        title, cut = "Question", False
+        body = f'<p class="message">{_paragraph(request.message or "")}</p>'
+    else:
+        title = "Approval needed"
+        doc = f'<p class="doc">{_text(request.doc.splitlines()[0])}</p>' if request.doc else ""
+        arguments, cut_arguments = _fields(request.kwargs, "args", "arguments")
+        context, cut_context = _fields(request.context, "context", "context")
+        body, cut = f"{doc}{arguments}{context}", cut_arguments or cut_context
+    shortened = " (some values above are shortened)" if cut else ""
+    full = f'<p class="full-link"><a href="{escape(action)}">Show the full call</a>{shortened}</p>'
+    return (
         f'<li class="card {request.kind}" id="req-{rid}" data-id="{rid}">'
         f'<article aria-labelledby="t-{rid}">'
-        f'<h3 id="t-{rid}"><span class="kind">{title}</span> <code>{escape(request.function)}</code></h3>'
-        f"{body}{meta}"
-        f'<form class="decide" method="post" action="{escape(action)}">{hidden}{form}'
-        '<p class="result" role="status"></p></form>'
+        f'<h3 id="t-{rid}"><span class="kind">{title}</span> <code>{_text(request.function)}</code></h3>'
+        f"{body}{full}{meta}{_decide_form(request, action=action, csrf=csrf)}"
         "</article></li>"
     )
 
@@ -159,6 +219,42 @@ def page(*, user: str, csrf: str, base: str, pending: str, history: str) -> str:
 """
 
 
+def detail_page(
+    request: ApprovalRequest, *, user: str, csrf: str, base: str, action: str, may_decide: bool
+) -> str:
+    """One request in full (``full_call``, untruncated), with the form to decide it while pending."""
+    if request.decision is not None:
+        footer = f'<p class="outcome-full">{escape(describe_decision(request.decision))}</p>'
+    elif may_decide:
+        footer = _decide_form(request, action=action, csrf=csrf)
+    else:
+        footer = f'<p class="notice">{_text(user)} is not an approver of this request.</p>'
+    title = "Question" if request.kind == "question" else "Approval needed"
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · Approvals · humanlayer-async</title>
+<link rel="stylesheet" href="{escape(base)}/static/console.css">
+</head>
+<body>
+<header>
+<h1>{title}</h1>
+<p>Signed in as <strong>{_text(user)}</strong> · <a href="{escape(base)}">All requests</a></p>
+</header>
+<main>
+<h2>The full call</h2>
+<p class="meta">Untruncated; control and bidi characters are spelled out (<code>\\u202e</code>),
+long runs of spaces are counted (<span class="spaces">⟨1,000 spaces⟩</span>).</p>
+<pre class="full">{_spaces(escape(full_call(request)))}</pre>
+{footer}
+</main>
+</body>
+</html>
+"""
+
+
 def message_page(title: str, text: str) -> str:
     """A small page for people who reach the console without signing in."""
     return f"""<!doctype html>
@@ -166,5 +262,34 @@ def message_page(title: str, text: str) -> str:
 <head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)}</title></head>
 <body><h1>{escape(title)}</h1><p>{escape(text)}</p></body>
+</html>
+"""
+
+
+def sign_in_page(*, base: str, message: str | None = None) -> str:
+    """The form that signs in with a key (posted, so the key never goes in a URL)."""
+    note = f'<p class="notice" role="alert">{escape(message)}</p>' if message else ""
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sign in · Approvals · humanlayer-async</title>
+<link rel="stylesheet" href="{escape(base)}/static/console.css">
+</head>
+<body>
+<header><h1>Approvals</h1></header>
+<main class="sign-in">
+<h2>Sign in</h2>
+{note}
+<form method="post" action="{escape(base)}/sign-in">
+<label for="token">Your key (the console's token, or your own key)</label>
+<input id="token" name="token" type="password" autocomplete="current-password" minlength="16" required>
+<div class="buttons"><button type="submit" class="approve">Sign in</button></div>
+</form>
+<p>Or open a sign-in link: the one printed when the console started, or a new one from
+<code>humanlayer-async console-link</code>. A link works once, for a few minutes.</p>
+</main>
+</body>
 </html>
 """

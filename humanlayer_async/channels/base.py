@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from anyio import TASK_STATUS_IGNORED
@@ -40,6 +41,10 @@ class Decider(Protocol):
 
     async def pending(self, *, run_id: str | None = None, kind: Kind | None = None) -> list[ApprovalRequest]:
         """The requests still waiting for a human."""
+        ...
+
+    async def claim(self, key: str, expires_at: datetime) -> bool:
+        """Claim ``key`` in the store until ``expires_at``: ``True`` once, in the whole fleet."""
         ...
 
 

@@ -2,17 +2,24 @@
 
 Routes, under ``base_path`` (``/approvals`` by default):
 
-- ``GET /approvals?token=…``  sign in: sets a session cookie, redirects to the clean URL
-- ``GET /approvals``          the console (pending requests, recent decisions)
+- ``GET /approvals?code=…``   sign in with a single-use code: sets the session cookie,
+  redirects to the clean URL
+- ``GET /approvals``          the console (pending requests, recent decisions), or the
+  sign-in form when not signed in
+- ``POST /approvals/sign-in``  sign in with a key typed into the form (same origin only)
 - ``GET /approvals/events``   server-sent events: new requests and decisions, live
+- ``GET /approvals/requests/{id}``   one request in full (untruncated), with its form
 - ``POST /approvals/requests/{id}``  approve, deny or answer (CSRF-protected)
 - ``GET /approvals/static/…``  the page's CSS and JavaScript, shipped in the package
 
-Every refusal is a 4xx with a ``web.refused`` log line; tokens never appear in logs.
+Keys travel only in that form or an ``Authorization: Bearer`` header, never in a URL
+(``?token=`` is refused). Every refusal is a 4xx with a ``web.refused`` log line; keys,
+codes and cookies never appear in logs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
 import ipaddress
@@ -24,11 +31,10 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Literal
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
@@ -46,10 +52,11 @@ from starlette.responses import (
 from starlette.routing import BaseRoute, Route
 
 from .._audit import logger
-from .._exceptions import ConfigurationError, HumanLayerError, NotAnApprover, UnknownRequest
+from .._exceptions import ConfigurationError, HumanLayerError, NotAnApprover, StoreError, UnknownRequest
 from .._models import ApprovalRequest, Decision
 from .._render import describe_decision, summarize
 from . import _web_page
+from ._web_auth import Credentials, Session
 from .base import BaseChannel, Decider
 
 __all__ = ["WebChannel"]
@@ -62,8 +69,11 @@ DEFAULT_USER = "web-console"
 
 COOKIE = "humanlayer_session"
 HISTORY = 50
-MAX_SESSIONS = 1000
 SESSION_SECONDS = 12 * 3600
+CODE_SECONDS = 300.0
+"""How long a sign-in code is valid by default."""
+CLOCK_SKEW = 300.0
+"""How much longer a used code's claim is kept than the code: a fleet's clocks may disagree."""
 KEEPALIVE_SECONDS = 15.0
 SUBSCRIBER_BUFFER = 64
 MIN_KEY_LENGTH = 16
@@ -89,21 +99,18 @@ EventKind = Literal["requested", "decided"]
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-@dataclass(slots=True)
-class _Session:
-    user: str
-    csrf: str
-    expires: float = field(default_factory=lambda: time.monotonic() + SESSION_SECONDS)
-
-
 class _Refusal(Exception):
-    """Raised inside a handler: becomes a 4xx response and a ``web.refused`` log line."""
+    """Raised inside a handler: becomes a 4xx response and a ``web.refused`` log line.
 
-    def __init__(self, status: int, reason: str, text: str | None = None) -> None:
+    The response is ``page`` (HTML) when given, else ``text``.
+    """
+
+    def __init__(self, status: int, reason: str, text: str | None = None, *, page: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.text = text or reason
+        self.page = page
 
 
 @functools.cache
@@ -145,16 +152,22 @@ class WebChannel(BaseChannel):
     and recent decisions from every channel, updated live. Decisions go through the
     ``HumanLayer`` like any other channel's, so approver allowlists and first-wins apply.
 
+    People sign in with a single-use link from ``login_url()`` (or ``humanlayer-async
+    console-link``), with their key typed into the sign-in form, or, from scripts, with
+    the key in an ``Authorization: Bearer`` header. Sessions are signed cookies, so every
+    process configured with the same keys (and store) serves the same signed-in people.
+
     Args:
         token: The operator's key; decisions made with it are recorded as ``web-console``.
             Default: ``$HUMANLAYER_WEB_TOKEN`` or, when that is unset and no ``users``
-            are given, a new random token printed (to stderr) with the console's URL
+            are given, a new random token printed (to stderr), with a sign-in link,
             when the listener starts.
         users: Named approvers, ``{"alice": "<key>", ...}``: each signs in with their own
             key and decides as their name. Keys are at least 16 characters.
         base_path: Where the console is served on the listener.
         allow_remote: Serve clients other than loopback ones. Off by default, since the
             listener may be public for Slack and email callbacks.
+        code_lifetime: Seconds a sign-in link from ``login_url()`` stays valid (it works once).
     """
 
     name = "web"
@@ -166,42 +179,51 @@ class WebChannel(BaseChannel):
         users: Mapping[str, str] | None = None,
         base_path: str = "/approvals",
         allow_remote: bool = False,
+        code_lifetime: float | timedelta = CODE_SECONDS,
     ) -> None:
-        self._generated = False
+        self._generated: str | None = None
         if token is None and users is None:
             token = os.environ.get(TOKEN_ENV) or None
             if token is None:
-                token, self._generated = secrets.token_urlsafe(24), True
+                token = self._generated = secrets.token_urlsafe(24)
             else:
                 _check_key(token, f"${TOKEN_ENV}")
-        self._keys: dict[str, str] = {}
+        owners: dict[str, str] = {}
         for user, key in (users or {}).items():
             if not isinstance(user, str) or not user.strip():
                 raise ConfigurationError(f"user names must be non-empty strings, not {user!r}")
-            if _check_key(key, repr(user)) in self._keys:
-                raise ConfigurationError(f"{user!r} has the same key as {self._keys[key]!r}")
-            self._keys[key] = user
+            if _check_key(key, repr(user)) in owners:
+                raise ConfigurationError(f"{user!r} has the same key as {owners[key]!r}")
+            owners[key] = user
         if token is not None:
-            if _check_key(token, "token") in self._keys:
-                raise ConfigurationError(f"token is also the key of {self._keys[token]!r}")
-            self._keys[token] = DEFAULT_USER
+            if _check_key(token, "token") in owners:
+                raise ConfigurationError(f"token is also the key of {owners[token]!r}")
+            if DEFAULT_USER in owners.values():
+                raise ConfigurationError(f"token decides as {DEFAULT_USER!r}, which is also a user's name")
+            owners[token] = DEFAULT_USER
+        self._credentials = Credentials({user: key for key, user in owners.items()})
         self._token = token
+        lifetime = code_lifetime.total_seconds() if isinstance(code_lifetime, timedelta) else code_lifetime
+        if not lifetime > 0:
+            raise ConfigurationError(
+                f"code_lifetime must be a positive number of seconds, not {code_lifetime!r}"
+            )
+        self.code_lifetime = float(lifetime)
         self.base_path = _check_base_path(base_path)
         self.allow_remote = allow_remote
         self._listener_url: str | None = None
         self._decider: Decider | None = None
-        self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._subscribers: dict[MemoryObjectSendStream[tuple[EventKind, ApprovalRequest]], None] = {}
         self._history: OrderedDict[str, ApprovalRequest] = OrderedDict()
 
     def __repr__(self) -> str:
-        users = sorted(set(self._keys.values()))
+        users = list(self.users)
         return f"WebChannel(users={users!r}, base_path={self.base_path!r}, allow_remote={self.allow_remote})"
 
     @property
     def users(self) -> tuple[str, ...]:
         """Who may sign in (``web-console`` for the single token)."""
-        return tuple(sorted(set(self._keys.values())))
+        return self._credentials.users
 
     @property
     def url(self) -> str | None:
@@ -209,25 +231,37 @@ class WebChannel(BaseChannel):
         return None if self._listener_url is None else self._listener_url + self.base_path
 
     def login_url(self, base_url: str | None = None, *, user: str | None = None) -> str:
-        """The sign-in URL carrying a key: ``<base_url>/approvals?token=…``. Keep it secret.
+        """A new sign-in link: ``<base_url>/approvals?code=…``, valid once, for ``code_lifetime``.
 
-        ``base_url`` defaults to the embedded listener's URL; ``user`` picks a named
-        approver's key (default: the single token, or the only user).
+        Opening it signs the browser in as ``user`` and redirects to the console's clean
+        URL; the link then no longer works, and it never carries a key. Any process
+        configured with the same keys and store accepts it. ``base_url`` defaults to the
+        embedded listener's URL; ``user`` names the approver (default: the single token's
+        ``web-console``, or the only user).
         """
         base = base_url or self._listener_url
         if base is None:
             raise ConfigurationError("the listener is not serving yet: pass the base URL the console is at")
         wanted = user or (DEFAULT_USER if self._token is not None else None)
-        keys = [key for key, name in self._keys.items() if name == wanted or wanted is None]
-        if len(keys) != 1:
-            raise ConfigurationError(f"name one of the users {list(self.users)} to get their sign-in URL")
-        return f"{base.rstrip('/')}{self.base_path}?token={quote(keys[0], safe='')}"
+        names = [name for name in self.users if name == wanted or wanted is None]
+        if len(names) != 1:
+            raise ConfigurationError(f"name one of the users {list(self.users)} to get their sign-in link")
+        code = self._credentials.code(names[0], self.code_lifetime)
+        return f"{base.rstrip('/')}{self.base_path}?code={code}"
 
     def listening(self, url: str) -> None:
-        """Print where the console is; with a generated token, the sign-in URL carrying it."""
+        """Print where the console is; with a generated token, a sign-in link and the token."""
         self._listener_url = url
-        shown = self.login_url() if self._generated else self.url
-        print(f"humanlayer-async web console: {shown}", file=sys.stderr, flush=True)
+        if self._generated is None:
+            print(f"humanlayer-async web console: {self.url}", file=sys.stderr, flush=True)
+            return
+        print(
+            f"humanlayer-async web console: {self.login_url()}\n"
+            f"  (a sign-in link: it works once, for {_web_page.duration(self.code_lifetime)};"
+            f" then sign in at {self.url} with the token {self._generated})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     # -- the Channel protocol ----------------------------------------------------------
 
@@ -253,9 +287,12 @@ class WebChannel(BaseChannel):
         # Every method reaches the guard, so a wrong one is refused (and logged) there.
         return [
             Route(base, self._guard(self._page, {"GET"}), methods=_ALL_METHODS),
+            Route(f"{base}/sign-in", self._guard(self._sign_in_form, {"POST"}), methods=_ALL_METHODS),
             Route(f"{base}/events", self._guard(self._events, {"GET"}), methods=_ALL_METHODS),
             Route(
-                f"{base}/requests/{{request_id}}", self._guard(self._decide, {"POST"}), methods=_ALL_METHODS
+                f"{base}/requests/{{request_id}}",
+                self._guard(self._request, {"GET", "POST"}),
+                methods=_ALL_METHODS,
             ),
             Route(f"{base}/static/{{name}}", self._guard(self._static, {"GET"}), methods=_ALL_METHODS),
             Route(f"{base}/{{rest:path}}", self._guard(self._not_found, set()), methods=_ALL_METHODS),
@@ -298,6 +335,16 @@ class WebChannel(BaseChannel):
                     raise _Refusal(405, "method not allowed")
                 if not self.allow_remote and not _is_loopback(request):
                     raise _Refusal(403, "not a loopback client", "the console only serves this machine")
+                if "token" in request.query_params:
+                    raise _Refusal(
+                        400,
+                        "token in URL",
+                        page=self._sign_in_page(
+                            request,
+                            "Keys never go in a URL, where browser history and access logs keep"
+                            " them: this one was refused. Type it into the form below instead.",
+                        ),
+                    )
                 return await handler(request)
             except _Refusal as refusal:
                 logger.warning(
@@ -308,6 +355,8 @@ class WebChannel(BaseChannel):
                     path=request.url.path,
                     client=None if request.client is None else request.client.host,
                 )
+                if refusal.page is not None:
+                    return HTMLResponse(refusal.page, status_code=refusal.status, headers=_SECURITY_HEADERS)
                 return PlainTextResponse(refusal.text, status_code=refusal.status, headers=_SECURITY_HEADERS)
 
         return endpoint
@@ -320,37 +369,72 @@ class WebChannel(BaseChannel):
             raise _Refusal(503, "channel not running", "the console is not running")
         return self._decider
 
-    def _key_owner(self, key: str) -> str | None:
-        found = None
-        for candidate, user in self._keys.items():  # compare with every key, in constant time
-            if hmac.compare_digest(candidate.encode(), key.encode()):
-                found = user
-        return found
+    def _sign_in_page(self, request: Request, message: str | None = None) -> str:
+        return _web_page.sign_in_page(base=self._base(request), message=message)
 
-    def _session(self, request: Request) -> _Session:
-        session = self._sessions.get(request.cookies.get(COOKIE, ""))
-        if session is None or session.expires < time.monotonic():
+    def _session(self, request: Request, *, page: bool = False) -> Session:
+        """Who is signed in: by an ``Authorization: Bearer`` key, else by the session cookie.
+
+        ``page``: refuse with the sign-in page (for what a browser opens) instead of text.
+        """
+        authorization = request.headers.get("authorization")
+        if authorization is not None:
+            scheme, _, key = authorization.partition(" ")
+            user = self._credentials.owner(key.strip()) if scheme.lower() == "bearer" else None
+            if user is None:
+                raise _Refusal(401, "wrong token", "wrong token")
+            return Session(user, None)
+        cookie = request.cookies.get(COOKIE)
+        session = None if cookie is None else self._credentials.read_session(cookie)
+        if session is None:
             raise _Refusal(
                 401,
-                "no session",
-                "sign in: open the console's URL with its token (printed when the listener started)",
+                "no session" if cookie is None else "invalid session",
+                "sign in: open a sign-in link (humanlayer-async console-link) or the console's page",
+                page=self._sign_in_page(request) if page else None,
             )
         return session
 
-    def _sign_in(self, request: Request, key: str) -> Response:
-        user = self._key_owner(key)
+    async def _redeem(self, request: Request, value: str) -> Response:
+        """Exchange a sign-in code, once, for a session."""
+        decider = self._running()
+        code = self._credentials.read_code(value)
+        if code is None:
+            raise self._bad_code(request, "forged sign-in code")
+        if code.expires <= time.time():
+            raise self._bad_code(request, "expired sign-in code")
+        expires_at = datetime.fromtimestamp(code.expires + CLOCK_SKEW, UTC)
+        try:
+            claimed = await decider.claim(f"web-sign-in:{code.nonce}", expires_at)
+        except StoreError as exc:
+            raise _Refusal(503, "store unavailable", "the store is unavailable: try again") from exc
+        if not claimed:
+            raise self._bad_code(request, "used sign-in code")
+        return self._signed_in(request, code.user)
+
+    def _bad_code(self, request: Request, reason: str) -> _Refusal:
+        message = (
+            "This sign-in link is not valid: a link works once, for a few minutes. Get a new one"
+            " (humanlayer-async console-link), or sign in with your key."
+        )
+        return _Refusal(401, reason, page=self._sign_in_page(request, message))
+
+    async def _sign_in_form(self, request: Request) -> Response:
+        self._check_same_origin(request, required=True)
+        form = await self._form(request)
+        user = self._credentials.owner(form.get("token", ""))
         if user is None:
-            raise _Refusal(401, "wrong token", "wrong token")
-        session_id = secrets.token_urlsafe(32)
-        self._sessions[session_id] = _Session(user, secrets.token_urlsafe(32))
-        while len(self._sessions) > MAX_SESSIONS:
-            self._sessions.popitem(last=False)
+            raise _Refusal(401, "wrong token", page=self._sign_in_page(request, "Wrong key: try again."))
+        return self._signed_in(request, user)
+
+    def _signed_in(self, request: Request, user: str) -> Response:
+        cookie = self._credentials.session(user, SESSION_SECONDS)
         logger.info("web.signed_in", user=user)
         base = self._base(request)
         response = RedirectResponse(base, status_code=303, headers=_SECURITY_HEADERS)
         response.set_cookie(
             COOKIE,
-            session_id,
+            cookie,
             path=base,
             httponly=True,
             samesite="strict",
@@ -358,12 +442,23 @@ class WebChannel(BaseChannel):
         )
         return response
 
-    def _check_same_origin(self, request: Request) -> None:
-        """CSRF: the browser must say the request comes from this origin, with the session's token."""
+    def _check_same_origin(self, request: Request, *, required: bool = False) -> None:
+        """CSRF: the browser must not say the request comes from another origin.
+
+        ``Sec-Fetch-Site`` decides where the browser sends it (only browsers set it: to
+        loopback and HTTPS origins). Else ``Origin`` must be this origin when present,
+        and, with ``required``, present. The console's own pages post with ``Origin: null``
+        (their ``Referrer-Policy`` is ``no-referrer``), so a browser posting a form over
+        plain HTTP from another machine is refused: serve remote clients over HTTPS.
+        """
         fetch_site = request.headers.get("sec-fetch-site")
-        if fetch_site is not None and fetch_site != "same-origin":
-            raise _Refusal(403, "cross-site request", "cross-site requests are refused")
+        if fetch_site is not None:
+            if fetch_site != "same-origin":
+                raise _Refusal(403, "cross-site request", "cross-site requests are refused")
+            return
         origin = request.headers.get("origin")
+        if origin is None and required:
+            raise _Refusal(403, "no origin", "sign in from the console's page")
         if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
             raise _Refusal(403, "cross-origin request", "cross-origin requests are refused")
 
@@ -385,23 +480,23 @@ class WebChannel(BaseChannel):
         return {name: values[0] for name, values in fields.items()}
 
     async def _page(self, request: Request) -> Response:
-        key = request.query_params.get("token")
-        if key is not None:
-            return self._sign_in(request, key)
-        session = self._session(request)
+        code = request.query_params.get("code")
+        if code is not None:
+            return await self._redeem(request, code)
+        session = self._session(request, page=True)
         decider = self._running()
         base = self._base(request)
         pending, history = await self._lists(decider, session, base)
         html = _web_page.page(
-            user=session.user, csrf=session.csrf, base=base, pending=pending, history=history
+            user=session.user, csrf=session.csrf or "", base=base, pending=pending, history=history
         )
         return HTMLResponse(html, headers=_SECURITY_HEADERS)
 
-    async def _lists(self, decider: Decider, session: _Session, base: str) -> tuple[str, str]:
+    async def _lists(self, decider: Decider, session: Session, base: str) -> tuple[str, str]:
         pending = _web_page.pending_list(
             await decider.pending(),
             action_for=lambda r: f"{base}/requests/{r.id}",
-            csrf=session.csrf,
+            csrf=session.csrf or "",
             now=datetime.now(UTC),
         )
         return pending, _web_page.history_list(reversed(self._history.values()))
@@ -435,7 +530,7 @@ class WebChannel(BaseChannel):
                             html = _web_page.card(
                                 item,
                                 action=f"{base}/requests/{item.id}",
-                                csrf=session.csrf,
+                                csrf=session.csrf or "",
                                 now=datetime.now(UTC),
                             )
                             yield event(kind, {"id": item.id, "html": html, "summary": summarize(item)})
@@ -450,13 +545,39 @@ class WebChannel(BaseChannel):
         headers = {**_SECURITY_HEADERS, "X-Accel-Buffering": "no"}
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
+    async def _request(self, request: Request) -> Response:
+        return await (self._detail if request.method == "GET" else self._decide)(request)
+
+    async def _detail(self, request: Request) -> Response:
+        session = self._session(request, page=True)
+        decider = self._running()
+        request_id = request.path_params["request_id"]
+        shown = None
+        if _REQUEST_ID.fullmatch(request_id):
+            with contextlib.suppress(UnknownRequest):
+                shown = await decider.get(request_id)
+        if shown is None:
+            page = _web_page.message_page("No such request", "No request has this id (or it was pruned).")
+            raise _Refusal(404, "unknown request", page=page)
+        base = self._base(request)
+        html = _web_page.detail_page(
+            shown,
+            user=session.user,
+            csrf=session.csrf or "",
+            base=base,
+            action=f"{base}/requests/{shown.id}",
+            may_decide=shown.may_decide(session.user),
+        )
+        return HTMLResponse(html, headers=_SECURITY_HEADERS)
+
     async def _decide(self, request: Request) -> Response:
         session = self._session(request)
-        self._check_same_origin(request)
         form = await self._form(request)
-        sent = request.headers.get("x-csrf-token") or form.get("csrf", "")
-        if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
-            raise _Refusal(403, "bad csrf token", "the form is stale: reload the page")
+        if session.csrf is not None:  # a cookie, which browsers send along: check where it comes from
+            self._check_same_origin(request)
+            sent = request.headers.get("x-csrf-token") or form.get("csrf", "")
+            if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+                raise _Refusal(403, "bad csrf token", "the form is stale: reload the page")
         decider = self._running()
         request_id = request.path_params["request_id"]
         action = form.get("action", "")
@@ -488,7 +609,7 @@ class WebChannel(BaseChannel):
         return await self._decided(request, decider, decision, session)
 
     async def _decided(
-        self, request: Request, decider: Decider, decision: Decision, session: _Session
+        self, request: Request, decider: Decider, decision: Decision, session: Session
     ) -> Response:
         mine = decision.by == session.user and decision.via == self.name
         if mine:

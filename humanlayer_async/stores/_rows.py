@@ -31,7 +31,7 @@ __all__ = [
     "to_request",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The version of the tables this SDK reads and writes; stores migrate older ones up to it."""
 
 DEFAULT_RETENTION = timedelta(days=30)

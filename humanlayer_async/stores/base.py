@@ -62,6 +62,15 @@ class Store(Protocol):
         """Append one entry to the audit trail."""
         ...
 
+    async def claim(self, key: str, expires_at: datetime) -> bool:
+        """Claim ``key`` until ``expires_at``: ``True`` the first time, ``False`` after.
+
+        Atomic across every handle on the store, so of a fleet's processes exactly one
+        wins (what makes a web console sign-in code single-use behind a load balancer).
+        Claims past their expiry may be forgotten, and then ``key`` may be claimed again.
+        """
+        ...
+
     def watch(self) -> AsyncIterator[StoreEvent]:
         """Changes written through other handles on the same store (other processes).
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import anyio
 
@@ -32,6 +33,8 @@ class MemoryStore:
         self._retention = retention_seconds(retention)
         self._requests: dict[str, ApprovalRequest] = {}
         self._decided: deque[tuple[float, str]] = deque()
+        self._claims: dict[str, datetime] = {}
+        self._claim_expiries: list[tuple[datetime, str]] = []  # a heap, soonest first
         self._closed = anyio.Event()
         self.audit_log: deque[AuditEntry] = deque(maxlen=audit_size)
 
@@ -78,6 +81,16 @@ class MemoryStore:
 
     async def record(self, entry: AuditEntry) -> None:
         self.audit_log.append(entry)
+
+    async def claim(self, key: str, expires_at: datetime) -> bool:
+        now = datetime.now(UTC)
+        while self._claim_expiries and self._claim_expiries[0][0] <= now:
+            del self._claims[heapq.heappop(self._claim_expiries)[1]]
+        if key in self._claims:
+            return False
+        self._claims[key] = expires_at
+        heapq.heappush(self._claim_expiries, (expires_at, key))
+        return True
 
     async def watch(self) -> AsyncIterator[StoreEvent]:
         # One process: every change was made here and was seen when it was made.

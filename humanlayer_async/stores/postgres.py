@@ -100,7 +100,11 @@ def _migrations(schema: str) -> dict[int, tuple[str, ...]]:
                 request_id text NOT NULL,
                 at timestamptz NOT NULL DEFAULT now()
             )""",
-        )
+        ),
+        2: (
+            f"CREATE TABLE {schema}.claims (key text PRIMARY KEY, expires_at timestamptz NOT NULL)",
+            f"CREATE INDEX claims_expiry ON {schema}.claims (expires_at)",
+        ),
     }
 
 
@@ -450,6 +454,19 @@ class PostgresStore:
 
     async def record(self, entry: AuditEntry) -> None:
         await self._transact(lambda conn: self._insert_audit(conn, entry))
+
+    async def claim(self, key: str, expires_at: datetime) -> bool:
+        async def claim(conn: Connection) -> bool:
+            await conn.execute(f"DELETE FROM {self.schema}.claims WHERE expires_at <= now()")
+            claimed = await conn.fetchval(
+                f"INSERT INTO {self.schema}.claims (key, expires_at) VALUES ($1, $2)"
+                " ON CONFLICT (key) DO NOTHING RETURNING true",
+                key,
+                expires_at,
+            )
+            return claimed is not None
+
+        return await self._transact(claim)
 
     async def watch(self) -> AsyncIterator[StoreEvent]:
         await self._ready()

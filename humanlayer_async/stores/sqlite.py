@@ -90,7 +90,12 @@ _SCHEMA = (
     )""",
 )
 
-_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA}
+_CLAIMS = (
+    "CREATE TABLE hl_claims (key TEXT PRIMARY KEY, expires_at REAL NOT NULL)",
+    "CREATE INDEX hl_claims_expiry ON hl_claims (expires_at)",
+)
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA, 2: _CLAIMS}
 """Version → the statements that bring the previous version to it."""
 
 
@@ -245,6 +250,19 @@ class SQLiteStore:
 
     async def record(self, entry: AuditEntry) -> None:
         await self._run(functools.partial(_audit, entry=entry))
+
+    async def claim(self, key: str, expires_at: datetime) -> bool:
+        def claim(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                conn.execute("DELETE FROM hl_claims WHERE expires_at <= ?", (time.time(),))
+                return bool(
+                    conn.execute(
+                        "INSERT INTO hl_claims (key, expires_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                        (key, expires_at.timestamp()),
+                    ).rowcount
+                )
+
+        return await self._run(claim)
 
     async def watch(self) -> AsyncIterator[StoreEvent]:
         def start(conn: sqlite3.Connection) -> tuple[int, int]:
