@@ -129,7 +129,7 @@ def slack_form_body(payload: Mapping[str, Any]) -> bytes:
 
 def slack_block_actions(
     request_id: str,
-    action: Literal["approve", "deny", "answer"] = "approve",
+    action: Literal["approve", "deny", "answer", "full"] = "approve",
     *,
     user: str = "U0TESTER",
     text: str | None = None,
@@ -140,8 +140,8 @@ def slack_block_actions(
 ) -> dict[str, Any]:
     """The ``block_actions`` payload of a click on a ``SlackChannel`` message.
 
-    ``action`` names the button; ``"answer"`` with ``text`` is instead the answer box of
-    a webhook-mode question, submitted with Enter.
+    ``action`` names the button (``"full"``: Show the full call); ``"answer"`` with ``text``
+    is instead the answer box of a webhook-mode question, submitted with Enter.
     """
     if action == "answer" and text is not None:
         element = {"type": "plain_text_input", "action_id": slack_blocks.ANSWER_INLINE, "value": text}
@@ -151,6 +151,7 @@ def slack_block_actions(
             "approve": slack_blocks.APPROVE,
             "deny": slack_blocks.DENY,
             "answer": slack_blocks.ANSWER,
+            "full": slack_blocks.FULL,
         }
         element = {
             "type": "button",
@@ -177,11 +178,15 @@ def slack_view_submission(
     request_id: str,
     text: str | None = None,
     *,
-    modal: Literal["deny", "answer"] = "deny",
+    modal: Literal["deny", "answer", "full"] = "deny",
     user: str = "U0TESTER",
 ) -> dict[str, Any]:
-    """The ``view_submission`` payload of ``SlackChannel``'s deny-reason or answer modal."""
-    callback_id = slack_blocks.DENY_VIEW if modal == "deny" else slack_blocks.ANSWER_VIEW
+    """The ``view_submission`` payload of ``SlackChannel``'s deny-reason, answer or full-call modal."""
+    callback_id = {
+        "deny": slack_blocks.DENY_VIEW,
+        "answer": slack_blocks.ANSWER_VIEW,
+        "full": slack_blocks.FULL_VIEW,
+    }[modal]
     value = {"type": "plain_text_input", "value": text}
     return {
         "type": "view_submission",

@@ -9,6 +9,11 @@
   makes the next calls fail with a 5xx or a Slack error.
 - Socket Mode: ``apps.connections.open`` returns a ``ws://`` URL of this server, which
   says ``hello`` and relays envelopes (``send_envelope``) and their acknowledgements.
+- Block Kit's documented limits, enforced as Slack does: a message (posted, updated,
+  through a webhook or a ``response_url``) with more than 50 blocks, a modal with more
+  than 100, or a text, field, button or title over its length is refused with
+  ``invalid_blocks`` (``invalid_arguments`` for ``views.open``) and the JSON pointers of
+  what broke the limit; a notification ``text`` over 40,000 characters is ``msg_too_long``.
 
 Everything received is recorded in ``calls``; ``wait_for`` waits for a condition on it.
 """
@@ -45,6 +50,7 @@ class Call:
     data: dict[str, Any]
     status: int = 200
     path: str = ""
+    answer: dict[str, Any] | None = None  # the Web API's JSON answer
     at: float = field(default_factory=time.monotonic)
 
 
@@ -157,6 +163,9 @@ class FakeSlack:
         if failures:
             status, error = failures.popleft()
             return self._answer(call, {"ok": False, "error": error}, status)
+        problem = _invalid(method, data)
+        if problem is not None:
+            return self._answer(call, problem)
         if method == "chat.postMessage":
             return self._post_message(call)
         if method == "chat.update":
@@ -213,16 +222,19 @@ class FakeSlack:
         limited = self._limited("webhook", call)
         if limited is not None:
             return limited
-        if not (call.data.get("text") or call.data.get("blocks")):
-            call.status = 400
-            self._record(call)
-            return web.Response(status=400, text="no_text")
-        self._record(call)
-        return web.Response(text="ok")
+        return self._plain_answer(call)
 
     async def _response_url(self, request: web.Request) -> web.StreamResponse:
-        call = Call("response_url", await _body(request), path=request.path)
-        return self._answer(call, {"ok": True})
+        return self._plain_answer(Call("response_url", await _body(request), path=request.path))
+
+    def _plain_answer(self, call: Call) -> web.StreamResponse:
+        """A webhook's or ``response_url``'s answer: ``ok``, or a 400 naming the problem."""
+        refusal = _invalid(call.method, call.data)
+        problem = "no_text" if not (call.data.get("text") or call.data.get("blocks")) else None
+        problem = problem or (None if refusal is None else refusal["error"])
+        call.status = 200 if problem is None else 400
+        self._record(call)
+        return web.Response(status=call.status, text=problem or "ok")
 
     async def _socket(self, request: web.Request) -> web.StreamResponse:
         socket = web.WebSocketResponse()
@@ -246,7 +258,7 @@ class FakeSlack:
     def _answer(
         self, call: Call, body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
     ) -> web.StreamResponse:
-        call.status = status
+        call.status, call.answer = status, body
         self._record(call)
         return web.json_response(body, status=status, headers=headers)
 
@@ -266,3 +278,82 @@ async def _body(request: web.Request) -> dict[str, Any]:
         if isinstance(fields.get(key), str):
             fields[key] = json.loads(fields[key])
     return fields
+
+
+# -- Block Kit's limits ----------------------------------------------------------------------------
+
+_TEXT_LIMITS = {"header": 150, "section": 3000, "context": 3000, "field": 2000, "button": 75, "label": 2000}
+_VIEW_TEXT_LIMIT = 24  # a modal's title, submit and close
+
+
+def _invalid(method: str, data: dict[str, Any]) -> dict[str, Any] | None:
+    """Slack's refusal of a message or view over Block Kit's limits; ``None`` when within them."""
+    if method == "views.open":
+        view = data.get("view")
+        if not isinstance(view, dict):
+            return None
+        errors = [
+            f"must be less than {_VIEW_TEXT_LIMIT + 1} characters [json-pointer:/view/{key}/text]"
+            for key in ("title", "submit", "close")
+            if len(_dig_text(view.get(key))) > _VIEW_TEXT_LIMIT
+        ]
+        if len(str(view.get("private_metadata", ""))) > 3000:
+            errors.append("must be less than 3001 characters [json-pointer:/view/private_metadata]")
+        errors += _block_errors(view.get("blocks"), 100, "/view/blocks")
+        return _refusal("invalid_arguments", errors)
+    if method not in ("chat.postMessage", "chat.update", "webhook", "response_url"):
+        return None
+    if len(str(data.get("text") or "")) > 40_000:
+        return {"ok": False, "error": "msg_too_long"}
+    return _refusal("invalid_blocks", _block_errors(data.get("blocks"), 50, "/blocks"))
+
+
+def _refusal(error: str, errors: list[str]) -> dict[str, Any] | None:
+    if not errors:
+        return None
+    return {"ok": False, "error": error, "errors": errors, "response_metadata": {"messages": errors}}
+
+
+def _dig_text(element: Any) -> str:
+    return str(element.get("text", "")) if isinstance(element, dict) else ""
+
+
+def _block_errors(blocks: Any, most: int, where: str) -> list[str]:
+    """What in ``blocks`` breaks Block Kit's limits, as Slack reports it."""
+    if blocks is None:
+        return []
+    if not isinstance(blocks, list):
+        return [f"must be an array [json-pointer:{where}]"]
+    errors = [f"must be less than {most + 1} items [json-pointer:{where}]"] if len(blocks) > most else []
+    for index, block in enumerate(blocks):
+        if not isinstance(block, dict):
+            errors.append(f"must be an object [json-pointer:{where}/{index}]")
+            continue
+        kind, path = block.get("type"), f"{where}/{index}"
+        texts: list[tuple[str, Any, int]] = []
+        if kind in ("header", "section") and "text" in block:
+            texts.append((f"{path}/text", block["text"], _TEXT_LIMITS[kind]))
+        fields = block.get("fields") or []
+        if len(fields) > 10:
+            errors.append(f"must be less than 11 items [json-pointer:{path}/fields]")
+        texts += [(f"{path}/fields/{n}", field, _TEXT_LIMITS["field"]) for n, field in enumerate(fields)]
+        elements = block.get("elements") or []
+        if kind == "context":
+            if len(elements) > 10:
+                errors.append(f"must be less than 11 items [json-pointer:{path}/elements]")
+            texts += [(f"{path}/elements/{n}", e, _TEXT_LIMITS["context"]) for n, e in enumerate(elements)]
+        if kind == "actions":
+            for n, element in enumerate(elements):
+                texts.append((f"{path}/elements/{n}/text", element.get("text"), _TEXT_LIMITS["button"]))
+                if len(str(element.get("value", ""))) > 2000:
+                    errors.append(
+                        f"must be less than 2001 characters [json-pointer:{path}/elements/{n}/value]"
+                    )
+        if kind == "input":
+            texts.append((f"{path}/label", block.get("label"), _TEXT_LIMITS["label"]))
+        for pointer, text, limit in texts:
+            if not _dig_text(text):
+                errors.append(f"must be more than 0 characters [json-pointer:{pointer}/text]")
+            elif len(_dig_text(text)) > limit:
+                errors.append(f"must be less than {limit + 1} characters [json-pointer:{pointer}/text]")
+    return errors

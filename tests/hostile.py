@@ -122,8 +122,10 @@ async def serving(
 
 
 async def web_session(client: httpx.AsyncClient, base: str = "") -> str:
-    """Sign ``client`` in to the console with ``WEB_TOKEN``; the page's CSRF token."""
-    response = await client.get(f"{base}/approvals", params={"token": WEB_TOKEN})
+    """Sign ``client`` in to the console with ``WEB_TOKEN`` (the posted form); the page's CSRF token."""
+    url = client.base_url.join(f"{base}/approvals/sign-in")
+    origin = f"{url.scheme}://{url.netloc.decode()}"
+    response = await client.post(url, data={"token": WEB_TOKEN}, headers={"Origin": origin})
     assert response.status_code == 303, response.text
     page = await client.get(f"{base}/approvals")
     match = re.search(r'name="csrf-token" content="([^"]+)"', page.text)

@@ -167,7 +167,9 @@ def real(text: str, site: Site, csrf: str = "") -> str:
 
 
 users = st.one_of(st.text(max_size=20).filter(not_the_approver), st.just("U0MALLORY"))
-action_ids = st.sampled_from([blocks.APPROVE, blocks.DENY, blocks.ANSWER, blocks.ANSWER_INLINE, "x"])
+action_ids = st.sampled_from(
+    [blocks.APPROVE, blocks.DENY, blocks.ANSWER, blocks.ANSWER_INLINE, blocks.FULL, "x"]
+)
 slack_clicks = st.fixed_dictionaries(
     {
         "type": st.just("block_actions"),
@@ -193,7 +195,7 @@ slack_submissions = st.fixed_dictionaries(
         "user": st.fixed_dictionaries({"id": users}),
         "view": st.fixed_dictionaries(
             {
-                "callback_id": st.sampled_from([blocks.DENY_VIEW, blocks.ANSWER_VIEW, "x"]),
+                "callback_id": st.sampled_from([blocks.DENY_VIEW, blocks.ANSWER_VIEW, blocks.FULL_VIEW, "x"]),
                 "private_metadata": ids | json_values,
                 "state": json_values,
             }

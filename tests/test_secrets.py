@@ -144,8 +144,12 @@ async def test_no_secret_reaches_logs_reprs_errors_pages_or_messages(
             good = await post_mailgun(client, to=mail["Reply-To"], sender=ALICE, text="approve")
             assert (bad.status_code, good.status_code) == (401, 200)
 
-            # The console: a wrong token, the real one, the page, the event stream, a decision.
-            assert (await client.get("/approvals", params={"token": WEB_TOKEN[:-1]})).status_code == 401
+            # The console: a wrong token, the real one in a URL (refused), the real one posted,
+            # the page, the event stream, a decision.
+            origin = {"Origin": str(client.base_url).rstrip("/")}
+            wrong = await client.post("/approvals/sign-in", data={"token": WEB_TOKEN[:-1]}, headers=origin)
+            in_url = await client.get("/approvals", params={"token": WEB_TOKEN})
+            assert (wrong.status_code, in_url.status_code) == (401, 400)
             csrf = await web_session(client)
             page = await client.get("/approvals")
             async with client.stream("GET", "/approvals/events") as events:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -700,3 +701,397 @@ def test_sign_slack_body_signs_as_slack_does() -> None:
     assert old["X-Slack-Request-Timestamp"] == "1531420618"
     assert old["X-Slack-Signature"] == verifier.generate_signature(timestamp="1531420618", body=body)
     assert not verifier.is_valid_request(body, old)  # too old
+
+
+# -- what reaches Slack is inert, and nothing is shortened without saying so -------------------------
+
+PINGS = "<!channel> <!here> <@U123>"
+LINK = "<https://evil/|Click to approve> *bold*"
+INERT_PINGS = "&lt;!channel&gt; &lt;!here&gt; &lt;@U123&gt;"
+INERT_LINK = "&lt;https://evil/|Click to approve&gt; *bold*"
+NOTIFY_TEXT = f"notify(pings='{INERT_PINGS}', link='{INERT_LINK}')"
+
+
+def text_objects(data: Any) -> list[dict[str, Any]]:
+    """Every Block Kit text object in ``data`` (a message, a view, a list of blocks)."""
+    if isinstance(data, list):
+        return [found for item in data for found in text_objects(item)]
+    if not isinstance(data, dict):
+        return []
+    own = [data] if data.get("type") in ("plain_text", "mrkdwn") and "text" in data else []
+    return own + [found for value in data.values() for found in text_objects(value)]
+
+
+def assert_inert(data: Any, *, mentions: tuple[str, ...] = ()) -> None:
+    """No ``mrkdwn`` text in ``data`` holds a control sequence (``<...>``) but ours: the
+    expiry's ``<!date^...>`` and mentions of ``mentions``; caller text is in plain text."""
+    for text in text_objects(data):
+        if text["type"] == "mrkdwn":
+            for sequence in re.findall(r"<[^>]*>", text["text"]):
+                assert sequence.startswith("<!date^") or sequence[2:-1] in mentions, (sequence, text)
+
+
+def hostile_tool(hl: HumanLayer, ran: list[str]) -> Any:
+    @hl.require_approval(context={"note": PINGS})
+    async def notify(pings: str, link: str) -> str:
+        ran.append(pings)
+        return "notified"
+
+    return notify
+
+
+async def test_caller_text_reaches_slack_escaped_in_notifications_blocks_and_replies(
+    slack: FakeSlack,
+) -> None:
+    ran: list[str] = []
+    async with (
+        HumanLayer([web_api(slack)], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+    ):
+        notify, ask = hostile_tool(hl, ran), hl.human_as_tool()
+
+        async def denied() -> None:
+            with pytest.raises(ApprovalDenied):
+                await notify(PINGS, LINK)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(denied)
+            [post] = await slack.wait_calls("chat.postMessage")
+            [request] = await hl.pending()
+            assert post.data["text"] == NOTIFY_TEXT
+            assert_inert(post.data["blocks"])
+            plain = [text for text in text_objects(post.data["blocks"]) if text["type"] == "plain_text"]
+            assert [text["text"] for text in plain].count(PINGS) == 2  # the argument and the context
+            assert {"type": "plain_text", "text": LINK, "emoji": False} in plain
+
+            reason = f"{LINK} {PINGS}"
+            await click(client, slack_block_actions(request.id, "deny", user=BOB))
+            [opened] = await slack.wait_calls("views.open")
+            assert_inert(opened.data["view"])
+            assert (await click(client, slack_view_submission(request.id, reason, user=BOB))).text == ""
+
+        decision = (await hl.get(request.id)).decision
+        assert decision is not None
+        said = (
+            f"denied by <@U0BOB> via slack at {decision.decided_at:%H:%M:%S} UTC ({INERT_LINK} {INERT_PINGS})"
+        )
+        [update] = await slack.wait_calls("chat.update")
+        assert update.data["text"] == f"{NOTIFY_TEXT}: {said.replace('<@U0BOB>', 'U0BOB')}"
+        assert {"type": "mrkdwn", "text": f":x: {said}"} in text_objects(update.data["blocks"])
+        assert_inert(update.data["blocks"], mentions=(BOB,))
+
+        late = await click(client, slack_block_actions(request.id, user=ALICE))
+        [ephemeral] = await slack.wait_calls("chat.postEphemeral")
+        assert ephemeral.data["text"] == late.text == f"This request was already {said}."
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask, f"{PINGS} {LINK}")
+            [_, asked] = await slack.wait_calls("chat.postMessage", 2)
+            assert asked.data["text"] == f"question: {INERT_PINGS} {INERT_LINK}"
+            assert_inert(asked.data["blocks"])
+            [question] = await hl.pending()
+            await click(client, slack_block_actions(question.id, "answer", user=ALICE))
+            [_, answer_modal] = await slack.wait_calls("views.open", 2)
+            assert_inert(answer_modal.data["view"])
+            assert f"{PINGS} {LINK}" in json.dumps(answer_modal.data["view"])  # as plain text
+            tg.cancel_scope.cancel()
+    assert ran == []
+
+
+async def test_webhook_mode_escapes_caller_text_in_the_message_and_its_replacement(slack: FakeSlack) -> None:
+    ran: list[str] = []
+    channel = SlackChannel(webhook_url=slack.webhook_url, signing_secret=SECRET)
+    async with (
+        HumanLayer([channel], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+    ):
+        notify = hostile_tool(hl, ran)
+
+        async def denied() -> None:
+            with pytest.raises(ApprovalDenied):
+                await notify(PINGS, LINK)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(denied)
+            [post] = await slack.wait_calls("webhook")
+            [request] = await hl.pending()
+            assert post.data["text"] == NOTIFY_TEXT
+            assert_inert(post.data["blocks"])
+            deny = slack_block_actions(request.id, "deny", user=BOB, response_url=slack.response_url("deny"))
+            assert (await click(client, deny)).status_code == 200
+
+        decision = (await hl.get(request.id)).decision
+        assert decision is not None
+        said = f"denied by <@U0BOB> via slack at {decision.decided_at:%H:%M:%S} UTC"
+        [replaced] = await slack.wait_calls("response_url")
+        assert replaced.data["text"] == f"{NOTIFY_TEXT}: {said.replace('<@U0BOB>', 'U0BOB')}"
+        assert_inert(replaced.data["blocks"], mentions=(BOB,))
+        late = slack_block_actions(request.id, user=ALICE, response_url=slack.response_url("late"))
+        await click(client, late)
+        [_, ephemeral] = await slack.wait_calls("response_url", 2)
+        assert ephemeral.data["text"] == f"This request was already {said}."
+    assert ran == []
+
+
+ELEVEN = [f"item-{n}" for n in range(1, 12)]
+NESTED = {"a": {"b": {"c": {"d": "fourth-level"}}}}
+SQL = " " * 1000 + "DROP TABLE users"
+
+
+def shortened_tool(hl: HumanLayer, ran: list[str], approvers: list[str] | None = None) -> Any:
+    @hl.require_approval(approvers=approvers)
+    async def migrate(items: list[str], nested: dict[str, Any], sql: str) -> str:
+        ran.append(sql)
+        return "migrated"
+
+    return migrate
+
+
+def button_ids(call: Call) -> list[tuple[str, str]]:
+    return [(button["text"]["text"], button["action_id"]) for button in buttons(call)]
+
+
+def assert_says_it_shortened(post: Call) -> None:
+    shown = json.dumps(post.data)
+    for hidden in ("item-11", "fourth-level", "DROP TABLE"):
+        assert hidden not in shown
+    values = [field["text"] for block in blocks_of(post) for field in block.get("fields", [])][1::2]
+    assert values == [
+        "['item-1', 'item-2', 'item-3', 'item-4', 'item-5', 'item-6', 'item-7', 'item-8', 'item-9', "
+        "'item-10', … 1 more item]",
+        "{'a': {'b': {'c': {… 1 item nested deeper}}}}",
+        " " * 980 + "… 36 more characters",  # the count keeps the field within 1,000 characters
+    ]
+
+
+async def test_a_shortened_call_offers_the_full_call_in_a_modal_that_approves_it(slack: FakeSlack) -> None:
+    ran: list[str] = []
+    async with (
+        HumanLayer([web_api(slack)], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+    ):
+        migrate = shortened_tool(hl, ran, approvers=[ALICE])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(migrate, ELEVEN, NESTED, SQL)
+            [post] = await slack.wait_calls("chat.postMessage")
+            [request] = await hl.pending()
+            assert_says_it_shortened(post)
+            assert button_ids(post) == [("Show the full call", "hl_full"), ("Deny", "hl_deny")]
+            assert (
+                "Parts of this call are shortened above (see the … marks). "
+                "Show the full call to see all of it and approve it."
+                in json.dumps(post.data, ensure_ascii=False)
+            )
+
+            show = slack_form_body(slack_block_actions(request.id, "full", user=MALLORY, trigger_id="7.8.9"))
+            forged = await client.post("/slack/events", content=show, headers=sign_slack_body(show, "guess"))
+            unsigned = await client.post(
+                "/slack/events", content=show, headers={"Content-Type": "application/x-www-form-urlencoded"}
+            )
+            assert (forged.status_code, unsigned.status_code) == (401, 401)
+            assert slack.received("views.open", status=None) == []
+
+            # Anyone in the channel may look: it decides nothing.
+            response = await client.post("/slack/events", content=show, headers=sign_slack_body(show, SECRET))
+            assert (response.status_code, response.text) == (200, "")
+            [opened] = await slack.wait_calls("views.open")
+            assert opened.answer is not None and opened.answer["ok"] is True  # within Block Kit's limits
+            assert opened.data["trigger_id"] == "7.8.9"
+            view = opened.data["view"]
+            assert (view["callback_id"], view["private_metadata"], view["submit"]["text"]) == (
+                "hl_full_call",
+                request.id,
+                "Approve",
+            )
+            shown = "".join(
+                text["text"] for text in text_objects(view["blocks"]) if text["type"] == "plain_text"
+            )
+            for whole in ('"item-11"', '"d": "fourth-level"', '"' + SQL + '"'):
+                assert whole in shown
+            assert (await hl.get(request.id)).status is Status.PENDING
+
+            # Approve from the message is refused for a call it shortened (an old message's button).
+            approve = await click(client, slack_block_actions(request.id, user=ALICE))
+            assert approve.text.startswith("This call is shortened in its message")
+            [told] = await slack.wait_calls("chat.postEphemeral")
+            assert told.data["text"] == approve.text
+            mallory = await click(client, slack_view_submission(request.id, "ok", modal="full", user=MALLORY))
+            assert mallory.json() == {"response_action": "errors", "errors": {"hl_text": NOT_AN_APPROVER}}
+            assert (await hl.get(request.id)).status is Status.PENDING
+
+            alice = await click(
+                client, slack_view_submission(request.id, "read it all", modal="full", user=ALICE)
+            )
+            assert (alice.status_code, alice.text) == (200, "")
+        assert ran == [SQL]
+        decision = (await hl.get(request.id)).decision
+        assert decision is not None and (decision.by, decision.approved, decision.comment) == (
+            ALICE,
+            True,
+            "read it all",
+        )
+
+
+async def test_a_call_too_large_for_a_modal_can_only_be_denied_in_slack(slack: FakeSlack) -> None:
+    ran: list[str] = []
+    async with (
+        HumanLayer([web_api(slack)], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+    ):
+
+        @hl.require_approval()
+        async def upload(blob: str) -> str:
+            ran.append(blob)
+            return "uploaded"
+
+        async def denied() -> None:
+            with pytest.raises(ApprovalDenied):
+                await upload("x" * 400_000)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(denied)
+            [post] = await slack.wait_calls("chat.postMessage")
+            [request] = await hl.pending()
+            assert button_ids(post) == [("Deny", "hl_deny")]
+            assert (
+                "Parts of this call are shortened above (see the … marks), and the whole call is too large "
+                "for Slack: see it and approve it (Deny works here) in another approval channel"
+                in json.dumps(post.data, ensure_ascii=False)
+            )
+            with capture_logs() as logs:
+                response = await click(client, slack_block_actions(request.id, "full", user=ALICE))
+            assert response.text.startswith("This request is too large to show in Slack")
+            assert [entry["event"] for entry in logs].count("slack.too_large") == 1
+            await click(client, slack_block_actions(request.id, "deny", user=ALICE))
+            [opened] = await slack.wait_calls("views.open")  # the deny modal, not the full call
+            assert opened.data["view"]["callback_id"] == "hl_deny_reason"
+            await click(client, slack_view_submission(request.id, "too big to read", user=ALICE))
+        assert ran == []
+
+
+async def test_webhook_mode_offers_approve_only_for_a_call_its_message_shows_whole(slack: FakeSlack) -> None:
+    ran: list[str] = []
+    channel = SlackChannel(webhook_url=slack.webhook_url, signing_secret=SECRET)
+    async with (
+        HumanLayer([channel], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+    ):
+        migrate = shortened_tool(hl, ran)
+
+        async def denied() -> None:
+            with pytest.raises(ApprovalDenied):
+                await migrate(ELEVEN, NESTED, SQL)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(denied)
+            [post] = await slack.wait_calls("webhook")
+            [request] = await wait_pending(hl)
+            assert_says_it_shortened(post)
+            assert button_ids(post) == [("Deny", "hl_deny")]
+            assert "cannot be shown through an incoming webhook: see it and approve it" in json.dumps(
+                post.data
+            )
+            url = slack.response_url("approve")
+            approve = await click(client, slack_block_actions(request.id, user=ALICE, response_url=url))
+            assert approve.text.startswith("This call is shortened in its message")
+            assert (
+                await click(client, slack_block_actions(request.id, "full", user=ALICE))
+            ).status_code == 400
+            assert (await hl.get(request.id)).status is Status.PENDING
+            await click(client, slack_block_actions(request.id, "deny", user=ALICE, response_url=url))
+
+            tg.start_soon(migrate, ELEVEN[:2], {"a": 1}, "SELECT 1")
+            [_, whole] = await slack.wait_calls("webhook", 2)
+            [request] = await wait_pending(hl)
+            assert button_ids(whole) == [("Approve", "hl_approve"), ("Deny", "hl_deny")]
+            assert "shortened" not in json.dumps(whole.data)
+            assert (await click(client, slack_block_actions(request.id, user=ALICE))).status_code == 200
+        assert ran == ["SELECT 1"]
+
+
+async def test_hostile_clicks_on_show_the_full_call_get_4xx_and_a_log_line(slack: FakeSlack) -> None:
+    async with (
+        HumanLayer([web_api(slack)], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+    ):
+        migrate = shortened_tool(hl, [])
+
+        async def denied() -> None:
+            with pytest.raises(ApprovalDenied):
+                await migrate(ELEVEN, NESTED, SQL)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(denied)
+            [request] = await wait_pending(hl)
+
+            def full(value: Any, **changes: Any) -> dict[str, Any]:
+                payload = slack_block_actions(request.id, "full", user=ALICE)
+                payload["actions"][0]["value"] = value
+                return {**payload, **changes}
+
+            cases = {
+                "unknown": (full("0" * 32), 404, "unknown request"),
+                "a number": (full(5), 400, "no value"),
+                "an object": (full({"id": request.id}), 400, "no value"),
+                "empty": (full(""), 400, "no value"),
+                "a path": (full("../" + request.id), 400, "malformed request id"),
+                "a NUL": (full(request.id + "\x00"), 400, "malformed request id"),
+                "long": (full("a" * 5000), 400, "malformed request id"),
+                "no trigger": (full(request.id, trigger_id=None), 400, "a click without trigger_id"),
+                "a bad view": (
+                    {
+                        **slack_view_submission(request.id, modal="full"),
+                        "view": {"callback_id": "hl_full_call"},
+                    },
+                    400,
+                    "no private_metadata",
+                ),
+            }
+            for name, (payload, status, reason) in cases.items():
+                with capture_logs() as logs:
+                    response = await click(client, payload)
+                assert response.status_code == status, name
+                refused = [(e["event"], e.get("reason")) for e in logs if e["event"].startswith("slack.")]
+                assert refused == [("slack.refused", reason)], name
+            huge = b"payload=" + b"x" * MAX_BODY
+            with capture_logs() as logs:
+                oversized = await client.post(
+                    "/slack/events", content=huge, headers=sign_slack_body(huge, SECRET)
+                )
+            assert oversized.status_code == 413
+            assert [entry["event"] for entry in logs] == ["listener.refused"]
+            assert slack.received("views.open", status=None) == []
+            assert (await hl.get(request.id)).status is Status.PENDING
+
+            await hl.decide(request.id, False, by=BOB)
+            late = await click(client, slack_block_actions(request.id, "full", user=ALICE))
+            assert (late.status_code, late.text[:37]) == (200, "This request was already denied by <@")
+        assert slack.received("views.open", status=None) == []
+
+
+async def test_messages_keep_to_slacks_limits_and_say_where_they_shorten(slack: FakeSlack) -> None:
+    async with HumanLayer([web_api(slack)], listen="127.0.0.1:0") as hl:
+
+        @hl.require_approval(context={f"key{n}": n for n in range(25)})
+        async def rewrite(flipped: str, escaped: str) -> str:
+            return "rewritten"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(rewrite, "\u202e" * 1000, "<&>" * 700)
+            [post] = await slack.wait_calls("chat.postMessage")
+            assert post.answer is not None and post.answer["ok"] is True, post.answer
+            [flipped, escaped] = [field["text"] for field in blocks_of(post)[2]["fields"]][1::2]
+            assert flipped.startswith("\\u202e\\u202e") and flipped.endswith(" more characters")
+            assert len(flipped) <= 2000 and "\u202e" not in flipped
+            assert escaped == "<&>" * 325 + "<&… 1,123 more characters"  # plain text: not escaped
+            assert {"type": "plain_text", "text": "… 5 more not shown", "emoji": False} in text_objects(
+                post.data
+            )
+            [request] = await hl.pending()
+            await hl.decide(request.id, True, by="x" * 5000, comment="<&>" * 2000)
+        [update] = await slack.wait_calls("chat.update")
+        assert update.answer is not None and update.answer["ok"] is True, update.answer
+        [outcome] = [
+            text for text in text_objects(update.data["blocks"]) if text["text"].startswith(":white")
+        ]
+        assert outcome["text"].endswith(" more characters)") and len(outcome["text"]) <= 3000

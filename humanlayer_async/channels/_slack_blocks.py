@@ -1,19 +1,26 @@
-"""Block Kit for ``SlackChannel``: the request message, its outcome, and the two modals.
+"""Block Kit for ``SlackChannel``: the request message, its outcome, and the modals.
 
-Everything a caller or an LLM controls (arguments, context, questions, reasons) is shown
-as ``plain_text`` or escaped ``mrkdwn``, so it cannot mention ``@channel`` or forge links.
-The identifiers below are what Slack sends back in its callbacks.
+Everything a caller or an LLM controls (arguments, context, questions, reasons) reaches
+Slack as ``plain_text``, or as ``mrkdwn`` made inert by ``escape``: it cannot mention
+``@channel`` or forge links. ``mrkdwn`` text is typed ``Mrkdwn``, which only ``escape``
+and ``markup`` make, and every ``mrkdwn`` object, notification ``text`` and reply takes
+only ``Mrkdwn``: unescaped text cannot reach Slack by accident.
+
+Texts are shortened to Slack's limits where they must be, and say so where they are
+(``… 1,204 more characters``). A message that shortened anything offers no Approve: it
+offers the full call in a modal (which approves), or, where no modal can show it, says
+where to see and approve it. The identifiers below are what Slack sends back.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NewType, TypeVar
 
 from .._models import ApprovalRequest, Decision, Status
-from .._render import describe_decision, format_value, summarize
+from .._render import describe_decision, full_call, shorten, summarize, visible
 
 __all__ = [
     "ANSWER",
@@ -22,11 +29,16 @@ __all__ = [
     "APPROVE",
     "DENY",
     "DENY_VIEW",
+    "FULL",
+    "FULL_VIEW",
     "TEXT_ACTION",
     "TEXT_BLOCK",
-    "answer_view",
+    "Mrkdwn",
+    "approvable",
     "deny_view",
     "escape",
+    "full_view",
+    "markup",
     "outcome_message",
     "request_message",
     "slack_describe",
@@ -36,6 +48,9 @@ APPROVE = "hl_approve"
 """``action_id`` of the Approve button; its ``value`` is the request id."""
 DENY = "hl_deny"
 """``action_id`` of the Deny button; its ``value`` is the request id."""
+FULL = "hl_full"
+"""``action_id`` of the "Show the full call" button (opens the full view); its ``value``
+is the request id."""
 ANSWER = "hl_answer"
 """``action_id`` of a question's Answer button (opens the answer modal)."""
 ANSWER_INLINE = "hl_answer_inline"
@@ -45,15 +60,25 @@ DENY_VIEW = "hl_deny_reason"
 """``callback_id`` of the modal that asks why; ``private_metadata`` is the request id."""
 ANSWER_VIEW = "hl_answer_text"
 """``callback_id`` of the modal that takes an answer; ``private_metadata`` is the request id."""
+FULL_VIEW = "hl_full_call"
+"""``callback_id`` of the modal that shows the full call and approves it; ``private_metadata``
+is the request id."""
 TEXT_BLOCK = "hl_text"
-"""``block_id`` of the text input in both modals."""
+"""``block_id`` of the text input in every modal."""
 TEXT_ACTION = "hl_text_input"
-"""``action_id`` of the text input in both modals."""
+"""``action_id`` of the text input in every modal."""
 
-_SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
-_FIELD_LIMIT = 1000  # a field may hold 2000 characters
-_TEXT_LIMIT = 2900  # a section 3000
-_MAX_ARGUMENTS = 20  # four sections of five name/value pairs; a message holds 50 blocks
+Mrkdwn = NewType("Mrkdwn", str)
+"""Text Slack may read as ``mrkdwn``: made only by ``escape`` and ``markup``."""
+
+_SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,}")
+# Slack's limits (characters): a section's text 3000, a field 2000 (ten fields a section),
+# a header 150, a button 75, a notification text 40,000; a message holds 50 blocks, a modal 100.
+_TEXT_LIMIT = 3000
+_FIELD_LIMIT = 1000  # of the 2000 a field may hold: two columns stay readable
+_NOTIFICATION_LIMIT = 3000  # of the 40,000 Slack takes: a phone shows far less
+_MAX_ARGUMENTS = 20  # four sections of five name/value pairs
+_VIEW_BLOCKS = 100
 _ICONS = {
     Status.APPROVED: ":white_check_mark:",
     Status.DENIED: ":x:",
@@ -63,101 +88,154 @@ _ICONS = {
 }
 
 Block = dict[str, Any]
+S = TypeVar("S", bound=str)
 
 
-def escape(text: str) -> str:
-    """Text made inert for ``mrkdwn``: Slack's three control characters escaped."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def escape(text: str) -> Mrkdwn:
+    """``text`` made inert for ``mrkdwn``: ``visible``, then Slack's ``&``, ``<``, ``>`` escaped."""
+    return Mrkdwn(visible(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
 
 
-def mention(who: str) -> str:
+def markup(template: str, *parts: Mrkdwn) -> Mrkdwn:
+    """Our own ``mrkdwn`` ``template`` (``str.format`` style) filled with escaped ``parts``."""
+    return Mrkdwn(template.format(*parts))
+
+
+def _fit(value: Any, most: int, form: Callable[[str], S]) -> tuple[S, bool]:
+    """``form(shorten(value))`` in at most ``most`` characters, and whether anything was cut.
+
+    ``shorten`` counts characters before ``visible`` spells control characters out (up to
+    six characters each) and before ``escape`` (up to five): shorten further until it fits.
+    """
+    limit = most
+    while True:
+        shown, cut = shorten(value, limit)
+        text = form(shown)
+        if len(text) <= most or limit == 0:
+            return text, cut
+        limit = min(limit - 1, limit * most // len(text))  # in proportion, and always less
+
+
+def mention(who: str) -> Mrkdwn:
     """A Slack user id as a mention (``<@U024BE7LH>``); anything else as escaped text."""
-    return f"<@{who}>" if _SLACK_USER.match(who) else escape(who)
+    if _SLACK_USER.fullmatch(who):
+        return markup("<@{}>", escape(who))  # letters and digits: escaping leaves it as it is
+    return _fit(who, 100, escape)[0]
 
 
-def slack_describe(decision: Decision) -> str:
-    """``describe_decision`` as ``mrkdwn``: the decider mentioned, their words escaped."""
+def slack_describe(decision: Decision) -> Mrkdwn:
+    """``describe_decision`` as ``mrkdwn``: the decider mentioned, every other part escaped."""
     shown = replace(
         decision,
         by=None if decision.by is None else mention(decision.by),
-        comment=None if decision.comment is None else escape(decision.comment),
-        answer=None if decision.answer is None else escape(decision.answer),
+        via=_fit(decision.via, 50, escape)[0],
+        comment=None if decision.comment is None else _fit(decision.comment, 1000, escape)[0],
+        answer=None if decision.answer is None else _fit(decision.answer, 120, escape)[0],
     )
-    return describe_decision(shown)
+    return Mrkdwn(describe_decision(shown))  # every part it shows is escaped above
 
 
-def _plain(text: str, limit: int = _TEXT_LIMIT) -> dict[str, Any]:
-    return {"type": "plain_text", "text": format_value(text, limit) or " ", "emoji": False}
+class _Texts:
+    """The text objects of one message or view, and whether any of them left something out."""
+
+    def __init__(self) -> None:
+        self.cut = False
+
+    def plain(self, value: Any, most: int = _TEXT_LIMIT) -> Block:
+        """``value`` as ``plain_text`` of at most ``most`` characters, saying where it shortens."""
+        text, cut = _fit(value, most, visible)
+        self.cut |= cut
+        return {"type": "plain_text", "text": text or " ", "emoji": False}
+
+    def name(self, name: str) -> Block:
+        """An argument's name: bold when Python could have written it, else plain text."""
+        if not name.isidentifier():
+            return self.plain(name, 100)
+        text, cut = _fit(name, 100, escape)
+        self.cut |= cut
+        return _mrkdwn(markup("*{}*", text))
+
+    def pairs(self, title: Mrkdwn | None, values: Mapping[str, Any]) -> list[Block]:
+        """Name/value rows in two columns, five rows a section, the values as plain text."""
+        items = list(values.items())
+        blocks: list[Block] = [] if title is None else [{"type": "section", "text": _mrkdwn(title)}]
+        for start in range(0, min(len(items), _MAX_ARGUMENTS), 5):
+            fields: list[Block] = []
+            for name, value in items[start : start + 5]:
+                shown = repr(value) if isinstance(value, str) and not value else value
+                fields += [self.name(name), self.plain(shown, _FIELD_LIMIT)]
+            blocks.append({"type": "section", "fields": fields})
+        if len(items) > _MAX_ARGUMENTS:
+            self.cut = True
+            hidden = len(items) - _MAX_ARGUMENTS
+            blocks.append({"type": "context", "elements": [self.plain(f"… {hidden:,} more not shown")]})
+        return blocks
+
+    def body(self, request: ApprovalRequest) -> list[Block]:
+        """What is asked: the question, or the call with its arguments, docstring and context."""
+        if request.kind == "question":
+            return [
+                {"type": "header", "text": self.plain("Question from your agent", 150)},
+                {"type": "section", "text": self.plain(request.message or "")},
+            ]
+        function = _fit(request.function, 200, escape)[0]  # a Python name: never that long
+        blocks: list[Block] = [
+            {"type": "header", "text": self.plain(f"Approval needed: {request.function}", 150)},
+            {"type": "section", "text": _mrkdwn(markup("The agent wants to run *{}*", function))},
+        ]
+        if request.kwargs:
+            blocks += self.pairs(None, request.kwargs)
+        if request.doc:  # the tool's own text, not the call: shortening it (said) hides nothing asked
+            doc = {"type": "plain_text", "text": _fit(request.doc, 500, visible)[0], "emoji": False}
+            blocks.append({"type": "context", "elements": [doc]})
+        if request.context:
+            blocks += self.pairs(markup("*Context*"), request.context)
+        return blocks
 
 
-def _mrkdwn(text: str) -> dict[str, Any]:
+def _mrkdwn(text: Mrkdwn) -> Block:
+    """A ``mrkdwn`` text object: only escaped text may be one."""
     return {"type": "mrkdwn", "text": text}
 
 
-def _pairs(title: str, values: Mapping[str, Any]) -> list[Block]:
-    """Name/value rows in two columns, five rows a section, the values as plain text."""
-    items = list(values.items())
-    blocks: list[Block] = [{"type": "section", "text": _mrkdwn(f"*{title}*")}] if title else []
-    for start in range(0, min(len(items), _MAX_ARGUMENTS), 5):
-        fields: list[dict[str, Any]] = []
-        for name, value in items[start : start + 5]:
-            shown = format_value(value, _FIELD_LIMIT)
-            fields += [_mrkdwn(f"*{escape(format_value(name, 100))}*"), _plain(shown or repr(shown))]
-        blocks.append({"type": "section", "fields": fields})
-    if len(items) > _MAX_ARGUMENTS:
-        hidden = len(items) - _MAX_ARGUMENTS
-        blocks.append({"type": "context", "elements": [_plain(f"… and {hidden} more not shown")]})
-    return blocks
+def _message(text: Mrkdwn, blocks: list[Block]) -> dict[str, Any]:
+    """A message: its notification ``text`` (what phones show) and its ``blocks``."""
+    return {"text": text, "blocks": blocks}
 
 
-def _body(request: ApprovalRequest) -> list[Block]:
-    """What is asked: the question, or the call with its arguments, docstring and context."""
-    if request.kind == "question":
-        return [
-            {"type": "header", "text": _plain("Question from your agent", 150)},
-            {"type": "section", "text": _plain(request.message or "")},
-        ]
-    blocks: list[Block] = [
-        {"type": "header", "text": _plain(f"Approval needed: {request.function}", 150)},
-        {"type": "section", "text": _mrkdwn(f"The agent wants to run *{escape(request.function)}*")},
-    ]
-    if request.kwargs:
-        blocks += _pairs("", request.kwargs)
-    if request.doc:
-        blocks.append({"type": "context", "elements": [_plain(request.doc, 500)]})
-    if request.context:
-        blocks += _pairs("Context", request.context)
-    return blocks
+def _notification(request: ApprovalRequest) -> Mrkdwn:
+    """The request in one escaped line, kept well inside Slack's 40,000 characters."""
+    return _fit(summarize(request), _NOTIFICATION_LIMIT, escape)[0]
 
 
-def _who_may(approvers: Sequence[str]) -> str:
+def _who_may(approvers: Sequence[str]) -> Mrkdwn:
     if not approvers:
-        return "Anyone in this channel may answer"
-    return "Approvers: " + ", ".join(mention(who) for who in approvers)
+        return markup("Anyone in this channel may answer")
+    return markup("Approvers: " + ", ".join("{}" for _ in approvers), *map(mention, approvers))
 
 
-def _expiry(request: ApprovalRequest) -> str:
-    fallback = f"{request.expires_at:%Y-%m-%d %H:%M} UTC"
-    stamp = int(request.expires_at.timestamp())
-    return f"Expires <!date^{stamp}^{{date_short_pretty}} at {{time}}|{fallback}>"
+def _expiry(request: ApprovalRequest) -> Mrkdwn:
+    fallback = escape(f"{request.expires_at:%Y-%m-%d %H:%M} UTC")
+    stamp = escape(str(int(request.expires_at.timestamp())))
+    return markup("Expires <!date^{}^{{date_short_pretty}} at {{time}}|{}>", stamp, fallback)
 
 
-def _button(text: str, action_id: str, request: ApprovalRequest, style: str) -> Block:
+def _button(texts: _Texts, text: str, action_id: str, request: ApprovalRequest, style: str) -> Block:
     return {
         "type": "button",
-        "text": _plain(text, 30),
+        "text": texts.plain(text, 75),
         "action_id": action_id,
         "value": request.id,
         "style": style,
     }
 
 
-def _answer_box(request: ApprovalRequest) -> Block:
+def _answer_box(texts: _Texts, request: ApprovalRequest) -> Block:
     return {
         "type": "input",
         "block_id": request.id,
         "dispatch_action": True,
-        "label": _plain("Your answer (press Enter to send)", 100),
+        "label": texts.plain("Your answer (press Enter to send)", 100),
         "element": {
             "type": "plain_text_input",
             "action_id": ANSWER_INLINE,
@@ -166,31 +244,71 @@ def _answer_box(request: ApprovalRequest) -> Block:
     }
 
 
+def approvable(request: ApprovalRequest) -> bool:
+    """Whether the request's message shows all of it, so that it may be decided in the message."""
+    texts = _Texts()
+    texts.body(request)
+    return not texts.cut
+
+
 def request_message(request: ApprovalRequest, approvers: Sequence[str], *, modals: bool) -> dict[str, Any]:
     """A new request as ``text`` (the notification) and ``blocks``.
 
     ``approvers`` are who may answer; ``modals`` says whether the buttons may open
     modals (the Web API) or not (an incoming webhook: questions get an answer box).
+    A request the message shows whole gets Approve (or an answer box). One it shortened
+    gets "Show the full call" when a modal can show all of it, which approves, and
+    otherwise a note saying where to see and approve it; Deny is always there. A
+    question's Answer modal shows the whole question, and is offered when it can.
     """
+    texts = _Texts()
+    body = texts.body(request)
     footer = {
         "type": "context",
         "elements": [
             _mrkdwn(_who_may(approvers)),
             _mrkdwn(_expiry(request)),
-            _mrkdwn(f"Request `{request.short_id}`"),
+            _mrkdwn(markup("Request `{}`", escape(request.short_id))),
         ],
     }
+    whole, viewable = not texts.cut, modals and full_view(request) is not None
+    tail: list[Block] = []
+    if not whole:
+        tail.append({"type": "context", "elements": [texts.plain(_shortened(request, viewable, modals))]})
     if request.kind == "question":
-        answer: Block = (
-            {"type": "actions", "elements": [_button("Answer", ANSWER, request, "primary")]}
-            if modals
-            else _answer_box(request)
-        )
-        tail = [answer]
+        if viewable:
+            tail.append(
+                {"type": "actions", "elements": [_button(texts, "Answer", ANSWER, request, "primary")]}
+            )
+        elif whole and not modals:
+            tail.append(_answer_box(texts, request))
     else:
-        buttons = [_button("Approve", APPROVE, request, "primary"), _button("Deny", DENY, request, "danger")]
-        tail = [{"type": "actions", "elements": buttons}]
-    return {"text": summarize(request), "blocks": [*_body(request), footer, *tail]}
+        buttons = [_button(texts, "Deny", DENY, request, "danger")]
+        if whole:
+            buttons.insert(0, _button(texts, "Approve", APPROVE, request, "primary"))
+        elif viewable:
+            buttons.insert(0, _button(texts, "Show the full call", FULL, request, "primary"))
+        tail.append({"type": "actions", "elements": buttons})
+    return _message(_notification(request), [*body, footer, *tail])
+
+
+def _shortened(request: ApprovalRequest, viewable: bool, modals: bool) -> str:
+    """What a message that shortened its request says: where to see and decide all of it."""
+    what = "question" if request.kind == "question" else "call"
+    said = f"Parts of this {what} are shortened above (see the … marks)"
+    if viewable:
+        how = (
+            "Answer shows all of it"
+            if what == "question"
+            else "Show the full call to see all of it and approve it"
+        )
+        return f"{said}. {how}."
+    why = "is too large for Slack" if modals else "cannot be shown through an incoming webhook"
+    decide = "answer it" if what == "question" else "approve it (Deny works here)"
+    return (
+        f"{said}, and the whole {what} {why}: see it and {decide} in another approval channel "
+        "(the web console, email or the terminal)."
+    )
 
 
 def outcome_message(request: ApprovalRequest) -> dict[str, Any]:
@@ -198,30 +316,81 @@ def outcome_message(request: ApprovalRequest) -> dict[str, Any]:
     decision = request.decision
     assert decision is not None, "outcome_message needs a decided request"
     icon = ":speech_balloon:" if decision.answer is not None else _ICONS[decision.status]
-    outcome = f"{icon} {slack_describe(decision)}"
     blocks = [
-        *_body(request),
-        {"type": "section", "text": _mrkdwn(outcome[:_TEXT_LIMIT])},
-        {"type": "context", "elements": [_mrkdwn(f"Request `{request.short_id}`")]},
+        *_Texts().body(request),
+        {"type": "section", "text": _mrkdwn(markup(icon + " {}", slack_describe(decision)))},
+        {"type": "context", "elements": [_mrkdwn(markup("Request `{}`", escape(request.short_id)))]},
     ]
-    return {"text": f"{summarize(request)}: {describe_decision(decision)}", "blocks": blocks}
+    outcome = _fit(describe_decision(decision), 1000, escape)[0]
+    return _message(markup("{}: {}", _notification(request), outcome), blocks)
 
 
-def _modal(request: ApprovalRequest, callback_id: str, title: str, label: str, *, optional: bool) -> Block:
+def _chunks(text: str, size: int) -> list[str]:
+    """``text`` in pieces of at most ``size`` characters, cut after a newline where one is near."""
+    pieces: list[str] = []
+    start = 0
+    while start < len(text):
+        end = start + size
+        if end < len(text):
+            newline = text.rfind("\n", start, end)
+            end = newline + 1 if newline > start + size // 2 else end
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+def full_view(request: ApprovalRequest) -> Block | None:
+    """The whole request (``full_call``) in a modal that decides it; ``None`` when too long.
+
+    The text is split across plain-text sections of Slack's 3000 characters, within the
+    100 blocks a modal holds. An approval's view approves it, with an optional comment;
+    a question's takes the answer.
+    """
+    chunks = _chunks(full_call(request), _TEXT_LIMIT)
+    if len(chunks) >= _VIEW_BLOCKS:  # one block is the text input
+        return None
+    texts = _Texts()
+    shown = [{"type": "section", "text": texts.plain(chunk)} for chunk in chunks]
+    if request.kind == "question":
+        labels = ("Answer question", "Answer", "Cancel", "Your answer")
+        return _modal(texts, request, ANSWER_VIEW, labels, shown, optional=False)
+    labels = ("Full call", "Approve", "Close", "Comment (optional)")
+    return _modal(texts, request, FULL_VIEW, labels, shown, optional=True)
+
+
+def deny_view(request: ApprovalRequest) -> Block:
+    """The modal Deny opens: an optional reason, which becomes the decision's comment."""
+    texts = _Texts()
+    shown = [{"type": "section", "text": texts.plain(summarize(request))}]
+    labels = ("Deny request", "Deny", "Cancel", "Reason (optional)")
+    return _modal(texts, request, DENY_VIEW, labels, shown, optional=True)
+
+
+def _modal(
+    texts: _Texts,
+    request: ApprovalRequest,
+    callback_id: str,
+    labels: tuple[str, str, str, str],
+    shown: list[Block],
+    *,
+    optional: bool,
+) -> Block:
+    """A modal showing ``shown`` over a text input; ``labels``: title, submit, close, input."""
+    title, submit, close, label = labels
     return {
         "type": "modal",
         "callback_id": callback_id,
         "private_metadata": request.id,
-        "title": _plain(title, 24),
-        "submit": _plain(title.split()[0], 24),
-        "close": _plain("Cancel", 24),
+        "title": texts.plain(title, 24),
+        "submit": texts.plain(submit, 24),
+        "close": texts.plain(close, 24),
         "blocks": [
-            {"type": "section", "text": _plain(summarize(request))},
+            *shown,
             {
                 "type": "input",
                 "block_id": TEXT_BLOCK,
                 "optional": optional,
-                "label": _plain(label, 100),
+                "label": texts.plain(label, 100),
                 "element": {
                     "type": "plain_text_input",
                     "action_id": TEXT_ACTION,
@@ -231,13 +400,3 @@ def _modal(request: ApprovalRequest, callback_id: str, title: str, label: str, *
             },
         ],
     }
-
-
-def deny_view(request: ApprovalRequest) -> Block:
-    """The modal Deny opens: an optional reason, which becomes the decision's comment."""
-    return _modal(request, DENY_VIEW, "Deny request", "Reason (optional)", optional=True)
-
-
-def answer_view(request: ApprovalRequest) -> Block:
-    """The modal Answer opens: the text becomes the question's answer."""
-    return _modal(request, ANSWER_VIEW, "Answer question", "Your answer", optional=False)

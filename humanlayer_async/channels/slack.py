@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,7 +53,17 @@ _BACKOFF = 0.25  # seconds before the first retry; doubles, with jitter
 _UPDATE_WINDOW = 300.0  # seconds a message update or notice may keep retrying on 429
 _CONNECT_TIMEOUT = 15.0  # seconds for the Socket Mode connection at start
 _UPDATES_AT_ONCE = 4  # message updates in flight at once (Slack allows chat.update ~50/min)
-NOT_AN_APPROVER = "you are not an approver for this request"
+NOT_AN_APPROVER = blocks.markup("you are not an approver for this request")
+UNKNOWN_REQUEST = blocks.markup("unknown request")
+_SILENCE = blocks.markup("")
+SHORTENED = blocks.markup(
+    "This call is shortened in its message, so it is not approved from there: "
+    "see all of it first (Show the full call, or another approval channel)."
+)
+TOO_LARGE = blocks.markup(
+    "This request is too large to show in Slack: see it and decide it in another approval channel."
+)
+_REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what a request id may look like
 
 
 class _BadPayload(Exception):
@@ -61,10 +72,13 @@ class _BadPayload(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Reply:
-    """What a callback gets back: a status, a text, and for modals a JSON body."""
+    """What a callback gets back: a status, a text, and for modals a JSON body.
+
+    The text is ``Mrkdwn``: it may be told to whoever clicked, as an ephemeral message.
+    """
 
     status: int = 200
-    text: str = ""
+    text: blocks.Mrkdwn = _SILENCE
     body: dict[str, Any] | None = None
 
     def response(self) -> Response:
@@ -361,7 +375,7 @@ class SlackChannel(BaseChannel):
         if self._tasks is not None:
             self._tasks.start_soon(guarded)
 
-    def _tell(self, click: _Click, text: str) -> None:
+    def _tell(self, click: _Click, text: blocks.Mrkdwn) -> None:
         """An ephemeral message to whoever clicked."""
         if self._webhook_url is None and self._web is not None:
             channel = click.channel or self.channel
@@ -440,16 +454,23 @@ class SlackChannel(BaseChannel):
             return await self._on_submission(_parse_submission(payload))
         raise _BadPayload(f"payload type {kind!r}")
 
-    async def _pending(self, request_id: str, user: str) -> ApprovalRequest | _Reply:
-        """The request if ``user`` may still decide it; otherwise the reply to give."""
+    async def _undecided(self, request_id: str) -> ApprovalRequest | _Reply:
+        """The request if it is still pending; otherwise the reply to give."""
         assert self._decider is not None
         try:
             request = await self._decider.get(request_id)
         except UnknownRequest:
             logger.warning("slack.refused", reason="unknown request", request_id=request_id, status=404)
-            return _Reply(404, "unknown request")
+            return _Reply(404, UNKNOWN_REQUEST)
         if request.decision is not None:
             return self._already(request.decision)
+        return request
+
+    async def _pending(self, request_id: str, user: str) -> ApprovalRequest | _Reply:
+        """The request if ``user`` may still decide it; otherwise the reply to give."""
+        request = await self._undecided(request_id)
+        if isinstance(request, _Reply):
+            return request
         allowed = self._allowed(request)
         if allowed and user not in allowed:
             logger.warning("slack.not_an_approver", request_id=request_id, user=user)
@@ -461,7 +482,7 @@ class SlackChannel(BaseChannel):
 
     def _already(self, decision: Decision) -> _Reply:
         logger.info("slack.already_decided", request_id=decision.request_id, status=decision.status.value)
-        return _Reply(200, f"This request was already {blocks.slack_describe(decision)}.")
+        return _Reply(200, blocks.markup("This request was already {}.", blocks.slack_describe(decision)))
 
     async def _on_click(self, click: _Click) -> _Reply:
         reply = await self._click(click)
@@ -470,30 +491,58 @@ class SlackChannel(BaseChannel):
         return reply
 
     async def _click(self, click: _Click) -> _Reply:
+        if click.action == blocks.FULL:  # anyone may look: looking decides nothing
+            return await self._show_full_call(click)
         found = await self._pending(click.request_id, click.user)
         if isinstance(found, _Reply):
             return found
         request, modals = found, self._webhook_url is None
         if click.action not in _ACTIONS[request.kind]:
             raise _BadPayload(f"action {click.action!r} on a {request.kind}")
+        if click.action == blocks.APPROVE and not blocks.approvable(request):
+            logger.warning("slack.refused", reason="Approve on a shortened call", request_id=request.id)
+            return _Reply(200, SHORTENED)
         if modals and click.action in (blocks.DENY, blocks.ANSWER):
-            if not click.trigger_id:
-                raise _BadPayload("a click without trigger_id")
-            view = blocks.deny_view(request) if click.action == blocks.DENY else blocks.answer_view(request)
-            assert self._web is not None
-            self._later(
-                "views.open", functools.partial(self._web.views_open, trigger_id=click.trigger_id, view=view)
+            return self._open(
+                click, blocks.deny_view(request) if click.action == blocks.DENY else blocks.full_view(request)
             )
-            return _Reply()
         if click.response_url and not modals:
             self._response_urls[request.id] = click.response_url
         if click.action == blocks.ANSWER_INLINE:
             if not click.text:
-                return _Reply(200, "type an answer first")
+                return _Reply(200, blocks.markup("type an answer first"))
             return await self._decide(request, click.user, True, answer=click.text)
         if click.action == blocks.ANSWER:
             raise _BadPayload("an Answer button in webhook mode")
         return await self._decide(request, click.user, click.action == blocks.APPROVE)
+
+    async def _show_full_call(self, click: _Click) -> _Reply:
+        """The "Show the full call" button: the whole call in a modal, which approves it."""
+        if self._webhook_url is not None:
+            raise _BadPayload("Show the full call through an incoming webhook, which opens no modals")
+        found = await self._undecided(click.request_id)
+        if isinstance(found, _Reply):
+            return found
+        if found.kind != "approval":
+            raise _BadPayload(f"Show the full call on a {found.kind}")
+        view = blocks.full_view(found)
+        reply = self._open(click, view)
+        if view is not None:
+            logger.info("slack.full_call_shown", request_id=found.id, user=click.user)
+        return reply
+
+    def _open(self, click: _Click, view: dict[str, Any] | None) -> _Reply:
+        """Open ``view`` for whoever clicked (``None``: a request too large to show in Slack)."""
+        if not click.trigger_id:
+            raise _BadPayload("a click without trigger_id")
+        if view is None:
+            logger.warning("slack.too_large", request_id=click.request_id)
+            return _Reply(200, TOO_LARGE)
+        assert self._web is not None
+        self._later(
+            "views.open", functools.partial(self._web.views_open, trigger_id=click.trigger_id, view=view)
+        )
+        return _Reply()
 
     async def _on_submission(self, submission: _Submission) -> _Reply:
         found = await self._pending(submission.request_id, submission.user)
@@ -501,6 +550,8 @@ class SlackChannel(BaseChannel):
             reply = found
         elif submission.view == blocks.DENY_VIEW and found.kind == "approval":
             reply = await self._decide(found, submission.user, False, comment=submission.text)
+        elif submission.view == blocks.FULL_VIEW and found.kind == "approval":
+            reply = await self._decide(found, submission.user, True, comment=submission.text)
         elif submission.view == blocks.ANSWER_VIEW and found.kind == "question" and submission.text:
             reply = await self._decide(found, submission.user, True, answer=submission.text)
         else:
@@ -530,7 +581,7 @@ class SlackChannel(BaseChannel):
         except NotAnApprover:
             return _Reply(200, NOT_AN_APPROVER)
         except UnknownRequest:
-            return _Reply(404, "unknown request")
+            return _Reply(404, UNKNOWN_REQUEST)
         if (decision.by, decision.via, decision.approved) != (user, self.name, approved):
             return self._already(decision)
         return _Reply()
@@ -581,6 +632,13 @@ def _optional(data: Any, *path: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _request_id(text: str) -> str:
+    """``text`` if it can be a request id: no store is asked about anything else."""
+    if not _REQUEST_ID.fullmatch(text):
+        raise _BadPayload("malformed request id")
+    return text
+
+
 def _parse_click(payload: Mapping[str, Any]) -> _Click:
     actions = payload.get("actions")
     if not isinstance(actions, list) or not actions or not isinstance(actions[0], dict):
@@ -589,13 +647,13 @@ def _parse_click(payload: Mapping[str, Any]) -> _Click:
     action_id = _text(action, "action_id")
     if action_id == blocks.ANSWER_INLINE:
         request_id, typed = _text(action, "block_id"), _optional(action, "value")
-    elif action_id in (blocks.APPROVE, blocks.DENY, blocks.ANSWER):
+    elif action_id in (blocks.APPROVE, blocks.DENY, blocks.ANSWER, blocks.FULL):
         request_id, typed = _text(action, "value"), None
     else:
         raise _BadPayload(f"action {action_id!r}")
     return _Click(
         action=action_id,
-        request_id=request_id,
+        request_id=_request_id(request_id),
         user=_text(payload, "user", "id"),
         text=typed,
         trigger_id=_optional(payload, "trigger_id"),
@@ -608,7 +666,7 @@ def _parse_submission(payload: Mapping[str, Any]) -> _Submission:
     view = payload.get("view")
     return _Submission(
         view=_text(view, "callback_id"),
-        request_id=_text(view, "private_metadata"),
+        request_id=_request_id(_text(view, "private_metadata")),
         user=_text(payload, "user", "id"),
         text=_optional(view, "state", "values", blocks.TEXT_BLOCK, blocks.TEXT_ACTION, "value"),
     )
