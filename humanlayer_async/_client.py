@@ -59,7 +59,7 @@ from ._models import ApprovalRequest, Decision, Execution, Kind, Status
 from ._registry import EXPIRED, Registry
 from ._render import Render, mask_secrets
 from .channels.base import Channel, Decider, ListenerAware
-from .listener import Listener, build_app
+from .listener import Listener, build_app, trusted_networks
 from .stores.base import DurableStore, Store, decision_entry, requested_entry
 from .stores.memory import MemoryStore
 
@@ -173,6 +173,11 @@ class HumanLayer:
         max_pending: The most requests this ``HumanLayer`` waits for at once; a gated
             call beyond it raises ``TooManyPending`` without asking (a bound on what a
             runaway agent can queue). Default: no limit.
+        trusted_proxies: The reverse proxies (IP addresses or networks, e.g.
+            ``["127.0.0.1"]``, ``["10.0.0.0/8"]``) whose ``Forwarded``/``X-Forwarded-For``
+            headers name the client, for the web console's loopback-only check. Default:
+            none; a request carrying these headers from any other peer, loopback included,
+            is then a remote one. The environment (``FORWARDED_ALLOW_IPS``) is never read.
     """
 
     def __init__(
@@ -186,6 +191,7 @@ class HumanLayer:
         run_id: str | None = None,
         render: Render = mask_secrets,
         max_pending: int | None = None,
+        trusted_proxies: Sequence[str] = (),
     ) -> None:
         if max_pending is not None and (isinstance(max_pending, bool) or max_pending < 1):
             raise ConfigurationError(f"max_pending must be a positive number or None, not {max_pending!r}")
@@ -202,6 +208,7 @@ class HumanLayer:
         self._default_run = None if run_id is None else _Run(run_id)
         self._always_listen = False
         self._max_pending = max_pending
+        self._trusted_proxies = trusted_networks(trusted_proxies)
         self._asking = 0  # calls between ask() and their decision: what max_pending bounds
         # Work aclose() lets finish: waiters storing their cancellation, channel updates.
         self._busy = 0
@@ -269,7 +276,10 @@ class HumanLayer:
         in that app's lifespan.
         """
         if self._app is None:
-            self._app = build_app([route for c in self._all_channels.values() for route in c.routes()])
+            self._app = build_app(
+                [route for c in self._all_channels.values() for route in c.routes()],
+                trusted_proxies=self._trusted_proxies,
+            )
         return self._app
 
     @property

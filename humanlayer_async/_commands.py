@@ -1,10 +1,11 @@
-"""The operator commands of ``humanlayer-async``: serve, console-link, pending, approve, deny, cancel,
-answer, audit, prune.
+"""The operator commands of ``humanlayer-async``: serve, console-link, pending, show, approve, deny,
+cancel, answer, audit, prune.
 
 Each works against the store named by ``--store`` or ``HUMANLAYER_STORE`` and decides
 through ``HumanLayer.decide`` (approver allowlists, first decision wins, the audit
 trail), as ``--by`` (default: the OS user), ``via="cli"``. Tables for people, JSON with
-``--json``. Exit status: 0 done, 1 refused (unknown id, not an approver, already
+``--json``. Everything printed for people goes through ``_terminal.write_lines``, so no
+stored value can redraw the operator's screen. Exit status: 0 done, 1 refused (unknown id, not an approver, already
 decided otherwise), 2 bad usage or configuration.
 """
 
@@ -32,14 +33,15 @@ from ._client import HumanLayer
 from ._codec import to_json
 from ._exceptions import ConfigurationError, HumanLayerError, NotAnApprover, UnknownRequest
 from ._models import ApprovalRequest, Decision, Status
-from ._render import describe_decision, format_value, summarize
+from ._render import describe_decision, format_value, full_call, summarize
+from ._terminal import MIN_PREFIX, table, write_lines
 from .channels.web import TOKEN_ENV, WebChannel
 from .stores.base import DurableStore
 from .stores.url import store_from_url
 
 __all__ = ["COMMANDS", "add_commands", "run_command"]
 
-COMMANDS = ("serve", "console-link", "pending", "approve", "deny", "cancel", "answer", "audit", "prune")
+COMMANDS = ("serve", "console-link", "pending", "show", "approve", "deny", "cancel", "answer", "audit", "prune")
 
 _EXPECTED = {
     "approve": Status.APPROVED,
@@ -115,6 +117,9 @@ def add_commands(commands: Any) -> None:
     pending.add_argument("--run-id", help="only the requests of this run")
     pending.add_argument("--kind", choices=["approval", "question"], help="only approvals or questions")
 
+    show = commands.add_parser("show", parents=[store], help="print a request's whole call, nothing shortened")
+    show.add_argument("id", help="the request id (or a unique prefix of a pending one)")
+
     approve = commands.add_parser("approve", parents=[store, by], help="approve a pending request")
     approve.add_argument("id", help="the request id (or a unique prefix of a pending one)")
     approve.add_argument("--comment", help="a note kept with the decision")
@@ -163,10 +168,10 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     except ConfigurationError as exc:
-        print(f"humanlayer-async {args.command}: {exc}", file=sys.stderr)
+        write_lines([f"humanlayer-async {args.command}: {exc}"], sys.stderr)
         return 2
     except (_Refused, HumanLayerError) as exc:
-        print(f"humanlayer-async {args.command}: {exc}", file=sys.stderr)
+        write_lines([f"humanlayer-async {args.command}: {exc}"], sys.stderr)
         return 1
 
 
@@ -199,7 +204,7 @@ def _serve(spec: str) -> int:
     async def serve() -> None:
         async with anyio.create_task_group() as task_group:
             await task_group.start(hl.serve)
-            print(f"humanlayer-async: serving {spec} on {hl.url}", flush=True)
+            write_lines([f"humanlayer-async: serving {spec} on {hl.url}"])
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     break
@@ -218,7 +223,7 @@ def _console_link(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"set ${TOKEN_ENV} to the console's token (with --user: that user's key)")
     settings: dict[str, Any] = {"base_path": args.base_path, "code_lifetime": args.expires_in}
     web = WebChannel(users={args.user: key}, **settings) if args.user else WebChannel(token=key, **settings)
-    print(web.login_url(args.url))
+    write_lines([web.login_url(args.url)])
     return 0
 
 
@@ -244,16 +249,16 @@ async def _operate(store: DurableStore, args: argparse.Namespace) -> int:
 def _print(
     args: argparse.Namespace, data: Any, headers: Sequence[str], rows: Sequence[Sequence[str]]
 ) -> None:
-    if args.json:
+    if args.json:  # ASCII JSON: every control or bidi character is a \u escape
         print(json.dumps(to_json(data, "output"), indent=2))
     elif rows:
-        widths = [max(len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(headers)]
-        for line in [headers, *rows]:
-            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+        write_lines(table(headers, rows))
 
 
 async def _resolve(hl: HumanLayer, request_id: str) -> str:
     """The full id: ``request_id`` itself, or the one pending request it is a prefix of."""
+    if len(request_id) < MIN_PREFIX:
+        raise _Refused(f"{request_id!r} is too short: type at least {MIN_PREFIX} characters of the id")
     try:
         return (await hl.get(request_id)).id
     except UnknownRequest:
@@ -286,14 +291,25 @@ async def _pending(hl: HumanLayer, store: DurableStore, args: argparse.Namespace
     ]
     _print(args, [_request_data(r) for r in requests], ("ID", "KIND", "RUN", "CALL", "EXPIRES IN"), rows)
     if not args.json and not requests:
-        print("nothing is pending")
+        write_lines(["nothing is pending"])
+    elif not args.json:  # a hint, kept off the table
+        write_lines(["… marks where a call is shortened: humanlayer-async show ID prints all of it"], sys.stderr)
+
+
+async def _show(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -> None:
+    request = await hl.get(await _resolve(hl, args.id))
+    if args.json:
+        _print(args, _request_data(request), (), [])
+        return
+    status = "pending" if request.decision is None else describe_decision(request.decision)
+    write_lines([*full_call(request).splitlines(), f"Status: {status}"])
 
 
 def _show_decision(args: argparse.Namespace, decision: Decision) -> Decision:
     if args.json:
         _print(args, dataclasses.asdict(decision), (), [])
     else:
-        print(f"{decision.request_id}: {describe_decision(decision)}")
+        write_lines([f"{decision.request_id}: {describe_decision(decision)}"])
     return decision
 
 
@@ -347,11 +363,12 @@ async def _prune(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) 
     if args.json:
         _print(args, {"pruned": count}, (), [])
     else:
-        print(f"pruned {count} decided request{'' if count == 1 else 's'}")
+        write_lines([f"pruned {count} decided request{'' if count == 1 else 's'}"])
 
 
 _HANDLERS: dict[str, Callable[[HumanLayer, DurableStore, argparse.Namespace], Awaitable[Any]]] = {
     "pending": _pending,
+    "show": _show,
     "approve": _approve,
     "deny": _deny,
     "cancel": _cancel,

@@ -6,20 +6,34 @@ Bodies over ``max_body`` bytes are refused with 413 before any route reads them,
 route that fails answers 500 for that request alone, with a log line; the server goes on.
 A client gets ``read_timeout`` seconds to send a request's headers (else the connection is
 closed) and as long again for its body (else 408), so slow clients cannot hold the listener.
+
+The embedded server also closes a connection whose answer the client does not read within
+``read_timeout``, and one that pipelines more than ``MAX_PIPELINED`` requests ahead of its
+answers; it holds at most ``max_connections`` at once (below the process's descriptor
+limit), closing the others as they come, and logs refusals and accept errors it sees in a
+flood as one line per ``LOG_INTERVAL`` seconds with their count.
+
+Who the client is (``client_is_local``) comes from the peer's address, and from
+``Forwarded``/``X-Forwarded-For`` only when the peer is a trusted proxy
+(``HumanLayer(trusted_proxies=...)``); the environment (uvicorn's ``FORWARDED_ALLOW_IPS``)
+has no say.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import ipaddress
+import itertools
 import socket
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 
 import anyio
 import h11
 import uvicorn
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
+from anyio.lowlevel import checkpoint
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -30,13 +44,34 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from ._audit import logger
 from ._exceptions import ConfigurationError
 
-__all__ = ["MAX_BODY", "READ_TIMEOUT", "BodyLimit", "Listener", "build_app"]
+__all__ = [
+    "LOG_INTERVAL",
+    "MAX_BODY",
+    "MAX_PIPELINED",
+    "READ_TIMEOUT",
+    "BodyLimit",
+    "Listener",
+    "build_app",
+    "client_is_local",
+    "trusted_networks",
+]
 
 MAX_BODY = 1024 * 1024
 """The largest request body the listener reads: 1 MiB."""
 
 READ_TIMEOUT = 10.0
-"""Seconds a client may take to send a request's headers, and again its body."""
+"""Seconds a client may take to send a request's headers, and again its body; and to read an answer."""
+
+MAX_PIPELINED = 8
+"""Requests a client may send ahead of the answers (HTTP pipelining) before it is cut off."""
+
+LOG_INTERVAL = 10.0
+"""Seconds between two log lines about the same flood (refused connections, accept errors)."""
+
+_ACCEPT_RETRY = 0.1  # seconds between accepts while the process is out of descriptors
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class _TooLarge(Exception):
@@ -123,31 +158,172 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return PlainTextResponse("internal error", status_code=500)
 
 
+# -- who the client is -----------------------------------------------------------------------
+
+_TRUSTED_PROXIES = "humanlayer_async.trusted_proxies"  # the scope key build_app's app sets
+
+
+def trusted_networks(proxies: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """``trusted_proxies`` checked: IP addresses (``"127.0.0.1"``) or networks (``"10.0.0.0/8"``)."""
+    if isinstance(proxies, str):
+        raise ConfigurationError(f"trusted_proxies must be a list, e.g. [{proxies!r}], not a string")
+    networks = []
+    for proxy in proxies:
+        try:
+            networks.append(ipaddress.ip_network(proxy, strict=False))
+        except (TypeError, ValueError):
+            raise ConfigurationError(
+                f"trusted_proxies: {proxy!r} is not an IP address or network (host names are not resolved)"
+            ) from None
+    return tuple(networks)
+
+
+def client_is_local(scope: Scope) -> bool:
+    """Whether a request comes from this machine.
+
+    The peer must be a loopback address. When the request carries ``Forwarded`` or
+    ``X-Forwarded-For``, the peer must moreover be a trusted proxy, and so must every hop it
+    names down to the client (the rightmost hop not trusted), and all of them loopback
+    addresses too: a proxy's own loopback is not this machine's. Otherwise the client is
+    remote: a TLS proxy on this host, not configured as trusted, makes every client look
+    local. The headers are read here, not only ``scope["client"]``, so this holds when a
+    server has already rewritten the client from them (a plain uvicorn does, for peers in
+    ``FORWARDED_ALLOW_IPS``).
+    """
+    path = _path(scope)
+    return path is not None and all(address.is_loopback for address in path)
+
+
+def _path(scope: Scope) -> list[IPAddress] | None:
+    """The addresses a request came through: the peer, then each hop a trusted proxy names,
+    up to the first one not trusted (the client). ``None`` when that cannot be told: a peer
+    or hop that is not an address, forwarding headers from a peer not trusted, or the two
+    forwarding headers telling different paths."""
+    client = scope.get("client")
+    peer = None if client is None else _address(str(client[0]))
+    trusted: tuple[IPNetwork, ...] = scope.get(_TRUSTED_PROXIES, ())
+    chains = _forwarded_chains(scope.get("headers", ()))
+    if peer is None or (chains and not _trusted(peer, trusted)):
+        return None
+    paths = []
+    for chain in chains:
+        path = [peer]
+        for hop in reversed(chain):
+            if not _trusted(path[-1], trusted):
+                break
+            if hop is None:
+                return None
+            path.append(hop)
+        paths.append(path)
+    if any(path != paths[0] for path in paths):
+        return None
+    return paths[0] if paths else [peer]
+
+
+def _trusted(address: IPAddress, trusted: tuple[IPNetwork, ...]) -> bool:
+    return any(address in network for network in trusted)
+
+
+def _forwarded_chains(headers: Iterable[tuple[bytes, bytes]]) -> list[list[IPAddress | None]]:
+    """The hops each forwarding header lists, client first (``None``: not an address)."""
+    x_forwarded_for = [value for name, value in headers if name.lower() == b"x-forwarded-for"]
+    forwarded = [value for name, value in headers if name.lower() == b"forwarded"]
+    chains = []
+    if x_forwarded_for:
+        chains.append([_node(hop) for hop in b",".join(x_forwarded_for).decode("latin-1").split(",")])
+    if forwarded:
+        elements = b",".join(forwarded).decode("latin-1").split(",")
+        chains.append([_forwarded_for(element) for element in elements])
+    return chains
+
+
+def _forwarded_for(element: str) -> IPAddress | None:
+    """The ``for=`` node of one ``Forwarded`` element (RFC 7239), if it is an address."""
+    for pair in element.split(";"):
+        name, _, value = pair.partition("=")
+        if name.strip().lower() == "for":
+            return _node(value.strip().strip('"'))
+    return None
+
+
+def _node(text: str) -> IPAddress | None:
+    """An address as proxies write it: ``192.0.2.1``, ``192.0.2.1:80``, ``::1``, ``[::1]:80``."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    return _address(text)
+
+
+def _address(text: str) -> IPAddress | None:
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class _TrustedProxies:
+    """ASGI middleware: tells ``client_is_local`` which proxies this app believes."""
+
+    def __init__(self, app: ASGIApp, networks: tuple[IPNetwork, ...]) -> None:
+        self.app = app
+        self.networks = networks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            scope = {**scope, _TRUSTED_PROXIES: self.networks}
+        await self.app(scope, receive, send)
+
+
 def build_app(
-    routes: Sequence[BaseRoute], *, max_body: int = MAX_BODY, read_timeout: float = READ_TIMEOUT
+    routes: Sequence[BaseRoute],
+    *,
+    max_body: int = MAX_BODY,
+    read_timeout: float = READ_TIMEOUT,
+    trusted_proxies: tuple[IPNetwork, ...] = (),
 ) -> Starlette:
-    """The listener's app: ``GET /healthz`` and the given channel routes, behind ``BodyLimit``."""
+    """The listener's app: ``GET /healthz`` and the given channel routes, behind ``BodyLimit``;
+    ``client_is_local`` believes the forwarding headers of ``trusted_proxies`` only."""
     app = Starlette(
         routes=[Route("/healthz", _healthz, methods=["GET"]), *routes],
         exception_handlers={Exception: _server_error},
     )
     app.add_middleware(BodyLimit, max_body=max_body, read_timeout=read_timeout)
+    app.add_middleware(_TrustedProxies, networks=trusted_proxies)
     return app
 
 
-class _HeaderDeadline(H11Protocol):
-    """uvicorn's h11 protocol, closing a connection whose request headers take too long.
+# -- the embedded server ------------------------------------------------------------------
 
-    uvicorn bounds the idle time between requests (keep-alive) but not a request whose
-    headers trickle in, byte by byte: without this, each such client holds a connection
-    (and a file descriptor) for as long as it likes.
+
+class _Bounded(H11Protocol):
+    """uvicorn's h11 protocol, with the bounds a listener facing strangers needs.
+
+    uvicorn bounds only the idle time between requests (keep-alive). Besides, here:
+
+    - a request whose headers take over ``read_timeout`` closes the connection: a client
+      trickling them in byte by byte would otherwise hold it as long as it likes;
+    - an answer still unwritten after ``read_timeout``, because the client reads nothing,
+      aborts the connection (what it did not read is dropped): uvicorn would wait forever;
+    - a client more than ``MAX_PIPELINED`` requests ahead of its answers is cut off once
+      the answer before them is written.
     """
 
     read_timeout = READ_TIMEOUT
+    gate: _Gate  # set by Listener.serve
     _header_timer: asyncio.TimerHandle | None = None
+    _write_timer: asyncio.TimerHandle | None = None
+    _queued = 0  # requests in a row that were already waiting when the one before was answered
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]  # uvicorn narrows it to Transport
+        # Pause as soon as anything is left unwritten (not at asyncio's 64 KiB), so the write
+        # deadline starts then: a client reading nothing never fills 64 KiB with small answers.
+        self.transport.set_write_buffer_limits(high=0)
         self._watch_headers()
 
     def data_received(self, data: bytes) -> None:
@@ -155,40 +331,132 @@ class _HeaderDeadline(H11Protocol):
         self._watch_headers()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_watching()
+        _cancel(self._header_timer)
+        self._header_timer = None
+        _cancel(self._write_timer)
+        self._write_timer = None
+        self.gate.release()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.read_timeout, self._slow_reader)
+
+    def resume_writing(self) -> None:
+        _cancel(self._write_timer)
+        self._write_timer = None
+        super().resume_writing()
+
+    def on_response_complete(self) -> None:
+        self._queued = self._queued + 1 if self.conn.trailing_data[0] else 0
+        if self._queued > MAX_PIPELINED and not self.transport.is_closing():
+            logger.warning("listener.refused", client=self.client, reason="too many pipelined requests")
+            self.transport.close()
+            return
+        super().on_response_complete()
 
     def _watch_headers(self) -> None:
         """Time the headers of the request being received; stop once they are in."""
         if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
-            self._stop_watching()
-        elif self._header_timer is None and self.timeout_keep_alive_task is None:
-            self._header_timer = self.loop.call_later(self.read_timeout, self._too_slow)
-
-    def _stop_watching(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
+            _cancel(self._header_timer)
             self._header_timer = None
+        elif self._header_timer is None and self.timeout_keep_alive_task is None:
+            self._header_timer = self.loop.call_later(self.read_timeout, self._slow_headers)
 
-    def _too_slow(self) -> None:
+    def _slow_headers(self) -> None:
         self._header_timer = None
         if not self.transport.is_closing():
             logger.warning("listener.refused", client=self.client, reason="slow headers")
             self.transport.close()
 
+    def _slow_reader(self) -> None:
+        self._write_timer = None
+        logger.warning("listener.refused", client=self.client, reason="slow reader")
+        self.transport.abort()  # close() would wait for the client to read what is left
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its signal handlers: Ctrl-C stops the user's program, not just us."""
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+def _cancel(timer: asyncio.TimerHandle | None) -> None:
+    if timer is not None:
+        timer.cancel()
+
+
+class _Gate:
+    """The listener's connections, counted from accept to close: ``limit`` at most."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def admit(self) -> bool:
+        if self.held >= self.limit:
+            return False
+        self.held += 1
+        return True
+
+    def release(self) -> None:
+        self.held -= 1
+
+
+class _Tally:
+    """Counts events that come in floods and logs each kind at most once per ``LOG_INTERVAL``
+    seconds, with how many there were (the first at once, the rest when the interval ends)."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._noted = anyio.Event()
+
+    def note(self, event: str, reason: str) -> None:
+        self._counts[event, reason] += 1
+        self._noted.set()
+
+    async def report(self) -> None:
+        try:
+            while True:
+                await self._noted.wait()
+                self._flush()
+                await anyio.sleep(LOG_INTERVAL)
+        finally:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._noted = anyio.Event()
+        counts, self._counts = self._counts, Counter()
+        for (event, reason), count in counts.items():
+            logger.warning(event, reason=reason, count=count)
+
+
+def _connection_limit() -> int:
+    """A quarter of the process's file descriptors (64 at least) is left to the store, the
+    channels and outbound HTTP; the listener's connections may have the rest."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows, where sockets are not descriptors
+        return 8192
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(1, soft - max(64, soft // 4))
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's connection bookkeeping, clock and graceful shutdown. Connections are
+    accepted by ``Listener``, not by an asyncio server: asyncio logs each failed accept
+    (out of descriptors) up to a hundred times a second, and accepts without a limit; and
+    uvicorn's signal handlers are left out, so Ctrl-C stops the user's program, not just us."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.lifespan = config.lifespan_class(config)
+        self.servers = []
 
 
 class Listener:
     """Serves ``app`` on ``host:port`` with uvicorn, on a socket bound here.
 
-    Port 0 picks a free port; ``url`` tells which once ``serve`` has started.
+    Port 0 picks a free port; ``url`` tells which once ``serve`` has started. At most
+    ``max_connections`` are open at once (default: three quarters of the process's
+    descriptor limit); others are closed as soon as they are accepted.
     """
 
     def __init__(
@@ -199,12 +467,14 @@ class Listener:
         *,
         shutdown_timeout: float = 5.0,
         read_timeout: float = READ_TIMEOUT,
+        max_connections: int | None = None,
     ) -> None:
         self.app = app
         self.host = host
         self.port = port
         self.shutdown_timeout = shutdown_timeout
         self.read_timeout = read_timeout
+        self.max_connections = _connection_limit() if max_connections is None else max_connections
 
     @property
     def url(self) -> str:
@@ -233,26 +503,57 @@ class Listener:
     async def serve(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
         """Bind, serve until cancelled, then shut down within ``shutdown_timeout`` seconds."""
         sock = self._bind()
-        protocol = type("HeaderDeadline", (_HeaderDeadline,), {"read_timeout": self.read_timeout})
         config = uvicorn.Config(
             self.app,
-            http=protocol,
             lifespan="off",
+            ws="none",  # no route speaks WebSocket
             log_config=None,
             access_log=False,
+            proxy_headers=False,  # who the client is: client_is_local decides, not the environment
             timeout_keep_alive=5,
             timeout_graceful_shutdown=max(1, round(self.shutdown_timeout)),
         )
         config.load()
-        server = _QuietServer(config)
-        server.lifespan = config.lifespan_class(config)
+        server = _Server(config)
+        gate = _Gate(self.max_connections)
+        protocol: type[_Bounded] = type(
+            "Bounded", (_Bounded,), {"read_timeout": self.read_timeout, "gate": gate}
+        )
+
+        def connection() -> asyncio.Protocol:
+            return protocol(config=config, server_state=server.server_state, app_state=server.lifespan.state)
+
+        tally = _Tally()
         try:
-            await server.startup(sockets=[sock])
-            if server.should_exit:  # uvicorn logged why
-                raise ConfigurationError(f"the listener could not start on {self.url}")
-            logger.info("listener.started", url=self.url)
-            task_status.started()
-            await server.main_loop()
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(tally.report)
+                task_group.start_soon(self._accept, sock, connection, gate, tally)
+                logger.info("listener.started", url=self.url)
+                task_status.started()
+                await server.main_loop()
         finally:
             with anyio.CancelScope(shield=True):
                 await server.shutdown(sockets=[sock])
+
+    async def _accept(
+        self, sock: socket.socket, connection: Callable[[], asyncio.Protocol], gate: _Gate, tally: _Tally
+    ) -> None:
+        """Accept connections; close at once those the gate does not admit."""
+        loop = asyncio.get_running_loop()
+        async with anyio.create_task_group() as task_group:
+            for accepted in itertools.count(1):
+                if accepted % 100 == 0:  # a flood of clients does not hold the event loop
+                    await checkpoint()
+                try:
+                    client, _ = await loop.sock_accept(sock)
+                except ConnectionAbortedError:
+                    continue  # gone before it was accepted
+                except OSError as exc:  # out of descriptors or memory: the clients wait in the backlog
+                    tally.note("listener.accept_failed", exc.strerror or repr(exc))
+                    await anyio.sleep(_ACCEPT_RETRY)
+                    continue
+                if not gate.admit():
+                    client.close()
+                    tally.note("listener.refused", "too many connections")
+                    continue
+                task_group.start_soon(loop.connect_accepted_socket, connection, client)

@@ -104,6 +104,91 @@ async def test_usage_errors_exit_2_and_unknown_ids_exit_1(tmp_path: Path) -> Non
     assert code == 2 and "neither a duration" in err
 
 
+# -- issue 12: what the terminal shows is the real call, and only the named request ------------
+
+FORGED = "\x1b[2J\x1b[H\rtransfer_money(amount=25, recipient='ACME')\n\u202eevil\u202c"
+FORGED_SHOWN = "\\x1b[2J\\x1b[H\\rtransfer_money(amount=25, recipient='ACME')\\n\\u202eevil\\u202c"
+RAW = ("\x1b", "\r", "\u202e", "\u202c")
+
+
+async def test_tables_and_messages_spell_out_control_and_bidi_characters(store_url: str) -> None:
+    store = store_from_url(store_url)
+    try:
+        await store.create(
+            make_request(
+                "eeee5555" + "0" * 24,
+                function="transfer_money\x1b[1A",
+                run_id=f"run{FORGED}",
+                kwargs={"amount": 250_000, "recipient": f"Mallory{FORGED}"},
+                context={"note": FORGED},
+                approvers=(),
+            )
+        )
+    finally:
+        await store.aclose()
+    code, out, _ = await run_cli("pending", "--store", store_url)
+    assert code == 0 and not [raw for raw in RAW if raw in out]
+    assert "transfer_money\\x1b[1A(amount=250000" in out and f"run{FORGED_SHOWN}" in out
+    assert not [line for line in out.splitlines() if line.startswith("transfer_money(amount=25")]
+    code, out, _ = await run_cli("pending", "--json", "--store", store_url)
+    assert code == 0 and json.loads(out)[0]["context"] == {"note": FORGED}  # JSON stays JSON
+
+    code, out, _ = await run_cli("show", "eeee", "--store", store_url)
+    assert code == 0 and not [raw for raw in RAW if raw in out]
+    assert "amount = 250000" in out and "transfer_money\\x1b[1A  (request eeee5555" in out
+    assert "note = " in out and "Status: pending" in out
+
+    code, out, _ = await run_cli("deny", "eeee", "--by", f"ann{FORGED}", "--reason", FORGED, "--store", store_url)
+    assert code == 0 and not [raw for raw in RAW if raw in out]
+    assert f"denied by ann{FORGED_SHOWN} via cli" in out
+    code, out, err = await run_cli("approve", "eeee5555" + "0" * 24, "--by", "bob", "--store", store_url)
+    assert code == 1 and not [raw for raw in RAW if raw in err] and f"already denied by ann{FORGED_SHOWN}" in err
+    code, _, err = await run_cli("approve", f"{FORGED}eeee", "--store", store_url)
+    assert code == 1 and not [raw for raw in RAW if raw in err]
+    code, out, _ = await run_cli("audit", "--store", store_url)
+    assert code == 0 and not [raw for raw in RAW if raw in out]
+    assert "transfer_money\\x1b[1A" in out and "comment=\\x1b[2J\\x1b[H\\rtransfer_money(amount=25, re" in out
+
+
+async def test_show_prints_the_whole_call_that_pending_shortens(store_url: str) -> None:
+    store = store_from_url(store_url)
+    rows = [f"row-{n}" for n in range(1, 12)]
+    query = "SELECT 1;" + " " * 1000 + "DROP TABLE users"
+    try:
+        await store.create(
+            make_request(
+                "ffff6666" + "0" * 24,
+                function="run_sql",
+                kwargs={"rows": rows, "options": {"a": {"b": {"c": {"d": "fourth-level"}}}}, "query": query},
+                approvers=(),
+            )
+        )
+    finally:
+        await store.aclose()
+    code, out, err = await run_cli("pending", "--store", store_url)
+    assert code == 0 and "more characters" in out and "DROP TABLE" not in out
+    assert "humanlayer-async show ID" in err
+    code, out, _ = await run_cli("show", "ffff6666", "--store", store_url)
+    assert code == 0 and '"row-11"' in out and '"d": "fourth-level"' in out and " DROP TABLE users" in out
+    code, out, _ = await run_cli("show", "ffff", "--json", "--store", store_url)
+    assert code == 0 and json.loads(out)["kwargs"]["query"] == query
+    code, _, err = await run_cli("show", "0123", "--store", store_url)
+    assert code == 1 and "no approval request with id '0123'" in err
+
+
+async def test_an_id_prefix_needs_four_characters(store_url: str) -> None:
+    await seed(store_url)
+    code, _, err = await run_cli("approve", "a", "--by", "ann", "--store", store_url)
+    assert code == 1 and "at least 4 characters" in err
+    code, _, err = await run_cli("show", "aaa", "--store", store_url)
+    assert code == 1 and "at least 4 characters" in err
+    store = store_from_url(store_url)
+    try:
+        assert len(await store.list_pending()) == 4
+    finally:
+        await store.aclose()
+
+
 async def test_serve_runs_an_apps_listener_alone_until_sigterm(tmp_path: Path) -> None:
     (tmp_path / "fleet_app.py").write_text(
         "from humanlayer_async import HumanLayer\n"

@@ -12,8 +12,10 @@ import pytest
 
 from humanlayer_async import ApprovalDenied, HumanLayer, Status
 from humanlayer_async.channels import ConsoleChannel
+from humanlayer_async.stores import MemoryStore
 
 from .test_gate import wait_pending
+from .test_stores import make_request
 
 pytestmark = pytest.mark.anyio
 
@@ -72,7 +74,7 @@ async def test_several_pending_requests_answered_by_short_id(terminal: Terminal)
             terminal.type(f"y {pending['b@x.com'].short_id}")
             terminal.type(f"n {pending['a@x.com'].short_id} not this customer")
             await terminal.wait_for("denied by alice via console")
-            terminal.type("y")  # one left: the id may be left out
+            terminal.type(f"y {pending['c@x.com'].short_id}")
     assert outcomes == {
         "a@x.com": "denied: not this customer",
         "b@x.com": "sent to b@x.com",
@@ -109,7 +111,7 @@ async def test_unclear_lines_decide_nothing_and_explain(terminal: Terminal) -> N
             terminal.type("maybe later")
             await terminal.wait_for("unknown command 'maybe'")
             terminal.type("y")
-            await terminal.wait_for("which one? 2 are waiting")
+            await terminal.wait_for("name the request: y <id> [comment]")
             terminal.type(f"y {first.short_id}")
             await terminal.wait_for("'alice' is not an approver")
             terminal.type("?")
@@ -149,3 +151,159 @@ async def test_input_from_a_file_or_dev_null_is_read_without_watching_it(tmp_pat
     finally:
         os.close(devnull)
         os.close(typed)
+
+
+# -- an answer applies only to the request it names ----------------------------------------
+
+
+async def test_a_repeated_answer_never_reaches_another_request(terminal: Terminal) -> None:
+    async with HumanLayer([terminal.channel], listen=None) as hl:
+
+        @hl.require_approval()
+        async def delete_records(table: str) -> str:
+            return f"deleted {table}"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(delete_records, "invoices")
+            tg.start_soon(delete_records, "customers")
+            requests = {r.kwargs["table"]: r for r in await wait_pending(hl, 2)}
+            first, second = requests["invoices"], requests["customers"]
+            await terminal.wait_for(f"y {second.short_id}")
+            terminal.type(f"y {first.short_id}")
+            await terminal.wait_for(f"[{first.short_id}] delete_records: approved by alice via console")
+            terminal.type(f"y {first.short_id} sure")  # typed twice: still names the first
+            await terminal.wait_for(
+                f"[{first.short_id}] delete_records: already approved by alice via console"
+            )
+            terminal.type("y 0123456789abcdef")
+            await terminal.wait_for("no request with id '0123456789abcdef'")
+            terminal.type("y")  # one request waits, but a line must name it
+            await terminal.wait_for("name the request: y <id> [comment]")
+            terminal.type(f"y {second.short_id[:3]}")  # a one-letter slip must not reach a request
+            await terminal.wait_for("at least 4 characters")
+            terminal.type(f"n {second.short_id}")  # a deny needs its reason
+            await terminal.wait_for(f"n {second.short_id} <reason>")
+            assert (await hl.get(second.id)).status is Status.PENDING
+            assert (await hl.get(first.id)).decision.comment is None  # type: ignore[union-attr]
+            terminal.type(f"Y {second.id.upper()} ok")  # the full id, in any case
+            await terminal.wait_for(f"[{second.short_id}] delete_records: approved by alice via console")
+    assert (await hl.get(second.id)).decision.comment == "ok"  # type: ignore[union-attr]
+
+
+async def test_an_ambiguous_prefix_lists_the_candidates() -> None:
+    term, store = Terminal(), MemoryStore()
+    try:
+        async with HumanLayer([term.channel], store=store, listen=None) as hl:
+            one, two = (
+                make_request(f"abcd{n * 4}" + "0" * 24, approvers=(), kwargs={"amount": n}) for n in "12"
+            )
+            for request in (one, two):
+                await store.create(request)
+                await term.channel.send(request)
+            term.type("y abcd")
+            await term.wait_for("'abcd' is the start of 2 request ids")
+            printed = term.output.getvalue()
+            assert "abcd1111  transfer(amount='1')" in printed and "abcd2222  transfer(amount='2')" in printed
+            assert [r.status for r in await hl.pending()] == [Status.PENDING, Status.PENDING]
+            term.type("y abcd2 fine")
+            with anyio.fail_after(5):
+                while (await hl.get(two.id)).status is Status.PENDING:
+                    await anyio.sleep(0.005)
+            assert (await hl.get(two.id)).decision.comment == "fine"  # type: ignore[union-attr]
+            assert (await hl.get(one.id)).status is Status.PENDING
+    finally:
+        term.close()
+
+
+async def test_a_request_decided_elsewhere_says_who_decided_it(terminal: Terminal) -> None:
+    async with HumanLayer([terminal.channel], listen=None) as hl:
+
+        @hl.require_approval()
+        async def send_email(to: str) -> None: ...
+
+        @hl.require_approval(channels=[], on_reject="return")
+        async def elsewhere() -> str:
+            return "ran"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send_email, "a@x.com")
+            [shown] = await wait_pending(hl)
+            tg.start_soon(elsewhere)
+            [unseen] = [r for r in await wait_pending(hl, 2) if r.id != shown.id]
+            terminal.type(f"y {unseen.id}")
+            await terminal.wait_for(f"[{unseen.short_id}] was not sent to this terminal")
+            await hl.decide(shown.id, True, by="bob", via="web")
+            await hl.decide(unseen.id, False, by="carol", comment="no", via="slack")
+            await terminal.wait_for(f"[{shown.short_id}] send_email: approved by bob via web")
+            terminal.type(f"n {shown.short_id} too late")
+            await terminal.wait_for(f"[{shown.short_id}] send_email: already approved by bob via web")
+            terminal.type(f"y {unseen.id}")  # never shown here: its full id still says who decided
+            await terminal.wait_for("elsewhere: already denied by carol via slack")
+            tg.cancel_scope.cancel()
+    assert (await hl.get(shown.id)).decision.by == "bob"  # type: ignore[union-attr]
+    assert (await hl.get(unseen.id)).decision.by == "carol"  # type: ignore[union-attr]
+
+
+# -- what the terminal shows is the real call ---------------------------------------------
+
+FORGED = "\x1b[2J\x1b[H\rtransfer_money(amount=25, recipient='ACME')\n\u202eevil\u202c"
+
+
+async def test_control_and_bidi_characters_are_shown_escaped(terminal: Terminal) -> None:
+    async with HumanLayer([terminal.channel], listen=None) as hl:
+
+        async def transfer_money(amount: int, recipient: str) -> None:
+            """Move money.\x1b[8m hidden"""
+
+        transfer_money.__name__ = "transfer_money\x1b[1A"
+        gated = hl.require_approval(context={"note": FORGED, "\x1b[31mkey": 1}, approvers=["alice", FORGED])(
+            transfer_money
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(gated, 250_000, f"Mallory{FORGED}")
+            [request] = await wait_pending(hl)
+            await terminal.wait_for("expires")
+            terminal.type(f"y {request.short_id} {FORGED}")
+            await terminal.wait_for("approved by alice via console at")
+            terminal.type(f"y \x1b[2J{request.short_id}")
+            await terminal.wait_for("no request with id")
+            tg.start_soon(hl.human_as_tool(), f"Which region?{FORGED}")
+            await terminal.wait_for("answer: r ")
+            tg.cancel_scope.cancel()
+    printed = terminal.output.getvalue()
+    for raw in ("\x1b", "\r", "\u202e", "\u202c"):
+        assert raw not in printed
+    assert "amount=250000" in printed
+    assert "\\x1b[2J\\x1b[H\\rtransfer_money(amount=25, recipient='ACME')\\n\\u202eevil\\u202c" in printed
+    assert not [line for line in printed.splitlines() if line.startswith("transfer_money(amount=25")]
+    assert "transfer_money\\x1b[1A(amount=250000" in printed and "\\x1b[31mkey: 1" in printed
+    assert "Move money.\\x1b[8m hidden" in printed and "no request with id '\\x1b[2J" in printed
+    assert "  Which region?\\x1b[2J\\x1b[H\\rtransfer_money(amount=25, recipient='ACME')\\n\\u202eevil" in printed
+    assert "approved by alice via console at" in printed and "(\\x1b[2J\\x1b[H\\rtransfer_money" in printed
+
+
+# -- nothing is shortened silently ---------------------------------------------------------
+
+
+async def test_a_shortened_call_says_so_and_v_shows_all_of_it(terminal: Terminal) -> None:
+    async with HumanLayer([terminal.channel], listen=None) as hl:
+
+        @hl.require_approval()
+        async def run_sql(rows: list[str], options: dict[str, object], query: str) -> None: ...
+
+        async with anyio.create_task_group() as tg:
+            rows = [f"row-{n}" for n in range(1, 12)]
+            nested = {"a": {"b": {"c": {"d": "fourth-level"}}}}
+            tg.start_soon(run_sql, rows, nested, "SELECT 1;" + " " * 1000 + "DROP TABLE users")
+            [request] = await wait_pending(hl)
+            await terminal.wait_for("expires")
+            block = terminal.output.getvalue()
+            assert "… 1 more item" in block and "nested deeper" in block and "more characters" in block
+            assert f"v {request.short_id} shows the full call" in block
+            assert "row-11" not in block and "fourth-level" not in block and "DROP TABLE" not in block
+            terminal.type(f"v {request.short_id}")
+            await terminal.wait_for("Expires:")
+            full = terminal.output.getvalue()[len(block) :]
+            assert '"row-11"' in full and '"d": "fourth-level"' in full and " DROP TABLE users" in full
+            assert (await hl.get(request.id)).status is Status.PENDING
+            tg.cancel_scope.cancel()

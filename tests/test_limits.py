@@ -3,8 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import errno
+import os
+import resource
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import httpx
@@ -16,10 +22,12 @@ from starlette.routing import Route
 from structlog.testing import capture_logs
 
 from humanlayer_async import ApprovalDenied, ConfigurationError, HumanLayer, Status, TooManyPending
-from humanlayer_async.listener import MAX_BODY, Listener, build_app
+from humanlayer_async.channels import SlackChannel
+from humanlayer_async.listener import MAX_BODY, MAX_PIPELINED, Listener, build_app
+from humanlayer_async.testing import slack_block_actions
 
-from .fake_slack import FakeSlack
-from .hostile import Outcomes, fake_slack, serving, web_session
+from .fake_slack import BOT_TOKEN, FakeSlack
+from .hostile import SLACK_APPROVER, SLACK_SECRET, Outcomes, fake_slack, serving, signed_slack, web_session
 from .test_email import Inbox, inbox
 from .test_gate import wait_pending
 
@@ -285,3 +293,240 @@ async def test_the_embedded_listener_keeps_deciding_while_slow_clients_hang_on(
         assert (await site.hl.get(site.request.id)).status is Status.APPROVED
         for stream in hangers:
             await stream.aclose()
+
+
+# -- clients that do not read, pipeline without end, or come in too many ------------------
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def _connect(port: int, *, receive_buffer: int | None = None) -> socket.socket:
+    """A raw non-blocking client socket connected to the listener (it reads only when told)."""
+    sock = socket.socket()
+    try:
+        if receive_buffer is not None:  # a small window: the server's writes back up sooner
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (or resets) the connection, 10 s at most."""
+    loop = asyncio.get_running_loop()
+    chunks = []
+    with anyio.fail_after(10):
+        try:
+            while chunk := await loop.sock_recv(sock, 65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+    return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def _descriptor_limit(limit: int) -> Iterator[None]:
+    """This process's soft RLIMIT_NOFILE set to ``limit`` for the block."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < limit:
+        pytest.skip(f"needs {limit} file descriptors; the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_a_client_that_pipelines_without_reading_is_cut_off_after_max_pipelined() -> None:
+    listener = Listener(build_app([]), "127.0.0.1", 0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(listener.serve)
+        sock = await _connect(listener.port)
+        with sock, capture_logs() as logs:
+            sock.send(HEALTHZ * 50)
+            answered = await _read_all(sock)
+        tg.cancel_scope.cancel()
+    # The first request, then MAX_PIPELINED of those queued behind it; then the connection closes.
+    assert answered.count(b"HTTP/1.1 200 OK") == MAX_PIPELINED + 1
+    assert answered.endswith(b"\r\n\r\nok")
+    assert [(e["event"], e["reason"]) for e in logs] == [("listener.refused", "too many pipelined requests")]
+
+
+async def test_a_response_the_client_does_not_read_in_time_is_dropped_with_its_connection() -> None:
+    size = 8 * 1024 * 1024
+
+    async def big(request: Request) -> Response:
+        return Response(b"x" * size, media_type="application/octet-stream")
+
+    listener = Listener(
+        build_app([Route("/big", big)], read_timeout=READ_TIMEOUT), "127.0.0.1", 0, read_timeout=READ_TIMEOUT
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(listener.serve)
+        sock = await _connect(listener.port, receive_buffer=4096)
+        with sock, capture_logs() as logs:
+            sock.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            with anyio.fail_after(10):
+                while not logs:  # the write deadline passes while this client reads nothing
+                    await anyio.sleep(0.05)
+            received = await _read_all(sock)
+        tg.cancel_scope.cancel()
+    assert received.startswith(b"HTTP/1.1 200 OK")
+    assert len(received) < size  # the rest was dropped, not waited for
+    assert [(e["event"], e["reason"]) for e in logs] == [("listener.refused", "slow reader")]
+
+
+async def test_connections_beyond_the_cap_are_closed_at_once_and_logged_as_a_count() -> None:
+    listener = Listener(build_app([]), "127.0.0.1", 0, max_connections=3)
+    loop = asyncio.get_running_loop()
+
+    async def healthz(sock: socket.socket) -> bytes:
+        await loop.sock_sendall(sock, HEALTHZ)
+        with anyio.fail_after(10):
+            return await loop.sock_recv(sock, 65536)
+
+    with capture_logs() as logs, contextlib.ExitStack() as sockets:
+        async with anyio.create_task_group() as tg:
+            await tg.start(listener.serve)
+            held = [sockets.enter_context(await _connect(listener.port)) for _ in range(3)]
+            for sock in held:  # answered, and kept alive: three connections open
+                assert (await healthz(sock)).startswith(b"HTTP/1.1 200 OK")
+            excess = [sockets.enter_context(await _connect(listener.port)) for _ in range(10)]
+            assert [await _read_all(sock) for sock in excess] == [b""] * 10
+            held[0].close()
+
+            async def served() -> bool:
+                sock = sockets.enter_context(await _connect(listener.port))
+                try:
+                    return (await healthz(sock)).startswith(b"HTTP/1.1 200 OK")
+                except OSError:
+                    return False
+
+            with anyio.fail_after(10):  # a slot frees up once the server sees the close
+                while not await served():
+                    await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+    refusals = [e for e in logs if e["event"] == "listener.refused"]
+    assert {e["reason"] for e in refusals} == {"too many connections"}
+    # The first refusal at once, the others counted in one line at shutdown.
+    assert len(refusals) == 2 and sum(e["count"] for e in refusals) >= 10
+
+
+async def test_accept_errors_are_logged_once_per_interval_with_a_count() -> None:
+    listener = Listener(build_app([]), "127.0.0.1", 0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    loop = asyncio.get_running_loop()
+    with capture_logs() as logs, contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(socket.socket()) for _ in range(3)]  # their descriptors, now
+        async with anyio.create_task_group() as tg:
+            await tg.start(listener.serve)
+            lowest_free = os.open(os.devnull, os.O_RDONLY)
+            os.close(lowest_free)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no descriptor left
+            try:
+                for sock in clients:  # queued in the backlog: every accept fails with EMFILE
+                    sock.setblocking(False)
+                    await loop.sock_connect(sock, ("127.0.0.1", listener.port))
+                    await loop.sock_sendall(sock, HEALTHZ)
+                with anyio.fail_after(10):
+                    while not any(e["event"] == "listener.accept_failed" for e in logs):
+                        await anyio.sleep(0.05)
+                await anyio.sleep(1)  # the listener retries meanwhile, and logs no more lines
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            during = list(logs)
+            for sock in clients:  # descriptors are back: the queued clients are served
+                with anyio.fail_after(10):
+                    assert (await loop.sock_recv(sock, 65536)).startswith(b"HTTP/1.1 200 OK")
+            tg.cancel_scope.cancel()
+    emfile = ("listener.accept_failed", os.strerror(errno.EMFILE))
+    lines = [e for e in logs if e["event"] == "listener.accept_failed"]
+    assert [(e["event"], e["reason"]) for e in during if e in lines] == [emfile]
+    # The retries since are counted in one more line, at the interval's end or at shutdown.
+    assert [(e["event"], e["reason"]) for e in lines] == [emfile, emfile]
+    assert sum(e["count"] for e in lines) >= 5
+
+
+SLOW_READERS = 1_000
+
+# Run in a process of its own, so that its sockets do not count against the listener's descriptors.
+SLOW_READERS_SCRIPT = r"""
+import resource, socket, sys
+
+port, count = int(sys.argv[1]), int(sys.argv[2])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, count + 64), hard))  # one per connection
+requests = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 200
+sockets = []
+try:
+    for _ in range(count):  # each asks 200 times, and never reads an answer
+        sock = socket.socket()
+        sockets.append(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", port))
+        sock.setblocking(False)
+        try:
+            sock.send(requests)
+        except BlockingIOError:
+            pass
+    print("open", flush=True)
+    sys.stdin.read()  # holds them until the test closes stdin
+finally:
+    for sock in sockets:
+        sock.close()
+"""
+
+
+async def test_a_thousand_slow_readers_do_not_delay_a_signed_slack_click(fake_slack: FakeSlack) -> None:
+    slack = SlackChannel(
+        bot_token=BOT_TOKEN,
+        signing_secret=SLACK_SECRET,
+        channel="C0APPROVALS",
+        base_url=fake_slack.api_url,
+        approvers=[SLACK_APPROVER],
+    )
+    ran: list[str] = []
+    # The common default, which 1,000 connections held forever exhausted (this machine's may
+    # be higher): the listener must stay within it whatever the clients do.
+    with _descriptor_limit(1024):
+        async with HumanLayer([slack], listen="127.0.0.1:0") as hl, anyio.create_task_group() as tg:
+
+            @hl.require_approval()
+            async def deploy(version: str) -> str:
+                ran.append(version)
+                return f"deployed {version}"
+
+            outcomes = Outcomes(tg)
+            outcomes.start(lambda: deploy("v2"))
+            [request] = await wait_pending(hl)
+            [(_, ts)] = await fake_slack.wait_for(lambda: list(fake_slack.messages))
+            port = str(hl.url).rsplit(":", 1)[1]
+            readers = await anyio.open_process(
+                [sys.executable, "-c", SLOW_READERS_SCRIPT, port, str(SLOW_READERS)]
+            )
+            try:
+                assert readers.stdout is not None
+                with anyio.fail_after(60):
+                    assert await readers.stdout.receive() == b"open\n"
+                body, headers = signed_slack(
+                    slack_block_actions(request.id, user=SLACK_APPROVER, message_ts=ts)
+                )
+                async with httpx.AsyncClient(base_url=str(hl.url)) as client:
+                    started = anyio.current_time()
+                    with anyio.fail_after(2):
+                        response = await client.post("/slack/events", content=body, headers=headers)
+                    print("CLICK", anyio.current_time() - started)
+                assert response.status_code == 200
+                with anyio.fail_after(10):
+                    while not outcomes.ended:
+                        await anyio.sleep(0.01)
+                assert outcomes.ended == ["deployed v2"] and ran == ["v2"]
+            finally:
+                readers.kill()  # and its sockets with it
+                with anyio.CancelScope(shield=True):
+                    await readers.aclose()
+            tg.cancel_scope.cancel()

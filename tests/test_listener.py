@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import anyio
 import httpx
 import pytest
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import Receive, Scope, Send
 from structlog.testing import capture_logs
 
 from humanlayer_async import ApprovalDenied, ApprovalRequest, ConfigurationError, HumanLayer
-from humanlayer_async.channels import BaseChannel, Decider
-from humanlayer_async.listener import Listener, build_app
+from humanlayer_async.channels import BaseChannel, Decider, WebChannel
+from humanlayer_async.listener import Listener, build_app, client_is_local, trusted_networks
 
 from .test_gate import wait_pending
 
@@ -160,3 +163,146 @@ def test_accepted_connections_are_tcp_so_asyncio_turns_nagle_off() -> None:
                 assert connection.proto == socket.IPPROTO_TCP
     finally:
         server.close()
+
+
+# -- who the client is: forwarding headers and trusted proxies -------------------------------
+
+CONSOLE_KEY = "console-key-for-proxy-tests-0123"
+ASSET = "/approvals/static/console.css"  # served by the console to loopback clients only
+REFUSED = (403, "the console only serves this machine")
+
+
+async def _console(client: httpx.AsyncClient, headers: dict[str, str], base: str = "") -> tuple[int, str]:
+    response = await client.get(f"{base}{ASSET}", headers=headers)
+    return response.status_code, "css" if response.status_code == 200 else response.text
+
+
+async def test_forwarding_headers_from_an_untrusted_loopback_peer_make_it_remote_whatever_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # uvicorn trusts every proxy with FORWARDED_ALLOW_IPS=*: the embedded listener ignores it.
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+    async with (
+        HumanLayer([WebChannel(token=CONSOLE_KEY)], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+    ):
+        assert await _console(client, {}) == (200, "css")
+        for headers in (
+            {"X-Forwarded-For": "127.0.0.1"},
+            {"X-Forwarded-For": "::1"},
+            {"Forwarded": "for=127.0.0.1"},
+            {"Forwarded": 'for="[::1]:4711"'},
+            {"X-Forwarded-For": "203.0.113.9"},
+        ):
+            # A TLS proxy on this host would make every client look local: a loopback peer
+            # that forwards for someone, without being a trusted proxy, is not served.
+            assert await _console(client, headers) == REFUSED, headers
+
+
+async def test_a_trusted_proxy_names_the_client_by_its_rightmost_untrusted_hop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    cases = [
+        ({}, (200, "css")),
+        ({"X-Forwarded-For": "127.0.0.1"}, (200, "css")),
+        ({"Forwarded": "for=127.0.0.1;proto=https"}, (200, "css")),
+        ({"X-Forwarded-For": "127.0.0.1", "Forwarded": "for=127.0.0.1"}, (200, "css")),
+        ({"X-Forwarded-For": "203.0.113.9"}, REFUSED),
+        ({"Forwarded": 'for="[2001:db8::9]:4711"'}, REFUSED),
+        # The client wrote the left part; the proxy appended the address it saw.
+        ({"X-Forwarded-For": "127.0.0.1, 203.0.113.9"}, REFUSED),
+        ({"X-Forwarded-For": "203.0.113.9, 127.0.0.1"}, REFUSED),
+        ({"Forwarded": "for=unknown"}, REFUSED),
+        ({"Forwarded": "proto=https"}, REFUSED),
+        ({"X-Forwarded-For": "not-an-address"}, REFUSED),
+        # Headers that disagree cannot both be the proxy's.
+        ({"X-Forwarded-For": "127.0.0.1", "Forwarded": "for=203.0.113.9"}, REFUSED),
+    ]
+    async with (
+        HumanLayer(
+            [WebChannel(token=CONSOLE_KEY)], listen="127.0.0.1:0", trusted_proxies=["127.0.0.1"]
+        ) as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+    ):
+        assert [await _console(client, headers) for headers, _ in cases] == [status for _, status in cases]
+
+
+async def test_mounted_under_a_users_uvicorn_a_forwarded_request_is_remote(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A plain uvicorn trusts X-Forwarded-For from 127.0.0.1 and rewrites the client from it.
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    hl = HumanLayer([WebChannel(token=CONSOLE_KEY)], listen=None)
+    app = Starlette(routes=[Mount("/hl", hl.asgi_app)], lifespan=hl.lifespan)
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = _UsersUvicorn(uvicorn.Config(app, log_config=None))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        with anyio.fail_after(10):
+            while not server.started:
+                await anyio.sleep(0.01)
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert await _console(client, {}, "/hl") == (200, "css")
+            assert await _console(client, {"X-Forwarded-For": "127.0.0.1"}, "/hl") == REFUSED
+            assert await _console(client, {"Forwarded": "for=127.0.0.1"}, "/hl") == REFUSED
+        server.should_exit = True
+
+
+class _UsersUvicorn(uvicorn.Server):
+    """A user's own uvicorn, as configured by default (without its signal handlers)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "local"),
+    [
+        (("127.0.0.1", 50000), [], True),
+        (("::1", 50000), [], True),
+        (("::ffff:127.0.0.1", 50000), [], True),
+        (("203.0.113.9", 50000), [], False),
+        (("testclient", 50000), [], False),
+        (None, [], False),
+        # Remote peers: only a trusted one may name the client, and its loopback is its own.
+        (("203.0.113.9", 50000), [("x-forwarded-for", "127.0.0.1")], False),
+        (("10.0.0.5", 50000), [("x-forwarded-for", "127.0.0.1")], False),
+        (("10.0.0.5", 50000), [("forwarded", "for=127.0.0.1")], False),
+        (("10.0.0.5", 50000), [("x-forwarded-for", "198.51.100.7")], False),
+        # A loopback proxy: the rightmost hop it does not trust is the client.
+        (("127.0.0.1", 50000), [("x-forwarded-for", "127.0.0.1:61000")], True),
+        (("127.0.0.1", 50000), [("x-forwarded-for", "[::1]:61000")], True),
+        (("127.0.0.1", 50000), [("forwarded", 'For="[::1]:61000";proto=https')], True),
+        (("127.0.0.1", 50000), [("x-forwarded-for", "127.0.0.1"), ("x-forwarded-for", "::1")], True),
+        (("127.0.0.1", 50000), [("x-forwarded-for", "203.0.113.9, 127.0.0.1")], False),
+        (("127.0.0.1", 50000), [("x-forwarded-for", "127.0.0.1, 203.0.113.9")], False),
+        (("127.0.0.1", 50000), [("x-forwarded-for", "127.0.0.1, 10.0.0.7")], False),
+        (("127.0.0.1", 50000), [("forwarded", "for=_hidden")], False),
+        (("127.0.0.1", 50000), [("x-forwarded-for", "")], False),
+    ],
+)
+async def test_the_client_address_behind_trusted_proxies(
+    peer: tuple[str, int] | None, headers: list[tuple[str, str]], local: bool
+) -> None:
+    async def where(request: Request) -> Response:
+        return JSONResponse({"local": client_is_local(request.scope)})
+
+    app = build_app(
+        [Route("/where", where)], trusted_proxies=trusted_networks(["10.0.0.0/8", "127.0.0.1", "::1"])
+    )
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        await app({**scope, "client": peer}, receive, send)
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://x") as client:
+        response = await client.get("/where", headers=headers)
+    assert response.json() == {"local": local}
+
+
+@pytest.mark.parametrize("proxies", ["127.0.0.1", ["127.0.0.1", "proxy.internal"], [None]])
+def test_trusted_proxies_must_be_addresses_or_networks(proxies: object) -> None:
+    with pytest.raises(ConfigurationError, match="trusted_proxies"):
+        HumanLayer([], listen=None, trusted_proxies=proxies)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""ConsoleChannel: ask in the terminal, answer with ``y <id>`` / ``n <id> reason``."""
+"""ConsoleChannel: ask in the terminal, answer with ``y <id>`` / ``n <id> <reason>``."""
 
 from __future__ import annotations
 
@@ -12,24 +12,36 @@ import anyio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-from .._exceptions import HumanLayerError
-from .._models import ApprovalRequest
-from .._render import describe_decision, format_kwargs, format_value, summarize
+from .._exceptions import HumanLayerError, UnknownRequest
+from .._models import ApprovalRequest, Decision
+from .._render import describe_decision, format_kwargs, full_call, shorten, summarize, visible
+from .._terminal import MIN_PREFIX, write_lines
 from .base import BaseChannel, Decider
 
 __all__ = ["ConsoleChannel"]
 
-_APPROVE = {"y", "yes", "approve", "a"}
-_DENY = {"n", "no", "deny", "d"}
-_ANSWER = {"r", "reply", "answer"}
+_VERBS = {
+    **dict.fromkeys(("y", "yes", "approve", "a"), "y"),
+    **dict.fromkeys(("n", "no", "deny", "d"), "n"),
+    **dict.fromkeys(("r", "reply", "answer"), "r"),
+    **dict.fromkeys(("v", "view", "show"), "v"),
+}
+"""What may be typed first on a line, and the verb it stands for."""
+_FORMS = {"y": "y <id> [comment]", "n": "n <id> <reason>", "r": "r <id> <answer>", "v": "v <id>"}
 _LIST = {"?", "help", "ls", "list", "h"}
 
+_QUESTION = 2_000
+"""Characters of a question shown in its block (all of it with ``v <id>``)."""
+_REMEMBERED = 10_000
+"""Decided requests whose short ids are still recognised (older ones by their full id)."""
+
 HELP = (
-    "answer with:  y <id>            approve\n"
-    "              n <id> [reason]   deny\n"
-    "              r <id> <text>     answer a question\n"
-    "              ?                 list what is waiting\n"
-    "(<id> may be left out when only one request is waiting)"
+    "answer with:  y <id> [comment]   approve\n"
+    "              n <id> <reason>    deny (the agent is told the reason)\n"
+    "              r <id> <answer>    answer a question\n"
+    "              v <id>             show the full call, nothing shortened\n"
+    "              ?                  list what is waiting\n"
+    f"<id> is the id printed with the request, or its first {MIN_PREFIX} characters or more"
 )
 
 
@@ -37,8 +49,9 @@ class ConsoleChannel(BaseChannel):
     """The terminal: prints each request and reads answers from standard input.
 
     Reading never blocks the event loop (the input is watched by the loop itself, so
-    this needs a Unix-like OS), and any number of requests may wait at once: each is
-    answered by the short id printed with it.
+    this needs a Unix-like OS), and any number of requests may wait at once. Every
+    answer names its request (``y <id>``): a line applies to that request or to none.
+    Everything printed is passed through ``visible``, so no argument can redraw the screen.
 
     Args:
         user: Who decisions typed here are recorded as. Default: the OS user.
@@ -59,25 +72,28 @@ class ConsoleChannel(BaseChannel):
         self._input = input
         self._output = output
         self._waiting: dict[str, ApprovalRequest] = {}
+        self._settled: dict[str, str] = {}
+        """Id → summary of the requests that waited here and were decided, the latest ``_REMEMBERED``."""
         self._decider: Decider | None = None
 
     def __repr__(self) -> str:
         return f"ConsoleChannel(user={self.user!r})"
 
-    def _print(self, text: str) -> None:
-        output = self._output or sys.stdout
-        output.write(text + "\n")
-        output.flush()
+    def _say(self, *lines: str) -> None:
+        write_lines(lines, self._output)
 
     async def send(self, request: ApprovalRequest) -> str | None:
         self._waiting[request.id] = request
-        self._print(describe(request))
+        self._say(*describe(request))
         return request.short_id
 
     async def update(self, request: ApprovalRequest, ref: str | None) -> None:
-        self._waiting.pop(request.id, None)
+        if self._waiting.pop(request.id, None) is not None:
+            self._settled[request.id] = summarize(request)
+            if len(self._settled) > _REMEMBERED:
+                del self._settled[next(iter(self._settled))]
         if request.decision is not None:
-            self._print(f"[{request.short_id}] {request.function}: {describe_decision(request.decision)}")
+            self._say(_outcome(request, request.decision))
 
     async def run(self, decider: Decider, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
         self._decider = decider
@@ -105,75 +121,111 @@ class ConsoleChannel(BaseChannel):
                 await self.handle(line.decode(errors="replace"))
 
     async def handle(self, line: str) -> None:
-        """Act on one typed line."""
+        """Act on one typed line: ``<verb> <id> [text]``, applied to the request ``<id>`` names or to none."""
         words = line.split(maxsplit=2)
         if not words:
             return
-        verb = words[0].lower()
-        if verb in _LIST:
-            self._print(self._listing())
-            return
-        if verb not in _APPROVE | _DENY | _ANSWER:
-            self._print(f"unknown command {words[0]!r}\n{HELP}")
-            return
-        request, rest = self._target(words[1:])
-        if request is None:
-            return
-        assert self._decider is not None
-        try:
-            if verb in _ANSWER:
-                if not rest:
-                    self._print(f"type the answer after the id: r {request.short_id} <text>")
-                    return
-                decision = await self._decider.respond(request.id, rest, by=self.user, via=self.name)
-            else:
-                decision = await self._decider.decide(
-                    request.id, verb in _APPROVE, by=self.user, comment=rest or None, via=self.name
-                )
-        except HumanLayerError as exc:
-            self._print(f"[{request.short_id}] not decided: {exc}")
-            return
-        if decision.by != self.user or decision.via != self.name:
-            self._print(f"[{request.short_id}] already {describe_decision(decision)}")
-
-    def _target(self, words: list[str]) -> tuple[ApprovalRequest | None, str]:
-        """The request a line names (by id prefix, or the only one waiting) and the rest."""
-        if words:
-            matches = [r for r in self._waiting.values() if r.id.startswith(words[0].lower())]
-            if len(matches) == 1:
-                return matches[0], " ".join(words[1:])
-            if len(matches) > 1:
-                self._print(f"{words[0]!r} matches {len(matches)} requests: type more of the id")
-                return None, ""
-        if len(self._waiting) == 1:
-            return next(iter(self._waiting.values())), " ".join(words)
-        if not self._waiting:
-            self._print("nothing is waiting for an answer")
+        verb = _VERBS.get(words[0].lower())
+        if words[0].lower() in _LIST:
+            self._say(*self._listing())
+        elif verb is None:
+            self._say(f"unknown command '{words[0]}'", *HELP.splitlines())
+        elif len(words) < 2:
+            self._say(f"name the request: {_FORMS[verb]}", *self._listing())
         else:
-            self._print(f"which one? {len(self._waiting)} are waiting:\n{self._listing()}")
-        return None, ""
+            try:
+                request = await self._find(words[1])
+                if request is not None:
+                    await self._act(verb, request, words[2].strip() if len(words) > 2 else "")
+            except HumanLayerError as exc:
+                self._say(f"not decided: {exc}")
 
-    def _listing(self) -> str:
+    async def _find(self, typed: str) -> ApprovalRequest | None:
+        """The request ``typed`` names (its id, or the start of it), fresh from the store; ``None`` after saying why."""
+        assert self._decider is not None
+        prefix = typed.lower()
+        if len(prefix) < MIN_PREFIX:
+            self._say(f"'{typed}' is too short: type at least {MIN_PREFIX} characters of the id")
+            return None
+        ids = [known for known in (*self._waiting, *self._settled) if known.startswith(prefix)]
+        if len(ids) > 1:
+            self._say(
+                f"'{typed}' is the start of {len(ids)} request ids: type more of it",
+                *(f"  {known[:8]}  {self._summary(known)}" for known in ids),
+            )
+            return None
+        if ids:
+            return await self._decider.get(ids[0])
+        # Never shown here (or long ago): a full id still says who decided it.
+        try:
+            request = await self._decider.get(prefix)
+        except UnknownRequest:
+            self._say(f"no request with id '{typed}' here: type ? to list what is waiting")
+            return None
+        if request.decision is None:
+            self._say(f"[{request.short_id}] was not sent to this terminal: answer it where it was sent")
+        else:
+            self._say(_outcome(request, request.decision, already=True))
+        return None
+
+    async def _act(self, verb: str, request: ApprovalRequest, text: str) -> None:
+        """Show, decide or answer ``request`` as ``verb`` says; a decided request says who decided it."""
+        assert self._decider is not None
+        if verb == "v":
+            self._say(*full_call(request).splitlines())
+            return
+        if request.decision is not None:
+            self._say(_outcome(request, request.decision, already=True))
+            return
+        if verb in ("n", "r") and not text:
+            self._say(f"nothing decided: type {_FORMS[verb].replace('<id>', request.short_id)}")
+            return
+        if verb == "r":
+            decision = await self._decider.respond(request.id, text, by=self.user, via=self.name)
+        else:
+            decision = await self._decider.decide(
+                request.id, verb == "y", by=self.user, comment=text or None, via=self.name
+            )
+        if decision.by != self.user or decision.via != self.name:
+            self._say(_outcome(request, decision, already=True))
+
+    def _summary(self, request_id: str) -> str:
+        waiting = self._waiting.get(request_id)
+        return summarize(waiting) if waiting is not None else self._settled[request_id]
+
+    def _listing(self) -> list[str]:
         if not self._waiting:
-            return "nothing is waiting for an answer\n" + HELP
-        lines = [f"  {r.short_id}  {summarize(r)}" for r in self._waiting.values()]
-        return "\n".join([*lines, HELP])
+            return ["nothing is waiting for an answer", *HELP.splitlines()]
+        return [*(f"  {r.short_id}  {summarize(r)}" for r in self._waiting.values()), *HELP.splitlines()]
 
 
-def describe(request: ApprovalRequest) -> str:
-    """The block printed when a request arrives."""
-    title = "question" if request.kind == "question" else "approval needed"
-    lines = [f"── {title} [{request.short_id}] " + "─" * 30]
+def _outcome(request: ApprovalRequest, decision: Decision, *, already: bool = False) -> str:
+    """``[6f022d47] transfer_money: approved by alice via web at 19:44:52 UTC``."""
+    return f"[{request.short_id}] {visible(request.function)}: {'already ' if already else ''}{describe_decision(decision)}"
+
+
+def describe(request: ApprovalRequest) -> list[str]:
+    """The lines printed when a request arrives; they say so where they shorten anything."""
+    short = request.short_id
+    expires = f"  expires {request.expires_at:%Y-%m-%d %H:%M:%S} UTC"
     if request.kind == "question":
-        lines.append(request.message or "")
-        lines.append(f"  answer: r {request.short_id} <your answer>")
-    else:
-        lines.append(f"{request.function}({format_kwargs(request.kwargs)})")
-        if request.doc:
-            lines.append(f"  {request.doc.splitlines()[0]}")
-        lines.extend(f"  {key}: {format_value(value)}" for key, value in request.context.items())
-        if request.approvers:
-            lines.append(f"  approvers: {', '.join(request.approvers)}")
-        lines.append(f"  answer: y {request.short_id}  |  n {request.short_id} <reason>")
-    lines.append(f"  expires {request.expires_at:%Y-%m-%d %H:%M:%S} UTC")
-    return "\n".join(lines)
+        # One line: a newline in the question cannot draw a block of its own.
+        text, cut = shorten(request.message or "", _QUESTION)
+        hint = [f"  shortened above: v {short} shows the whole question"] if cut else []
+        return [f"── question [{short}] " + "─" * 30, f"  {text}", *hint, f"  answer: r {short} <answer>", expires]
+    doc = (request.doc or "").split("\n")
+    context = {visible(key): shorten(value) for key, value in request.context.items()}
+    cut = len(doc) > 1 or any(shorten(value, quote=True)[1] for value in request.kwargs.values())
+    lines = [
+        f"── approval needed [{short}] " + "─" * 30,
+        f"{visible(request.function)}({format_kwargs(request.kwargs)})",
+        *([f"  {visible(doc[0])}"] if doc[0] else []),
+        *(f"  {key}: {text}" for key, (text, _) in context.items()),
+    ]
+    if request.approvers:
+        lines.append(f"  approvers: {', '.join(visible(a) for a in request.approvers)}")
+    if cut or any(shortened for _, shortened in context.values()):
+        lines.append(f"  shortened above: v {short} shows the full call")
+    lines.append(f"  answer: y {short} [comment]  |  n {short} <reason>  |  v {short}")
+    lines.append(expires)
+    return lines

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hmac
-import ipaddress
 import json
 import os
 import re
@@ -55,6 +54,7 @@ from .._audit import logger
 from .._exceptions import ConfigurationError, HumanLayerError, NotAnApprover, StoreError, UnknownRequest
 from .._models import ApprovalRequest, Decision
 from .._render import describe_decision, summarize
+from ..listener import client_is_local
 from . import _web_page
 from ._web_auth import Credentials, Session
 from .base import BaseChannel, Decider
@@ -116,18 +116,6 @@ class _Refusal(Exception):
 @functools.cache
 def _asset(name: str) -> bytes:
     return resources.files(__package__).joinpath("web_static", name).read_bytes()
-
-
-def _is_loopback(request: Request) -> bool:
-    if request.client is None:
-        return False
-    try:
-        address = ipaddress.ip_address(request.client.host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 def _check_key(key: object, owner: str) -> str:
@@ -333,7 +321,7 @@ class WebChannel(BaseChannel):
             try:
                 if methods and request.method not in methods:
                     raise _Refusal(405, "method not allowed")
-                if not self.allow_remote and not _is_loopback(request):
+                if not self.allow_remote and not client_is_local(request.scope):
                     raise _Refusal(403, "not a loopback client", "the console only serves this machine")
                 if "token" in request.query_params:
                     raise _Refusal(
