@@ -5,8 +5,8 @@ Each works against the store named by ``--store`` or ``HUMANLAYER_STORE`` and de
 through ``HumanLayer.decide`` (approver allowlists, first decision wins, the audit
 trail), as ``--by`` (default: the OS user), ``via="cli"``. Tables for people, JSON with
 ``--json``. Everything printed for people goes through ``_terminal.write_lines``, so no
-stored value can redraw the operator's screen. Exit status: 0 done, 1 refused (unknown id, not an approver, already
-decided otherwise), 2 bad usage or configuration.
+stored value can redraw the operator's screen. Exit status: 0 done, 1 refused (unknown
+id, not an approver, already decided otherwise), 2 bad usage or configuration.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
-import structlog
 
 from ._audit import AuditEntry
 from ._client import HumanLayer
@@ -34,14 +33,25 @@ from ._codec import to_json
 from ._exceptions import ConfigurationError, HumanLayerError, NotAnApprover, UnknownRequest
 from ._models import ApprovalRequest, Decision, Status
 from ._render import describe_decision, format_value, full_call, summarize
-from ._terminal import MIN_PREFIX, table, write_lines
+from ._terminal import MIN_PREFIX, log_to_terminal, table, write_lines
 from .channels.web import TOKEN_ENV, WebChannel
 from .stores.base import DurableStore
 from .stores.url import store_from_url
 
 __all__ = ["COMMANDS", "add_commands", "run_command"]
 
-COMMANDS = ("serve", "console-link", "pending", "show", "approve", "deny", "cancel", "answer", "audit", "prune")
+COMMANDS = (
+    "serve",
+    "console-link",
+    "pending",
+    "show",
+    "approve",
+    "deny",
+    "cancel",
+    "answer",
+    "audit",
+    "prune",
+)
 
 _EXPECTED = {
     "approve": Status.APPROVED,
@@ -117,7 +127,9 @@ def add_commands(commands: Any) -> None:
     pending.add_argument("--run-id", help="only the requests of this run")
     pending.add_argument("--kind", choices=["approval", "question"], help="only approvals or questions")
 
-    show = commands.add_parser("show", parents=[store], help="print a request's whole call, nothing shortened")
+    show = commands.add_parser(
+        "show", parents=[store], help="print a request's whole call, nothing shortened"
+    )
     show.add_argument("id", help="the request id (or a unique prefix of a pending one)")
 
     approve = commands.add_parser("approve", parents=[store, by], help="approve a pending request")
@@ -149,11 +161,7 @@ def add_commands(commands: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run one operator command; returns the exit status."""
     # An application may set logging up (the library never does): quiet, except for serve.
-    level = logging.INFO if args.command == "serve" else logging.WARNING
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    log_to_terminal(logging.INFO if args.command == "serve" else logging.WARNING, sys.stderr)
     try:
         if args.command == "serve":
             return _serve(args.app)
@@ -293,7 +301,9 @@ async def _pending(hl: HumanLayer, store: DurableStore, args: argparse.Namespace
     if not args.json and not requests:
         write_lines(["nothing is pending"])
     elif not args.json:  # a hint, kept off the table
-        write_lines(["… marks where a call is shortened: humanlayer-async show ID prints all of it"], sys.stderr)
+        write_lines(
+            ["… marks where a call is shortened: humanlayer-async show ID prints all of it"], sys.stderr
+        )
 
 
 async def _show(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -> None:

@@ -18,6 +18,7 @@ from ._exceptions import ApprovalDenied
 from ._gate import current_decision
 from ._models import Decision
 from ._render import describe_decision
+from ._terminal import write_lines
 
 __all__ = ["DemoStep", "build_agent", "run_demo"]
 
@@ -94,9 +95,8 @@ def build_agent(hl: HumanLayer) -> list[DemoStep]:
 async def run_demo(hl: HumanLayer, out: TextIO) -> list[DemoStep]:
     """Run every step at once, print progress as each ends, then a summary."""
 
-    def say(text: str) -> None:
-        out.write(text + "\n")
-        out.flush()
+    def say(*lines: str) -> None:
+        write_lines(lines, out)  # outcomes carry comments typed by people: spelled out
 
     steps = build_agent(hl)
 
@@ -110,11 +110,11 @@ async def run_demo(hl: HumanLayer, out: TextIO) -> list[DemoStep]:
         step.waited = time.monotonic() - started
         say(f"agent: {step.label:<26} {'ran' if step.ran else 'REFUSED'}: {step.outcome}")
 
-    say("agent: starting 7 tool calls; the risky ones wait for you, the rest run now\n")
+    say("agent: starting 7 tool calls; the risky ones wait for you, the rest run now", "")
     async with anyio.create_task_group() as task_group:
         for step in steps:
             task_group.start_soon(run, step)
-    say("\nsummary")
+    say("", "summary")
     for step in steps:
         say(f"  {'ran    ' if step.ran else 'refused'}  {step.label:<26} {step.verdict()}")
     return steps

@@ -8,12 +8,12 @@ import sys
 from collections.abc import Sequence
 
 import anyio
-import structlog
 
 from ._client import HumanLayer
 from ._commands import COMMANDS, add_commands, run_command
 from ._demo import run_demo
 from ._exceptions import ConfigurationError
+from ._terminal import log_to_terminal, write_lines
 from .channels.console import HELP, ConsoleChannel
 from .channels.web import WebChannel
 
@@ -23,10 +23,15 @@ __all__ = ["main"]
 async def _demo(approval_timeout: float, listen: str) -> None:
     web = WebChannel()
     async with HumanLayer([ConsoleChannel(), web], timeout=approval_timeout, listen=listen) as hl:
-        print("humanlayer-async demo: a scripted agent (no LLM, no network) asks you before it acts.")
-        print(f"Answer in the web console ({web.url}, sign in with the link printed above)")
-        print("or in this terminal; either one shows the decisions made in the other.")
-        print(HELP + "\n")
+        write_lines(
+            [
+                "humanlayer-async demo: a scripted agent (no LLM, no network) asks you before it acts.",
+                f"Answer in the web console ({web.url}, sign in with the link printed above)",
+                "or in this terminal; either one shows the decisions made in the other.",
+                *HELP.splitlines(),
+                "",
+            ]
+        )
         await run_demo(hl, sys.stdout)
 
 
@@ -46,13 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in COMMANDS:
         return run_command(args)
     # The demo is an application: it may set logging up (the library never does).
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    log_to_terminal(logging.ERROR)
     try:
         anyio.run(_demo, args.timeout, args.listen)
     except KeyboardInterrupt:
         return 130
     except ConfigurationError as exc:
-        print(f"humanlayer-async demo: {exc}", file=sys.stderr)
+        write_lines([f"humanlayer-async demo: {exc}"], sys.stderr)
         return 2
     return 0
 

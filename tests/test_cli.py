@@ -124,6 +124,7 @@ async def test_tables_and_messages_spell_out_control_and_bidi_characters(store_u
                 approvers=(),
             )
         )
+        await store.create(make_request("dddd4444" + "0" * 24, approvers=("cfo",)))
     finally:
         await store.aclose()
     code, out, _ = await run_cli("pending", "--store", store_url)
@@ -138,13 +139,20 @@ async def test_tables_and_messages_spell_out_control_and_bidi_characters(store_u
     assert "amount = 250000" in out and "transfer_money\\x1b[1A  (request eeee5555" in out
     assert "note = " in out and "Status: pending" in out
 
-    code, out, _ = await run_cli("deny", "eeee", "--by", f"ann{FORGED}", "--reason", FORGED, "--store", store_url)
+    code, out, _ = await run_cli(
+        "deny", "eeee", "--by", f"ann{FORGED}", "--reason", FORGED, "--store", store_url
+    )
     assert code == 0 and not [raw for raw in RAW if raw in out]
     assert f"denied by ann{FORGED_SHOWN} via cli" in out
     code, out, err = await run_cli("approve", "eeee5555" + "0" * 24, "--by", "bob", "--store", store_url)
-    assert code == 1 and not [raw for raw in RAW if raw in err] and f"already denied by ann{FORGED_SHOWN}" in err
+    assert (
+        code == 1 and not [raw for raw in RAW if raw in err] and f"already denied by ann{FORGED_SHOWN}" in err
+    )
     code, _, err = await run_cli("approve", f"{FORGED}eeee", "--store", store_url)
     assert code == 1 and not [raw for raw in RAW if raw in err]
+    # a log line too (structlog quotes a value with spaces, but prints this one as it is)
+    code, _, err = await run_cli("approve", "dddd", "--by", "x\x1b[2J\u202ey", "--store", store_url)
+    assert code == 1 and "by=x\\x1b[2J\\u202ey" in err and not [raw for raw in RAW if raw in err]
     code, out, _ = await run_cli("audit", "--store", store_url)
     assert code == 0 and not [raw for raw in RAW if raw in out]
     assert "transfer_money\\x1b[1A" in out and "comment=\\x1b[2J\\x1b[H\\rtransfer_money(amount=25, re" in out

@@ -278,7 +278,10 @@ async def test_control_and_bidi_characters_are_shown_escaped(terminal: Terminal)
     assert not [line for line in printed.splitlines() if line.startswith("transfer_money(amount=25")]
     assert "transfer_money\\x1b[1A(amount=250000" in printed and "\\x1b[31mkey: 1" in printed
     assert "Move money.\\x1b[8m hidden" in printed and "no request with id '\\x1b[2J" in printed
-    assert "  Which region?\\x1b[2J\\x1b[H\\rtransfer_money(amount=25, recipient='ACME')\\n\\u202eevil" in printed
+    assert (
+        "  Which region?\\x1b[2J\\x1b[H\\rtransfer_money(amount=25, recipient='ACME')\\n\\u202eevil"
+        in printed
+    )
     assert "approved by alice via console at" in printed and "(\\x1b[2J\\x1b[H\\rtransfer_money" in printed
 
 
@@ -293,7 +296,7 @@ async def test_a_shortened_call_says_so_and_v_shows_all_of_it(terminal: Terminal
 
         async with anyio.create_task_group() as tg:
             rows = [f"row-{n}" for n in range(1, 12)]
-            nested = {"a": {"b": {"c": {"d": "fourth-level"}}}}
+            nested: dict[str, object] = {"a": {"b": {"c": {"d": "fourth-level"}}}}
             tg.start_soon(run_sql, rows, nested, "SELECT 1;" + " " * 1000 + "DROP TABLE users")
             [request] = await wait_pending(hl)
             await terminal.wait_for("expires")

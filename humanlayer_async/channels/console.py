@@ -141,7 +141,10 @@ class ConsoleChannel(BaseChannel):
                 self._say(f"not decided: {exc}")
 
     async def _find(self, typed: str) -> ApprovalRequest | None:
-        """The request ``typed`` names (its id, or the start of it), fresh from the store; ``None`` after saying why."""
+        """The request ``typed`` names (its id or the start of it), fresh from the store.
+
+        ``None`` after saying why not: too short, unknown, ambiguous, or decided elsewhere.
+        """
         assert self._decider is not None
         prefix = typed.lower()
         if len(prefix) < MIN_PREFIX:
@@ -201,7 +204,8 @@ class ConsoleChannel(BaseChannel):
 
 def _outcome(request: ApprovalRequest, decision: Decision, *, already: bool = False) -> str:
     """``[6f022d47] transfer_money: approved by alice via web at 19:44:52 UTC``."""
-    return f"[{request.short_id}] {visible(request.function)}: {'already ' if already else ''}{describe_decision(decision)}"
+    outcome = f"already {describe_decision(decision)}" if already else describe_decision(decision)
+    return f"[{request.short_id}] {visible(request.function)}: {outcome}"
 
 
 def describe(request: ApprovalRequest) -> list[str]:
@@ -212,19 +216,25 @@ def describe(request: ApprovalRequest) -> list[str]:
         # One line: a newline in the question cannot draw a block of its own.
         text, cut = shorten(request.message or "", _QUESTION)
         hint = [f"  shortened above: v {short} shows the whole question"] if cut else []
-        return [f"── question [{short}] " + "─" * 30, f"  {text}", *hint, f"  answer: r {short} <answer>", expires]
+        return [
+            f"── question [{short}] " + "─" * 30,
+            f"  {text}",
+            *hint,
+            f"  answer: r {short} <answer>",
+            expires,
+        ]
     doc = (request.doc or "").split("\n")
-    context = {visible(key): shorten(value) for key, value in request.context.items()}
+    context = [(visible(key), *shorten(value)) for key, value in request.context.items()]
     cut = len(doc) > 1 or any(shorten(value, quote=True)[1] for value in request.kwargs.values())
     lines = [
         f"── approval needed [{short}] " + "─" * 30,
         f"{visible(request.function)}({format_kwargs(request.kwargs)})",
         *([f"  {visible(doc[0])}"] if doc[0] else []),
-        *(f"  {key}: {text}" for key, (text, _) in context.items()),
+        *(f"  {key}: {text}" for key, text, _ in context),
     ]
     if request.approvers:
         lines.append(f"  approvers: {', '.join(visible(a) for a in request.approvers)}")
-    if cut or any(shortened for _, shortened in context.values()):
+    if cut or any(shortened for _, _, shortened in context):
         lines.append(f"  shortened above: v {short} shows the full call")
     lines.append(f"  answer: y {short} [comment]  |  n {short} <reason>  |  v {short}")
     lines.append(expires)
