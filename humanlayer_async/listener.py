@@ -62,7 +62,7 @@ MAX_BODY = 1024 * 1024
 READ_TIMEOUT = 10.0
 """Seconds a client may take to send a request's headers, and again its body; and to read an answer."""
 
-MAX_PIPELINED = 8
+MAX_PIPELINED = 1
 """Requests a client may send ahead of the answers (HTTP pipelining) before it is cut off."""
 
 LOG_INTERVAL = 10.0
@@ -226,13 +226,15 @@ def _trusted(address: IPAddress, trusted: tuple[IPNetwork, ...]) -> bool:
 
 def _forwarded_chains(headers: Iterable[tuple[bytes, bytes]]) -> list[list[IPAddress | None]]:
     """The hops each forwarding header lists, client first (``None``: not an address)."""
-    x_forwarded_for = [value for name, value in headers if name.lower() == b"x-forwarded-for"]
-    forwarded = [value for name, value in headers if name.lower() == b"forwarded"]
+    found: dict[bytes, list[bytes]] = {b"x-forwarded-for": [], b"forwarded": []}
+    for name, value in headers:
+        found.get(name.lower(), []).append(value)
     chains = []
-    if x_forwarded_for:
-        chains.append([_node(hop) for hop in b",".join(x_forwarded_for).decode("latin-1").split(",")])
-    if forwarded:
-        elements = b",".join(forwarded).decode("latin-1").split(",")
+    if found[b"x-forwarded-for"]:
+        hops = b",".join(found[b"x-forwarded-for"]).decode("latin-1").split(",")
+        chains.append([_node(hop) for hop in hops])
+    if found[b"forwarded"]:
+        elements = b",".join(found[b"forwarded"]).decode("latin-1").split(",")
         chains.append([_forwarded_for(element) for element in elements])
     return chains
 
@@ -315,6 +317,7 @@ class _Bounded(H11Protocol):
 
     read_timeout = READ_TIMEOUT
     gate: _Gate  # set by Listener.serve
+    tally: _Tally  # likewise: a flood of cut-off clients logs a count, not a line each
     _header_timer: asyncio.TimerHandle | None = None
     _write_timer: asyncio.TimerHandle | None = None
     _queued = 0  # requests in a row that were already waiting when the one before was answered
@@ -351,7 +354,7 @@ class _Bounded(H11Protocol):
     def on_response_complete(self) -> None:
         self._queued = self._queued + 1 if self.conn.trailing_data[0] else 0
         if self._queued > MAX_PIPELINED and not self.transport.is_closing():
-            logger.warning("listener.refused", client=self.client, reason="too many pipelined requests")
+            self.tally.note("listener.refused", "too many pipelined requests")
             self.transport.close()
             return
         super().on_response_complete()
@@ -367,12 +370,12 @@ class _Bounded(H11Protocol):
     def _slow_headers(self) -> None:
         self._header_timer = None
         if not self.transport.is_closing():
-            logger.warning("listener.refused", client=self.client, reason="slow headers")
+            self.tally.note("listener.refused", "slow headers")
             self.transport.close()
 
     def _slow_reader(self) -> None:
         self._write_timer = None
-        logger.warning("listener.refused", client=self.client, reason="slow reader")
+        self.tally.note("listener.refused", "slow reader")
         self.transport.abort()  # close() would wait for the client to read what is left
 
 
@@ -515,15 +518,14 @@ class Listener:
         )
         config.load()
         server = _Server(config)
-        gate = _Gate(self.max_connections)
+        gate, tally = _Gate(self.max_connections), _Tally()
         protocol: type[_Bounded] = type(
-            "Bounded", (_Bounded,), {"read_timeout": self.read_timeout, "gate": gate}
+            "Bounded", (_Bounded,), {"read_timeout": self.read_timeout, "gate": gate, "tally": tally}
         )
 
         def connection() -> asyncio.Protocol:
             return protocol(config=config, server_state=server.server_state, app_state=server.lifespan.state)
 
-        tally = _Tally()
         try:
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(tally.report)

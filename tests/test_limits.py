@@ -10,6 +10,7 @@ import os
 import resource
 import socket
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 
 import anyio
@@ -188,26 +189,26 @@ async def _answer(stream: SocketStream) -> bytes:
 async def test_slow_headers_and_bodies_are_cut_off_and_never_hold_the_listener() -> None:
     app = build_app([Route("/echo", _echo, methods=["POST"])], read_timeout=READ_TIMEOUT)
     listener = Listener(app, "127.0.0.1", 0, read_timeout=READ_TIMEOUT)
-    async with contextlib.AsyncExitStack() as streams, anyio.create_task_group() as tg:
-        await tg.start(listener.serve)
-        host, port = "127.0.0.1", listener.port
-        dribbling = anyio.Event()
+    with capture_logs() as logs:
+        async with contextlib.AsyncExitStack() as streams, anyio.create_task_group() as tg:
+            await tg.start(listener.serve)
+            host, port = "127.0.0.1", listener.port
+            dribbling = anyio.Event()
 
-        async def connect() -> SocketStream:
-            stream = await anyio.connect_tcp(host, port)
-            streams.push_async_callback(stream.aclose)
-            return stream
+            async def connect() -> SocketStream:
+                stream = await anyio.connect_tcp(host, port)
+                streams.push_async_callback(stream.aclose)
+                return stream
 
-        async def dribble(stream: SocketStream, data: bytes) -> None:
-            try:
-                for byte in data:
-                    await stream.send(bytes([byte]))
-                    dribbling.set()
-                    await anyio.sleep(0.05)
-            except (anyio.BrokenResourceError, OSError):
-                pass  # the server hung up, as it should
+            async def dribble(stream: SocketStream, data: bytes) -> None:
+                try:
+                    for byte in data:
+                        await stream.send(bytes([byte]))
+                        dribbling.set()
+                        await anyio.sleep(0.05)
+                except (anyio.BrokenResourceError, OSError):
+                    pass  # the server hung up, as it should
 
-        with capture_logs() as logs:
             # 1. Headers trickling in a byte at a time, forever.
             slow_headers = await connect()
             tg.start_soon(
@@ -238,10 +239,14 @@ async def test_slow_headers_and_bodies_are_cut_off_and_never_hold_the_listener()
             assert b"408 Request Timeout" in await _answer(slow_body)
             assert await _closed(kept)
             assert all([await _closed(stream) for stream in crowd])
-        tg.cancel_scope.cancel()
-    reasons = [entry["reason"] for entry in logs if entry["event"] == "listener.refused"]
-    assert reasons.count("slow body") == 1
-    assert reasons.count("slow headers") == 103  # silent, trickling, stalled keep-alive, the crowd
+            tg.cancel_scope.cancel()
+    reasons: Counter[str] = Counter()
+    for entry in logs:
+        if entry["event"] == "listener.refused":  # a flood is one line with a count
+            reasons[entry["reason"]] += entry.get("count", 1)
+    assert reasons["slow body"] == 1
+    assert reasons["slow headers"] == 103  # silent, trickling, stalled keep-alive, the crowd
+    assert sum(1 for entry in logs if entry.get("reason") == "slow headers") <= 2  # not 103 lines
 
 
 async def test_a_fast_client_is_never_cut_off_and_a_streaming_response_outlives_the_timeout() -> None:
@@ -494,9 +499,15 @@ finally:
 """
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # a production loop: see the docstring
 async def test_a_thousand_slow_readers_are_cut_off_and_a_signed_slack_click_is_answered(
     fake_slack: FakeSlack,
 ) -> None:
+    """While 1,000 connections pipeline requests and read nothing, a genuine click is answered
+    within 2 s and its tool resumes; then every one of them is cut off.
+
+    The loop is a plain one, as in production: the tests' debug loop records a traceback for
+    every task it creates, which makes the 1,000 connections' work several times slower."""
     slack = SlackChannel(
         bot_token=BOT_TOKEN,
         signing_secret=SLACK_SECRET,
@@ -525,14 +536,16 @@ async def test_a_thousand_slow_readers_are_cut_off_and_a_signed_slack_click_is_a
             lines = BufferedByteReceiveStream(readers.stdout)
             with anyio.fail_after(90):
                 assert await lines.receive_until(b"\n", 100) == b"open"
-                # Before, the listener answered until their buffers were full, then held every
-                # connection forever, until the process ran out of descriptors.
-                assert await lines.receive_until(b"\n", 100) == f"cut off {SLOW_READERS}".encode()
+            # All 1,000 are open and reading nothing: a genuine click is answered meanwhile.
             body, headers = signed_slack(slack_block_actions(request.id, user=SLACK_APPROVER, message_ts=ts))
             async with httpx.AsyncClient(base_url=str(hl.url)) as client:
                 with anyio.fail_after(2):
                     response = await client.post("/slack/events", content=body, headers=headers)
             assert response.status_code == 200
+            with anyio.fail_after(90):
+                # Before, the listener answered until their buffers were full, then held every
+                # connection forever, until the process ran out of descriptors.
+                assert await lines.receive_until(b"\n", 100) == f"cut off {SLOW_READERS}".encode()
             with anyio.fail_after(10):
                 while not outcomes.ended:
                     await anyio.sleep(0.01)
