@@ -145,7 +145,11 @@ def _masked(value: Any, path: set[int]) -> Any:
 # -- characters ---------------------------------------------------------------------
 
 _INVISIBLE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u200b\u200c\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+    "[\x00-\x1f\x7f-\x9f"  # C0 controls (newline and tab too), DEL, C1 controls
+    "\u00ad\u034f\u061c\u115f\u1160\u180e\u200b\u200c\u200e\u200f"  # soft hyphen, fillers, marks
+    "\u2028-\u202e\u2060-\u2064\u2066-\u206f"  # separators, bidi embeddings and isolates
+    "\u3164\ufeff\uffa0\ufff9-\ufffb"  # Hangul fillers, BOM, interlinear annotations
+    "\U000e0000-\U000e007f]"  # tag characters: invisible text that models still read
 )
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -155,7 +159,9 @@ def _spell(match: re.Match[str]) -> str:
     if char in _NAMED:
         return _NAMED[char]
     code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def visible(text: str) -> str:
@@ -163,8 +169,10 @@ def visible(text: str) -> str:
 
     C0 controls (newline and tab included), DEL, C1 controls, the bidi controls
     (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C), line and paragraph separators,
-    zero-width spaces and the soft hyphen become ``\\x1b``, ``\\n``, ``\\u202e``...
-    Nothing can then move the cursor, redraw a terminal, reorder text or hide it.
+    zero-width and filler characters, the soft hyphen and the invisible tag characters
+    (U+E0000-U+E007F) become ``\\x1b``, ``\\n``, ``\\u202e``, ``\\U000e0041``... Nothing can
+    then move the cursor, redraw a terminal, reorder text or hide it. The zero-width joiner
+    stays: it joins emoji and hides nothing.
     Idempotent: its output contains none of those characters.
     """
     return _INVISIBLE.sub(_spell, text)
