@@ -24,13 +24,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, Self, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Self, TypeVar, cast, overload
 
 import anyio
 import anyio.lowlevel
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskGroup, TaskStatus
-from starlette.applications import Starlette
 
 from ._audit import AuditEvent, logger, make_entry
 from ._bridge import Bridge
@@ -59,14 +58,19 @@ from ._models import ApprovalRequest, Decision, Execution, Kind, Status
 from ._registry import EXPIRED, Registry
 from ._render import Render, mask_secrets
 from .channels.base import Channel, Decider, ListenerAware
-from .listener import Listener, build_app, trusted_networks
 from .stores.base import DurableStore, Store, decision_entry, requested_entry
 from .stores.memory import MemoryStore
+
+if TYPE_CHECKING:  # the listener (starlette, uvicorn) is imported once it is built or served
+    from starlette.applications import Starlette
+
+    from .listener import IPNetwork, Listener
 
 __all__ = ["HumanLayer"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 _FOLLOW_RETRY = 0.5
 """Seconds before following a failed store again (doubling, up to 30)."""
@@ -94,15 +98,32 @@ _current_run: ContextVar[_Run | None] = ContextVar("humanlayer_run", default=Non
 
 
 def _seconds(value: float | timedelta, what: str) -> float:
-    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        seconds = math.nan
     if not (0 < seconds < math.inf):
-        raise ConfigurationError(f"{what} must be a positive, finite number of seconds, not {value!r}")
+        raise ConfigurationError(
+            f"{what} must be a positive, finite number of seconds or a timedelta, not {value!r}"
+        )
     return seconds
+
+
+def _check_callable(hook: T | None, what: str) -> T | None:
+    if hook is not None and not callable(hook):
+        raise ConfigurationError(f"{what} must be a function, not {hook!r}")
+    return hook
 
 
 def _parse_listen(listen: str | None) -> tuple[str, int] | None:
     if listen is None:
         return None
+    if not isinstance(listen, str):
+        raise ConfigurationError(
+            f'listen must be "host:port" (e.g. "127.0.0.1:8787") or None, not {listen!r}'
+        )
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigurationError(
@@ -114,9 +135,10 @@ def _parse_listen(listen: str | None) -> tuple[str, int] | None:
 def _approver_tuple(approvers: Iterable[str] | str | None) -> tuple[str, ...]:
     if approvers is None:
         return ()
-    if isinstance(approvers, str):
-        return (approvers,)
-    return tuple(approvers)
+    checked = (approvers,) if isinstance(approvers, str) else tuple(approvers)
+    if not all(isinstance(approver, str) and approver for approver in checked):
+        raise ConfigurationError(f"approvers must be non-empty strings (ids, addresses), not {approvers!r}")
+    return checked
 
 
 def _check_channels(channels: Iterable[Channel]) -> list[Channel]:
@@ -208,12 +230,16 @@ class HumanLayer:
         self._default_run = None if run_id is None else _Run(run_id)
         self._always_listen = False
         self._max_pending = max_pending
-        self._trusted_proxies = trusted_networks(trusted_proxies)
+        self._trusted_proxies: tuple[IPNetwork, ...] = ()
+        if trusted_proxies != ():  # checked now: the default alone needs no listener this early
+            from .listener import trusted_networks
+
+            self._trusted_proxies = trusted_networks(trusted_proxies)
         self._asking = 0  # calls between ask() and their decision: what max_pending bounds
         # Work aclose() lets finish: waiters storing their cancellation, channel updates.
         self._busy = 0
         self._idle: anyio.Event | None = None
-        self._render = render
+        self._render = _check_callable(render, "render") or mask_secrets
         self._decider: Decider = _ChannelDecider(self)
         self._bridge = Bridge()
         # Bound to the event loop of the first use:
@@ -276,6 +302,8 @@ class HumanLayer:
         in that app's lifespan.
         """
         if self._app is None:
+            from .listener import build_app
+
             self._app = build_app(
                 [route for c in self._all_channels.values() for route in c.routes()],
                 trusted_proxies=self._trusted_proxies,
@@ -305,10 +333,18 @@ class HumanLayer:
     # -- decorators ------------------------------------------------------------------
 
     @overload
+    def require_approval(self, tool: Callable[P, Awaitable[R]], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+    @overload
+    def require_approval(self, tool: Callable[P, R], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+    @overload
     def require_approval(
         self,
-        condition: Condition | None = None,
+        tool: None = None,
+        /,
         *,
+        condition: Condition | None = None,
         context: ContextHook | Mapping[str, Any] | None = None,
         channels: Sequence[Channel] | None = None,
         approvers: Iterable[str] | str | None = None,
@@ -320,8 +356,10 @@ class HumanLayer:
     @overload
     def require_approval(
         self,
-        condition: Condition | None = None,
+        tool: None = None,
+        /,
         *,
+        condition: Condition | None = None,
         context: ContextHook | Mapping[str, Any] | None = None,
         channels: Sequence[Channel] | None = None,
         approvers: Iterable[str] | str | None = None,
@@ -332,26 +370,41 @@ class HumanLayer:
 
     def require_approval(
         self,
-        condition: Condition | None = None,
+        tool: Callable[..., Any] | None = None,
+        /,
         *,
+        condition: Condition | None = None,
         context: ContextHook | Mapping[str, Any] | None = None,
         channels: Sequence[Channel] | None = None,
         approvers: Iterable[str] | str | None = None,
         timeout: float | timedelta | None = None,
         on_reject: OnReject | None = None,
         render: Render | None = None,
-    ) -> Gated | GatedOrSentence:
+    ) -> Gated | GatedOrSentence | Callable[..., Coroutine[Any, Any, Any]]:
         """Gate a sync or async tool: when ``condition`` holds, a human must approve each call.
 
-        ``condition`` and ``context`` get the call's bound arguments (defaults applied)
-        as keywords and may be sync or async; a condition that raises means approval
-        is required. The gated function is always awaitable, keeps the tool's name,
-        docstring and signature, and runs a sync tool in a worker thread.
+        Use it as ``@hl.require_approval`` or ``@hl.require_approval(...)``; every option is
+        a keyword. ``condition`` and ``context`` get the call's bound arguments (defaults
+        applied) as keywords and may be sync or async; a condition that raises means
+        approval is required. They are checked here, when the tool is decorated: one that
+        is not callable, or cannot take the tool's arguments as keywords, raises
+        ``ConfigurationError`` naming the tool and the parameter. The gated function is
+        always awaitable, keeps the tool's name, docstring and signature, and runs a sync
+        tool in a worker thread.
         """
+        if tool is not None and not callable(tool):
+            raise ConfigurationError(
+                f"require_approval takes its options as keywords (condition=..., context=...), not {tool!r}"
+            )
+        if getattr(tool, "__name__", None) == "<lambda>":
+            raise ConfigurationError(
+                "require_approval was given a lambda as the tool to gate: "
+                "pass a condition as a keyword, require_approval(condition=lambda ...: ...)"
+            )
         options: dict[str, Any] = {
             "condition": condition,
             "context": context,
-            "render": render or self._render,
+            "render": _check_callable(render, "render") or self._render,
             "channels": None if channels is None else self._register(*_check_channels(channels)),
             "approvers": _approver_tuple(approvers),
             "timeout": None if timeout is None else _seconds(timeout, "timeout"),
@@ -361,7 +414,7 @@ class HumanLayer:
         def decorate(func: Callable[..., Any]) -> Callable[..., Coroutine[Any, Any, Any]]:
             return gate(self, func, **options)
 
-        return cast(Gated, decorate)
+        return cast(Gated, decorate) if tool is None else decorate(tool)
 
     def human_as_tool(
         self,
@@ -554,6 +607,8 @@ class HumanLayer:
                 if self._listen is not None and (
                     self._always_listen or any(c.routes() for c in self._all_channels.values())
                 ):
+                    from .listener import Listener
+
                     self._listener = Listener(self.asgi_app, *self._listen)
                     await task_group.start(self._listener.serve)
                     for channel in self._all_channels.values():

@@ -15,7 +15,7 @@ import anyio.to_thread
 
 from ._audit import AuditEvent, logger
 from ._codec import loads
-from ._exceptions import ApprovalDenied, ApprovalTimeout
+from ._exceptions import ApprovalDenied, ApprovalTimeout, ConfigurationError
 from ._models import Decision, Execution, Kind, Status
 from ._render import Render
 
@@ -144,6 +144,31 @@ def _shown_arguments(arguments: Mapping[str, Any], spread: str | None) -> dict[s
     return shown
 
 
+def _check_hook(hook: object, what: str, tool: str, signature: inspect.Signature) -> None:
+    """Refuse, at decoration, a ``condition``/``context`` that could never take the tool's arguments.
+
+    Such a hook would fail on every call, and a failing condition asks a human: the mistake
+    would pass for caution. A hook without a signature (some builtins) is not checked.
+    """
+    if hook is None or (what == "context" and isinstance(hook, Mapping)):
+        return
+    if not callable(hook):
+        kind = "a function of the tool's arguments, or a mapping" if what == "context" else "a function"
+        raise ConfigurationError(f"{what} of {tool} must be {kind}, not {hook!r}")
+    try:
+        hook_signature = inspect.signature(hook)
+    except (TypeError, ValueError):
+        return
+    try:
+        hook_signature.bind(**dict.fromkeys(signature.parameters))
+    except TypeError as exc:
+        names = ", ".join(signature.parameters) or "none"
+        raise ConfigurationError(
+            f"{what} of {tool} cannot be called with the tool's arguments as keywords "
+            f"({names}): {exc}; name them as the tool does, or add **kwargs"
+        ) from None
+
+
 def _is_async(func: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
         getattr(func, "__call__", None)  # noqa: B004 - async callable objects
@@ -168,6 +193,8 @@ def gate(
     qualname = f"{getattr(func, '__module__', None)}.{getattr(func, '__qualname__', name)}"
     doc = inspect.getdoc(func)
     is_async = _is_async(func)
+    _check_hook(condition, "condition", name, signature)
+    _check_hook(context, "context", name, signature)
     spread = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
 
     async def run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

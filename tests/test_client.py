@@ -321,6 +321,10 @@ def test_blocking_bridge_runs_gated_calls_from_sync_code() -> None:
         ({"listen": "127.0.0.1:99999"}, "listen"),
         ({"on_reject": "ignore"}, "on_reject"),
         ({"store": object()}, "Store"),
+        ({"listen": 8787}, "listen"),  # an int, not "host:port"
+        ({"timeout": "1h"}, "timeout"),
+        ({"timeout": True}, "timeout"),
+        ({"render": "mask"}, "render"),
     ],
 )
 def test_bad_configuration_is_refused_at_construction(kwargs: dict[str, object], message: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import re
 import threading
 import time
 import typing
@@ -18,9 +19,11 @@ from humanlayer_async import (
     ApprovalDenied,
     ApprovalRequest,
     ApprovalTimeout,
+    ConfigurationError,
     HumanLayer,
     Status,
 )
+from humanlayer_async.stores import MemoryStore
 from humanlayer_async.testing import AutoChannel
 
 pytestmark = pytest.mark.anyio
@@ -237,7 +240,7 @@ async def test_async_condition_and_context_get_bound_arguments_with_defaults() -
     channel = AutoChannel(lambda r: True)
     async with HumanLayer([channel], listen=None) as hl:
 
-        @hl.require_approval(condition, context=context)
+        @hl.require_approval(condition=condition, context=context)
         async def pay(amount: float, currency: str = "USD") -> str:
             return "paid"
 
@@ -278,6 +281,64 @@ async def test_wrapper_keeps_name_doc_signature_and_hints() -> None:
     assert typing.get_type_hints(send_email) == {"to": str, "subject": str, "body": str, "return": str}
     assert inspect.iscoroutinefunction(send_email)
     await hl.aclose()
+
+
+async def test_a_bare_decorator_gates_the_tool() -> None:
+    store = MemoryStore()
+    async with HumanLayer([AutoChannel(lambda r: True)], store=store, listen=None) as hl:
+
+        @hl.require_approval
+        async def send_email(to: str) -> str:
+            """Send an email."""
+            return f"sent to {to}"
+
+        assert send_email.__name__ == "send_email" and send_email.__doc__ == "Send an email."
+        assert await send_email("bob@example.com") == "sent to bob@example.com"
+        [entry] = [e for e in store.audit_log if e.event == "approval.requested"]
+        assert entry.fields["function"] == "send_email"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"condition": "amount > 1000"}, "condition of transfer_money must be a function"),
+        ({"condition": lambda amt, **kwargs: amt > 1000}, "missing a required argument: 'amt'"),
+        ({"condition": lambda amount: amount > 1000}, "unexpected keyword argument 'recipient'"),
+        ({"context": lambda amount: {"a": amount}}, "context of transfer_money cannot be called"),
+        ({"context": "the CFO's call"}, "context of transfer_money must be a function"),
+        ({"timeout": "1h"}, "timeout must be a positive, finite number"),
+        ({"approvers": ["cfo", 7]}, "approvers must be non-empty strings"),
+        ({"render": 3}, "render must be a function"),
+    ],
+)
+def test_mistakes_are_caught_when_the_tool_is_decorated(options: dict[str, Any], message: str) -> None:
+    hl = HumanLayer([], listen=None)
+
+    def transfer_money(amount: float, recipient: str) -> str:
+        return "sent"
+
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        hl.require_approval(**options)(transfer_money)
+
+
+def test_a_condition_given_positionally_is_refused_not_gated() -> None:
+    hl = HumanLayer([], listen=None)
+    with pytest.raises(ConfigurationError, match="condition=lambda"):
+        hl.require_approval(lambda amount, **kwargs: amount > 1000)
+    with pytest.raises(ConfigurationError, match="keywords"):
+        hl.require_approval("amount > 1000")  # type: ignore[call-overload]
+
+
+def test_hooks_that_fit_the_tool_are_accepted() -> None:
+    hl = HumanLayer([], listen=None)
+
+    def pay(amount: float, /, currency: str = "EUR", *lines: str, **extra: object) -> str:
+        return "paid"
+
+    hl.require_approval(condition=lambda amount, **kwargs: amount > 10)(pay)
+    hl.require_approval(condition=lambda amount, currency, lines, extra: True)(pay)
+    hl.require_approval(context=dict)(pay)  # a builtin without a signature: not checked (and it works)
+    hl.require_approval(context={"team": "finance"})(pay)
 
 
 async def test_sync_tool_runs_in_a_worker_thread_while_the_loop_ticks() -> None:
