@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import anyio
 import anyio.abc
@@ -27,7 +28,7 @@ from humanlayer_async import (
     UnknownRequest,
 )
 from humanlayer_async.channels import BaseChannel
-from humanlayer_async.stores import MemoryStore, StoreEvent
+from humanlayer_async.stores import MemoryStore, PostgresStore, SQLiteStore, StoreEvent
 from humanlayer_async.testing import AutoChannel
 
 from .test_gate import wait_pending
@@ -470,3 +471,26 @@ async def test_a_failing_store_stream_is_followed_again_and_still_wakes_waiters(
     assert results == ["ran"]
     assert store.watches == 2
     assert [e["event"] for e in logs].count("humanlayer.store_follow_failed") == 1
+
+
+async def test_a_store_url_names_the_store_as_the_cli_does(
+    tmp_path: Path, pg_dsn: str, pg_schema: str
+) -> None:
+    sqlite_hl = HumanLayer([], store=f"sqlite:///{tmp_path / 'approvals.db'}", listen=None)
+    assert isinstance(sqlite_hl.store, SQLiteStore)
+    postgres_hl = HumanLayer([], store=f"{pg_dsn}?schema={pg_schema}", listen=None)
+    assert isinstance(postgres_hl.store, PostgresStore) and postgres_hl.store.schema == pg_schema
+    for hl in (sqlite_hl, postgres_hl):
+        async with hl:
+
+            @hl.require_approval()
+            async def tool() -> str:
+                return "ran"
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(tool)
+                [request] = await wait_pending(hl)
+                await hl.decide(request.id, True, by="alice")
+            assert (await hl.get(request.id)).status is Status.APPROVED
+    with pytest.raises(ConfigurationError, match="unsupported store URL"):
+        HumanLayer([], store="redis://127.0.0.1:6379", listen=None)
