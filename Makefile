@@ -1,6 +1,10 @@
 # The two commands of the quick start: `make demo` and `make test`.
 # Each creates .venv and installs the project into it on first use.
+# `make demo LISTEN=127.0.0.1:0` serves the demo's web console on a free port (8787 is taken).
+# `make bench BENCHMARKS="pending_scale peers"` runs only the benchmarks named.
 PYTHON ?= python3
+LISTEN ?= 127.0.0.1:8787
+BENCHMARKS ?=
 VENV := .venv
 BIN := $(VENV)/bin
 
@@ -18,7 +22,7 @@ $(BIN)/.integrations: $(BIN)/.installed
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/humanlayer-async demo
+	$(BIN)/humanlayer-async demo --listen $(LISTEN)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered
@@ -29,7 +33,7 @@ lint: $(BIN)/.integrations
 	$(BIN)/mypy
 
 bench: $(BIN)/.installed
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(BENCHMARKS)
 
 docs: $(BIN)/.installed
 	$(BIN)/mkdocs build --strict

@@ -1,12 +1,14 @@
 """The operator commands of ``humanlayer-async``: serve, console-link, pending, show, approve, deny,
 cancel, answer, audit, prune.
 
-Each works against the store named by ``--store`` or ``HUMANLAYER_STORE`` and decides
-through ``HumanLayer.decide`` (approver allowlists, first decision wins, the audit
-trail), as ``--by`` (default: the OS user), ``via="cli"``. Tables for people, JSON with
-``--json``. Everything printed for people goes through ``_terminal.write_lines``, so no
-stored value can redraw the operator's screen. Exit status: 0 done, 1 refused (unknown
-id, not an approver, already decided otherwise), 2 bad usage or configuration.
+Each works against the store named by ``--store`` or ``HUMANLAYER_STORE``, opened and never
+created (a mistyped path or schema is "no store at ..."), and decides through
+``HumanLayer.decide`` (approver allowlists, first decision wins, the audit trail), as
+``--by`` (default: the OS user), ``via="cli"``. Tables for people, JSON with ``--json``.
+Everything printed for people goes through ``_terminal.write_lines``, so no stored value can
+redraw the operator's screen. Exit status: 0 done, 1 refused (unknown id, not an approver,
+already decided otherwise), 2 bad usage or configuration (no store there included), 141
+(as a process killed by SIGPIPE) when the reader of the output went away, as ``| head`` does.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ _EXPECTED = {
     "answer": Status.APPROVED,
 }
 """The status each deciding command asks for: another one standing means someone was first."""
+
+_SIGPIPE_STATUS = 141
+"""128 + SIGPIPE (13): the status a shell shows for a process that SIGPIPE ended."""
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -171,8 +176,12 @@ def run_command(args: argparse.Namespace) -> int:
             raise ConfigurationError(
                 "no store: pass --store sqlite:///path or postgresql://..., or set HUMANLAYER_STORE"
             )
-        store = store_from_url(args.store)
-        return anyio.run(_operate, store, args)
+        store = store_from_url(args.store, create=False)
+        status = anyio.run(_operate, store, args)
+        sys.stdout.flush()  # here, not at exit: a reader gone away is noticed below
+        return status
+    except BrokenPipeError:
+        return _reader_gone()
     except KeyboardInterrupt:
         return 130
     except ConfigurationError as exc:
@@ -181,6 +190,14 @@ def run_command(args: argparse.Namespace) -> int:
     except (_Refused, HumanLayerError) as exc:
         write_lines([f"humanlayer-async {args.command}: {exc}"], sys.stderr)
         return 1
+
+
+def _reader_gone() -> int:
+    """Standard output's reader went away (``| head``): end quietly, as SIGPIPE would."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere at exit
+    os.close(devnull)
+    return _SIGPIPE_STATUS
 
 
 # -- serve ---------------------------------------------------------------------------------

@@ -57,6 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except ConfigurationError as exc:
+        if isinstance(exc.__cause__, OSError):  # the listener could not bind: say how on this command line
+            exc = ConfigurationError(
+                f"the web console cannot listen on {args.listen}: {exc.__cause__.strerror or exc.__cause__}."
+                " Pick another port: --listen 127.0.0.1:8788, or --listen 127.0.0.1:0 for a free one"
+                " (make demo LISTEN=127.0.0.1:0)"
+            )
         write_lines([f"humanlayer-async demo: {exc}"], sys.stderr)
         return 2
     return 0

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import re
 import signal
 from pathlib import Path
 
 import anyio
+import asyncpg
 import httpx
 import pytest
 
@@ -98,6 +100,7 @@ async def test_usage_errors_exit_2_and_unknown_ids_exit_1(tmp_path: Path) -> Non
     code, _, err = await run_cli("pending", "--store", "redis://cache")
     assert code == 2 and "unsupported store URL" in err
     url = f"sqlite:///{tmp_path / 'a.db'}"
+    await seed(url)
     code, _, err = await run_cli("approve", "nope", "--store", url)
     assert code == 1 and "no approval request with id 'nope'" in err
     code, _, err = await run_cli("audit", "--since", "yesterday", "--store", url)
@@ -251,3 +254,49 @@ async def test_console_link_prints_a_single_use_sign_in_link_for_a_running_conso
         assert code == 0 and (await client.get(out.strip())).status_code == 401  # signed with a wrong key
     code, _, err = await run_cli("console-link", env={TOKEN_ENV: ""})
     assert code == 2 and f"set ${TOKEN_ENV}" in err
+
+
+# -- issue 13: commands open a store, never create one; a closed pipe ends them quietly ---------
+
+
+async def test_commands_never_create_a_sqlite_store(tmp_path: Path) -> None:
+    typo = tmp_path / "typo" / "approvals.db"
+    for command in (["pending"], ["show", "aaaa"], ["approve", "aaaa"], ["audit"], ["prune"]):
+        code, out, err = await run_cli(*command, "--store", f"sqlite:///{typo}")
+        assert (code, out) == (2, ""), command
+        assert f"humanlayer-async {command[0]}: no store at {typo}" in err, command
+    assert not typo.parent.exists()
+
+
+@pytest.mark.postgres
+async def test_commands_never_create_a_postgres_schema(pg_dsn: str, pg_schema: str) -> None:
+    url = f"{pg_dsn}?schema={pg_schema}"
+    for command in (["pending"], ["approve", "aaaa"], ["audit"]):
+        code, out, err = await run_cli(*command, "--store", url)
+        assert (code, out) == (2, ""), command
+        assert f"no store at {url}" in err, command
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        schemas = await conn.fetchval(
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1", pg_schema
+        )
+    finally:
+        await conn.close()
+    assert schemas == 0
+
+
+async def test_audit_into_a_pipe_closed_early_ends_quietly(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    await seed(url)
+    for command in (["audit"], ["audit", "--json"], ["pending"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # as `| head -1` does once it has its line: nobody reads any more
+        try:
+            result = await anyio.run_process(
+                [*cli_command(), *command, "--store", url], stdout=write_end, check=False
+            )
+        finally:
+            os.close(write_end)
+        err = result.stderr.decode()
+        assert result.returncode == 128 + signal.SIGPIPE, (command, err)  # as if SIGPIPE ended it
+        assert "Error" not in err and "Traceback" not in err, command

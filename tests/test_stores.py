@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import re
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
@@ -395,3 +397,123 @@ async def downgrade_to_version_1(store: DurableStore) -> None:
         await pg.execute(f"UPDATE {store.schema}.meta SET version = 1")
     finally:
         await pg.close()
+
+
+# -- issue 13: store URLs the CLI documents, and stores that are only opened, never created ------
+
+
+def test_store_url_errors_name_the_form_expected_without_the_password() -> None:
+    sqlite_form = "sqlite:///relative/file.db or sqlite:////absolute/file.db"
+    for url in ("sqlite://host/file.db", "sqlite:///", "sqlite:///file.db?mode=ro"):
+        with pytest.raises(ConfigurationError, match=re.escape(sqlite_form)):
+            store_from_url(url)
+    postgres_form = "postgresql://user:password@host:5432/database?schema=name"
+    for url in (
+        "postgresql://u:hunter2@[::1/app",  # not a URL at all
+        "postgresql://u:hunter2@db.example:port/app",
+        "postgresql://u:hunter2@db.example/app?schema=Fleet-1",
+        "postgres://u:hunter2@db.example/app?schema=a&schema=b",
+        "postgresql://u:hunter2@db.example/app?schema=",
+    ):
+        with pytest.raises(ConfigurationError, match=re.escape(postgres_form)) as caught:
+            store_from_url(url)
+        assert "hunter2" not in str(caught.value), url
+    with pytest.raises(ConfigurationError, match="unsupported store URL") as caught:
+        store_from_url("mysql://u:hunter2@db.example/app?password=hunter2")
+    assert "hunter2" not in str(caught.value) and postgres_form in str(caught.value)
+
+
+def test_postgres_store_takes_its_schema_from_the_dsn_or_the_argument_not_two_different_ones() -> None:
+    assert PostgresStore("postgresql://db.example/app?schema=fleet").schema == "fleet"
+    assert PostgresStore("postgresql://db.example/app").schema == "humanlayer"
+    same = PostgresStore("postgresql://db.example/app?schema=fleet", schema="fleet")
+    assert same.schema == "fleet"
+    with pytest.raises(ConfigurationError, match="'fleet' in the DSN and 'other' as schema="):
+        PostgresStore("postgresql://db.example/app?schema=fleet", schema="other")
+    with pytest.raises(ConfigurationError, match="lowercase SQL identifier"):
+        PostgresStore("postgresql://db.example/app?schema=Fleet%3B")
+
+
+@pytest.mark.postgres
+async def test_postgres_store_accepts_the_schema_parameter_of_the_cli_urls(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    # sslmode, like every other parameter, still reaches asyncpg; only schema is the store's.
+    store = PostgresStore(f"{pg_dsn}?sslmode=disable&schema={pg_schema}")
+    try:
+        await store.create(make_request("u1"))
+        assert store.schema == pg_schema and [r.id for r in await store.list_pending()] == ["u1"]
+    finally:
+        await store.aclose()
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        assert await conn.fetchval(f"SELECT count(*) FROM {pg_schema}.requests") == 1
+    finally:
+        await conn.close()
+
+
+async def test_sqlite_store_with_create_false_never_creates_a_file_or_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "approvals.db"
+    for store in (SQLiteStore(missing, create=False), store_from_url(f"sqlite:///{missing}", create=False)):
+        with pytest.raises(ConfigurationError, match=f"no store at {re.escape(str(missing))}"):
+            await store.list_pending()
+        await store.aclose()
+    assert not missing.parent.exists()
+    empty = tmp_path / "empty.db"  # a file, but not a store: not turned into one
+    empty.touch()
+    store = SQLiteStore(empty, create=False)
+    with pytest.raises(ConfigurationError, match="no store at"):
+        await store.list_pending()
+    await store.aclose()
+    assert empty.stat().st_size == 0
+    created = SQLiteStore(tmp_path / "real.db")
+    await created.create(make_request("c1"))
+    await created.aclose()
+    opened = SQLiteStore(tmp_path / "real.db", create=False)
+    try:
+        assert [r.id for r in await opened.list_pending()] == ["c1"]
+    finally:
+        await opened.aclose()
+
+
+@pytest.mark.postgres
+async def test_postgres_store_with_create_false_never_creates_a_schema(pg_dsn: str, pg_schema: str) -> None:
+    async def schema_exists() -> bool:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            found = await conn.fetchval(
+                "SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1", pg_schema
+            )
+        finally:
+            await conn.close()
+        return bool(found)
+
+    parts = urlsplit(pg_dsn)  # a password in the URL (the test server trusts loopback: any works)
+    password = parts.password or "hunter2"
+    netloc = f"{parts.username}:{password}@{parts.hostname}:{parts.port or 5432}"
+    url = urlunsplit(parts._replace(netloc=netloc, query=f"schema={pg_schema}"))
+    for store in (PostgresStore(pg_dsn, schema=pg_schema, create=False), store_from_url(url, create=False)):
+        with pytest.raises(
+            ConfigurationError, match=f"no store at postgresql://.*schema={pg_schema}"
+        ) as caught:
+            await store.list_pending()
+        assert password not in str(caught.value)
+        await store.aclose()
+    assert not await schema_exists()
+    conn = await asyncpg.connect(pg_dsn)
+    try:  # a schema without the store's tables is not a store either
+        await conn.execute(f"CREATE SCHEMA {pg_schema}")
+    finally:
+        await conn.close()
+    store = PostgresStore(pg_dsn, schema=pg_schema, create=False)
+    with pytest.raises(ConfigurationError, match="no store at"):
+        await store.list_pending()
+    await store.aclose()
+    created = PostgresStore(pg_dsn, schema=pg_schema)
+    await created.create(make_request("c1"))
+    await created.aclose()
+    opened = PostgresStore(pg_dsn, schema=pg_schema, create=False)
+    try:
+        assert [r.id for r in await opened.list_pending()] == ["c1"]
+    finally:
+        await opened.aclose()

@@ -6,6 +6,10 @@ processes the first decision wins. Every new request and decision appends to the
 event log, whose sequence numbers follow commit order (writers take a transaction
 advisory lock just before appending), and sends ``NOTIFY`` with ids only.
 
+The schema is named by ``schema=`` or by the DSN's ``?schema=`` parameter (the form the
+``humanlayer-async`` command takes), which the store removes before asyncpg sees the DSN.
+With ``create=False`` the store only opens a schema that holds its tables, never creates one.
+
 Each store keeps one dedicated connection that ``LISTEN``s, opened before its first
 write. When that connection drops (a server restart, ``pg_terminate_backend``) the
 store reconnects with backoff and catches up on the events it missed by sequence
@@ -23,6 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import anyio
 
@@ -41,6 +46,7 @@ from ._rows import (
     to_request,
 )
 from .base import StoreEvent, decision_entry, requested_entry
+from .url import POSTGRES_FORM, redacted
 
 if TYPE_CHECKING:
     import asyncpg
@@ -54,6 +60,7 @@ T = TypeVar("T")
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _MAX_RECONNECT_DELAY = 5.0
+_DEFAULT_SCHEMA = "humanlayer"
 
 
 def _migrations(schema: str) -> dict[int, tuple[str, ...]]:
@@ -118,6 +125,36 @@ def _asyncpg() -> Any:
     return asyncpg
 
 
+def _split_schema(dsn: str) -> tuple[str, str | None]:
+    """``dsn`` without its ``schema`` parameter (every other one kept as written), and that schema."""
+    try:
+        parts = urlsplit(dsn)
+        _ = parts.port  # a port that is not a number raises ValueError
+    except ValueError:
+        raise ConfigurationError(f"the DSN is not a URL: a PostgreSQL DSN is {POSTGRES_FORM}") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigurationError(f"{redacted(dsn)!r} is not a PostgreSQL DSN: use {POSTGRES_FORM}")
+    kept, schemas = [], []
+    for parameter in filter(None, parts.query.split("&")):
+        name, _, value = parameter.partition("=")
+        if unquote_plus(name) == "schema":
+            schemas.append(unquote_plus(value))
+        else:
+            kept.append(parameter)
+    if len(schemas) > 1:
+        raise ConfigurationError(
+            f"the DSN names schema= {len(schemas)} times: a PostgreSQL DSN is {POSTGRES_FORM}"
+        )
+    return urlunsplit(parts._replace(query="&".join(kept))), (schemas[0] if schemas else None)
+
+
+def _check_schema(schema: str | None, what: str) -> None:
+    if schema is not None and not _IDENTIFIER.fullmatch(schema):
+        raise ConfigurationError(
+            f"{what} must be a lowercase SQL identifier (letters, digits, _), not {schema!r}"
+        )
+
+
 def _lock_id(text: str) -> int:
     """A signed 64-bit advisory lock key for ``text``."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
@@ -139,10 +176,16 @@ class PostgresStore:
     """A durable store on PostgreSQL, shared by every process of a fleet.
 
     Args:
-        dsn: A libpq connection URI (``postgresql://user:password@host:5432/db``).
-            It is never logged or shown in reprs.
-        schema: The schema holding the store's tables; created when missing. Give each
-            deployment (or test run) its own to keep them apart.
+        dsn: A libpq connection URI (``postgresql://user:password@host:5432/db``), with
+            ``?schema=name`` if you like. It is never logged or shown in reprs; messages
+            show it without its password.
+        schema: The schema holding the store's tables. Default: the DSN's ``schema``
+            parameter, else ``humanlayer``; naming two different ones is a
+            ``ConfigurationError``. Give each deployment (or test run) its own to keep them apart.
+        create: Create the schema and its tables when missing (the default). With ``False``
+            the store only opens a schema that already holds them, and its first use
+            raises ``ConfigurationError`` ("no store at ...") otherwise, creating nothing:
+            the operator commands of ``humanlayer-async`` open stores so.
         retention: How long ``prune()`` keeps decided requests. Default: 30 days.
         min_size: The connection pool's lower bound (plus one ``LISTEN`` connection).
         max_size: The connection pool's upper bound (plus one ``LISTEN`` connection).
@@ -153,19 +196,26 @@ class PostgresStore:
         self,
         dsn: str,
         *,
-        schema: str = "humanlayer",
+        schema: str | None = None,
+        create: bool = True,
         retention: float | timedelta = DEFAULT_RETENTION,
         min_size: int = 1,
         max_size: int = 10,
         connect_timeout: float = 10.0,
     ) -> None:
         _asyncpg()
-        if not _IDENTIFIER.fullmatch(schema):
-            raise ConfigurationError(
-                f"schema must be a lowercase SQL identifier (letters, digits, _), not {schema!r}"
-            )
-        self._dsn = dsn
+        self._dsn, named = _split_schema(dsn)
+        _check_schema(named, f"the DSN's schema (a PostgreSQL DSN is {POSTGRES_FORM})")
+        _check_schema(schema, "schema")
+        if schema is not None and named is not None and schema != named:
+            raise ConfigurationError(f"two schemas named: {named!r} in the DSN and {schema!r} as schema=")
+        schema = schema or named or _DEFAULT_SCHEMA
         self.schema = schema
+        self._create = create
+        shown = urlsplit(redacted(self._dsn))  # for messages: no password, and the schema
+        self._where = urlunsplit(
+            shown._replace(query="&".join(filter(None, [shown.query, f"schema={schema}"])))
+        )
         self._retention = retention_seconds(retention)
         self._pool_args: dict[str, Any] = {
             "min_size": min_size,
@@ -237,8 +287,13 @@ class PostgresStore:
         schema = self.schema
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_id(f"humanlayer_async:{schema}"))
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-            await conn.execute(f"CREATE TABLE IF NOT EXISTS {schema}.meta (version integer NOT NULL)")
+            if self._create:
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+                await conn.execute(f"CREATE TABLE IF NOT EXISTS {schema}.meta (version integer NOT NULL)")
+            elif await conn.fetchval("SELECT to_regclass($1)", f"{schema}.meta") is None:
+                raise ConfigurationError(
+                    f"no store at {self._where}: nothing was created (check the DSN and the schema)"
+                )
             version = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {schema}.meta")
             if version > SCHEMA_VERSION:
                 raise StoreError(

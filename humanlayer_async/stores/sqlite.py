@@ -5,7 +5,8 @@ time on one connection, so the event loop never waits on the disk. The file is i
 mode: several processes on one machine may share it (an agent, the operator's
 ``humanlayer-async approve``). SQLite has no notifications, so ``watch()`` learns about
 other processes' writes by reading ``PRAGMA data_version`` at most every 250 ms, the
-one polling this SDK does.
+one polling this SDK does. With ``create=False`` the store only opens a file that holds
+its tables, and never creates a file or a directory.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import anyio
 import anyio.to_thread
 
 from .._audit import AuditEntry
-from .._exceptions import ArgumentsChanged, StoreError, UnknownRequest
+from .._exceptions import ArgumentsChanged, ConfigurationError, StoreError, UnknownRequest
 from .._models import ApprovalRequest, Decision, Execution, Kind, Status
 from ._rows import (
     DEFAULT_RETENTION,
@@ -103,7 +104,11 @@ class SQLiteStore:
     """A durable store in one SQLite file, for one machine.
 
     Args:
-        path: The database file; created with its tables on first use.
+        path: The database file; created with its tables (and its directory) on first use.
+        create: Create the file when missing (the default). With ``False`` the store only
+            opens a file that already holds its tables, and its first use raises
+            ``ConfigurationError`` ("no store at ...") otherwise, creating nothing: the
+            operator commands of ``humanlayer-async`` open stores so.
         retention: How long ``prune()`` keeps decided requests. Default: 30 days.
         busy_timeout: Seconds a write waits for another process's transaction.
     """
@@ -112,10 +117,12 @@ class SQLiteStore:
         self,
         path: str | PathLike[str],
         *,
+        create: bool = True,
         retention: float | timedelta = DEFAULT_RETENTION,
         busy_timeout: float = 10.0,
     ) -> None:
         self.path = Path(path)
+        self._create = create
         self._retention = retention_seconds(retention)
         self._busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
@@ -143,12 +150,24 @@ class SQLiteStore:
             raise StoreError(f"SQLite ({self.path}): {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            database = str(self.path)
+        elif self.path.is_file():
+            database = f"{self.path.absolute().as_uri()}?mode=rw"  # opened, never created
+        else:
+            raise self._missing()
         conn = sqlite3.connect(
-            self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+            database,
+            timeout=self._busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            uri=not self._create,
         )
         try:
             conn.row_factory = sqlite3.Row
+            if not self._create and not conn.execute("PRAGMA user_version").fetchone()[0]:
+                raise self._missing()  # a file, but without the store's tables
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             with _transaction(conn):
@@ -166,6 +185,9 @@ class SQLiteStore:
             conn.close()
             raise
         return conn
+
+    def _missing(self) -> ConfigurationError:
+        return ConfigurationError(f"no store at {self.path.absolute()}: nothing was created (check the path)")
 
     # -- the Store protocol ------------------------------------------------------------
 

@@ -11,29 +11,50 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._exceptions import ConfigurationError
 from .base import DurableStore
-from .postgres import PostgresStore
-from .sqlite import SQLiteStore
 
 __all__ = ["store_from_url"]
 
+SQLITE_FORM = "sqlite:///relative/file.db or sqlite:////absolute/file.db"
+POSTGRES_FORM = "postgresql://user:password@host:5432/database?schema=name"
 
-def store_from_url(url: str) -> DurableStore:
-    """The durable store ``url`` names; ``ConfigurationError`` for anything else."""
-    parts = urlsplit(url)
-    if parts.scheme == "sqlite":
-        path = parts.path[1:] if parts.path.startswith("/") else parts.path
-        if parts.netloc or not path:
-            raise ConfigurationError(
-                "a SQLite store URL is sqlite:///relative/file.db or sqlite:////absolute/file.db"
-            )
-        return SQLiteStore(path)
-    if parts.scheme in ("postgresql", "postgres"):
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        schema = [value for name, value in query if name == "schema"]
-        rest = urlencode([(name, value) for name, value in query if name != "schema"])
-        dsn = urlunsplit(parts._replace(query=rest))
-        return PostgresStore(dsn, schema=schema[-1]) if schema else PostgresStore(dsn)
-    shown = urlunsplit(parts._replace(netloc=parts.hostname or "")) if parts.password else url
-    raise ConfigurationError(
-        f"unsupported store URL {shown!r}: use sqlite:///path/to/file.db or postgresql://host/db"
-    )
+
+def store_from_url(url: str, *, create: bool = True) -> DurableStore:
+    """The durable store ``url`` names; ``ConfigurationError`` for anything else.
+
+    With ``create=False`` the store is only opened, never created (see ``SQLiteStore`` and
+    ``PostgresStore``): the operator commands of ``humanlayer-async`` open stores so. Errors
+    name the URL form expected and never show a password.
+    """
+    scheme = url.partition(":")[0].lower()
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, create=create)
+    if scheme != "sqlite":
+        raise ConfigurationError(
+            f"unsupported store URL {redacted(url)!r}: use {SQLITE_FORM}, or {POSTGRES_FORM}"
+        )
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    path = parts.path[1:] if parts and parts.path.startswith("/") else ""
+    if parts is None or parts.netloc or parts.query or parts.fragment or not path:
+        raise ConfigurationError(f"a SQLite store URL is {SQLITE_FORM}, without parameters")
+    from .sqlite import SQLiteStore
+
+    return SQLiteStore(path, create=create)
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password (in its user part or as a ``password`` parameter), for messages."""
+    try:
+        parts = urlsplit(url)
+        user = parts.username
+    except ValueError:
+        return "(a URL that does not parse)"
+    host = parts.netloc.rpartition("@")[2]
+    query = [
+        (name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True) if name != "password"
+    ]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host, query=urlencode(query)))
