@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
-from anyio.from_thread import BlockingPortal
+
+if TYPE_CHECKING:  # imported when the bridge first starts: most programs never use it
+    from anyio.from_thread import BlockingPortal
 
 __all__ = ["Bridge"]
 
@@ -51,6 +53,8 @@ class Bridge:
             return self._portal
 
     async def _serve(self, ready: threading.Event) -> None:
+        from anyio.from_thread import BlockingPortal
+
         async with BlockingPortal() as portal:
             self._portal = portal
             ready.set()

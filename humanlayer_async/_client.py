@@ -180,7 +180,9 @@ class HumanLayer:
         approval_channels: Where requests go. ``None``: the terminal when stdin is a
             TTY, otherwise none. ``[]``: none; decisions come only from ``decide()``,
             ``respond()`` and the listener.
-        store: Where requests and decisions live. Default: a new ``MemoryStore``.
+        store: Where requests and decisions live: a store, or a URL as the CLI takes
+            (``sqlite:///approvals.db``, ``postgresql://host/db?schema=name``). Default: a
+            new ``MemoryStore``.
         timeout: Seconds (or a ``timedelta``) a request waits before it times out and
             the call fails closed. Finite by default: one hour.
         on_reject: ``"raise"`` (``ApprovalDenied``) or ``"return"`` (the refusal as a
@@ -206,7 +208,7 @@ class HumanLayer:
         self,
         approval_channels: Sequence[Channel] | None = None,
         *,
-        store: Store | None = None,
+        store: Store | str | None = None,
         timeout: float | timedelta = 3600.0,
         on_reject: OnReject = "raise",
         listen: str | None = "127.0.0.1:8787",
@@ -220,6 +222,10 @@ class HumanLayer:
         self._channels = _check_channels(
             _default_channels() if approval_channels is None else approval_channels
         )
+        if isinstance(store, str):  # a URL, as the CLI and HUMANLAYER_STORE name stores
+            from .stores.url import store_from_url
+
+            store = store_from_url(store)
         if store is not None and not isinstance(store, Store):
             raise ConfigurationError(f"{store!r} is not a Store (see humanlayer_async.stores.base)")
         self._store: Store = MemoryStore() if store is None else store

@@ -126,3 +126,43 @@ async def test_across_processes(tmp_path: Path) -> None:
         figures = report["figures"][key]
         assert 0 < figures["p50"] <= figures["p99"] <= figures["max"]
     assert [target["name"] for target in report["targets"]] == ["p99_across_processes"]
+
+
+async def test_named_benchmarks_run_alone(tmp_path: Path) -> None:
+    out = tmp_path / "slack.json"
+    completed = await anyio.run_process(
+        [sys.executable, "-m", "benchmarks", "slack_rate_limit", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr.decode()
+    printed = completed.stdout.decode()
+    assert printed.count("wrote ") == 1 and f"wrote {out}" in printed  # that one, and no other
+    report = json.loads(await anyio.Path(out).read_text(encoding="utf-8"))
+    assert report["benchmark"] == "slack_rate_limit" and report["smoke"] is True
+
+
+async def test_an_unknown_benchmark_name_lists_the_names() -> None:
+    from benchmarks.__main__ import BENCHMARKS
+
+    completed = await anyio.run_process(
+        [sys.executable, "-m", "benchmarks", "pending_scale", "pending_scael", "--smoke"],
+        cwd=ROOT,
+        check=False,
+    )
+    err = completed.stderr.decode()
+    assert completed.returncode == 2 and "unknown benchmark 'pending_scael'" in err
+    assert all(name in err for name in BENCHMARKS) and completed.stdout == b""  # nothing ran
+
+
+async def test_import_time(tmp_path: Path) -> None:
+    report = await smoke("import_time", tmp_path / "import.json")
+    figures = report["figures"]
+    samples = report["settings"]["samples"]
+    assert len(figures["baseline_ms"]) == len(figures["ours_ms"]) == samples
+    assert all(ms > 0 for ms in figures["baseline_ms"] + figures["ours_ms"])
+    # Ours imports anyio and structlog too, so it loads more modules than the baseline.
+    assert figures["ours_modules"] > figures["baseline_modules"] > 0
+    assert figures["heavy_loaded"] == []
+    assert any(row["module"].startswith("humanlayer_async") for row in figures["heaviest_imports"])
+    assert {target["name"] for target in report["targets"]} == {"import_vs_baseline", "no_heavy_imports"}
