@@ -366,37 +366,68 @@ async def test_a_key_is_claimed_once_across_handles_and_forgotten_after_it_expir
     assert await first.claim("code-1", later) is False  # still within its expiry
 
 
-async def test_a_store_of_the_previous_schema_version_is_migrated_and_keeps_its_requests(
+async def test_a_store_of_the_previous_release_gains_the_claims_table_and_keeps_its_version(
     store_url: str,
 ) -> None:
+    """Additive changes never raise the schema version the previous release checks (it refuses
+    a newer one): a fleet upgraded one process at a time keeps working, old processes included."""
     store = store_from_url(store_url)
     await store.create(make_request("m1"))
     await store.aclose()
-    await downgrade_to_version_1(store)
+    await downgrade_to_the_previous_release(store)
     reopened = store_from_url(store_url)
     try:
         assert [r.id for r in await reopened.list_pending()] == ["m1"]
         assert await reopened.claim("after-migration", datetime.now(UTC) + timedelta(minutes=1)) is True
     finally:
         await reopened.aclose()
+    assert await schema_version(reopened) == 1  # what the previous release reads, and accepts
+
+    # A newer release's addition, unknown here, is left alone and does not stop this one.
+    await run_sql(reopened, "INSERT INTO {additions} (name) VALUES ('from-a-newer-release')")
+    again = store_from_url(store_url)
+    try:
+        assert [r.id for r in await again.list_pending()] == ["m1"]
+    finally:
+        await again.aclose()
 
 
-async def downgrade_to_version_1(store: DurableStore) -> None:
-    """Make ``store``'s database look as version 1 of the schema left it: no claims table."""
+async def run_sql(store: DurableStore, statement: str) -> None:
+    """Run ``statement`` on ``store``'s database; ``{additions}`` and ``{claims}`` name its tables."""
     if isinstance(store, SQLiteStore):
         import sqlite3
 
         with contextlib.closing(sqlite3.connect(store.path)) as db, db:
-            db.execute("DROP TABLE hl_claims")
-            db.execute("PRAGMA user_version=1")
+            db.execute(statement.format(additions="hl_additions", claims="hl_claims"))
         return
     assert isinstance(store, PostgresStore)
     pg = await asyncpg.connect(store._dsn)
     try:
-        await pg.execute(f"DROP TABLE {store.schema}.claims")
-        await pg.execute(f"UPDATE {store.schema}.meta SET version = 1")
+        await pg.execute(
+            statement.format(additions=f"{store.schema}.additions", claims=f"{store.schema}.claims")
+        )
     finally:
         await pg.close()
+
+
+async def schema_version(store: DurableStore) -> int:
+    if isinstance(store, SQLiteStore):
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(store.path)) as db:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
+    assert isinstance(store, PostgresStore)
+    pg = await asyncpg.connect(store._dsn)
+    try:
+        return int(await pg.fetchval(f"SELECT max(version) FROM {store.schema}.meta"))
+    finally:
+        await pg.close()
+
+
+async def downgrade_to_the_previous_release(store: DurableStore) -> None:
+    """Make ``store``'s database look as the previous release left it: no claims, no additions."""
+    await run_sql(store, "DROP TABLE {claims}")
+    await run_sql(store, "DROP TABLE {additions}")
 
 
 # -- issue 13: store URLs the CLI documents, and stores that are only opened, never created ------

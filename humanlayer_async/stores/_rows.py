@@ -31,8 +31,12 @@ __all__ = [
     "to_request",
 ]
 
-SCHEMA_VERSION = 2
-"""The version of the tables this SDK reads and writes; stores migrate older ones up to it."""
+SCHEMA_VERSION = 1
+"""The schema's version: what a reader must understand to use a store; stores migrate older
+ones up to it and refuse newer ones. Additive changes (a new table that older readers never
+touch) do not raise it: each store applies them by name (its ``ADDITIONS``) and records them
+in a table of their own, so a fleet upgraded one process at a time keeps working, the
+processes not yet upgraded included (they check this number and find what they know)."""
 
 DEFAULT_RETENTION = timedelta(days=30)
 

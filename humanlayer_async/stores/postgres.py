@@ -108,7 +108,13 @@ def _migrations(schema: str) -> dict[int, tuple[str, ...]]:
                 at timestamptz NOT NULL DEFAULT now()
             )""",
         ),
-        2: (
+    }
+
+
+def _additions(schema: str) -> dict[str, tuple[str, ...]]:
+    """Name → the statements of an additive change (see ``SCHEMA_VERSION``), in order."""
+    return {
+        "claims": (
             f"CREATE TABLE {schema}.claims (key text PRIMARY KEY, expires_at timestamptz NOT NULL)",
             f"CREATE INDEX claims_expiry ON {schema}.claims (expires_at)",
         ),
@@ -307,6 +313,14 @@ class PostgresStore:
                 await conn.execute(f"DELETE FROM {schema}.meta")
                 await conn.execute(f"INSERT INTO {schema}.meta (version) VALUES ($1)", target)
                 logger.info("store.migrated", store=repr(self), version=target)
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS {schema}.additions (name text PRIMARY KEY)")
+            done = {row["name"] for row in await conn.fetch(f"SELECT name FROM {schema}.additions")}
+            for name, statements in _additions(schema).items():
+                if name not in done:
+                    for statement in statements:
+                        await conn.execute(statement)
+                    await conn.execute(f"INSERT INTO {schema}.additions (name) VALUES ($1)", name)
+                    logger.info("store.migrated", store=repr(self), addition=name)
 
     async def _listen(self) -> None:
         """Open the dedicated connection and ``LISTEN`` on it."""

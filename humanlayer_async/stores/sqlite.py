@@ -91,13 +91,16 @@ _SCHEMA = (
     )""",
 )
 
-_CLAIMS = (
-    "CREATE TABLE hl_claims (key TEXT PRIMARY KEY, expires_at REAL NOT NULL)",
-    "CREATE INDEX hl_claims_expiry ON hl_claims (expires_at)",
-)
-
-_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA, 2: _CLAIMS}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA}
 """Version → the statements that bring the previous version to it."""
+
+_ADDITIONS: dict[str, tuple[str, ...]] = {
+    "claims": (
+        "CREATE TABLE hl_claims (key TEXT PRIMARY KEY, expires_at REAL NOT NULL)",
+        "CREATE INDEX hl_claims_expiry ON hl_claims (expires_at)",
+    ),
+}
+"""Name → the statements of an additive change (see ``SCHEMA_VERSION``), in order."""
 
 
 class SQLiteStore:
@@ -181,6 +184,13 @@ class SQLiteStore:
                     for statement in _MIGRATIONS[target]:
                         conn.execute(statement)
                     conn.execute(f"PRAGMA user_version={target}")
+                conn.execute("CREATE TABLE IF NOT EXISTS hl_additions (name TEXT PRIMARY KEY)")
+                done = {row[0] for row in conn.execute("SELECT name FROM hl_additions")}
+                for name, statements in _ADDITIONS.items():
+                    if name not in done:
+                        for statement in statements:
+                            conn.execute(statement)
+                        conn.execute("INSERT INTO hl_additions (name) VALUES (?)", (name,))
         except BaseException:
             conn.close()
             raise
