@@ -799,7 +799,7 @@ class HumanLayer:
             refs = await self._delivered(store, stored, channels)
             latest = await store.get(stored.id)  # decided between attaching and waiting?
         except BaseException:
-            self._registry.discard(stored.id)
+            self._registry.discard(stored.id, future)
             raise
         if latest.decision is not None:
             self._registry.resolve(latest.decision)
@@ -852,7 +852,7 @@ class HumanLayer:
                     self._spawn(self._update, replace(request, decision=decision), channels, refs)
             raise
         finally:
-            self._registry.discard(request.id)
+            self._registry.discard(request.id, future)
         if refs:  # tell the channels that delivered it; none did: nothing to update
             self._spawn(self._update, replace(request, decision=decision), channels, refs)
         return decision

@@ -28,6 +28,9 @@ class Registry:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._waiting: dict[str, asyncio.Future[Decision | None]] = {}
+        # More waiters of one request (two callers re-attached to it): rare, so kept apart
+        # and costing the usual single waiter nothing.
+        self._also: dict[str, list[asyncio.Future[Decision | None]]] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -44,23 +47,46 @@ class Registry:
         ``deadline`` is in the loop's clock (``loop.time()``).
         """
         future: asyncio.Future[Decision | None] = self._loop.create_future()
-        self._waiting[request_id] = future
+        if request_id in self._waiting:  # another caller waits for it too: both get the decision
+            self._also.setdefault(request_id, []).append(future)
+        else:
+            self._waiting[request_id] = future
         heapq.heappush(self._deadlines, (deadline, request_id))
         if deadline < self._timer_at:
             self._arm(deadline)
         return future
 
     def resolve(self, decision: Decision) -> bool:
-        """Wake the waiter of ``decision.request_id``; False when this process has none."""
-        future = self.discard(request_id=decision.request_id)
-        if future is None or future.done():
-            return False
-        future.set_result(decision)
-        return True
+        """Wake the waiters of ``decision.request_id``; False when this process has none."""
+        return self._settle(decision.request_id, decision)
 
-    def discard(self, request_id: str) -> asyncio.Future[Decision | None] | None:
-        """Forget the waiter of ``request_id`` and return its future, if there was one."""
-        future = self._waiting.pop(request_id, None)
+    def _settle(self, request_id: str, result: Decision | None) -> bool:
+        futures = [self._waiting.pop(request_id, None), *self._also.pop(request_id, ())]
+        woken = False
+        for future in futures:
+            if future is not None and not future.done():
+                future.set_result(result)
+                woken = True
+        self._forgotten()
+        return woken
+
+    def discard(self, request_id: str, future: asyncio.Future[Decision | None] | None = None) -> None:
+        """Forget ``future`` (by default: every waiter) of ``request_id``."""
+        others = self._also.get(request_id)
+        if future is not None and others:
+            if future in others:
+                others.remove(future)
+            elif self._waiting.get(request_id) is future:
+                self._waiting[request_id] = others.pop()
+            if not others:
+                del self._also[request_id]
+            return
+        self._waiting.pop(request_id, None)
+        self._also.pop(request_id, None)
+        self._forgotten()
+
+    def _forgotten(self) -> None:
+        """Keep the deadlines' heap in step with the waiters once some are gone."""
         if not self._waiting:
             self._deadlines.clear()  # nobody waits: no deadline matters any more
         elif len(self._deadlines) > 2 * len(self._waiting) + _COMPACT_SLACK:
@@ -68,7 +94,6 @@ class Registry:
             # them once they outnumber the live ones, so memory follows the pending count.
             self._deadlines = [entry for entry in self._deadlines if entry[1] in self._waiting]
             heapq.heapify(self._deadlines)
-        return future
 
     def close(self) -> int:
         """Fail every waiter (the ``HumanLayer`` that would have woken them is closing); how many."""
@@ -76,8 +101,9 @@ class Registry:
             self._timer.cancel()
             self._timer, self._timer_at = None, math.inf
         waiting, self._waiting = self._waiting, {}
+        also, self._also = self._also, {}
         self._deadlines.clear()
-        for future in waiting.values():
+        for future in [*waiting.values(), *(f for futures in also.values() for f in futures)]:
             if not future.done():
                 future.set_exception(
                     HumanLayerError("the HumanLayer was closed while this call waited for a human")
@@ -96,8 +122,8 @@ class Registry:
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, request_id = heapq.heappop(deadlines)
-            future = self._waiting.pop(request_id, None)
-            if future is not None and not future.done():
-                future.set_result(EXPIRED)
+            for future in [self._waiting.pop(request_id, None), *self._also.pop(request_id, ())]:
+                if future is not None and not future.done():
+                    future.set_result(EXPIRED)
         if deadlines:
             self._arm(deadlines[0][0])

@@ -231,6 +231,58 @@ async def test_runs_are_per_task_with_hl_run(store_url: str) -> None:
         assert hl.run_id is None
 
 
+async def test_two_callers_of_one_run_in_one_process_both_get_the_decision(
+    store_url: str, store: DurableStore
+) -> None:
+    """A queue message delivered twice: two tasks make the same call in the same run. They
+    share one request; the decision wakes both (the second used to replace the first's
+    waiter, and the first hung until its timeout), and the tool runs once."""
+    runs: list[int] = []
+    async with HumanLayer([], store=store_from_url(store_url), listen=None) as hl:
+
+        @hl.require_approval()
+        async def ship(order: int) -> int:
+            runs.append(order)
+            return order
+
+        ended: list[object] = []
+
+        async def deliver() -> None:
+            with hl.run("message-42"):
+                try:
+                    ended.append(await ship(7))
+                except HumanLayerError as exc:
+                    ended.append(type(exc).__name__)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(deliver)
+            [request] = await wait_until(lambda: _count(hl, 1))
+            tg.start_soon(deliver)
+            with anyio.fail_after(5):
+                while not any(
+                    e.event == "approval.reattached" for e in await store.history(request_id=request.id)
+                ):
+                    await anyio.sleep(0.01)  # the second caller found the first's request
+            async with anyio.create_task_group() as impatient:  # a third one gives up: the others wait on
+                impatient.start_soon(deliver)
+                with anyio.fail_after(5):
+                    while (
+                        sum(
+                            e.event == "approval.reattached"
+                            for e in await store.history(request_id=request.id)
+                        )
+                        < 2
+                    ):
+                        await anyio.sleep(0.01)
+                impatient.cancel_scope.cancel()
+            await hl.decide(request.id, True, by="ops")
+            with anyio.fail_after(5):
+                while len(ended) < 2:
+                    await anyio.sleep(0.01)
+        assert runs == [7]  # once, never twice
+        assert 7 in ended and len(ended) == 2  # the other got the recorded result or was told why not
+
+
 async def _count(hl: HumanLayer, count: int) -> list[ApprovalRequest] | None:
     pending = await hl.pending()
     return pending if len(pending) == count else None
