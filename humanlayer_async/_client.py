@@ -55,7 +55,7 @@ from ._gate import (
     refusal,
 )
 from ._models import ApprovalRequest, Decision, Execution, Kind, Status
-from ._registry import EXPIRED, Registry
+from ._registry import CLOSED, EXPIRED, Outcome, Registry
 from ._render import Render, mask_secrets
 from .channels.base import Channel, Decider, ListenerAware
 from .stores.base import DurableStore, Store, decision_entry, requested_entry
@@ -820,7 +820,7 @@ class HumanLayer:
         self,
         request: ApprovalRequest,
         channels: Sequence[Channel],
-        future: asyncio.Future[Decision | None],
+        future: asyncio.Future[Outcome],
         refs: dict[int, str | None],
         *,
         deliver: bool,
@@ -830,9 +830,12 @@ class HumanLayer:
         try:
             if deliver:
                 await self._deliver(request, channels, refs)
-            decision = await future
-            if decision is EXPIRED:
-                decision = await self._settle(request.id, Status.TIMED_OUT, via="timeout")
+            outcome = await future
+            if outcome is CLOSED:
+                raise HumanLayerError("the HumanLayer was closed while this call waited for a human")
+            if outcome is EXPIRED:
+                outcome = await self._settle(request.id, Status.TIMED_OUT, via="timeout")
+            decision = outcome
         except ChannelError:
             raise
         except (anyio.get_cancelled_exc_class(), HumanLayerError) as exc:

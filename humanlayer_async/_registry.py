@@ -8,16 +8,29 @@ hundred thousand futures and heap entries, not a hundred thousand timers or task
 from __future__ import annotations
 
 import asyncio
+import enum
 import heapq
 import math
 
-from ._exceptions import HumanLayerError
 from ._models import Decision
 
-__all__ = ["EXPIRED", "Registry"]
+__all__ = ["CLOSED", "EXPIRED", "Outcome", "Registry"]
 
 EXPIRED = None
 """The result a waiter's future gets when its deadline passes before any decision."""
+
+
+class _Closed(enum.Enum):
+    CLOSED = "closed"
+
+
+CLOSED = _Closed.CLOSED
+"""The result a waiter's future gets when the ``HumanLayer`` closes first: a result, not an
+exception, so a future whose caller never awaited it (still delivering, then cancelled)
+leaves no "exception was never retrieved" behind."""
+
+Outcome = Decision | None | _Closed
+"""What a waiter's future holds: the decision, ``EXPIRED`` or ``CLOSED``."""
 
 _COMPACT_SLACK = 1024
 
@@ -27,10 +40,10 @@ class Registry:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._waiting: dict[str, asyncio.Future[Decision | None]] = {}
+        self._waiting: dict[str, asyncio.Future[Outcome]] = {}
         # More waiters of one request (two callers re-attached to it): rare, so kept apart
         # and costing the usual single waiter nothing.
-        self._also: dict[str, list[asyncio.Future[Decision | None]]] = {}
+        self._also: dict[str, list[asyncio.Future[Outcome]]] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -41,12 +54,12 @@ class Registry:
     def __contains__(self, request_id: object) -> bool:
         return request_id in self._waiting
 
-    def wait(self, request_id: str, deadline: float) -> asyncio.Future[Decision | None]:
+    def wait(self, request_id: str, deadline: float) -> asyncio.Future[Outcome]:
         """A future for ``request_id`` that gets its decision, or ``EXPIRED`` at ``deadline``.
 
         ``deadline`` is in the loop's clock (``loop.time()``).
         """
-        future: asyncio.Future[Decision | None] = self._loop.create_future()
+        future: asyncio.Future[Outcome] = self._loop.create_future()
         if request_id in self._waiting:  # another caller waits for it too: both get the decision
             self._also.setdefault(request_id, []).append(future)
         else:
@@ -60,7 +73,7 @@ class Registry:
         """Wake the waiters of ``decision.request_id``; False when this process has none."""
         return self._settle(decision.request_id, decision)
 
-    def _settle(self, request_id: str, result: Decision | None) -> bool:
+    def _settle(self, request_id: str, result: Outcome) -> bool:
         futures = [self._waiting.pop(request_id, None), *self._also.pop(request_id, ())]
         woken = False
         for future in futures:
@@ -70,7 +83,7 @@ class Registry:
         self._forgotten()
         return woken
 
-    def discard(self, request_id: str, future: asyncio.Future[Decision | None] | None = None) -> None:
+    def discard(self, request_id: str, future: asyncio.Future[Outcome] | None = None) -> None:
         """Forget ``future`` (by default: every waiter) of ``request_id``."""
         others = self._also.get(request_id)
         if future is not None and others:
@@ -105,9 +118,7 @@ class Registry:
         self._deadlines.clear()
         for future in [*waiting.values(), *(f for futures in also.values() for f in futures)]:
             if not future.done():
-                future.set_exception(
-                    HumanLayerError("the HumanLayer was closed while this call waited for a human")
-                )
+                future.set_result(CLOSED)
         return len(waiting)
 
     def _arm(self, when: float) -> None:

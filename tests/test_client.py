@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -270,6 +271,39 @@ async def test_aclose_fails_calls_still_waiting() -> None:
         await hl.aclose()
     assert len(errors) == 1 and "closed" in str(errors[0])
     assert (await hl.store.get(request.id)).status is Status.CANCELLED
+
+
+class _SlowToDeliver(BaseChannel):
+    """A channel still delivering (retrying, say) when it is told to stop."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.sending = anyio.Event()
+
+    async def send(self, request: ApprovalRequest) -> str | None:
+        self.sending.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_closing_while_a_call_is_still_being_delivered_leaves_no_unretrieved_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    channel = _SlowToDeliver()
+    hl = HumanLayer([channel], listen=None)
+
+    @hl.require_approval()
+    async def tool() -> None: ...
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tool)
+        await channel.sending.wait()
+        await hl.aclose()  # the call is still in its channel's send(): it never awaited its future
+        tg.cancel_scope.cancel()  # and then its caller gives up
+    gc.collect()
+    await anyio.sleep(0)  # the loop reports what the collector found
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
 def test_one_humanlayer_in_two_event_loops_is_a_clear_error() -> None:
