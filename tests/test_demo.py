@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 import re
 import shutil
 import socket
@@ -83,7 +84,14 @@ async def test_demo_on_a_busy_port_says_how_to_pick_another() -> None:
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 async def test_make_demo_passes_listen_on() -> None:
-    result = await anyio.run_process(["make", "--dry-run", "demo", "LISTEN=127.0.0.1:0"], cwd=ROOT)
-    assert "humanlayer-async demo --listen 127.0.0.1:0" in result.stdout.decode().splitlines()[-1]
-    result = await anyio.run_process(["make", "--dry-run", "demo"], cwd=ROOT)
-    assert "humanlayer-async demo --listen 127.0.0.1:8787" in result.stdout.decode().splitlines()[-1]
+    async def planned(*variables: str) -> list[str]:
+        """The commands ``make demo`` would run (also when the tests run under make)."""
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+        command = ["make", "--no-print-directory", "--dry-run", "demo", *variables]
+        return (await anyio.run_process(command, cwd=ROOT, env=env)).stdout.decode().splitlines()
+
+    assert any(
+        line.endswith("humanlayer-async demo --listen 127.0.0.1:0")
+        for line in await planned("LISTEN=127.0.0.1:0")
+    )
+    assert any(line.endswith("humanlayer-async demo --listen 127.0.0.1:8787") for line in await planned())
