@@ -173,6 +173,15 @@ class _ChannelDecider:
         self.claim = hl.store.claim
 
 
+class _GateHandle:
+    """The narrow handle the gate gets: ask, then claim and record the run; nothing else."""
+
+    def __init__(self, hl: HumanLayer) -> None:
+        self.ask = hl._ask
+        self.begin_execution = hl._begin_execution
+        self.finish_execution = hl._finish_execution
+
+
 class HumanLayer:
     """Gates tools behind a human's approval and routes the answers back to them.
 
@@ -247,6 +256,7 @@ class HumanLayer:
         self._idle: anyio.Event | None = None
         self._render = _check_callable(render, "render") or mask_secrets
         self._decider: Decider = _ChannelDecider(self)
+        self._asker = _GateHandle(self)
         self._bridge = Bridge()
         # Bound to the event loop of the first use:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -418,7 +428,7 @@ class HumanLayer:
         }
 
         def decorate(func: Callable[..., Any]) -> Callable[..., Coroutine[Any, Any, Any]]:
-            return gate(self, func, **options)
+            return gate(self._asker, func, **options)
 
         return cast(Gated, decorate) if tool is None else decorate(tool)
 
@@ -455,7 +465,7 @@ class HumanLayer:
                 channels=checked,
                 message=message,
             )
-            decision = await self.ask(spec)
+            decision = await self._ask(spec)
             if decision.answer is not None:
                 return decision.answer
             refused = refusal("contact_human", decision)
@@ -711,11 +721,11 @@ class HumanLayer:
 
     # -- one request, from creation to decision -----------------------------------
 
-    async def audit(self, event: AuditEvent, request_id: str, **fields: Any) -> None:
+    async def _audit(self, event: AuditEvent, request_id: str, **fields: Any) -> None:
         """Log ``event`` and append it to the store's audit trail."""
         await self._store.record(make_entry(event, request_id, **fields))
 
-    async def ask(self, spec: RequestSpec) -> Decision:
+    async def _ask(self, spec: RequestSpec) -> Decision:
         """Store a request, deliver it, and wait for the decision that stands.
 
         With a durable store and a run, a call whose request an earlier process of the
@@ -784,7 +794,7 @@ class HumanLayer:
         if stored.id == request.id:  # its audit entry was written with it
             return await self._wait(request, channels, future, {}, deliver=True)
         self._registry.discard(request.id)
-        await self.audit(
+        await self._audit(
             "approval.reattached",
             stored.id,
             function=stored.function,
@@ -860,7 +870,7 @@ class HumanLayer:
             self._spawn(self._update, replace(request, decision=decision), channels, refs)
         return decision
 
-    async def begin_execution(self, decision: Decision, spec: RequestSpec) -> Execution | None:
+    async def _begin_execution(self, decision: Decision, spec: RequestSpec) -> Execution | None:
         """Before an approved call runs: claim its one run in a durable store.
 
         Returns an earlier run's recorded result for a replayed call; raises
@@ -870,16 +880,16 @@ class HumanLayer:
         if self._durable is not None:
             earlier = await self._durable.begin_execution(decision.request_id, digest(spec.kwargs))
             if earlier is not None and earlier.state == "executing":
-                await self.audit("approval.outcome_unknown", decision.request_id, function=spec.function)
+                await self._audit("approval.outcome_unknown", decision.request_id, function=spec.function)
                 raise OutcomeUnknown(decision.request_id, spec.function)
             if earlier is not None:
                 if earlier.result is None:
                     raise AlreadyExecuted(decision.request_id, spec.function, earlier.outcome)
                 return earlier
-        await self.audit("approval.executing", decision.request_id, function=spec.function)
+        await self._audit("approval.executing", decision.request_id, function=spec.function)
         return None
 
-    async def finish_execution(
+    async def _finish_execution(
         self, decision: Decision, spec: RequestSpec, error: BaseException | None, result: Any
     ) -> None:
         """After an approved call: record how it ended (and, in a run, its JSON result)."""
@@ -891,7 +901,7 @@ class HumanLayer:
                 with contextlib.suppress(StoreError):  # no JSON form: a replay gets AlreadyExecuted
                     recorded = dumps(result, "result")
             await self._durable.finish_execution(decision.request_id, outcome, recorded)
-        await self.audit("approval.executed", decision.request_id, function=spec.function, outcome=outcome)
+        await self._audit("approval.executed", decision.request_id, function=spec.function, outcome=outcome)
 
     async def _deliver(
         self, request: ApprovalRequest, channels: Sequence[Channel], refs: dict[int, str | None]
@@ -911,7 +921,7 @@ class HumanLayer:
                 )
                 return
             refs[index] = ref
-            await self.audit("approval.delivered", request.id, channel=channel.name, ref=ref)
+            await self._audit("approval.delivered", request.id, channel=channel.name, ref=ref)
 
         if len(channels) == 1:
             await send(0, channels[0])

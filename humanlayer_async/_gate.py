@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, ca
 import anyio
 import anyio.to_thread
 
-from ._audit import AuditEvent, logger
+from ._audit import logger
 from ._codec import loads
 from ._exceptions import ApprovalDenied, ApprovalTimeout, ConfigurationError
 from ._models import Decision, Execution, Kind, Status
@@ -66,8 +66,6 @@ class Asker(Protocol):
     """What the gate needs from the client: open a request, wait for its decision, track the run."""
 
     async def ask(self, spec: RequestSpec) -> Decision: ...
-
-    async def audit(self, event: AuditEvent, request_id: str, **fields: Any) -> None: ...
 
     async def begin_execution(self, decision: Decision, spec: RequestSpec) -> Execution | None:
         """Before an approved call runs: ``None`` to run it now, or an earlier run's recorded result.

@@ -211,3 +211,9 @@ def test_lazy_names_are_the_real_objects() -> None:
         assert set(package.__all__) <= set(dir(package))
         with pytest.raises(AttributeError, match="no attribute 'Nope'"):
             package.Nope  # noqa: B018 - the attribute access is what is tested
+
+
+def test_the_gates_own_methods_are_not_part_of_humanlayers_api() -> None:
+    public = {name for name in dir(humanlayer_async.HumanLayer) if not name.startswith("_")}
+    assert public.isdisjoint({"ask", "audit", "begin_execution", "finish_execution"})
+    assert {"require_approval", "human_as_tool", "decide", "respond", "cancel", "get", "pending"} <= public
