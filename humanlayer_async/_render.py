@@ -34,6 +34,7 @@ __all__ = [
     "is_secret_name",
     "mask_secrets",
     "shorten",
+    "shorten_kwargs",
     "summarize",
     "visible",
 ]
@@ -276,11 +277,16 @@ def format_value(value: Any, limit: int = 200) -> str:
     return shorten(value, limit)[0]
 
 
+def shorten_kwargs(kwargs: Mapping[str, Any], limit: int = 200) -> tuple[str, bool]:
+    """``format_kwargs``'s text, and whether it left anything out."""
+    shown = {name: shorten(value, limit, quote=True) for name, value in kwargs.items()}
+    text = ", ".join(f"{visible(name)}={value}" for name, (value, _) in shown.items())
+    return text, any(cut for _, cut in shown.values())
+
+
 def format_kwargs(kwargs: Mapping[str, Any], limit: int = 200) -> str:
     """A call's arguments as ``name=value, ...`` in one line, each value as ``format_value`` shows it."""
-    return ", ".join(
-        f"{visible(name)}={shorten(value, limit, quote=True)[0]}" for name, value in kwargs.items()
-    )
+    return shorten_kwargs(kwargs, limit)[0]
 
 
 def summarize(request: ApprovalRequest) -> str:

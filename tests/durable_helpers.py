@@ -79,3 +79,17 @@ def starts(log: Path) -> list[float]:
     if not log.exists():
         return []
     return [float(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("start")]
+
+
+async def pg_schema_exists(dsn: str, schema: str) -> bool:
+    """Whether the PostgreSQL server at ``dsn`` has a schema named ``schema``."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        found = await conn.fetchval(
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1", schema
+        )
+    finally:
+        await conn.close()
+    return bool(found)

@@ -10,7 +10,6 @@ import signal
 from pathlib import Path
 
 import anyio
-import asyncpg
 import httpx
 import pytest
 
@@ -18,7 +17,7 @@ from humanlayer_async import HumanLayer, Status
 from humanlayer_async.channels.web import TOKEN_ENV, WebChannel
 from humanlayer_async.stores import store_from_url
 
-from .durable_helpers import cli_command, run_cli
+from .durable_helpers import cli_command, pg_schema_exists, run_cli
 from .test_stores import make_request
 
 pytestmark = pytest.mark.anyio
@@ -275,14 +274,7 @@ async def test_commands_never_create_a_postgres_schema(pg_dsn: str, pg_schema: s
         code, out, err = await run_cli(*command, "--store", url)
         assert (code, out) == (2, ""), command
         assert f"no store at {url}" in err, command
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        schemas = await conn.fetchval(
-            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1", pg_schema
-        )
-    finally:
-        await conn.close()
-    assert schemas == 0
+    assert not await pg_schema_exists(pg_dsn, pg_schema)
 
 
 async def test_audit_into_a_pipe_closed_early_ends_quietly(tmp_path: Path) -> None:

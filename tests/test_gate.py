@@ -329,16 +329,26 @@ def test_a_condition_given_positionally_is_refused_not_gated() -> None:
         hl.require_approval("amount > 1000")  # type: ignore[call-overload]
 
 
-def test_hooks_that_fit_the_tool_are_accepted() -> None:
-    hl = HumanLayer([], listen=None)
+async def test_hooks_that_fit_the_tool_are_accepted_and_get_its_arguments() -> None:
+    channel = AutoChannel(lambda r: True)
+    async with HumanLayer([channel], listen=None) as hl:
 
-    def pay(amount: float, /, currency: str = "EUR", *lines: str, **extra: object) -> str:
-        return "paid"
+        def pay(amount: float, /, currency: str = "EUR", *lines: str, **extra: object) -> str:
+            return "paid"
 
-    hl.require_approval(condition=lambda amount, **kwargs: amount > 10)(pay)
-    hl.require_approval(condition=lambda amount, currency, lines, extra: True)(pay)
-    hl.require_approval(context=dict)(pay)  # a builtin without a signature: not checked (and it works)
-    hl.require_approval(context={"team": "finance"})(pay)
+        small_ones_run = hl.require_approval(condition=lambda amount, **kwargs: amount > 10)(pay)
+        every_name = hl.require_approval(
+            condition=lambda amount, currency, lines, extra: bool(lines), context=dict
+        )(pay)  # dict: a builtin without a signature, not checked (and it works)
+        assert await small_ones_run(5) == "paid" and channel.sent == []
+        assert await every_name(50, "USD", "line 1", memo="x") == "paid"
+        [request] = channel.sent
+        assert dict(request.context) == {
+            "amount": 50,
+            "currency": "USD",
+            "lines": ("line 1",),
+            "extra": {"memo": "x"},
+        }
 
 
 async def test_sync_tool_runs_in_a_worker_thread_while_the_loop_ticks() -> None:

@@ -31,6 +31,8 @@ from humanlayer_async.stores import (
 )
 from humanlayer_async.testing import AutoChannel
 
+from .durable_helpers import pg_schema_exists
+
 pytestmark = pytest.mark.anyio
 
 
@@ -509,16 +511,6 @@ async def test_sqlite_store_with_create_false_never_creates_a_file_or_directory(
 
 @pytest.mark.postgres
 async def test_postgres_store_with_create_false_never_creates_a_schema(pg_dsn: str, pg_schema: str) -> None:
-    async def schema_exists() -> bool:
-        conn = await asyncpg.connect(pg_dsn)
-        try:
-            found = await conn.fetchval(
-                "SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1", pg_schema
-            )
-        finally:
-            await conn.close()
-        return bool(found)
-
     parts = urlsplit(pg_dsn)  # a password in the URL (the test server trusts loopback: any works)
     password = parts.password or "hunter2"
     netloc = f"{parts.username}:{password}@{parts.hostname}:{parts.port or 5432}"
@@ -530,7 +522,7 @@ async def test_postgres_store_with_create_false_never_creates_a_schema(pg_dsn: s
             await store.list_pending()
         assert password not in str(caught.value)
         await store.aclose()
-    assert not await schema_exists()
+    assert not await pg_schema_exists(pg_dsn, pg_schema)
     conn = await asyncpg.connect(pg_dsn)
     try:  # a schema without the store's tables is not a store either
         await conn.execute(f"CREATE SCHEMA {pg_schema}")

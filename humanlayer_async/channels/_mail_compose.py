@@ -33,9 +33,13 @@ def subject(request: ApprovalRequest) -> str:
     return visible(f"[Approval needed] {summarize(request)}")
 
 
+def _attachment_name(request: ApprovalRequest) -> str:
+    return f"request-{request.id[:8]}.txt"
+
+
 def full_call_attachment(request: ApprovalRequest) -> tuple[str, str]:
     """The attachment every request carries: ``(request-<first 8 of the id>.txt, full_call)``."""
-    return f"request-{request.id[:8]}.txt", full_call(request)
+    return _attachment_name(request), full_call(request)
 
 
 def _lines(text: str) -> str:
@@ -75,7 +79,7 @@ def _sections(request: ApprovalRequest) -> tuple[str, str, list[tuple[str, _Rows
 def request_bodies(request: ApprovalRequest) -> tuple[str, str]:
     """The plain-text and HTML bodies of a request."""
     intro, call, sections, how = _sections(request)
-    attached = f"The full call, untruncated, is attached: {full_call_attachment(request)[0]}"
+    attached = f"The full call, untruncated, is attached: {_attachment_name(request)}"
     text = [intro, "", *(f"    {line}" for line in call.split("\n")), "", attached, ""]
     markup = [
         f"<p>{html.escape(intro)}</p>",

@@ -14,7 +14,7 @@ from anyio.abc import TaskStatus
 
 from .._exceptions import HumanLayerError, UnknownRequest
 from .._models import ApprovalRequest, Decision
-from .._render import describe_decision, format_kwargs, full_call, shorten, summarize, visible
+from .._render import describe_decision, full_call, shorten, shorten_kwargs, summarize, visible
 from .._terminal import MIN_PREFIX, write_lines
 from .base import BaseChannel, Decider
 
@@ -225,10 +225,11 @@ def describe(request: ApprovalRequest) -> list[str]:
         ]
     doc = (request.doc or "").split("\n")
     context = [(visible(key), *shorten(value)) for key, value in request.context.items()]
-    cut = len(doc) > 1 or any(shorten(value, quote=True)[1] for value in request.kwargs.values())
+    arguments, cut = shorten_kwargs(request.kwargs)
+    cut = cut or len(doc) > 1
     lines = [
         f"── approval needed [{short}] " + "─" * 30,
-        f"{visible(request.function)}({format_kwargs(request.kwargs)})",
+        f"{visible(request.function)}({arguments})",
         *([f"  {visible(doc[0])}"] if doc[0] else []),
         *(f"  {key}: {text}" for key, text, _ in context),
     ]
