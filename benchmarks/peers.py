@@ -297,10 +297,10 @@ class DecisionRoute(BaseChannel):
 
     async def approve(self, request: Request) -> Response:
         assert self.decider is not None
-        decision = await self.decider.decide(
+        answered = await self.decider.decide(
             request.path_params["request_id"], True, by="bench", via=self.name
         )
-        return PlainTextResponse(decision.status.value)
+        return PlainTextResponse(answered.decision.status.value)
 
 
 async def our_latencies(calls: int, *, over_http: bool) -> list[float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -23,6 +24,7 @@ class Bridge:
         self._lock = threading.Lock()
         self._portal: BlockingPortal | None = None
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def call(self, func: Callable[[], Awaitable[T]]) -> T:
         """Run ``func()`` on the bridge's loop and wait for its result in this thread."""
@@ -32,6 +34,7 @@ class Bridge:
         """Stop the loop thread (a no-op when it never started)."""
         with self._lock:
             portal, thread, self._portal, self._thread = self._portal, self._thread, None, None
+            self._loop = None
         if portal is not None and thread is not None:
             portal.call(portal.stop)
             thread.join()
@@ -39,6 +42,11 @@ class Bridge:
     @property
     def running(self) -> bool:
         return self._portal is not None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The bridge's event loop while it runs."""
+        return self._loop
 
     def _ensure(self) -> BlockingPortal:
         with self._lock:
@@ -56,6 +64,6 @@ class Bridge:
         from anyio.from_thread import BlockingPortal
 
         async with BlockingPortal() as portal:
-            self._portal = portal
+            self._portal, self._loop = portal, asyncio.get_running_loop()
             ready.set()
             await portal.sleep_until_stopped()

@@ -89,7 +89,8 @@ def dumps(value: Any, where: str) -> str:
 
 def dumps_mapping(values: Mapping[str, Any], what: str) -> str:
     """A mapping as canonical JSON, an error naming the entry (``what 'name'``) that has no JSON form."""
-    return dumps({name: to_json(value, f"{what} {name!r}") for name, value in values.items()}, what)
+    converted = {name: to_json(value, f"{what} {name!r}") for name, value in values.items()}
+    return json.dumps(converted, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def loads(text: str) -> Any:

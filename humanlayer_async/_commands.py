@@ -2,8 +2,9 @@
 cancel, answer, audit, prune.
 
 Each works against the store named by ``--store`` or ``HUMANLAYER_STORE``, opened and never
-created (a mistyped path or schema is "no store at ..."), and decides through
-``HumanLayer.decide`` (approver allowlists, first decision wins, the audit trail), as
+created (a mistyped path or schema is "no store at ..."), and decides through the engine's
+deciding side and the store alone (approver allowlists, first decision wins, the audit trail;
+no runtime, channels or listener), as
 ``--by`` (default: the OS user), ``via="cli"``. Tables for people, JSON with ``--json``.
 Everything printed for people goes through ``_terminal.write_lines``, so no stored value can
 redraw the operator's screen. Exit status: 0 done, 1 refused (unknown id, not an approver,
@@ -32,12 +33,14 @@ import anyio
 from ._audit import AuditEntry
 from ._client import HumanLayer
 from ._codec import to_json
-from ._exceptions import ConfigurationError, HumanLayerError, NotAnApprover, UnknownRequest
-from ._models import ApprovalRequest, Decision, Status
+from ._engine import Decisions
+from ._exceptions import ConfigurationError, HumanLayerError, UnknownRequest
+from ._models import ApprovalRequest
 from ._render import describe_decision, format_value, full_call, summarize
 from ._terminal import MIN_PREFIX, log_to_terminal, table, write_lines
+from .channels.base import Answered
 from .channels.web import TOKEN_ENV, WebChannel
-from .stores.base import DurableStore
+from .stores.base import Store
 from .stores.url import store_from_url
 
 __all__ = ["COMMANDS", "add_commands", "run_command"]
@@ -54,14 +57,6 @@ COMMANDS = (
     "audit",
     "prune",
 )
-
-_EXPECTED = {
-    "approve": Status.APPROVED,
-    "deny": Status.DENIED,
-    "cancel": Status.CANCELLED,
-    "answer": Status.APPROVED,
-}
-"""The status each deciding command asks for: another one standing means someone was first."""
 
 _SIGPIPE_STATUS = 141
 """128 + SIGPIPE (13): the status a shell shows for a process that SIGPIPE ended."""
@@ -255,19 +250,17 @@ def _console_link(args: argparse.Namespace) -> int:
 # -- store commands ------------------------------------------------------------------------
 
 
-async def _operate(store: DurableStore, args: argparse.Namespace) -> int:
-    hl = HumanLayer([], store=store, listen=None)
+async def _operate(store: Store, args: argparse.Namespace) -> int:
+    """Run a store command through the engine's deciding side and the store alone: no
+    runtime, no channels, no listener, no store follower."""
     try:
-        command: Callable[[HumanLayer, DurableStore, argparse.Namespace], Awaitable[Any]] = _HANDLERS[
-            args.command
-        ]
-        result = await command(hl, store, args)
+        result = await _HANDLERS[args.command](Decisions(store), args)
     finally:
-        await hl.aclose()
-    if isinstance(result, Decision) and (
-        result.status is not _EXPECTED[args.command] or result.by != args.by or result.via != "cli"
-    ):
-        raise _Refused(f"request {result.request_id} was already {describe_decision(result)}")
+        await store.aclose()
+    if isinstance(result, Answered) and not result.stands:
+        raise _Refused(
+            f"request {result.decision.request_id} was already {describe_decision(result.decision)}"
+        )
     return 0
 
 
@@ -280,14 +273,14 @@ def _print(
         write_lines(table(headers, rows))
 
 
-async def _resolve(hl: HumanLayer, request_id: str) -> str:
+async def _resolve(engine: Decisions, request_id: str) -> str:
     """The full id: ``request_id`` itself, or the one pending request it is a prefix of."""
     if len(request_id) < MIN_PREFIX:
         raise _Refused(f"{request_id!r} is too short: type at least {MIN_PREFIX} characters of the id")
     try:
-        return (await hl.get(request_id)).id
+        return (await engine.get(request_id)).id
     except UnknownRequest:
-        matches = [request.id for request in await hl.pending() if request.id.startswith(request_id)]
+        matches = [request.id for request in await engine.pending() if request.id.startswith(request_id)]
         if len(matches) == 1:
             return matches[0]
         if matches:
@@ -301,8 +294,8 @@ def _request_data(request: ApprovalRequest) -> dict[str, Any]:
     return data
 
 
-async def _pending(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -> None:
-    requests = await hl.pending(run_id=args.run_id, kind=args.kind)
+async def _pending(engine: Decisions, args: argparse.Namespace) -> None:
+    requests = await engine.pending(run_id=args.run_id, kind=args.kind)
     now = datetime.now(UTC)
     rows = [
         (
@@ -323,8 +316,8 @@ async def _pending(hl: HumanLayer, store: DurableStore, args: argparse.Namespace
         )
 
 
-async def _show(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -> None:
-    request = await hl.get(await _resolve(hl, args.id))
+async def _show(engine: Decisions, args: argparse.Namespace) -> None:
+    request = await engine.get(await _resolve(engine, args.id))
     if args.json:
         _print(args, _request_data(request), (), [])
         return
@@ -332,42 +325,41 @@ async def _show(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -
     write_lines([*full_call(request).splitlines(), f"Status: {status}"])
 
 
-def _show_decision(args: argparse.Namespace, decision: Decision) -> Decision:
+def _show_decision(args: argparse.Namespace, answered: Answered) -> Answered:
+    decision = answered.decision
     if args.json:
         _print(args, dataclasses.asdict(decision), (), [])
     else:
         write_lines([f"{decision.request_id}: {describe_decision(decision)}"])
-    return decision
+    return answered
 
 
-async def _approve(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -> Decision:
-    request_id = await _resolve(hl, args.id)
+async def _approve(engine: Decisions, args: argparse.Namespace) -> Answered:
+    request_id = await _resolve(engine, args.id)
     return _show_decision(
-        args, await hl.decide(request_id, True, by=args.by, comment=args.comment, via="cli")
+        args, await engine.decide(request_id, True, by=args.by, comment=args.comment, via="cli")
     )
 
 
-async def _deny(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -> Decision:
-    request_id = await _resolve(hl, args.id)
+async def _deny(engine: Decisions, args: argparse.Namespace) -> Answered:
+    request_id = await _resolve(engine, args.id)
     return _show_decision(
-        args, await hl.decide(request_id, False, by=args.by, comment=args.reason, via="cli")
+        args, await engine.decide(request_id, False, by=args.by, comment=args.reason, via="cli")
     )
 
 
-async def _cancel(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -> Decision:
-    request = await hl.get(await _resolve(hl, args.id))
-    if not request.may_decide(args.by):
-        raise NotAnApprover(request.id, args.by)
-    return _show_decision(args, await hl.cancel(request.id, by=args.by, reason=args.reason, via="cli"))
+async def _cancel(engine: Decisions, args: argparse.Namespace) -> Answered:
+    request_id = await _resolve(engine, args.id)
+    return _show_decision(args, await engine.cancel(request_id, by=args.by, reason=args.reason, via="cli"))
 
 
-async def _answer(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -> Decision:
-    request_id = await _resolve(hl, args.id)
-    return _show_decision(args, await hl.respond(request_id, args.text, by=args.by, via="cli"))
+async def _answer(engine: Decisions, args: argparse.Namespace) -> Answered:
+    request_id = await _resolve(engine, args.id)
+    return _show_decision(args, await engine.respond(request_id, args.text, by=args.by, via="cli"))
 
 
-async def _audit(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -> None:
-    entries: list[AuditEntry] = await store.history(request_id=args.request, since=args.since)
+async def _audit(engine: Decisions, args: argparse.Namespace) -> None:
+    entries: list[AuditEntry] = await engine.store.history(request_id=args.request, since=args.since)
     rows = [
         (
             f"{entry.at:%Y-%m-%d %H:%M:%S}",
@@ -385,15 +377,15 @@ async def _audit(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) 
     )
 
 
-async def _prune(hl: HumanLayer, store: DurableStore, args: argparse.Namespace) -> None:
-    count = await store.prune(args.older_than)
+async def _prune(engine: Decisions, args: argparse.Namespace) -> None:
+    count = await engine.store.prune(args.older_than)
     if args.json:
         _print(args, {"pruned": count}, (), [])
     else:
         write_lines([f"pruned {count} decided request{'' if count == 1 else 's'}"])
 
 
-_HANDLERS: dict[str, Callable[[HumanLayer, DurableStore, argparse.Namespace], Awaitable[Any]]] = {
+_HANDLERS: dict[str, Callable[[Decisions, argparse.Namespace], Awaitable[Any]]] = {
     "pending": _pending,
     "show": _show,
     "approve": _approve,

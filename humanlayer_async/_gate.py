@@ -8,14 +8,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
-import anyio.to_thread
 
 from ._audit import logger
-from ._codec import loads
-from ._exceptions import ApprovalDenied, ApprovalTimeout, ConfigurationError
+from ._codec import digest, loads
+from ._exceptions import ApprovalDenied, ApprovalTimeout, ConfigurationError, StoreError
 from ._models import Decision, Execution, Kind, Status
 from ._render import Render
 
@@ -33,6 +32,7 @@ __all__ = [
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 _current_decision: ContextVar[Decision | None] = ContextVar("humanlayer_current_decision", default=None)
 
@@ -60,10 +60,16 @@ class RequestSpec:
     message: str | None = None
     qualname: str | None = None
     """The function's ``module.qualname``: part of the re-attach key (``function`` when None)."""
+    digest: str | None = None
+    """The SHA-256 of ``kwargs``' canonical JSON; ``None`` when an argument has no JSON form."""
 
 
 class Asker(Protocol):
-    """What the gate needs from the client: open a request, wait for its decision, track the run."""
+    """What the gate needs: open a request, wait for its decision, track the run, block a thread."""
+
+    def block(self, func: Callable[[], Awaitable[T]]) -> T:
+        """Run ``func()`` on the ``HumanLayer``'s event loop and block this (non-loop) thread for it."""
+        ...
 
     async def ask(self, spec: RequestSpec) -> Decision: ...
 
@@ -82,21 +88,25 @@ class Asker(Protocol):
 
 
 class Gated(Protocol):
-    """``require_approval(...)``: turns a sync or async tool into an awaitable gated one."""
+    """``require_approval(...)``: gates a tool and keeps its colour (async stays async, sync stays sync)."""
 
     @overload
-    def __call__(self, func: Callable[P, Awaitable[R]], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    def __call__(
+        self, func: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
     @overload
-    def __call__(self, func: Callable[P, R], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    def __call__(self, func: Callable[P, R], /) -> Callable[P, R]: ...
 
 
 class GatedOrSentence(Protocol):
     """``require_approval(on_reject="return")``: a refusal comes back as the sentence."""
 
     @overload
-    def __call__(self, func: Callable[P, Awaitable[R]], /) -> Callable[P, Coroutine[Any, Any, R | str]]: ...
+    def __call__(
+        self, func: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> Callable[P, Coroutine[Any, Any, R | str]]: ...
     @overload
-    def __call__(self, func: Callable[P, R], /) -> Callable[P, Coroutine[Any, Any, R | str]]: ...
+    def __call__(self, func: Callable[P, R], /) -> Callable[P, R | str]: ...
 
 
 def current_decision() -> Decision | None:
@@ -173,6 +183,22 @@ def _is_async(func: Callable[..., Any]) -> bool:
     )
 
 
+class _Done:
+    """What a gated call returns without running the tool: a refusal's sentence, a recorded result."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _digest(kwargs: Mapping[str, Any]) -> str | None:
+    try:
+        return digest(kwargs)
+    except StoreError:  # an argument without a JSON form: only a durable store or a run needs one
+        return None
+
+
 def gate(
     asker: Asker,
     func: Callable[..., Any],
@@ -184,21 +210,20 @@ def gate(
     approvers: tuple[str, ...],
     timeout: float | None,
     on_reject: OnReject,
-) -> Callable[..., Coroutine[Any, Any, Any]]:
-    """Wrap ``func`` so that a call runs only after a human approves it (when ``condition`` holds)."""
+) -> Callable[..., Any]:
+    """Wrap ``func`` so that a call runs only after a human approves it (when ``condition`` holds).
+
+    The wrapper has the tool's colour: an ``async def`` stays a coroutine function; a plain
+    ``def`` stays a plain function that blocks its thread until the call is decided, then
+    runs the tool in that thread.
+    """
     signature = inspect.signature(func)
     name = getattr(func, "__name__", None) or repr(func)
     qualname = f"{getattr(func, '__module__', None)}.{getattr(func, '__qualname__', name)}"
     doc = inspect.getdoc(func)
-    is_async = _is_async(func)
     _check_hook(condition, "condition", name, signature)
     _check_hook(context, "context", name, signature)
     spread = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
-
-    async def run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if is_async:
-            return await func(*args, **kwargs)
-        return await anyio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
 
     async def needs_approval(arguments: Mapping[str, Any]) -> bool:
         if condition is None:
@@ -221,45 +246,82 @@ def gate(
             return {"context_error": f"the context hook raised {type(exc).__name__}"}
         return described if isinstance(described, Mapping) else {"context": described}
 
-    @functools.wraps(func)
-    async def gated(*args: Any, **kwargs: Any) -> Any:
+    async def approve(
+        args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Decision, RequestSpec] | _Done | None:
+        """``None``: run without asking; ``_Done``: return its value; else run as approved by the decision."""
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         arguments = bound.arguments
         del bound  # a pending call keeps only what it needs: memory per call is a feature
         if not await needs_approval(arguments):
-            return await run(args, kwargs)
+            return None
+        shown = render(_shown_arguments(arguments, spread))
         spec = RequestSpec(
             kind="approval",
             function=name,
-            kwargs=render(_shown_arguments(arguments, spread)),
+            kwargs=shown,
             context=await describe(arguments),
             approvers=approvers,
             timeout=timeout,
             channels=channels,
             doc=doc,
             qualname=qualname,
+            digest=_digest(shown),
         )
         del arguments
         decision = await asker.ask(spec)
         if not decision.approved:
             denied = refusal(name, decision)
             if on_reject == "return":
-                return str(denied)
+                return _Done(str(denied))
             raise denied
         earlier = await asker.begin_execution(decision, spec)
         if earlier is not None and earlier.result is not None:
-            return loads(earlier.result)  # a replayed call: the recorded result, not a second run
+            return _Done(loads(earlier.result))  # a replayed call: the recorded result, not a second run
+        return decision, spec
+
+    if _is_async(func):
+
+        @functools.wraps(func)
+        async def gated(*args: Any, **kwargs: Any) -> Any:
+            verdict = await approve(args, kwargs)
+            if verdict is None:
+                return await func(*args, **kwargs)
+            if isinstance(verdict, _Done):
+                return verdict.value
+            decision, spec = verdict
+            token = _current_decision.set(decision)
+            try:
+                result = await func(*args, **kwargs)
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    await asker.finish_execution(decision, spec, exc, None)
+                raise
+            finally:
+                _current_decision.reset(token)
+            await asker.finish_execution(decision, spec, None, result)
+            return result
+
+        return gated
+
+    @functools.wraps(func)
+    def gated_sync(*args: Any, **kwargs: Any) -> Any:
+        verdict = asker.block(functools.partial(approve, args, kwargs))
+        if verdict is None:
+            return func(*args, **kwargs)
+        if isinstance(verdict, _Done):
+            return verdict.value
+        decision, spec = verdict
         token = _current_decision.set(decision)
         try:
-            result = await run(args, kwargs)
+            result = func(*args, **kwargs)
         except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await asker.finish_execution(decision, spec, exc, None)
+            asker.block(functools.partial(asker.finish_execution, decision, spec, exc, None))
             raise
         finally:
             _current_decision.reset(token)
-        await asker.finish_execution(decision, spec, None, result)
+        asker.block(functools.partial(asker.finish_execution, decision, spec, None, result))
         return result
 
-    return cast(Callable[..., Coroutine[Any, Any, Any]], gated)
+    return gated_sync

@@ -38,8 +38,8 @@ _COMPACT_SLACK = 1024
 class Registry:
     """The futures of the requests this process waits for, keyed by request id."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first waiter
         self._waiting: dict[str, asyncio.Future[Outcome]] = {}
         # More waiters of one request (two callers re-attached to it): rare, so kept apart
         # and costing the usual single waiter nothing.
@@ -54,12 +54,19 @@ class Registry:
     def __contains__(self, request_id: object) -> bool:
         return request_id in self._waiting
 
+    def waiting(self) -> list[str]:
+        """The ids of the requests waited for."""
+        return list(self._waiting)
+
     def wait(self, request_id: str, deadline: float) -> asyncio.Future[Outcome]:
         """A future for ``request_id`` that gets its decision, or ``EXPIRED`` at ``deadline``.
 
         ``deadline`` is in the loop's clock (``loop.time()``).
         """
-        future: asyncio.Future[Outcome] = self._loop.create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
         if request_id in self._waiting:  # another caller waits for it too: both get the decision
             self._also.setdefault(request_id, []).append(future)
         else:
@@ -109,7 +116,10 @@ class Registry:
             heapq.heapify(self._deadlines)
 
     def close(self) -> int:
-        """Fail every waiter (the ``HumanLayer`` that would have woken them is closing); how many."""
+        """Wake every waiter with ``CLOSED`` (what would have woken them is gone); how many.
+
+        The registry stays usable: a later waiter waits as usual.
+        """
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_at = None, math.inf
@@ -124,11 +134,13 @@ class Registry:
     def _arm(self, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        assert self._loop is not None
         self._timer = self._loop.call_at(when, self._expire)
         self._timer_at = when
 
     def _expire(self) -> None:
         self._timer, self._timer_at = None, math.inf
+        assert self._loop is not None
         now = self._loop.time()
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:

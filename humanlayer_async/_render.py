@@ -12,6 +12,7 @@ and each medium (HTML, Slack mrkdwn) adds only its own escaping on top.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pprint
 import re
@@ -78,6 +79,7 @@ def _words(name: str) -> list[str]:
     return [w[:-1] if w.endswith("s") and w[:-1] in _SECRET_WORDS | {"key"} else w for w in words]
 
 
+@functools.lru_cache(maxsize=4096)  # names repeat from call to call: each is split once
 def is_secret_name(name: str) -> bool:
     """Whether an argument or field named ``name`` holds a secret.
 
@@ -107,7 +109,14 @@ def mask_secrets(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
     when ``is_secret_name`` says so. A container with nothing to mask is kept as it is; one
     with a masked field becomes a plain ``dict`` or ``list``.
     """
-    return {name: MASK if is_secret_name(name) else _masked(value, set()) for name, value in kwargs.items()}
+    return {
+        name: MASK if is_secret_name(name) else value if type(value) in _SCALARS else _masked(value, set())
+        for name, value in kwargs.items()
+    }
+
+
+_SCALARS = frozenset({str, bytes, int, float, bool, type(None)})
+"""Types with nothing inside to mask: kept as they are without a walk."""
 
 
 def _fields(value: Any) -> dict[str, Any] | None:

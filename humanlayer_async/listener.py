@@ -4,6 +4,9 @@ The app is what ``HumanLayer.asgi_app`` returns, so it can be served by the embe
 uvicorn server (``listen="host:port"``) or mounted in your own Starlette/FastAPI app.
 Bodies over ``max_body`` bytes are refused with 413 before any route reads them, and a
 route that fails answers 500 for that request alone, with a log line; the server goes on.
+A route declines a request by raising ``Refused``: one handler answers it with the
+refusal's status and body, and every refusal, a route's or the listener's own, is logged
+as one event, ``listener.refused``, with the path, status and reason.
 A client gets ``read_timeout`` seconds to send a request's headers (else the connection is
 closed) and as long again for its body (else 408), so slow clients cannot hold the listener.
 
@@ -43,6 +46,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ._audit import logger
 from ._exceptions import ConfigurationError
+from ._refused import EVENT, Refused
 
 __all__ = [
     "LOG_INTERVAL",
@@ -51,6 +55,7 @@ __all__ = [
     "READ_TIMEOUT",
     "BodyLimit",
     "Listener",
+    "Refused",
     "build_app",
     "client_is_local",
     "trusted_networks",
@@ -132,10 +137,10 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, send: Send, status: int) -> None:
         reason, text = _REFUSALS[status]
-        logger.warning("listener.refused", path=scope.get("path"), status=status, reason=reason)
         # A slow client's connection is not kept for another request.
         headers = {"Connection": "close"} if status == 408 else None
-        await PlainTextResponse(text, status_code=status, headers=headers)(scope, _no_receive, send)
+        refused = Refused(status, reason, body=text, headers=headers)
+        await _answer_refusal(refused, scope)(scope, _no_receive, send)
 
 
 _REFUSALS = {
@@ -151,6 +156,24 @@ async def _no_receive() -> Message:  # pragma: no cover - the refusal never read
 
 async def _healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
+
+
+def _answer_refusal(refused: Refused, scope: Scope) -> Response:
+    """The answer to a refused request, logged as ``listener.refused``: the one place both
+    happen, for the routes' refusals and the listener's own."""
+    client = scope.get("client")
+    refused.log(
+        path=scope.get("path"), method=scope.get("method"), client=None if client is None else client[0]
+    )
+    return Response(
+        refused.body, status_code=refused.status, media_type=refused.media_type, headers=refused.headers
+    )
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    """The handler of ``Refused``, raised by any route of the app."""
+    assert isinstance(exc, Refused)
+    return _answer_refusal(exc, request.scope)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
@@ -289,10 +312,11 @@ def build_app(
     trusted_proxies: tuple[IPNetwork, ...] = (),
 ) -> Starlette:
     """The listener's app: ``GET /healthz`` and the given channel routes, behind ``BodyLimit``;
-    ``client_is_local`` believes the forwarding headers of ``trusted_proxies`` only."""
+    ``client_is_local`` believes the forwarding headers of ``trusted_proxies`` only. A route
+    that raises ``Refused`` gets its answer, and its log line, from one handler."""
     app = Starlette(
         routes=[Route("/healthz", _healthz, methods=["GET"]), *routes],
-        exception_handlers={Exception: _server_error},
+        exception_handlers={Refused: _refused, Exception: _server_error},
     )
     app.add_middleware(BodyLimit, max_body=max_body, read_timeout=read_timeout)
     app.add_middleware(_TrustedProxies, networks=trusted_proxies)
@@ -354,7 +378,7 @@ class _Bounded(H11Protocol):
     def on_response_complete(self) -> None:
         self._queued = self._queued + 1 if self.conn.trailing_data[0] else 0
         if self._queued > MAX_PIPELINED and not self.transport.is_closing():
-            self.tally.note("listener.refused", "too many pipelined requests")
+            self.tally.note(EVENT, "too many pipelined requests")
             self.transport.close()
             return
         super().on_response_complete()
@@ -370,12 +394,12 @@ class _Bounded(H11Protocol):
     def _slow_headers(self) -> None:
         self._header_timer = None
         if not self.transport.is_closing():
-            self.tally.note("listener.refused", "slow headers")
+            self.tally.note(EVENT, "slow headers")
             self.transport.close()
 
     def _slow_reader(self) -> None:
         self._write_timer = None
-        self.tally.note("listener.refused", "slow reader")
+        self.tally.note(EVENT, "slow reader")
         self.transport.abort()  # close() would wait for the client to read what is left
 
 
@@ -556,6 +580,6 @@ class Listener:
                     continue
                 if not gate.admit():
                     client.close()
-                    tally.note("listener.refused", "too many connections")
+                    tally.note(EVENT, "too many connections")
                     continue
                 task_group.start_soon(loop.connect_accepted_socket, connection, client)

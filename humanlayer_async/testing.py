@@ -21,7 +21,7 @@ import inspect
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode
 
 import anyio
@@ -29,9 +29,12 @@ from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._exceptions import ChannelError
-from ._models import ApprovalRequest
+from ._models import ApprovalRequest, Kind
 from .channels import _slack_blocks as slack_blocks
 from .channels.base import BaseChannel, Decider
+
+if TYPE_CHECKING:
+    from ._client import HumanLayer
 
 __all__ = [
     "AutoChannel",
@@ -40,6 +43,7 @@ __all__ = [
     "slack_block_actions",
     "slack_form_body",
     "slack_view_submission",
+    "wait_for_pending",
 ]
 
 Rule = Callable[[ApprovalRequest], bool | str | Awaitable[bool | str | None] | None]
@@ -102,6 +106,37 @@ class AutoChannel(BaseChannel):
             await decider.decide(request.id, False, by=self.by, comment=verdict, via=self.name)
         else:
             await decider.decide(request.id, verdict, by=self.by, via=self.name)
+
+
+async def wait_for_pending(
+    hl: HumanLayer,
+    count: int = 1,
+    *,
+    within: float = 10.0,
+    kind: Kind | None = None,
+    run_id: str | None = None,
+) -> list[ApprovalRequest]:
+    """The pending requests, once at least ``count`` are pending (oldest first).
+
+    Wakes when a request is stored or decided, instead of polling ``hl.pending()``; raises
+    ``TimeoutError`` saying how many were pending when ``within`` seconds have passed::
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(transfer_money, 5000, "bob")
+            [request] = await wait_for_pending(hl)
+            await hl.decide(request.id, True, by="alice")
+    """
+    pending: list[ApprovalRequest] = []
+    try:
+        with anyio.fail_after(within):
+            while True:
+                changed = hl._engine.next_change()  # before reading: no change slips between
+                pending = await hl.pending(kind=kind, run_id=run_id)
+                if len(pending) >= count:
+                    return pending
+                await changed.wait()
+    except TimeoutError:
+        raise TimeoutError(f"{len(pending)} of {count} requests were pending after {within} s") from None
 
 
 def sign_slack_body(

@@ -245,9 +245,11 @@ async def test_gated_calls_work_without_async_with_and_aclose_ends_them() -> Non
         return "ran"
 
     assert await tool() == "ran"
-    assert hl._supervisor is not None and not hl._supervisor.done()
+    assert "running" in repr(hl)
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "humanlayer-runtime"]
     await hl.aclose()
-    assert hl._supervisor.done()
+    assert "closed" in repr(hl)
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "humanlayer-runtime"]
     with pytest.raises(HumanLayerError, match="closed"):
         await tool()
 
@@ -414,12 +416,12 @@ async def test_memory_store_drops_decided_requests_after_retention() -> None:
         for _ in range(3):
             assert await tool() == "ran"
         assert len(store) <= 1  # each decision prunes the ones before it
-    assert len(hl._registry or ()) == 0
+    assert len(hl._engine.registry) == 0
 
 
 def test_repr_shows_no_secrets() -> None:
     hl = HumanLayer([AutoChannel(by="alice")], listen=None)
-    assert repr(hl) == "HumanLayer(channels=[auto], store=MemoryStore(requests=0), timeout=3600.0)"
+    assert repr(hl) == "HumanLayer(channels=[auto], store=MemoryStore(requests=0), timeout=3600.0, created)"
 
 
 class SlowUpdateChannel(BaseChannel):

@@ -5,16 +5,18 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 import pytest
 
-from humanlayer_async import ApprovalDenied, HumanLayer, Status
+from humanlayer_async import ApprovalDenied, Decision, HumanLayer, Status
 from humanlayer_async.channels import ConsoleChannel
 from humanlayer_async.stores import MemoryStore
 
 from .test_gate import wait_pending
+from .test_listener import LateDecider
 from .test_stores import make_request
 
 pytestmark = pytest.mark.anyio
@@ -310,3 +312,43 @@ async def test_a_shortened_call_says_so_and_v_shows_all_of_it(terminal: Terminal
             assert '"row-11"' in full and '"d": "fourth-level"' in full and " DROP TABLE users" in full
             assert (await hl.get(request.id)).status is Status.PENDING
             tg.cancel_scope.cancel()
+
+
+# -- an answer that lost the race -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "kind", "standing", "told"),
+    [
+        # Someone else's decision was stored between reading the request and deciding it.
+        ("y {id}", "approval", ("bob", "slack", True), "transfer: already approved by bob via slack"),
+        # The same person, through this very terminal (a line sent twice, from two shells):
+        # by and via are ours, yet this answer is not the one that stands.
+        (
+            "n {id} no",
+            "approval",
+            ("alice", "console", True),
+            "transfer: already approved by alice via console",
+        ),
+        (
+            "r {id} eu-west-1",
+            "question",
+            ("carol", "web", True),
+            "transfer: already approved by carol via web",
+        ),
+    ],
+)
+async def test_an_answer_that_did_not_stand_says_who_decided_first(
+    terminal: Terminal, line: str, kind: str, standing: tuple[str, str, bool], told: str
+) -> None:
+    request = make_request("f" * 32, approvers=(), kind=kind, message="Which region?")
+    by, via, approved = standing
+    first = Decision(request.id, approved, Status.APPROVED, by, via, None, datetime.now(UTC))
+    decider = LateDecider(request, first)
+    async with anyio.create_task_group() as tg:
+        await tg.start(terminal.channel.run, decider)
+        await terminal.channel.send(request)
+        await terminal.channel.handle(line.format(id=request.short_id))
+        tg.cancel_scope.cancel()
+    assert decider.answers == [(request.id, "alice", "console")]
+    assert terminal.output.getvalue().splitlines()[-1].startswith(f"[{request.short_id}] {told} at ")

@@ -12,6 +12,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import parseaddr
@@ -28,6 +29,7 @@ from humanlayer_async import (
     ApprovalTimeout,
     ChannelError,
     ConfigurationError,
+    Decision,
     HumanLayer,
     Status,
 )
@@ -36,6 +38,8 @@ from humanlayer_async.channels import EmailChannel
 from humanlayer_async.stores import MemoryStore
 
 from .test_gate import wait_pending
+from .test_listener import LateDecider, serving
+from .test_stores import make_request
 
 pytestmark = pytest.mark.anyio
 
@@ -465,7 +469,37 @@ async def test_a_late_reply_gets_who_decided_first(inbox: Inbox) -> None:
         with capture_logs() as logs:
             late = await post_mailgun(client, to=bob["Reply-To"], sender=BOB, text="no")
         assert late.status_code == 409 and late.text.startswith(f"already approved by {ALICE} via email")
-    assert any(e["event"] == "email.inbound_refused" and e["status"] == 409 for e in logs)
+    assert any(e["event"] == "listener.refused" and e["status"] == 409 for e in logs)
+
+
+@pytest.mark.parametrize(
+    ("by", "told"),
+    [
+        # Bob's reply was stored between reading the request and deciding it.
+        (BOB, f"already approved by {BOB} via email"),
+        # Alice's own earlier reply (her mail client sent it twice): by and via are hers,
+        # yet this reply is not the one that stands.
+        (ALICE, f"already approved by {ALICE} via email"),
+    ],
+)
+async def test_a_reply_that_did_not_stand_gets_who_decided_first(inbox: Inbox, by: str, told: str) -> None:
+    request = make_request("d" * 32, approvers=())
+    decider = LateDecider(
+        request, Decision(request.id, True, Status.APPROVED, by, "email", None, datetime.now(UTC))
+    )
+    channel = make_channel(inbox)
+    async with anyio.create_task_group() as tg:
+        await tg.start(channel.run, decider)
+        async with serving(channel.routes()) as client:
+            with capture_logs() as logs:
+                to = channel._reply_address(request.id, 0)
+                response = await post_mailgun(client, to=to, sender=ALICE, text="approve")
+        tg.cancel_scope.cancel()
+    assert decider.answers == [(request.id, ALICE, "email")]
+    assert response.status_code == 409 and response.text.startswith(told)
+    [refused] = [e for e in logs if e["event"] == "listener.refused"]
+    assert (refused["status"], refused["request_id"], refused["sender"]) == (409, request.id, ALICE)
+    assert refused["reason"].startswith(told) and refused["path"] == "/email/inbound/mailgun"
 
 
 def attachments_of(message: EmailMessage) -> list[EmailMessage]:
@@ -588,7 +622,9 @@ async def test_every_attempt_refused_fails_the_request_with_channel_error(inbox:
             failed = await hl.get(request_id)
     assert failed.status is Status.FAILED
     assert failed.decision is not None and "email" in (failed.decision.comment or "")
-    assert len([e for e in logs if e["event"] == "email.smtp_retry"]) == 2
+    # retry_delays, exactly: (0.05, 0.1) in these tests, then no more tries.
+    retries = [(e["attempt"], e["retry_in"]) for e in logs if e["event"] == "email.smtp_retry"]
+    assert retries == [(1, 0.05), (2, 0.1)]
     assert inbox.messages == []
 
 

@@ -83,7 +83,7 @@ async def waiting(
 
 
 def refusals(logs: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
-    return [(e["status"], e["reason"]) for e in logs if e["event"] == "email.inbound_refused"]
+    return [(e["status"], e["reason"]) for e in logs if e["event"] == "listener.refused"]
 
 
 # -- not an answer ---------------------------------------------------------------------------
@@ -240,11 +240,15 @@ async def test_without_an_inbound_secret_every_webhook_is_refused(inbox: Inbox) 
             response = await post_generic(
                 client, to="approvals@replies.company.com", sender=ALICE, text="yes"
             )
-    assert response.status_code == 403
-    assert [e["event"] for e in logs if e["event"].startswith("email.")] == [
-        "email.inbound_disabled",
-        "email.inbound_refused",
-    ]
+    assert (response.status_code, response.text) == (
+        403,
+        "inbound mail is not configured (no inbound_secret)",
+    )
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert [e["event"] for e in logs if e["event"].startswith("email.")] == ["email.inbound_disabled"]
+    assert [
+        (e["path"], e["method"], e["status"], e["reason"]) for e in logs if e["event"] == "listener.refused"
+    ] == [("/email/inbound/generic", "POST", 403, "inbound mail is not configured (no inbound_secret)")]
 
 
 # -- verdicts aligned with the From domain --------------------------------------------------
@@ -329,9 +333,7 @@ async def test_a_pass_counts_only_for_the_from_domain_and_missing_verdicts_refus
         assert "reported no SPF, DKIM or DMARC verdict" in responses[name].text
     assert aligned.status_code == 403 and "spf=softfail" in aligned.text  # a failure still refuses
     assert refusals(logs) == [(r.status_code, r.text) for r in [*responses.values(), aligned]]
-    assert all(
-        e["sender"] == ALICE and e["request_id"] for e in logs if e["event"] == "email.inbound_refused"
-    )
+    assert all(e["sender"] == ALICE and e["request_id"] for e in logs if e["event"] == "listener.refused")
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,7 @@ def test_top_level_names() -> None:
 
 def test_subpackage_names() -> None:
     assert humanlayer_async.channels.__all__ == [
+        "Answered",
         "BaseChannel",
         "Channel",
         "ConsoleChannel",
@@ -69,6 +70,7 @@ def test_subpackage_names() -> None:
         "slack_block_actions",
         "slack_form_body",
         "slack_view_submission",
+        "wait_for_pending",
     ]
 
 

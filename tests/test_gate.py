@@ -24,17 +24,14 @@ from humanlayer_async import (
     Status,
 )
 from humanlayer_async.stores import MemoryStore
-from humanlayer_async.testing import AutoChannel
+from humanlayer_async.testing import AutoChannel, wait_for_pending
 
 pytestmark = pytest.mark.anyio
 
 
 async def wait_pending(hl: HumanLayer, count: int = 1) -> list[ApprovalRequest]:
     """The pending requests, once there are ``count`` of them."""
-    with anyio.fail_after(5):
-        while len(pending := await hl.pending()) < count:
-            await anyio.sleep(0.001)
-    return pending
+    return await wait_for_pending(hl, count, within=5)
 
 
 async def test_condition_false_runs_at_once_without_a_request() -> None:
@@ -279,7 +276,12 @@ async def test_wrapper_keeps_name_doc_signature_and_hints() -> None:
     assert inspect.signature(send_email) == inspect.signature(tool)
     assert list(inspect.signature(send_email).parameters) == ["to", "subject", "body"]
     assert typing.get_type_hints(send_email) == {"to": str, "subject": str, "body": str, "return": str}
-    assert inspect.iscoroutinefunction(send_email)
+    assert not inspect.iscoroutinefunction(send_email)  # a sync tool stays sync
+
+    async def async_tool(to: str) -> str:
+        return to
+
+    assert inspect.iscoroutinefunction(hl.require_approval()(async_tool))
     await hl.aclose()
 
 
@@ -333,7 +335,7 @@ async def test_hooks_that_fit_the_tool_are_accepted_and_get_its_arguments() -> N
     channel = AutoChannel(lambda r: True)
     async with HumanLayer([channel], listen=None) as hl:
 
-        def pay(amount: float, /, currency: str = "EUR", *lines: str, **extra: object) -> str:
+        async def pay(amount: float, /, currency: str = "EUR", *lines: str, **extra: object) -> str:
             return "paid"
 
         small_ones_run = hl.require_approval(condition=lambda amount, **kwargs: amount > 10)(pay)
@@ -371,7 +373,7 @@ async def test_sync_tool_runs_in_a_worker_thread_while_the_loop_ticks() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(ticker)
-            assert await slow_sync_tool(0.5) == "done"
+            assert await anyio.to_thread.run_sync(slow_sync_tool, 0.5) == "done"
             tg.cancel_scope.cancel()
     assert threads and threads[0] != threading.get_ident()
     assert ticks >= 20  # the loop kept running while the tool slept in its thread

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import datetime
+from typing import Literal
 
 import anyio
 import httpx
@@ -17,9 +19,17 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 from structlog.testing import capture_logs
 
-from humanlayer_async import ApprovalDenied, ApprovalRequest, ConfigurationError, HumanLayer
+from humanlayer_async import (
+    ApprovalDenied,
+    ApprovalRequest,
+    ConfigurationError,
+    Decision,
+    HumanLayer,
+    UnknownRequest,
+)
 from humanlayer_async.channels import BaseChannel, Decider, WebChannel
-from humanlayer_async.listener import Listener, build_app, client_is_local, trusted_networks
+from humanlayer_async.channels.base import Answered
+from humanlayer_async.listener import Listener, Refused, build_app, client_is_local, trusted_networks
 
 from .test_gate import wait_pending
 
@@ -49,10 +59,10 @@ class HookChannel(BaseChannel):
     async def callback(self, request: Request) -> Response:
         assert self.decider is not None
         body = await request.body()
-        decision = await self.decider.decide(
+        answered = await self.decider.decide(
             request.path_params["request_id"], body == b"yes", by="tester", via=self.name
         )
-        return JSONResponse({"status": decision.status.value})
+        return JSONResponse({"status": answered.decision.status.value, "stands": answered.stands})
 
     async def boom(self, request: Request) -> Response:
         raise RuntimeError("a bug in one handler")
@@ -75,7 +85,10 @@ async def test_callback_over_http_resolves_the_waiting_call() -> None:
             tg.start_soon(call)
             [request] = await wait_pending(hl)
             response = await client.post(f"/hook/{request.id}", content=b"yes")
-            assert response.json() == {"status": "approved"}
+            assert response.json() == {"status": "approved", "stands": True}
+            # A second answer does not stand: the channel is told the first one, not its own.
+            again = await client.post(f"/hook/{request.id}", content=b"no")
+            assert again.json() == {"status": "approved", "stands": False}
             assert (await client.get("/healthz")).text == "ok"
         assert results == ["ran"]
 
@@ -146,8 +159,132 @@ async def test_asgi_app_mounts_in_a_users_app_with_its_lifespan() -> None:
             tg.start_soon(call)
             [request] = await wait_pending(hl)
             response = await client.post(f"/hl/hook/{request.id}", content=b"no")
-            assert response.json() == {"status": "denied"}
+            assert response.json() == {"status": "denied", "stands": True}
             assert hl.url is None
+
+
+# -- refusals: one type, one handler, one log event ------------------------------------------
+
+
+class LateDecider:
+    """A ``Decider`` whose every answer lost a race: ``request`` reads as pending, yet
+    ``standing`` (someone else's decision, or an earlier one of the same person) was stored
+    first, so each ``decide``/``respond`` returns it with ``stands=False``."""
+
+    def __init__(self, request: ApprovalRequest, standing: Decision) -> None:
+        self.request, self.standing = request, standing
+        self.answers: list[tuple[str, str, str]] = []  # (request id, by, via) of each answer given
+
+    async def decide(
+        self, request_id: str, approved: bool, *, by: str, comment: str | None = None, via: str
+    ) -> Answered:
+        self.answers.append((request_id, by, via))
+        return Answered(self.standing, stands=False)
+
+    async def respond(self, request_id: str, text: str, *, by: str, via: str) -> Answered:
+        self.answers.append((request_id, by, via))
+        return Answered(self.standing, stands=False)
+
+    async def get(self, request_id: str) -> ApprovalRequest:
+        if request_id != self.request.id:
+            raise UnknownRequest(request_id)
+        return self.request
+
+    async def pending(
+        self, *, run_id: str | None = None, kind: Literal["approval", "question"] | None = None
+    ) -> list[ApprovalRequest]:
+        return [self.request]
+
+    async def claim(self, key: str, expires_at: datetime) -> bool:
+        return True
+
+
+@contextlib.asynccontextmanager
+async def serving(routes: Sequence[BaseRoute]) -> AsyncIterator[httpx.AsyncClient]:
+    """``routes`` served by the real listener on a loopback port, and a client of it."""
+    listener = Listener(build_app(routes), "127.0.0.1", 0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(listener.serve)
+        async with httpx.AsyncClient(base_url=listener.url) as client:
+            yield client
+        tg.cancel_scope.cancel()
+
+
+async def _refuse(request: Request) -> Response:
+    if request.path_params["kind"] == "page":
+        raise Refused(
+            409,
+            "already decided",
+            body="<p>already decided</p>",
+            media_type="text/html",
+            headers={"X-Frame-Options": "DENY"},
+            request_id="r-1",
+        )
+    raise Refused(403, "not an approver", sender="mallory@example.com")
+
+
+async def test_a_route_refusal_is_answered_and_logged_once_by_the_listener_also_when_mounted() -> None:
+    routes = [Route("/refuse/{kind}", _refuse, methods=["GET", "POST"])]
+    with capture_logs() as logs:
+        async with serving(routes) as client:
+            text = await client.post("/refuse/text")
+            page = await client.get("/refuse/page")
+        mounted = Starlette(routes=[Mount("/hl", build_app(routes))])
+        transport = httpx.ASGITransport(app=mounted, client=("127.0.0.1", 4711))
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+            inside = await client.post("/hl/refuse/text")
+    assert (text.status_code, text.text, text.headers["content-type"]) == (
+        403,
+        "not an approver",
+        "text/plain; charset=utf-8",
+    )
+    assert (page.status_code, page.text, page.headers["content-type"]) == (
+        409,
+        "<p>already decided</p>",
+        "text/html; charset=utf-8",
+    )
+    assert page.headers["x-frame-options"] == "DENY"
+    assert (inside.status_code, inside.text) == (403, "not an approver")
+    assert not [entry for entry in logs if entry["event"] == "listener.error"]
+    refused = [entry for entry in logs if entry["event"] == "listener.refused"]
+    assert [(entry.pop("log_level"), entry) for entry in refused] == [
+        (
+            "warning",
+            {
+                "event": "listener.refused",
+                "path": "/refuse/text",
+                "method": "POST",
+                "client": "127.0.0.1",
+                "sender": "mallory@example.com",
+                "status": 403,
+                "reason": "not an approver",
+            },
+        ),
+        (
+            "warning",
+            {
+                "event": "listener.refused",
+                "path": "/refuse/page",
+                "method": "GET",
+                "client": "127.0.0.1",
+                "request_id": "r-1",
+                "status": 409,
+                "reason": "already decided",
+            },
+        ),
+        (
+            "warning",
+            {
+                "event": "listener.refused",
+                "path": "/hl/refuse/text",
+                "method": "POST",
+                "client": "127.0.0.1",
+                "sender": "mallory@example.com",
+                "status": 403,
+                "reason": "not an approver",
+            },
+        ),
+    ]
 
 
 def test_accepted_connections_are_tcp_so_asyncio_turns_nagle_off() -> None:

@@ -371,7 +371,7 @@ async def test_without_a_run_every_call_is_a_new_request(store_url: str) -> None
             return host
 
         assert [await ping("a"), await ping("a")] == ["a", "a"]
-        history = await hl.store.history()  # type: ignore[attr-defined]
+        history = await hl.store.history()
         assert len({e.request_id for e in history if e.event == "approval.requested"}) == 2
 
 

@@ -8,6 +8,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -22,10 +23,12 @@ from humanlayer_async import (
     ApprovalTimeout,
     ChannelError,
     ConfigurationError,
+    Decision,
     HumanLayer,
     Status,
 )
 from humanlayer_async.channels import SlackChannel
+from humanlayer_async.channels import slack as slack_module
 from humanlayer_async.listener import MAX_BODY
 from humanlayer_async.stores import MemoryStore
 from humanlayer_async.testing import (
@@ -37,6 +40,8 @@ from humanlayer_async.testing import (
 
 from .fake_slack import APP_TOKEN, BOT_TOKEN, Call, FakeSlack
 from .test_gate import wait_pending
+from .test_listener import LateDecider, serving
+from .test_stores import make_request
 
 pytestmark = pytest.mark.anyio
 
@@ -325,6 +330,27 @@ async def test_socket_mode_decides_over_the_websocket_and_leaves_no_task_behind(
     assert leftovers == []
 
 
+async def test_socket_mode_refusals_are_acknowledged_and_logged_as_every_refusal_is(slack: FakeSlack) -> None:
+    request = make_request("b" * 32, approvers=())
+    standing = Decision(request.id, True, Status.APPROVED, BOB, "slack", None, datetime.now(UTC))
+    decider = LateDecider(request, standing)
+    channel = SlackChannel(bot_token=BOT_TOKEN, app_token=APP_TOKEN, channel=CHANNEL, base_url=slack.api_url)
+    async with anyio.create_task_group() as tg:
+        await tg.start(channel.run, decider)
+        with capture_logs() as logs:
+            unknown = await slack.send_envelope(slack_block_actions("0" * 32, user=ALICE))
+            shortcut = await slack.send_envelope({"type": "shortcut"})
+        tg.cancel_scope.cancel()
+    # Acknowledged all the same (with nothing to show), so Slack does not send them again.
+    assert unknown.get("payload") is None and shortcut.get("payload") is None
+    assert [(e["status"], e["reason"], e["via"]) for e in logs if e["event"] == "listener.refused"] == [
+        (404, "unknown request", "socket mode"),
+        (400, "payload type 'shortcut'", "socket mode"),
+    ]
+    assert not [e for e in logs if e["event"] in ("slack.refused", "slack.envelope_failed")]
+    assert decider.answers == []
+
+
 async def test_socket_mode_with_a_bad_app_token_fails_at_start(slack: FakeSlack) -> None:
     channel = SlackChannel(
         bot_token=BOT_TOKEN, app_token="xapp-1-wrong", channel=CHANNEL, base_url=slack.api_url
@@ -411,18 +437,20 @@ async def test_forged_stale_malformed_and_oversized_callbacks_get_4xx_and_decide
                 "unknown": 404,
             }
             assert (await hl.get(request.id)).status is Status.PENDING
-            refused = [entry for entry in logs if entry["event"] == "slack.refused"]
-            reasons = [entry["reason"] for entry in refused]
-            assert reasons[:6] == [
-                "bad signature",
-                "stale timestamp",
-                "stale timestamp",
-                "missing signature",
-                "bad signature",
-                "bad timestamp",
+            # One log event for every refusal, the channel's and the listener's own (oversized).
+            refused = [entry for entry in logs if entry["event"] == "listener.refused"]
+            assert [(entry["status"], entry["reason"]) for entry in refused[:6]] == [
+                (401, "bad signature"),
+                (401, "stale timestamp"),
+                (401, "stale timestamp"),
+                (401, "missing signature"),
+                (401, "bad signature"),
+                (401, "bad timestamp"),
             ]
-            assert len(refused) == 6 + len(malformed) + 1  # the oversized one is the listener's
-            assert [entry["event"] for entry in logs].count("listener.refused") == 1
+            assert [entry["status"] for entry in refused[6:]] == [400] * len(malformed) + [413, 404]
+            assert refused[-1]["reason"] == "unknown request" and refused[-1]["request_id"] == "0" * 32
+            assert {(entry["path"], entry["method"]) for entry in refused} == {("/slack/events", "POST")}
+            assert not [entry for entry in logs if entry["event"] == "slack.refused"]
             assert SECRET not in repr(logs)
 
             assert (await click(client, slack_block_actions(request.id, user=ALICE))).status_code == 200
@@ -547,7 +575,10 @@ async def test_429_is_retried_after_retry_after_and_every_request_is_delivered()
         ]
 
 
-async def test_5xx_is_retried_and_a_refusal_fails_the_call_closed(slack: FakeSlack) -> None:
+async def test_5xx_is_retried_and_a_refusal_fails_the_call_closed(
+    slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slack_module, "_BACKOFF", 0.05)  # the first wait; the policy is the same
     channel = web_api(slack)
     async with HumanLayer([channel], listen="127.0.0.1:0") as hl:
 
@@ -574,10 +605,18 @@ async def test_5xx_is_retried_and_a_refusal_fails_the_call_closed(slack: FakeSla
         assert await hl.pending() == []
 
         slack.fail("chat.postMessage", 502, times=5)  # the channel gives up after five tries
-        with pytest.raises(ChannelError, match="failed 5 times: internal_error") as info:
+        with (
+            capture_logs() as logs,
+            pytest.raises(ChannelError, match="failed 5 times: internal_error") as info,
+        ):
             await channel.send(await hl.get(failed["request_id"]))
         assert isinstance(info.value.__cause__, SlackApiError)
         assert BOT_TOKEN not in str(info.value)
+        # Four waits between five tries: from the first, doubling, each within 20%.
+        waits = [entry["wait"] for entry in logs if entry["event"] == "slack.retry"]
+        assert len(waits) == 4
+        for index, wait in enumerate(waits):
+            assert 0.79 * 0.05 * 2**index <= wait <= 1.21 * 0.05 * 2**index, waits
 
 
 async def test_decisions_made_elsewhere_timeouts_and_cancellations_update_the_message(
@@ -1051,8 +1090,12 @@ async def test_hostile_clicks_on_show_the_full_call_get_4xx_and_a_log_line(slack
                 with capture_logs() as logs:
                     response = await click(client, payload)
                 assert response.status_code == status, name
-                refused = [(e["event"], e.get("reason")) for e in logs if e["event"].startswith("slack.")]
-                assert refused == [("slack.refused", reason)], name
+                refused = [
+                    (e["event"], e.get("status"), e.get("reason"))
+                    for e in logs
+                    if e["event"].startswith(("slack.", "listener."))
+                ]
+                assert refused == [("listener.refused", status, reason)], name
             huge = b"payload=" + b"x" * MAX_BODY
             with capture_logs() as logs:
                 oversized = await client.post(
@@ -1095,3 +1138,36 @@ async def test_messages_keep_to_slacks_limits_and_say_where_they_shorten(slack: 
             text for text in text_objects(update.data["blocks"]) if text["text"].startswith(":white")
         ]
         assert outcome["text"].endswith(" more characters)") and len(outcome["text"]) <= 3000
+
+
+@pytest.mark.parametrize(
+    ("first", "told"),
+    [
+        # Bob's deny was stored between the click's read of the request and its decision.
+        ((BOB, False, "not now"), f"This request was already denied by <@{BOB}> via slack"),
+        # Alice's own earlier approval (a click Slack delivered twice): by, via and the
+        # answer all match hers, yet this click is not the one that stands.
+        ((ALICE, True, None), f"This request was already approved by <@{ALICE}> via slack"),
+    ],
+)
+async def test_a_click_that_did_not_stand_is_told_who_decided_first(
+    slack: FakeSlack, first: tuple[str, bool, str | None], told: str
+) -> None:
+    request = make_request("e" * 32, approvers=())
+    by, approved, comment = first
+    status = Status.APPROVED if approved else Status.DENIED
+    decider = LateDecider(
+        request, Decision(request.id, approved, status, by, "slack", comment, datetime.now(UTC))
+    )
+    channel = web_api(slack)
+    async with anyio.create_task_group() as tg:
+        await tg.start(channel.run, decider)
+        async with serving(channel.routes()) as client:
+            with capture_logs() as logs:
+                response = await click(client, slack_block_actions(request.id, user=ALICE))
+            [notice] = await slack.wait_calls("chat.postEphemeral")
+        tg.cancel_scope.cancel()
+    assert decider.answers == [(request.id, ALICE, "slack")]
+    assert response.status_code == 200 and response.text.startswith(told)
+    assert (notice.data["user"], notice.data["text"]) == (ALICE, response.text)
+    assert "slack.already_decided" in [entry["event"] for entry in logs]

@@ -12,7 +12,6 @@ asserted.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 import os
@@ -32,6 +31,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from humanlayer_async import HumanLayer, current_decision
 from humanlayer_async.channels import SlackChannel
 from humanlayer_async.stores import MemoryStore
+from humanlayer_async.testing import wait_for_pending
 
 from .durable_helpers import ROOT, _env
 from .fake_slack import BOT_TOKEN
@@ -133,7 +133,7 @@ async def test_soak(slack_process: SlackProcess) -> None:
                 # Past the retention, one more decision prunes what the store may drop.
                 await anyio.sleep(RETENTION * 1.1)
                 await _one_more(hl)
-                assert len(store) <= 1 and len(hl._registry or ()) == 0  # the registry: nobody waits any more
+                assert len(store) <= 1 and len(hl._engine.registry) == 0  # nobody waits any more
                 assert await hl.pending() == []
                 gc.collect()
                 if cycle == 0:
@@ -183,6 +183,5 @@ async def _one_more(hl: HumanLayer) -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(probe)
-        while not (pending := await hl.pending()):
-            await asyncio.sleep(0.01)
-        await hl.decide(pending[0].id, True, by="soak")
+        [request] = await wait_for_pending(hl)
+        await hl.decide(request.id, True, by="soak")

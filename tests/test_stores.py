@@ -17,9 +17,18 @@ import asyncpg
 import pydantic
 import pytest
 
-from humanlayer_async import ApprovalRequest, ConfigurationError, Decision, HumanLayer, Status, StoreError
+from humanlayer_async import (
+    ApprovalRequest,
+    ArgumentsChanged,
+    ConfigurationError,
+    Decision,
+    HumanLayer,
+    Status,
+    StoreError,
+)
 from humanlayer_async._audit import make_entry
 from humanlayer_async._codec import digest
+from humanlayer_async._models import Execution
 from humanlayer_async.stores import (
     DurableStore,
     MemoryStore,
@@ -63,9 +72,36 @@ def decision(request_id: str, approved: bool, by: str) -> Decision:
     return Decision(request_id, approved, status, by, "api", None, datetime.now(UTC).replace(microsecond=0))
 
 
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    """A store of each kind: ``None`` for a MemoryStore, else a durable store's URL."""
+    if request.param == "memory":
+        return None
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'conformance.db'}"
+    return f"{request.getfixturevalue('pg_dsn')}?schema={request.getfixturevalue('pg_schema')}"
+
+
 @pytest.fixture
-async def two(store_url: str) -> AsyncIterator[tuple[DurableStore, DurableStore]]:
-    """Two handles on one store, as two processes have."""
+async def two(any_store_url: str | None) -> AsyncIterator[tuple[Store, Store]]:
+    """Two handles on one store, as two processes have (the one MemoryStore twice: it has no other).
+
+    Every store meets the one contract these tests hold it to.
+    """
+    if any_store_url is None:
+        memory = MemoryStore()
+        yield memory, memory
+        await memory.aclose()
+        return
+    first, second = store_from_url(any_store_url), store_from_url(any_store_url)
+    yield first, second
+    await first.aclose()
+    await second.aclose()
+
+
+@pytest.fixture
+async def durable_two(store_url: str) -> AsyncIterator[tuple[Store, Store]]:
+    """Two handles on one durable store, as two processes have."""
     first, second = store_from_url(store_url), store_from_url(store_url)
     yield first, second
     await first.aclose()
@@ -73,9 +109,9 @@ async def two(store_url: str) -> AsyncIterator[tuple[DurableStore, DurableStore]
 
 
 async def test_first_decision_wins_across_handles_and_survives_reopening(
-    store_url: str, two: tuple[DurableStore, DurableStore]
+    store_url: str, durable_two: tuple[Store, Store]
 ) -> None:
-    first, second = two
+    first, second = durable_two
     await first.create(make_request("r1", message=None))
     approved = await second.decide(decision("r1", True, "alice"))
     assert await first.decide(decision("r1", False, "bob")) == approved
@@ -95,7 +131,7 @@ async def test_first_decision_wins_across_handles_and_survives_reopening(
 
 
 async def test_pending_lists_every_handles_requests_oldest_first_with_filters(
-    two: tuple[DurableStore, DurableStore],
+    two: tuple[Store, Store],
 ) -> None:
     first, second = two
     await first.create(make_request("a", run_id="run-1"))
@@ -108,9 +144,9 @@ async def test_pending_lists_every_handles_requests_oldest_first_with_filters(
 
 
 async def test_watch_yields_other_handles_requests_and_decisions(
-    two: tuple[DurableStore, DurableStore],
+    durable_two: tuple[Store, Store],
 ) -> None:
-    first, second = two
+    first, second = durable_two
     await first.list_pending()  # connected (PostgreSQL: listening) before anything is written
     seen: list[StoreEvent] = []
 
@@ -130,7 +166,7 @@ async def test_watch_yields_other_handles_requests_and_decisions(
 
 
 async def test_an_expired_request_is_timed_out_by_the_first_reader_once(
-    two: tuple[DurableStore, DurableStore],
+    two: tuple[Store, Store],
 ) -> None:
     first, second = two
     await first.create(make_request("x1", lifetime=0.3))
@@ -143,7 +179,7 @@ async def test_an_expired_request_is_timed_out_by_the_first_reader_once(
 
 
 async def test_prune_deletes_long_decided_requests_and_keeps_pending_ones_and_the_audit(
-    two: tuple[DurableStore, DurableStore],
+    two: tuple[Store, Store],
 ) -> None:
     first, _ = two
     await first.create(make_request("old"))
@@ -159,8 +195,38 @@ async def test_prune_deletes_long_decided_requests_and_keeps_pending_ones_and_th
     ]
 
 
+async def test_a_key_attaches_to_its_request_and_the_run_is_claimed_once(
+    two: tuple[Store, Store],
+) -> None:
+    first, second = two
+    request = make_request("k1", key="run-1/transfer/0", digest="d1")
+    assert (await first.create_or_attach(request)).id == "k1"
+    attached = await second.create_or_attach(make_request("k2", key="run-1/transfer/0", digest="d1"))
+    assert attached.id == "k1"  # the second caller of the same key finds the first request
+    with pytest.raises(ArgumentsChanged):
+        await second.begin_execution("k1", "another digest")
+    await first.decide(decision("k1", True, "alice"))
+    assert await first.begin_execution("k1", "d1") is None  # this caller runs it
+    assert await second.begin_execution("k1", "d1") == Execution("executing")  # the other may not
+    await second.finish_execution("k1", "ok", '"paid"')
+    assert await first.begin_execution("k1", "d1") == Execution("executed", "ok", '"paid"')
+
+
+async def test_an_approval_past_the_expiry_does_not_count_a_cancellation_does(
+    two: tuple[Store, Store],
+) -> None:
+    first, second = two
+    await first.create(make_request("e1", lifetime=0.2))
+    await first.create(make_request("e2", lifetime=0.2))
+    await anyio.sleep(0.3)
+    late = await second.decide(decision("e1", True, "alice"))
+    assert late.status is Status.TIMED_OUT and late.by is None
+    cancelled = Decision("e2", False, Status.CANCELLED, None, "caller", None, datetime.now(UTC))
+    assert (await second.decide(cancelled)).status is Status.CANCELLED
+
+
 async def test_requests_and_decisions_are_written_with_their_audit_entries(
-    two: tuple[DurableStore, DurableStore],
+    two: tuple[Store, Store],
 ) -> None:
     """One transaction each: a process killed after storing one cannot leave it unaudited."""
     first, second = two
@@ -320,16 +386,6 @@ async def test_postgres_errors_become_store_errors_without_the_password() -> Non
 
 
 # -- claim: a key claimed once across every handle (the web console's single-use sign-in codes)
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def any_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
-    """A store of each kind: ``None`` for a MemoryStore, else a durable store's URL."""
-    if request.param == "memory":
-        return None
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'claims.db'}"
-    return f"{request.getfixturevalue('pg_dsn')}?schema={request.getfixturevalue('pg_schema')}"
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import sqlite3
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,12 @@ import pytest
 from anyio.abc import ByteReceiveStream
 from structlog.testing import capture_logs
 
-from humanlayer_async import ApprovalDenied, ConfigurationError, HumanLayer
+from humanlayer_async import ApprovalDenied, ConfigurationError, Decision, HumanLayer, Status
 from humanlayer_async.channels import WebChannel, _web_page
 from humanlayer_async.stores import store_from_url
 
 from .test_gate import wait_pending
+from .test_listener import LateDecider, serving
 from .test_stores import make_request
 
 pytestmark = pytest.mark.anyio
@@ -52,7 +54,7 @@ async def signed_in(client: httpx.AsyncClient, web: WebChannel, user: str | None
 
 
 def refusals(logs: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
-    return [(entry["status"], entry["reason"]) for entry in logs if entry["event"] == "web.refused"]
+    return [(entry["status"], entry["reason"]) for entry in logs if entry["event"] == "listener.refused"]
 
 
 # -- plain HTTP ----------------------------------------------------------------------------
@@ -220,6 +222,35 @@ async def test_a_late_decision_gets_already_decided_by_whom() -> None:
     assert late.status_code == 409
     assert late.json()["status"] == "approved"
     assert late.json()["message"].startswith("already approved by U024 via slack")
+
+
+async def test_an_answer_that_did_not_stand_is_told_so_even_when_it_was_the_same_person() -> None:
+    # The same person's earlier answer from another tab was stored between reading the
+    # request and deciding it: by and via are theirs, yet this answer is not the one that stands.
+    request = make_request("c" * 32, approvers=())
+    first = Decision(request.id, True, Status.APPROVED, "web-console", "web", None, datetime.now(UTC))
+    decider = LateDecider(request, first)
+    web = WebChannel(token=KEY)
+    async with anyio.create_task_group() as tg:
+        await tg.start(web.run, decider)
+        async with serving(web.routes()) as client:
+            assert (await client.get(web.login_url(str(client.base_url)))).status_code == 303
+            csrf = csrf_of((await client.get("/approvals")).text)
+            with capture_logs() as logs:
+                late = await client.post(
+                    f"/approvals/requests/{request.id}",
+                    data={"action": "deny", "comment": "second tab"},
+                    headers={"accept": "application/json", "x-csrf-token": csrf},
+                )
+        tg.cancel_scope.cancel()
+    assert decider.answers == [(request.id, "web-console", "web")]
+    assert late.status_code == 409
+    body = late.json()
+    assert (body["status"], body["mine"]) == ("approved", False)
+    assert body["message"].startswith("already approved by web-console via web")
+    assert [entry["event"] for entry in logs if entry["event"].startswith(("web.", "listener."))] == [
+        "web.already_decided"
+    ]
 
 
 async def test_non_loopback_clients_are_refused_unless_allowed() -> None:

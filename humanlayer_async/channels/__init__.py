@@ -8,7 +8,7 @@ humanlayer_async`` loads no channel's dependencies.
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
-from .base import BaseChannel, Channel, Decider
+from .base import Answered, BaseChannel, Channel, Decider
 
 if TYPE_CHECKING:
     from .console import ConsoleChannel
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .web import WebChannel
 
 __all__ = [
+    "Answered",
     "BaseChannel",
     "Channel",
     "ConsoleChannel",

@@ -1,7 +1,8 @@
 """Inbound-mail webhooks: verify each provider's signature or auth, then read the reply.
 
 Every provider's payload becomes one ``InboundMail``; anything wrong becomes ``Refused``
-(a 4xx status and a reason safe to log and to return), never an unhandled exception.
+(a 4xx status and a reason safe to log and to return, answered by the listener), never an
+unhandled exception.
 
 - ``mailgun``: form fields, ``HMAC-SHA256(secret, timestamp + token) == signature``;
   stale timestamps and reused tokens are refused.
@@ -38,10 +39,11 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
+from .._refused import Refused
 from ._mail_auth import Verdict, authentication_results, domain_of, received_spf, sender_check
 from ._mail_reply import strip_quotes
 
-__all__ = ["PROVIDERS", "InboundMail", "Provider", "Refused", "ReplayGuard", "read_mail"]
+__all__ = ["PROVIDERS", "InboundMail", "Provider", "ReplayGuard", "read_mail"]
 
 Provider = Literal["mailgun", "sendgrid", "postmark", "generic"]
 PROVIDERS: tuple[Provider, ...] = ("mailgun", "sendgrid", "postmark", "generic")
@@ -50,19 +52,6 @@ _MESSAGE_ID = re.compile(r"<[!-;=?-~]{1,250}@[!-;=?-~]{1,250}>")
 
 MAX_AGE = 300.0
 """Seconds a signed webhook stays valid (either way, for clock skew)."""
-
-
-class Refused(Exception):
-    """A webhook that decides nothing: ``status`` is the 4xx to answer, ``reason`` says why.
-
-    ``fields`` (a request id, a sender address) go into the log line, never into the answer.
-    """
-
-    def __init__(self, status: int, reason: str, **fields: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.fields = fields
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -14,7 +15,19 @@ from .._models import ApprovalRequest, Decision, Kind
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
-__all__ = ["BaseChannel", "Channel", "Decider", "ListenerAware"]
+__all__ = ["Answered", "BaseChannel", "Channel", "Decider", "ListenerAware"]
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """What one answer came to: the decision that stands, and whether it is this answer.
+
+    ``stands`` is false when someone else decided first (or the request expired): the
+    channel then tells its approver who did, instead of confirming their answer.
+    """
+
+    decision: Decision
+    stands: bool
 
 
 @runtime_checkable
@@ -27,12 +40,12 @@ class Decider(Protocol):
 
     async def decide(
         self, request_id: str, approved: bool, *, by: str, comment: str | None = None, via: str
-    ) -> Decision:
-        """Decide a request; returns the decision that stands (maybe an earlier one)."""
+    ) -> Answered:
+        """Decide a request: the decision that stands, and whether it is this one."""
         ...
 
-    async def respond(self, request_id: str, text: str, *, by: str, via: str) -> Decision:
-        """Answer a question; returns the decision that stands."""
+    async def respond(self, request_id: str, text: str, *, by: str, via: str) -> Answered:
+        """Answer a question: the decision that stands, and whether it is this answer."""
         ...
 
     async def get(self, request_id: str) -> ApprovalRequest:

@@ -184,13 +184,13 @@ class ConsoleChannel(BaseChannel):
             self._say(f"nothing decided: type {_FORMS[verb].replace('<id>', request.short_id)}")
             return
         if verb == "r":
-            decision = await self._decider.respond(request.id, text, by=self.user, via=self.name)
+            answered = await self._decider.respond(request.id, text, by=self.user, via=self.name)
         else:
-            decision = await self._decider.decide(
+            answered = await self._decider.decide(
                 request.id, verb == "y", by=self.user, comment=text or None, via=self.name
             )
-        if decision.by != self.user or decision.via != self.name:
-            self._say(_outcome(request, decision, already=True))
+        if not answered.stands:  # someone else decided first: say who (ours is shown by update)
+            self._say(_outcome(request, answered.decision, already=True))
 
     def _summary(self, request_id: str) -> str:
         waiting = self._waiting.get(request_id)

@@ -8,20 +8,24 @@ import secrets
 from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import getaddresses
+from typing import TypedDict
 
 import aiosmtplib
 import anyio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskGroup, TaskStatus
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from .. import _threads
 from .._audit import logger
 from .._exceptions import ChannelError, ConfigurationError, NotAnApprover, StoreError, UnknownRequest
 from .._models import ApprovalRequest, Decision
+from .._refused import Refused
 from .._render import describe_decision
-from ._inbound_mail import PROVIDERS, InboundMail, Provider, Refused, ReplayGuard, read_mail
+from .._retry import Backoff
+from ._inbound_mail import PROVIDERS, InboundMail, Provider, ReplayGuard, read_mail
 from ._mail_compose import compose, follow_up_text, full_call_attachment, help_text, request_bodies, subject
 from ._mail_reply import parse_answer
 from ._reply_token import TOKEN_LENGTH, ReplyTokens
@@ -31,6 +35,13 @@ __all__ = ["EmailChannel"]
 
 _LOCAL_PART_MAX = 64
 _MESSAGE_ID = re.compile(r"<hl\.([0-9a-f]{32})\.(\d+)@[^>]+>")
+
+
+class _Who(TypedDict):
+    """Whom a refused reply is about, for its log line."""
+
+    request_id: str
+    sender: str
 
 
 def _addresses(value: str | Sequence[str] | None, what: str) -> tuple[str, ...]:
@@ -258,14 +269,17 @@ class EmailChannel(BaseChannel):
         remaining = list(messages)
         delivered: list[EmailMessage] = []
         refused: list[EmailMessage] = []
-        error: Exception | None = None
-        for attempt, delay in enumerate((*self.retry_delays, None), start=1):
+        backoff = Backoff.schedule(self.retry_delays)
+        while True:
             error = await self._attempt(remaining, delivered, refused)
-            if not remaining or delay is None or isinstance(error, aiosmtplib.SMTPAuthenticationError):
+            if not remaining or isinstance(error, aiosmtplib.SMTPAuthenticationError):
+                break
+            delay = backoff.next()
+            if delay is None:
                 break
             logger.warning(
                 "email.smtp_retry",
-                attempt=attempt,
+                attempt=backoff.retries_made,
                 error=str(error),
                 undelivered=len(remaining),
                 retry_in=delay,
@@ -297,7 +311,13 @@ class EmailChannel(BaseChannel):
         )
         last: Exception | None = None
         try:
-            await smtp.connect()
+            # Both names are looked up on the library's own threads, not in the default
+            # executor as aiosmtplib would: sync tools waiting for a decision may hold all of
+            # its threads. TLS still names (SNI) and verifies smtp_host.
+            local_hostname = await _threads.getfqdn()
+            with anyio.fail_after(self.smtp_timeout):
+                sock = await _threads.connect_tcp(self.smtp_host, self.smtp_port)
+            await smtp.connect(sock=sock, port=None, local_hostname=local_hostname)
             while remaining:
                 try:
                     await smtp.send_message(remaining[0])
@@ -323,22 +343,16 @@ class EmailChannel(BaseChannel):
     # -- replies -----------------------------------------------------------------------
 
     async def _inbound(self, request: Request) -> Response:
-        """``POST /email/inbound/<provider>``: verify, read the reply, decide."""
-        try:
-            if self._inbound_secret is None:
-                raise Refused(403, "inbound mail is not configured (no inbound_secret)")
-            mail = await read_mail(self.inbound, request, self._inbound_secret, self._replays)
-            with self._replays.once(mail.nonce):
-                status = await self._take(mail)
-        except Refused as refused:
-            logger.warning(
-                "email.inbound_refused",
-                provider=self.inbound,
-                status=refused.status,
-                reason=refused.reason,
-                **refused.fields,
-            )
-            return PlainTextResponse(refused.reason, status_code=refused.status)
+        """``POST /email/inbound/<provider>``: verify, read the reply, decide.
+
+        Anything that decides nothing raises ``Refused``: the listener answers it, in plain
+        text, and logs it.
+        """
+        if self._inbound_secret is None:
+            raise Refused(403, "inbound mail is not configured (no inbound_secret)")
+        mail = await read_mail(self.inbound, request, self._inbound_secret, self._replays)
+        with self._replays.once(mail.nonce):
+            status = await self._take(mail)
         return JSONResponse({"status": status})
 
     def _match(self, mail: InboundMail) -> tuple[str, int]:
@@ -357,7 +371,7 @@ class EmailChannel(BaseChannel):
         if mail.automatic:
             raise Refused(422, "automatic replies decide nothing", sender=mail.sender)
         request_id, index = self._match(mail)
-        who = {"request_id": request_id, "sender": mail.sender}
+        who = _Who(request_id=request_id, sender=mail.sender)
         if mail.sender != self.to[index].lower():
             raise Refused(403, "the sender is not the recipient this reply address was made for", **who)
         if mail.sender_check:
@@ -373,7 +387,7 @@ class EmailChannel(BaseChannel):
         return decision.status.value
 
     async def _apply(
-        self, decider: Decider, request_id: str, index: int, mail: InboundMail, who: dict[str, str]
+        self, decider: Decider, request_id: str, index: int, mail: InboundMail, who: _Who
     ) -> Decision:
         """Decide ``request_id`` as the reply from ``to[index]`` says; the decision, or ``Refused``.
 
@@ -391,19 +405,19 @@ class EmailChannel(BaseChannel):
                 if not mail.text:
                     self._offer_help(request, index, mail)
                     raise Refused(422, "the reply has no answer above the quoted message", **who)
-                decision = await decider.respond(request_id, mail.text, by=by, via=self.name)
+                answered = await decider.respond(request_id, mail.text, by=by, via=self.name)
             else:
                 answer = parse_answer(mail.text)
                 if answer is None:
                     self._offer_help(request, index, mail)
                     raise Refused(422, "not a clear answer: reply 'approve' or 'deny: <reason>'", **who)
                 approved, reason = answer
-                decision = await decider.decide(request_id, approved, by=by, comment=reason, via=self.name)
+                answered = await decider.decide(request_id, approved, by=by, comment=reason, via=self.name)
         except NotAnApprover:
             raise Refused(403, "the sender is not an approver of this request", **who) from None
-        if decision.by != by or decision.via != self.name:
-            raise Refused(409, f"already {describe_decision(decision)}", **who)
-        return decision
+        if not answered.stands:  # someone decided first (or it expired): say who
+            raise Refused(409, f"already {describe_decision(answered.decision)}", **who)
+        return answered.decision
 
     def _offer_help(self, request: ApprovalRequest, index: int, mail: InboundMail) -> None:
         """Explain the accepted answers to an approver, once per request, in the background."""

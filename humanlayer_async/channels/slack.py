@@ -12,7 +12,6 @@ import contextlib
 import functools
 import json
 import os
-import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -39,6 +38,9 @@ from starlette.routing import BaseRoute, Route
 from .._audit import logger
 from .._exceptions import ChannelError, ConfigurationError, NotAnApprover, UnknownRequest
 from .._models import ApprovalRequest, Decision
+from .._refused import Refused
+from .._retry import Backoff
+from . import _dns
 from . import _slack_blocks as blocks
 from .base import BaseChannel, Decider
 
@@ -50,6 +52,7 @@ _MAX_SKEW = 300  # seconds: Slack's own bound on a request timestamp
 _HTTP_TIMEOUT = 10.0  # seconds for one call to Slack
 _ATTEMPTS = 5  # tries for 5xx answers, timeouts and network errors
 _BACKOFF = 0.25  # seconds before the first retry; doubles, with jitter
+_BACKOFF_CAP = 8.0  # seconds: the longest wait between two retries
 _UPDATE_WINDOW = 300.0  # seconds a message update or notice may keep retrying on 429
 _CONNECT_TIMEOUT = 15.0  # seconds for the Socket Mode connection at start
 _UPDATES_AT_ONCE = 4  # message updates in flight at once (Slack allows chat.update ~50/min)
@@ -66,25 +69,31 @@ TOO_LARGE = blocks.markup(
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what a request id may look like
 
 
-class _BadPayload(Exception):
-    """A verified request whose body is not an interaction this channel handles."""
+class _BadPayload(Refused):
+    """A verified request whose body is not an interaction this channel handles: 400."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(400, reason, body=f"bad request: {reason}")
+
+
+def _unknown(request_id: str) -> Refused:
+    return Refused(404, "unknown request", body=UNKNOWN_REQUEST, request_id=request_id)
 
 
 @dataclass(frozen=True, slots=True)
 class _Reply:
-    """What a callback gets back: a status, a text, and for modals a JSON body.
+    """What a callback that is not refused gets back (200): a text, or for modals a JSON body.
 
     The text is ``Mrkdwn``: it may be told to whoever clicked, as an ephemeral message.
     """
 
-    status: int = 200
     text: blocks.Mrkdwn = _SILENCE
     body: dict[str, Any] | None = None
 
     def response(self) -> Response:
         if self.body is not None:
-            return JSONResponse(self.body, status_code=self.status)
-        return PlainTextResponse(self.text, status_code=self.status)
+            return JSONResponse(self.body)
+        return PlainTextResponse(self.text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +237,8 @@ class SlackChannel(BaseChannel):
         return [Route("/slack/events", self._events, methods=["POST"])]
 
     async def run(self, decider: Decider, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_HTTP_TIMEOUT))
+        timeout = aiohttp.ClientTimeout(total=_HTTP_TIMEOUT)
+        session = aiohttp.ClientSession(connector=_dns.connector(), timeout=timeout)
         self._session, self._decider = session, decider
         self._web = AsyncWebClient(
             token=self._bot_token, base_url=self.base_url, session=session, retry_handlers=[]
@@ -254,6 +264,9 @@ class SlackChannel(BaseChannel):
         """A connected Socket Mode client, closed (its own tasks ended) on the way out."""
         web = AsyncWebClient(base_url=self.base_url, session=session, retry_handlers=[])
         client = SocketModeClient(app_token, web_client=web, auto_reconnect_enabled=True)
+        # The WebSocket's own session would resolve host names in the default executor.
+        await client.aiohttp_client_session.close()
+        client.aiohttp_client_session = aiohttp.ClientSession(connector=_dns.connector())
         try:
             client.socket_mode_request_listeners.append(self._on_envelope)
             try:
@@ -333,7 +346,7 @@ class SlackChannel(BaseChannel):
         Anything else Slack refuses, or a failure that outlasts the retries or ``deadline``
         (a ``time.monotonic()`` value), is a ``ChannelError`` naming Slack's error.
         """
-        failures = 0
+        backoff = Backoff(_BACKOFF, _BACKOFF_CAP, retries=_ATTEMPTS - 1)
         while True:
             try:
                 return await call()
@@ -349,13 +362,15 @@ class SlackChannel(BaseChannel):
                 failure, cause = exc.failure, exc
             except (aiohttp.ClientError, TimeoutError) as exc:
                 failure, cause = _Failure(None, None, type(exc).__name__), exc
-            if failure.status == 429:
+            wait: float | None
+            if failure.status == 429:  # rate limited: as long as Slack says, not counted as a failure
                 wait = _retry_after(failure.retry_after)
             elif failure.status is None or failure.status >= 500:
-                failures += 1
-                if failures >= _ATTEMPTS:
-                    raise ChannelError(f"Slack {what} failed {failures} times: {failure.error}") from cause
-                wait = min(_BACKOFF * 2 ** (failures - 1), 8.0) * random.uniform(0.8, 1.2)
+                wait = backoff.next()
+                if wait is None:
+                    raise ChannelError(
+                        f"Slack {what} failed {backoff.retries_made + 1} times: {failure.error}"
+                    ) from cause
             else:
                 raise ChannelError(f"Slack {what} failed: {failure.error}") from cause
             if time.monotonic() + wait > deadline:
@@ -391,21 +406,18 @@ class SlackChannel(BaseChannel):
     # -- in --------------------------------------------------------------------------
 
     async def _events(self, request: Request) -> Response:
-        """``POST /slack/events``: Slack's interactivity request URL."""
+        """``POST /slack/events``: Slack's interactivity request URL.
+
+        What it does not act on raises ``Refused``, which the listener answers and logs.
+        """
         try:
             body = (await request.body()).decode()
         except UnicodeDecodeError:
-            logger.warning("slack.refused", reason="the body is not UTF-8", status=400)
-            return PlainTextResponse("bad request: not a Slack payload", status_code=400)
+            raise Refused(400, "the body is not UTF-8", body="bad request: not a Slack payload") from None
         problem = self._unverified(request.headers, body)
         if problem is not None:
-            logger.warning("slack.refused", reason=problem, status=401)
-            return PlainTextResponse("invalid Slack signature", status_code=401)
-        try:
-            reply = await self._handle(_form_payload(body))
-        except _BadPayload as exc:
-            logger.warning("slack.refused", reason=str(exc), status=400)
-            return PlainTextResponse(f"bad request: {exc}", status_code=400)
+            raise Refused(401, problem, body="invalid Slack signature")
+        reply = await self._handle(_form_payload(body))
         return reply.response()
 
     def _unverified(self, headers: Mapping[str, str], body: str) -> str | None:
@@ -424,7 +436,7 @@ class SlackChannel(BaseChannel):
     async def _on_envelope(self, client: AsyncBaseSocketModeClient, envelope: SocketModeRequest) -> None:
         # Called in a task of slack_sdk's own: hand the envelope over to ours at once.
         if self._tasks is None:  # starting or stopping: unacknowledged, Slack tells the user
-            logger.warning("slack.refused", reason="not running", via="socket mode")
+            Refused(503, "not running").log(via="socket mode")
             return
         self._tasks.start_soon(self._answer_envelope, client, envelope)
 
@@ -435,8 +447,8 @@ class SlackChannel(BaseChannel):
             if envelope.type != "interactive":
                 raise _BadPayload(f"envelope type {envelope.type!r}")
             reply = await self._handle(envelope.payload)
-        except _BadPayload as exc:
-            logger.warning("slack.refused", reason=str(exc), via="socket mode")
+        except Refused as refused:  # acknowledged all the same: sent again, it is refused again
+            refused.log(via="socket mode")
         except Exception as exc:  # no acknowledgement: Slack sends the envelope again
             logger.error("slack.envelope_failed", error=repr(exc))
             return
@@ -455,13 +467,12 @@ class SlackChannel(BaseChannel):
         raise _BadPayload(f"payload type {kind!r}")
 
     async def _undecided(self, request_id: str) -> ApprovalRequest | _Reply:
-        """The request if it is still pending; otherwise the reply to give."""
+        """The request if it is still pending; otherwise the reply to give (or ``Refused``)."""
         assert self._decider is not None
         try:
             request = await self._decider.get(request_id)
         except UnknownRequest:
-            logger.warning("slack.refused", reason="unknown request", request_id=request_id, status=404)
-            return _Reply(404, UNKNOWN_REQUEST)
+            raise _unknown(request_id) from None
         if request.decision is not None:
             return self._already(request.decision)
         return request
@@ -474,7 +485,7 @@ class SlackChannel(BaseChannel):
         allowed = self._allowed(request)
         if allowed and user not in allowed:
             logger.warning("slack.not_an_approver", request_id=request_id, user=user)
-            return _Reply(200, NOT_AN_APPROVER)
+            return _Reply(NOT_AN_APPROVER)
         return request
 
     def _allowed(self, request: ApprovalRequest) -> tuple[str, ...]:
@@ -482,11 +493,11 @@ class SlackChannel(BaseChannel):
 
     def _already(self, decision: Decision) -> _Reply:
         logger.info("slack.already_decided", request_id=decision.request_id, status=decision.status.value)
-        return _Reply(200, blocks.markup("This request was already {}.", blocks.slack_describe(decision)))
+        return _Reply(blocks.markup("This request was already {}.", blocks.slack_describe(decision)))
 
     async def _on_click(self, click: _Click) -> _Reply:
         reply = await self._click(click)
-        if reply.status == 200 and reply.text:
+        if reply.text:
             self._tell(click, reply.text)
         return reply
 
@@ -500,8 +511,8 @@ class SlackChannel(BaseChannel):
         if click.action not in _ACTIONS[request.kind]:
             raise _BadPayload(f"action {click.action!r} on a {request.kind}")
         if click.action == blocks.APPROVE and not blocks.approvable(request):
-            logger.warning("slack.refused", reason="Approve on a shortened call", request_id=request.id)
-            return _Reply(200, SHORTENED)
+            logger.warning("slack.shortened", request_id=request.id, user=click.user)
+            return _Reply(SHORTENED)
         if modals and click.action in (blocks.DENY, blocks.ANSWER):
             return self._open(
                 click, blocks.deny_view(request) if click.action == blocks.DENY else blocks.full_view(request)
@@ -510,7 +521,7 @@ class SlackChannel(BaseChannel):
             self._response_urls[request.id] = click.response_url
         if click.action == blocks.ANSWER_INLINE:
             if not click.text:
-                return _Reply(200, blocks.markup("type an answer first"))
+                return _Reply(blocks.markup("type an answer first"))
             return await self._decide(request, click.user, True, answer=click.text)
         if click.action == blocks.ANSWER:
             raise _BadPayload("an Answer button in webhook mode")
@@ -537,7 +548,7 @@ class SlackChannel(BaseChannel):
             raise _BadPayload("a click without trigger_id")
         if view is None:
             logger.warning("slack.too_large", request_id=click.request_id)
-            return _Reply(200, TOO_LARGE)
+            return _Reply(TOO_LARGE)
         assert self._web is not None
         self._later(
             "views.open", functools.partial(self._web.views_open, trigger_id=click.trigger_id, view=view)
@@ -556,7 +567,7 @@ class SlackChannel(BaseChannel):
             reply = await self._decide(found, submission.user, True, answer=submission.text)
         else:
             raise _BadPayload(f"view {submission.view!r} on a {found.kind}")
-        if reply.status == 200 and reply.text:  # shown under the text box; the modal stays open
+        if reply.text:  # shown under the text box; the modal stays open
             return _Reply(body={"response_action": "errors", "errors": {blocks.TEXT_BLOCK: reply.text}})
         return reply
 
@@ -573,17 +584,17 @@ class SlackChannel(BaseChannel):
         assert self._decider is not None
         try:
             if answer is not None:
-                decision = await self._decider.respond(request.id, answer, by=user, via=self.name)
+                answered = await self._decider.respond(request.id, answer, by=user, via=self.name)
             else:
-                decision = await self._decider.decide(
+                answered = await self._decider.decide(
                     request.id, approved, by=user, comment=comment or None, via=self.name
                 )
         except NotAnApprover:
-            return _Reply(200, NOT_AN_APPROVER)
+            return _Reply(NOT_AN_APPROVER)
         except UnknownRequest:
-            return _Reply(404, UNKNOWN_REQUEST)
-        if (decision.by, decision.via, decision.approved) != (user, self.name, approved):
-            return self._already(decision)
+            raise _unknown(request.id) from None
+        if not answered.stands:  # someone decided first (or it expired): say who
+            return self._already(answered.decision)
         return _Reply()
 
 

@@ -13,7 +13,7 @@ Routes, under ``base_path`` (``/approvals`` by default):
 - ``GET /approvals/static/…``  the page's CSS and JavaScript, shipped in the package
 
 Keys travel only in that form or an ``Authorization: Bearer`` header, never in a URL
-(``?token=`` is refused). Every refusal is a 4xx with a ``web.refused`` log line; keys,
+(``?token=`` is refused). Every refusal is a 4xx with a ``listener.refused`` log line; keys,
 codes and cookies never appear in logs.
 """
 
@@ -43,7 +43,6 @@ from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
     JSONResponse,
-    PlainTextResponse,
     RedirectResponse,
     Response,
     StreamingResponse,
@@ -52,12 +51,13 @@ from starlette.routing import BaseRoute, Route
 
 from .._audit import logger
 from .._exceptions import ConfigurationError, HumanLayerError, NotAnApprover, StoreError, UnknownRequest
-from .._models import ApprovalRequest, Decision
+from .._models import ApprovalRequest
+from .._refused import Refused
 from .._render import describe_decision, summarize
 from ..listener import client_is_local
 from . import _web_page
 from ._web_auth import Credentials, Session
-from .base import BaseChannel, Decider
+from .base import Answered, BaseChannel, Decider
 
 __all__ = ["WebChannel"]
 
@@ -99,18 +99,12 @@ EventKind = Literal["requested", "decided"]
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-class _Refusal(Exception):
-    """Raised inside a handler: becomes a 4xx response and a ``web.refused`` log line.
-
-    The response is ``page`` (HTML) when given, else ``text``.
-    """
-
-    def __init__(self, status: int, reason: str, text: str | None = None, *, page: str | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.text = text or reason
-        self.page = page
+def _refusal(status: int, reason: str, text: str | None = None, *, page: str | None = None) -> Refused:
+    """A refusal as the console answers it: ``page`` (HTML) when given, else ``text`` (by
+    default ``reason``), with the console's security headers."""
+    if page is not None:
+        return Refused(status, reason, body=page, media_type="text/html", headers=_SECURITY_HEADERS)
+    return Refused(status, reason, body=text, headers=_SECURITY_HEADERS)
 
 
 @functools.cache
@@ -317,35 +311,25 @@ class WebChannel(BaseChannel):
     # -- request handling --------------------------------------------------------------
 
     def _guard(self, handler: Handler, methods: Collection[str]) -> Handler:
+        """``handler``, for the allowed ``methods`` and clients only; what it refuses (it
+        raises ``Refused``) the listener answers and logs."""
+
         async def endpoint(request: Request) -> Response:
-            try:
-                if methods and request.method not in methods:
-                    raise _Refusal(405, "method not allowed")
-                if not self.allow_remote and not client_is_local(request.scope):
-                    raise _Refusal(403, "not a loopback client", "the console only serves this machine")
-                if "token" in request.query_params:
-                    raise _Refusal(
-                        400,
-                        "token in URL",
-                        page=self._sign_in_page(
-                            request,
-                            "Keys never go in a URL, where browser history and access logs keep"
-                            " them: this one was refused. Type it into the form below instead.",
-                        ),
-                    )
-                return await handler(request)
-            except _Refusal as refusal:
-                logger.warning(
-                    "web.refused",
-                    status=refusal.status,
-                    reason=refusal.reason,
-                    method=request.method,
-                    path=request.url.path,
-                    client=None if request.client is None else request.client.host,
+            if methods and request.method not in methods:
+                raise _refusal(405, "method not allowed")
+            if not self.allow_remote and not client_is_local(request.scope):
+                raise _refusal(403, "not a loopback client", "the console only serves this machine")
+            if "token" in request.query_params:
+                raise _refusal(
+                    400,
+                    "token in URL",
+                    page=self._sign_in_page(
+                        request,
+                        "Keys never go in a URL, where browser history and access logs keep"
+                        " them: this one was refused. Type it into the form below instead.",
+                    ),
                 )
-                if refusal.page is not None:
-                    return HTMLResponse(refusal.page, status_code=refusal.status, headers=_SECURITY_HEADERS)
-                return PlainTextResponse(refusal.text, status_code=refusal.status, headers=_SECURITY_HEADERS)
+            return await handler(request)
 
         return endpoint
 
@@ -354,7 +338,7 @@ class WebChannel(BaseChannel):
 
     def _running(self) -> Decider:
         if self._decider is None:
-            raise _Refusal(503, "channel not running", "the console is not running")
+            raise _refusal(503, "channel not running", "the console is not running")
         return self._decider
 
     def _sign_in_page(self, request: Request, message: str | None = None) -> str:
@@ -370,12 +354,12 @@ class WebChannel(BaseChannel):
             scheme, _, key = authorization.partition(" ")
             user = self._credentials.owner(key.strip()) if scheme.lower() == "bearer" else None
             if user is None:
-                raise _Refusal(401, "wrong token", "wrong token")
+                raise _refusal(401, "wrong token", "wrong token")
             return Session(user, None)
         cookie = request.cookies.get(COOKIE)
         session = None if cookie is None else self._credentials.read_session(cookie)
         if session is None:
-            raise _Refusal(
+            raise _refusal(
                 401,
                 "no session" if cookie is None else "invalid session",
                 "sign in: open a sign-in link (humanlayer-async console-link) or the console's page",
@@ -395,24 +379,24 @@ class WebChannel(BaseChannel):
         try:
             claimed = await decider.claim(f"web-sign-in:{code.nonce}", expires_at)
         except StoreError as exc:
-            raise _Refusal(503, "store unavailable", "the store is unavailable: try again") from exc
+            raise _refusal(503, "store unavailable", "the store is unavailable: try again") from exc
         if not claimed:
             raise self._bad_code(request, "used sign-in code")
         return self._signed_in(request, code.user)
 
-    def _bad_code(self, request: Request, reason: str) -> _Refusal:
+    def _bad_code(self, request: Request, reason: str) -> Refused:
         message = (
             "This sign-in link is not valid: a link works once, for a few minutes. Get a new one"
             " (humanlayer-async console-link), or sign in with your key."
         )
-        return _Refusal(401, reason, page=self._sign_in_page(request, message))
+        return _refusal(401, reason, page=self._sign_in_page(request, message))
 
     async def _sign_in_form(self, request: Request) -> Response:
         self._check_same_origin(request, required=True)
         form = await self._form(request)
         user = self._credentials.owner(form.get("token", ""))
         if user is None:
-            raise _Refusal(401, "wrong token", page=self._sign_in_page(request, "Wrong key: try again."))
+            raise _refusal(401, "wrong token", page=self._sign_in_page(request, "Wrong key: try again."))
         return self._signed_in(request, user)
 
     def _signed_in(self, request: Request, user: str) -> Response:
@@ -442,18 +426,18 @@ class WebChannel(BaseChannel):
         fetch_site = request.headers.get("sec-fetch-site")
         if fetch_site is not None:
             if fetch_site != "same-origin":
-                raise _Refusal(403, "cross-site request", "cross-site requests are refused")
+                raise _refusal(403, "cross-site request", "cross-site requests are refused")
             return
         origin = request.headers.get("origin")
         if origin is None and required:
-            raise _Refusal(403, "no origin", "sign in from the console's page")
+            raise _refusal(403, "no origin", "sign in from the console's page")
         if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
-            raise _Refusal(403, "cross-origin request", "cross-origin requests are refused")
+            raise _refusal(403, "cross-origin request", "cross-origin requests are refused")
 
     async def _form(self, request: Request) -> dict[str, str]:
         content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
-            raise _Refusal(415, "not a form", "send application/x-www-form-urlencoded")
+            raise _refusal(415, "not a form", "send application/x-www-form-urlencoded")
         try:
             fields = parse_qs(
                 (await request.body()).decode(),
@@ -462,9 +446,9 @@ class WebChannel(BaseChannel):
                 max_num_fields=10,
             )
         except ValueError as exc:
-            raise _Refusal(400, "malformed form", "malformed form") from exc
+            raise _refusal(400, "malformed form", "malformed form") from exc
         if any(len(values) != 1 for values in fields.values()):
-            raise _Refusal(400, "repeated form field", "each form field may appear once")
+            raise _refusal(400, "repeated form field", "each form field may appear once")
         return {name: values[0] for name, values in fields.items()}
 
     async def _page(self, request: Request) -> Response:
@@ -546,7 +530,7 @@ class WebChannel(BaseChannel):
                 shown = await decider.get(request_id)
         if shown is None:
             page = _web_page.message_page("No such request", "No request has this id (or it was pruned).")
-            raise _Refusal(404, "unknown request", page=page)
+            raise _refusal(404, "unknown request", page=page)
         base = self._base(request)
         html = _web_page.detail_page(
             shown,
@@ -565,41 +549,41 @@ class WebChannel(BaseChannel):
             self._check_same_origin(request)
             sent = request.headers.get("x-csrf-token") or form.get("csrf", "")
             if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
-                raise _Refusal(403, "bad csrf token", "the form is stale: reload the page")
+                raise _refusal(403, "bad csrf token", "the form is stale: reload the page")
         decider = self._running()
         request_id = request.path_params["request_id"]
         action = form.get("action", "")
         if action not in _ACTIONS:
-            raise _Refusal(400, "unknown action", "action must be approve, deny or answer")
+            raise _refusal(400, "unknown action", "action must be approve, deny or answer")
         comment = form.get("comment", "").strip() or None
         answer = form.get("answer", "").strip()
         if (comment and len(comment) > MAX_COMMENT) or len(answer) > MAX_ANSWER:
-            raise _Refusal(400, "field too long", "the comment or answer is too long")
+            raise _refusal(400, "field too long", "the comment or answer is too long")
         if action == "answer" and not answer:
-            raise _Refusal(400, "empty answer", "type an answer first")
+            raise _refusal(400, "empty answer", "type an answer first")
         if not _REQUEST_ID.fullmatch(request_id):
-            raise _Refusal(404, "unknown request", "no such request")
+            raise _refusal(404, "unknown request", "no such request")
         try:
             if action == "answer":
-                decision = await decider.respond(request_id, answer, by=session.user, via=self.name)
+                answered = await decider.respond(request_id, answer, by=session.user, via=self.name)
             else:
-                decision = await decider.decide(
+                answered = await decider.decide(
                     request_id, action == "approve", by=session.user, comment=comment, via=self.name
                 )
         except UnknownRequest as exc:
-            raise _Refusal(404, "unknown request", "no such request") from exc
+            raise _refusal(404, "unknown request", "no such request") from exc
         except NotAnApprover as exc:
-            raise _Refusal(
+            raise _refusal(
                 403, "not an approver", f"{session.user} is not an approver of this request"
             ) from exc
         except HumanLayerError as exc:
-            raise _Refusal(409, "not decidable", str(exc)) from exc
-        return await self._decided(request, decider, decision, session)
+            raise _refusal(409, "not decidable", str(exc)) from exc
+        return await self._decided(request, decider, answered, session)
 
     async def _decided(
-        self, request: Request, decider: Decider, decision: Decision, session: Session
+        self, request: Request, decider: Decider, answered: Answered, session: Session
     ) -> Response:
-        mine = decision.by == session.user and decision.via == self.name
+        decision, mine = answered.decision, answered.stands
         if mine:
             # Shown at once, also when the request was not delivered through this channel.
             decided = await decider.get(decision.request_id)
@@ -620,10 +604,10 @@ class WebChannel(BaseChannel):
     async def _static(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name not in _ASSETS:
-            raise _Refusal(404, "unknown asset", "not found")
+            raise _refusal(404, "unknown asset", "not found")
         content = _asset(name)
         headers = {**_SECURITY_HEADERS, "Cache-Control": "no-cache"}
         return Response(content, media_type=_ASSETS[name], headers=headers)
 
     async def _not_found(self, request: Request) -> Response:
-        raise _Refusal(404, "no such page", "not found")
+        raise _refusal(404, "no such page", "not found")

@@ -15,6 +15,7 @@ from typing import Any, Protocol, cast
 
 from .._audit import AuditEntry, AuditEvent
 from .._codec import dumps, dumps_mapping, loads
+from .._exceptions import ArgumentsChanged
 from .._models import ApprovalRequest, Decision, Execution, Kind, Status
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "audit_row",
     "decision_row",
     "epoch",
+    "execution_so_far",
     "expired_decision",
     "request_row",
     "retention_seconds",
@@ -88,6 +90,18 @@ def decision_row(decision: Decision) -> dict[str, Any]:
 def expired_decision(request_id: str, at: datetime) -> Decision:
     """The decision a store writes for a pending request it finds past its expiry."""
     return Decision(request_id, False, Status.TIMED_OUT, None, "timeout", None, at)
+
+
+def execution_so_far(request: ApprovalRequest, digest: str | None) -> Execution | None:
+    """``begin_execution``'s checks, the same in every store, on the request read for update.
+
+    Raises ``ArgumentsChanged`` when ``digest`` is not the stored arguments' digest; returns
+    how far an earlier run got, or ``None`` when this caller may run it (the store then marks
+    it executing).
+    """
+    if request.digest != digest:
+        raise ArgumentsChanged(request.id, request.function)
+    return request.execution
 
 
 def to_request(row: Row, when: ToDatetime) -> ApprovalRequest:

@@ -23,22 +23,47 @@ _FINAL_EVENTS: dict[Status, AuditEvent] = {
 
 @dataclass(frozen=True, slots=True)
 class StoreEvent:
-    """A change written to the store: a new request, or a decision that now stands."""
+    """A change written to the store: a new request, or a decision that now stands.
 
-    kind: Literal["requested", "decided"]
+    ``"resync"`` (with an empty ``request_id``) says changes may have been missed (the store
+    reconnected and could not replay them): a consumer re-reads every request it waits for.
+    """
+
+    kind: Literal["requested", "decided", "resync"]
     request_id: str
 
 
 @runtime_checkable
 class Store(Protocol):
-    """Persists requests and decisions; the first decision stored for a request wins.
+    """Persists requests, decisions, the execution ledger and the audit trail.
 
-    Implementations must make ``decide`` atomic: of two concurrent decisions for one
-    request, from one process or many, exactly one is stored and both callers get it back.
+    One contract for every store (``MemoryStore``, ``SQLiteStore``, ``PostgresStore``), held
+    by the same conformance tests:
+
+    - ``decide`` is atomic: of two concurrent decisions for one request, from one process
+      or many, exactly one is stored and both callers get it back. Approvals and denials
+      count only before the request's expiry; past it the store stores the timeout
+      (``expired_decision``) and returns that.
+    - A pending request read past its expiry is marked timed out first.
+    - The store writes the audit entry of each request it creates (``requested_entry``)
+      and of each decision it stores (``decision_entry``), with it (in one transaction where
+      it has transactions), so a process killed in between cannot leave one without the other.
     """
+
+    async def open(self) -> None:
+        """Connect and check the store can be used; ``StoreError`` (or ``ConfigurationError``
+        for a store that does not exist and may not be created) when it cannot."""
+        ...
 
     async def create(self, request: ApprovalRequest) -> None:
         """Store a new pending request (its id is new)."""
+        ...
+
+    async def create_or_attach(self, request: ApprovalRequest) -> ApprovalRequest:
+        """Store ``request``, unless one with its ``key`` exists: return the one that stands.
+
+        The returned request has ``request.id`` when it was created here.
+        """
         ...
 
     async def get(self, request_id: str) -> ApprovalRequest:
@@ -62,6 +87,24 @@ class Store(Protocol):
         """Append one entry to the audit trail."""
         ...
 
+    async def history(
+        self, *, request_id: str | None = None, since: datetime | None = None
+    ) -> list[AuditEntry]:
+        """The audit trail, oldest first, optionally of one request or from ``since`` on."""
+        ...
+
+    async def begin_execution(self, request_id: str, digest: str | None) -> Execution | None:
+        """Claim the approved request's one run: ``None`` when this caller may run it now.
+
+        Otherwise returns how far an earlier run got. Raises ``ArgumentsChanged`` when
+        ``digest`` differs from the stored one (the checks of ``execution_so_far``).
+        """
+        ...
+
+    async def finish_execution(self, request_id: str, outcome: str, result: str | None) -> None:
+        """Record that the run ended (``outcome``: ``"ok"`` or an exception's type name)."""
+        ...
+
     async def claim(self, key: str, expires_at: datetime) -> bool:
         """Claim ``key`` until ``expires_at``: ``True`` the first time, ``False`` after.
 
@@ -69,6 +112,11 @@ class Store(Protocol):
         wins (what makes a web console sign-in code single-use behind a load balancer).
         Claims past their expiry may be forgotten, and then ``key`` may be claimed again.
         """
+        ...
+
+    async def prune(self, older_than: float | timedelta | None = None) -> int:
+        """Delete requests decided longer ago than ``older_than`` (default: the store's
+        retention); returns how many. The audit trail is kept."""
         ...
 
     def watch(self) -> AsyncIterator[StoreEvent]:
@@ -84,46 +132,8 @@ class Store(Protocol):
         ...
 
 
-@runtime_checkable
-class DurableStore(Store, Protocol):
-    """A store that outlives the process: what re-attach, the CLI and ``prune`` need.
-
-    Requests carry their arguments as JSON, a ``key`` for re-attach and the arguments'
-    ``digest``; an expired pending request is marked timed out by whichever process
-    reads it first. A durable store writes the audit entry of each request it creates
-    (``requested_entry``) and each decision it stores (``decision_entry``) in the same
-    transaction, so a process killed in between cannot leave one without the other.
-    """
-
-    async def create_or_attach(self, request: ApprovalRequest) -> ApprovalRequest:
-        """Store ``request``, unless one with its ``key`` exists: return the one that stands.
-
-        The returned request has ``request.id`` when it was created here.
-        """
-        ...
-
-    async def begin_execution(self, request_id: str, digest: str | None) -> Execution | None:
-        """Claim the approved request's one run: ``None`` when this caller may run it now.
-
-        Otherwise returns how far an earlier run got. Raises ``ArgumentsChanged`` when
-        ``digest`` differs from the stored one.
-        """
-        ...
-
-    async def finish_execution(self, request_id: str, outcome: str, result: str | None) -> None:
-        """Record that the run ended (``outcome``: ``"ok"`` or an exception's type name)."""
-        ...
-
-    async def history(
-        self, *, request_id: str | None = None, since: datetime | None = None
-    ) -> list[AuditEntry]:
-        """The audit trail, oldest first, optionally of one request or from ``since`` on."""
-        ...
-
-    async def prune(self, older_than: float | timedelta | None = None) -> int:
-        """Delete requests decided longer ago than ``older_than`` (default: the store's
-        retention); returns how many. The audit trail is kept."""
-        ...
+DurableStore = Store
+"""The name the durable extras had before every store met one contract (kept for imports)."""
 
 
 def requested_entry(request: ApprovalRequest) -> AuditEntry:

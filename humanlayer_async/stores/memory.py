@@ -12,26 +12,35 @@ from datetime import UTC, datetime, timedelta
 import anyio
 
 from .._audit import AuditEntry
-from .._exceptions import UnknownRequest
-from .._models import ApprovalRequest, Decision, Kind
-from ._rows import retention_seconds
-from .base import StoreEvent
+from .._exceptions import StoreError, UnknownRequest
+from .._models import ApprovalRequest, Decision, Execution, Kind, Status
+from ._rows import execution_so_far, expired_decision, retention_seconds
+from .base import StoreEvent, decision_entry, requested_entry
 
 __all__ = ["MemoryStore"]
+
+_HUMAN = frozenset({Status.APPROVED, Status.DENIED})
 
 
 class MemoryStore:
     """Requests and decisions in a dict, for one process.
 
-    Decided requests are kept for ``retention`` (so late clicks still get "already
-    approved by ...") and then dropped. The audit trail keeps the last ``audit_size``
-    entries in ``audit_log``. Nothing survives the process: use ``SQLiteStore`` or
-    ``PostgresStore`` for that.
+    It meets the same contract as the durable stores (re-attach by key within a run, the
+    execution ledger, expiry checked when deciding, the audit trail and its history), so
+    code and tests move between stores unchanged. Decided requests are kept for
+    ``retention`` (so late clicks still get "already approved by ...") and then dropped.
+    The audit trail keeps the last ``audit_size`` entries in ``audit_log``. Nothing
+    survives the process: use ``SQLiteStore`` or ``PostgresStore`` for that.
     """
 
     def __init__(self, *, retention: float | timedelta = 3600.0, audit_size: int = 10_000) -> None:
         self._retention = retention_seconds(retention)
+        # Requests as created; their decisions and runs apart, so that deciding and running
+        # a call copies no request (the hot path of every approval).
         self._requests: dict[str, ApprovalRequest] = {}
+        self._decisions: dict[str, Decision] = {}
+        self._executions: dict[str, Execution] = {}
+        self._keys: dict[str, str] = {}  # a run's re-attach key → its request's id
         self._decided: deque[tuple[float, str]] = deque()
         self._claims: dict[str, datetime] = {}
         self._claim_expiries: list[tuple[datetime, str]] = []  # a heap, soonest first
@@ -44,43 +53,110 @@ class MemoryStore:
     def __repr__(self) -> str:
         return f"MemoryStore(requests={len(self._requests)})"
 
+    async def open(self) -> None:
+        if self._closed.is_set():
+            raise StoreError(f"{self!r} is closed")
+
     async def create(self, request: ApprovalRequest) -> None:
+        await self.create_or_attach(request)
+
+    async def create_or_attach(self, request: ApprovalRequest) -> ApprovalRequest:
+        if request.key is not None:
+            earlier = self._keys.get(request.key)
+            if earlier is not None and earlier in self._requests:
+                return await self.get(earlier)
+            self._keys[request.key] = request.id
         self._requests[request.id] = request
+        self.audit_log.append(requested_entry(request))
+        return request
 
     async def get(self, request_id: str) -> ApprovalRequest:
+        request = self._request(request_id)
+        decision = self._decision(request, expire=True)
+        execution = self._executions.get(request_id)
+        if decision is None and execution is None:
+            return request
+        return replace(request, decision=decision, execution=execution)
+
+    def _request(self, request_id: str) -> ApprovalRequest:
         try:
             return self._requests[request_id]
         except KeyError:
             raise UnknownRequest(request_id) from None
 
-    async def decide(self, decision: Decision) -> Decision:
-        request = await self.get(decision.request_id)
-        if request.decision is not None:
-            return request.decision
-        self._requests[request.id] = replace(request, decision=decision)
-        now = time.monotonic()
-        self._decided.append((now, request.id))
-        self._prune(now)
+    def _decision(self, request: ApprovalRequest, *, expire: bool) -> Decision | None:
+        """The decision that stands; with ``expire``, a timeout stored first when past the expiry."""
+        decision = self._decisions.get(request.id)
+        if decision is None and expire:
+            now = datetime.now(UTC)
+            if request.expires_at <= now:
+                decision = self._store(request.id, expired_decision(request.id, now))
         return decision
 
-    def _prune(self, now: float) -> None:
-        horizon = now - self._retention
+    async def decide(self, decision: Decision) -> Decision:
+        # Approvals and denials only count before the expiry; timeouts and cancellations always.
+        request = self._request(decision.request_id)
+        standing = self._decision(request, expire=decision.status in _HUMAN)
+        return standing if standing is not None else self._store(request.id, decision)
+
+    def _store(self, request_id: str, decision: Decision) -> Decision:
+        now = time.monotonic()
+        self._prune(now - self._retention)  # before this one: it stays at least until the next decision
+        self._decisions[request_id] = decision
+        self.audit_log.append(decision_entry(decision))
+        self._decided.append((now, request_id))
+        return decision
+
+    def _prune(self, horizon: float) -> int:
+        dropped = 0
         while self._decided and self._decided[0][0] <= horizon:
-            self._requests.pop(self._decided.popleft()[1], None)
+            request_id = self._decided.popleft()[1]
+            request = self._requests.pop(request_id, None)
+            self._decisions.pop(request_id, None)
+            self._executions.pop(request_id, None)
+            if request is not None and request.key is not None:
+                self._keys.pop(request.key, None)
+            dropped += request is not None
+        return dropped
 
     async def list_pending(
         self, *, run_id: str | None = None, kind: Kind | None = None
     ) -> list[ApprovalRequest]:
-        return [
-            request
-            for request in self._requests.values()
-            if request.decision is None
-            and (run_id is None or request.run_id == run_id)
-            and (kind is None or request.kind == kind)
-        ]
+        now = datetime.now(UTC)
+        pending = []
+        for request in list(self._requests.values()):
+            if request.id in self._decisions or (run_id is not None and request.run_id != run_id):
+                continue
+            if request.expires_at <= now:
+                self._store(request.id, expired_decision(request.id, now))
+            elif kind is None or request.kind == kind:
+                pending.append(request)
+        return pending
 
     async def record(self, entry: AuditEntry) -> None:
         self.audit_log.append(entry)
+
+    async def history(
+        self, *, request_id: str | None = None, since: datetime | None = None
+    ) -> list[AuditEntry]:
+        return [
+            entry
+            for entry in self.audit_log
+            if (request_id is None or entry.request_id == request_id) and (since is None or entry.at >= since)
+        ]
+
+    async def begin_execution(self, request_id: str, digest: str | None) -> Execution | None:
+        request = self._request(request_id)
+        execution_so_far(request, digest)  # the checks; the run so far is kept apart
+        earlier = self._executions.get(request_id)
+        decision = self._decisions.get(request_id)
+        if earlier is None and decision is not None and decision.status is Status.APPROVED:
+            self._executions[request_id] = Execution("executing")
+        return earlier
+
+    async def finish_execution(self, request_id: str, outcome: str, result: str | None) -> None:
+        if request_id in self._requests:
+            self._executions[request_id] = Execution("executed", outcome, result)
 
     async def claim(self, key: str, expires_at: datetime) -> bool:
         now = datetime.now(UTC)
@@ -91,6 +167,10 @@ class MemoryStore:
         self._claims[key] = expires_at
         heapq.heappush(self._claim_expiries, (expires_at, key))
         return True
+
+    async def prune(self, older_than: float | timedelta | None = None) -> int:
+        age = self._retention if older_than is None else retention_seconds(older_than)
+        return self._prune(time.monotonic() - age)
 
     async def watch(self) -> AsyncIterator[StoreEvent]:
         # One process: every change was made here and was seen when it was made.

@@ -7,14 +7,21 @@ event log, whose sequence numbers follow commit order (writers take a transactio
 advisory lock just before appending), and sends ``NOTIFY`` with ids only.
 
 The schema is named by ``schema=`` or by the DSN's ``?schema=`` parameter (the form the
-``humanlayer-async`` command takes), which the store removes before asyncpg sees the DSN.
-With ``create=False`` the store only opens a schema that holds its tables, never creates one.
+``humanlayer-async`` command takes), which the store removes before asyncpg sees the DSN,
+as it does ``?statement_cache_size=``. With ``create=False`` the store only opens a schema
+that holds its tables, never creates one.
 
-Each store keeps one dedicated connection that ``LISTEN``s, opened before its first
-write. When that connection drops (a server restart, ``pg_terminate_backend``) the
-store reconnects with backoff and catches up on the events it missed by sequence
-number, so a decision made meanwhile still wakes its waiter. Expiry uses the
-database's clock. asyncpg is imported on first use; its errors become ``StoreError``.
+Each store keeps one dedicated connection that ``LISTEN``s (to ``listen_dsn``, which may
+bypass a pooler), opened before its first write. When that connection drops (a server
+restart, ``pg_terminate_backend``) the store reconnects with backoff, and every
+``watch()`` iterator then yields a ``resync`` event and catches up on the events it
+missed by sequence number, so a decision made meanwhile still wakes its waiter.
+
+Every statement runs inside a transaction and names its tables with the schema, and the
+store sets no session state (no ``SET``, no session advisory lock, no ``search_path``), so
+it works through a pooler in transaction mode (PgBouncer, RDS Proxy) once asyncpg's
+prepared-statement cache is off (``statement_cache_size=0``). Expiry uses the database's
+clock. asyncpg is imported on first use; its errors become ``StoreError``.
 """
 
 from __future__ import annotations
@@ -26,19 +33,21 @@ import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import anyio
 
 from .._audit import AuditEntry, logger
-from .._exceptions import ArgumentsChanged, ConfigurationError, StoreError, UnknownRequest
+from .._exceptions import ConfigurationError, StoreError, UnknownRequest
 from .._models import ApprovalRequest, Decision, Execution, Kind, Status
+from .._retry import Backoff
 from ._rows import (
     DEFAULT_RETENTION,
     SCHEMA_VERSION,
     audit_row,
     decision_row,
+    execution_so_far,
     expired_decision,
     request_row,
     retention_seconds,
@@ -59,8 +68,9 @@ __all__ = ["PostgresStore"]
 T = TypeVar("T")
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,47}")
-_MAX_RECONNECT_DELAY = 5.0
 _DEFAULT_SCHEMA = "humanlayer"
+_ASYNCPG_STATEMENT_CACHE = 100  # asyncpg's own default
+_RECONNECT_FIRST, _RECONNECT_CAP = 0.05, 5.0  # seconds between attempts to LISTEN again
 
 
 def _migrations(schema: str) -> dict[int, tuple[str, ...]]:
@@ -131,27 +141,54 @@ def _asyncpg() -> Any:
     return asyncpg
 
 
-def _split_schema(dsn: str) -> tuple[str, str | None]:
-    """``dsn`` without its ``schema`` parameter (every other one kept as written), and that schema."""
+class _DSN(NamedTuple):
+    """A DSN as asyncpg gets it, and the store's own parameters taken off it."""
+
+    dsn: str
+    schema: str | None
+    statement_cache_size: int | None
+
+
+def _split_dsn(dsn: str, what: str) -> _DSN:
+    """``dsn`` without the store's parameters (every other one kept as written), and those.
+
+    ``what`` names the DSN in messages (``"the DSN"``, ``"listen_dsn"``), which never show
+    its password.
+    """
     try:
         parts = urlsplit(dsn)
         _ = parts.port  # a port that is not a number raises ValueError
     except ValueError:
-        raise ConfigurationError(f"the DSN is not a URL: a PostgreSQL DSN is {POSTGRES_FORM}") from None
+        raise ConfigurationError(f"{what} is not a URL: a PostgreSQL DSN is {POSTGRES_FORM}") from None
     if parts.scheme not in ("postgresql", "postgres"):
-        raise ConfigurationError(f"{redacted(dsn)!r} is not a PostgreSQL DSN: use {POSTGRES_FORM}")
-    kept, schemas = [], []
+        raise ConfigurationError(f"{what} {redacted(dsn)!r} is not a PostgreSQL DSN: use {POSTGRES_FORM}")
+    kept: list[str] = []
+    own: dict[str, list[str]] = {"schema": [], "statement_cache_size": []}
     for parameter in filter(None, parts.query.split("&")):
         name, _, value = parameter.partition("=")
-        if unquote_plus(name) == "schema":
-            schemas.append(unquote_plus(value))
+        if unquote_plus(name) in own:
+            own[unquote_plus(name)].append(unquote_plus(value))
         else:
             kept.append(parameter)
-    if len(schemas) > 1:
+    for name, values in own.items():
+        if len(values) > 1:
+            raise ConfigurationError(
+                f"{what} names {name}= {len(values)} times: a PostgreSQL DSN is {POSTGRES_FORM}"
+            )
+    cache = next(iter(own["statement_cache_size"]), None)
+    if cache is not None and not re.fullmatch(r"[0-9]{1,9}", cache):
         raise ConfigurationError(
-            f"the DSN names schema= {len(schemas)} times: a PostgreSQL DSN is {POSTGRES_FORM}"
+            f"{what}'s statement_cache_size must be a whole number (0 turns the cache off), not {cache!r}"
         )
-    return urlunsplit(parts._replace(query="&".join(kept))), (schemas[0] if schemas else None)
+    schema = next(iter(own["schema"]), None)
+    return _DSN(
+        urlunsplit(parts._replace(query="&".join(kept))), schema, None if cache is None else int(cache)
+    )
+
+
+def _first(*values: int | None) -> int:
+    """The first of ``values`` that is not ``None`` (the last one never is)."""
+    return next(value for value in values if value is not None)
 
 
 def _check_schema(schema: str | None, what: str) -> None:
@@ -196,6 +233,15 @@ class PostgresStore:
         min_size: The connection pool's lower bound (plus one ``LISTEN`` connection).
         max_size: The connection pool's upper bound (plus one ``LISTEN`` connection).
         connect_timeout: Seconds to wait for a connection.
+        listen_dsn: Where the one ``LISTEN`` connection goes, validated (and kept out of
+            logs) like ``dsn``. Default: ``dsn``. A pooler in transaction mode (PgBouncer,
+            RDS Proxy) never delivers notifications: point ``dsn`` at the pooler and
+            ``listen_dsn`` at the server itself (or a session-mode pool). A ``schema``
+            parameter in it must name the store's schema.
+        statement_cache_size: asyncpg's prepared-statement cache, per connection. Default:
+            the DSN's ``statement_cache_size`` parameter, else asyncpg's (100). ``0`` turns
+            it off, which a pooler in transaction mode needs (PgBouncer before 1.21
+            without ``max_prepared_statements``, RDS Proxy).
     """
 
     def __init__(
@@ -208,14 +254,38 @@ class PostgresStore:
         min_size: int = 1,
         max_size: int = 10,
         connect_timeout: float = 10.0,
+        listen_dsn: str | None = None,
+        statement_cache_size: int | None = None,
     ) -> None:
         _asyncpg()
-        self._dsn, named = _split_schema(dsn)
-        _check_schema(named, f"the DSN's schema (a PostgreSQL DSN is {POSTGRES_FORM})")
+        main = _split_dsn(dsn, "the DSN")
+        listen = main if listen_dsn is None else _split_dsn(listen_dsn, "listen_dsn")
+        _check_schema(main.schema, f"the DSN's schema (a PostgreSQL DSN is {POSTGRES_FORM})")
         _check_schema(schema, "schema")
-        if schema is not None and named is not None and schema != named:
-            raise ConfigurationError(f"two schemas named: {named!r} in the DSN and {schema!r} as schema=")
-        schema = schema or named or _DEFAULT_SCHEMA
+        if schema is not None and main.schema is not None and schema != main.schema:
+            raise ConfigurationError(
+                f"two schemas named: {main.schema!r} in the DSN and {schema!r} as schema="
+            )
+        schema = schema or main.schema or _DEFAULT_SCHEMA
+        if listen.schema is not None and listen.schema != schema:
+            raise ConfigurationError(
+                f"listen_dsn names schema {listen.schema!r}, the store's is {schema!r}"
+                " (leave it out: the store's schema applies)"
+            )
+        if statement_cache_size is not None and (
+            type(statement_cache_size) is not int or statement_cache_size < 0
+        ):
+            raise ConfigurationError(
+                f"statement_cache_size must be a whole number >= 0, not {statement_cache_size!r}"
+            )
+        if None not in (statement_cache_size, main.statement_cache_size) and (
+            statement_cache_size != main.statement_cache_size
+        ):
+            raise ConfigurationError(
+                f"two statement cache sizes named: {main.statement_cache_size} in the DSN"
+                f" and {statement_cache_size} as statement_cache_size="
+            )
+        self._dsn, self._listen_dsn = main.dsn, listen.dsn
         self.schema = schema
         self._create = create
         shown = urlsplit(redacted(self._dsn))  # for messages: no password, and the schema
@@ -223,10 +293,18 @@ class PostgresStore:
             shown._replace(query="&".join(filter(None, [shown.query, f"schema={schema}"])))
         )
         self._retention = retention_seconds(retention)
+        self._listen_where = redacted(self._listen_dsn)  # for logs: no password
+        cache = _first(statement_cache_size, main.statement_cache_size, _ASYNCPG_STATEMENT_CACHE)
         self._pool_args: dict[str, Any] = {
             "min_size": min_size,
             "max_size": max_size,
             "timeout": connect_timeout,
+            "statement_cache_size": cache,
+            "server_settings": {"application_name": self.application_name},
+        }
+        self._listen_args: dict[str, Any] = {
+            "timeout": connect_timeout,
+            "statement_cache_size": _first(listen.statement_cache_size, cache),
             "server_settings": {"application_name": self.application_name},
         }
         self._channel = f"{schema}_events"
@@ -234,6 +312,7 @@ class PostgresStore:
         self._pool: asyncpg.Pool[Any] | None = None
         self._listen_conn: asyncpg.Connection[Any] | None = None
         self._lost = False
+        self._listens = 0  # how many times the LISTEN connection was opened; watch() compares
         self._baseline = 0
         self._subscribers: set[_Subscriber] = set()
         self._open_lock = anyio.Lock()
@@ -278,7 +357,7 @@ class PostgresStore:
                         async with pool.acquire() as conn:
                             await self._migrate(conn)
                         await self._listen()
-                        async with pool.acquire() as conn:
+                        async with pool.acquire() as conn, conn.transaction():
                             self._baseline = await conn.fetchval(
                                 f"SELECT coalesce(max(seq), 0) FROM {self.schema}.events"
                             )
@@ -324,11 +403,7 @@ class PostgresStore:
 
     async def _listen(self) -> None:
         """Open the dedicated connection and ``LISTEN`` on it."""
-        conn = await _asyncpg().connect(
-            self._dsn,
-            timeout=self._pool_args["timeout"],
-            server_settings=self._pool_args["server_settings"],
-        )
+        conn = await _asyncpg().connect(self._listen_dsn, **self._listen_args)
         try:
             await conn.add_listener(self._channel, self._notified)
         except BaseException:
@@ -338,6 +413,7 @@ class PostgresStore:
         conn.add_termination_listener(self._terminated)
         self._listen_conn = conn
         self._lost = False
+        self._listens += 1
 
     def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
         seq, kind, request_id = str(payload).split(":", 2)
@@ -348,7 +424,7 @@ class PostgresStore:
     def _terminated(self, conn: object) -> None:
         if conn is not self._listen_conn or self._closed:
             return
-        logger.warning("store.listen_lost", store=repr(self))
+        logger.warning("store.listen_lost", store=repr(self), at=self._listen_where)
         self._lost = True
         for subscriber in self._subscribers:
             subscriber.wake.set()
@@ -356,7 +432,7 @@ class PostgresStore:
     async def _reconnect(self) -> None:
         """Reopen the ``LISTEN`` connection, with backoff, until it works or the store closes."""
         async with self._listen_lock:
-            delay = 0.05
+            backoff = Backoff(_RECONNECT_FIRST, _RECONNECT_CAP)
             while self._lost and not self._closed:
                 old, self._listen_conn = self._listen_conn, None
                 if old is not None:
@@ -365,12 +441,19 @@ class PostgresStore:
                     with self._errors():
                         await self._listen()
                 except StoreError as exc:
-                    logger.warning("store.reconnect_failed", store=repr(self), error=str(exc), retry_in=delay)
+                    delay = backoff.next()
+                    assert delay is not None  # no bound on retries: until it works or the store closes
+                    logger.warning(
+                        "store.reconnect_failed",
+                        store=repr(self),
+                        at=self._listen_where,
+                        error=str(exc),
+                        retry_in=round(delay, 3),
+                    )
                     with anyio.move_on_after(delay):
                         await self._closing.wait()
-                    delay = min(delay * 2, _MAX_RECONNECT_DELAY)
                 else:
-                    logger.info("store.listen_restored", store=repr(self))
+                    logger.info("store.listen_restored", store=repr(self), at=self._listen_where)
 
     async def _transact(self, func: Callable[[Connection], Awaitable[T]]) -> T:
         """Run ``func`` in a transaction; once more on fresh connections if the first was dropped.
@@ -440,6 +523,9 @@ class PostgresStore:
         return to_request(row, _same)
 
     # -- the Store protocol ------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._ready()
 
     async def create(self, request: ApprovalRequest) -> None:
         await self.create_or_attach(request)
@@ -542,12 +628,19 @@ class PostgresStore:
         subscriber = _Subscriber()
         self._subscribers.add(subscriber)
         last = self._baseline
+        listens = self._listens
         behind = True  # events may have been written before this iterator subscribed
         try:
             while not self._closed:
                 if self._lost:
                     await self._reconnect()
+                    continue
+                if listens != self._listens:
+                    # Listening again (this iterator's reconnect or another's, perhaps while
+                    # this one was not being iterated): notifications sent meanwhile are gone.
+                    listens = self._listens
                     behind = True
+                    yield StoreEvent("resync", "")
                     continue
                 if behind:
                     behind = False
@@ -594,16 +687,13 @@ class PostgresStore:
     async def begin_execution(self, request_id: str, digest: str | None) -> Execution | None:
         async def begin(conn: Connection) -> Execution | None:
             row = await conn.fetchrow(
-                f"SELECT function, digest, exec_state, exec_outcome, result FROM {self.schema}.requests"
-                " WHERE id = $1 FOR UPDATE",
-                request_id,
+                f"SELECT * FROM {self.schema}.requests WHERE id = $1 FOR UPDATE", request_id
             )
             if row is None:
                 raise UnknownRequest(request_id)
-            if row["digest"] != digest:
-                raise ArgumentsChanged(request_id, row["function"])
-            if row["exec_state"] is not None:
-                return Execution(row["exec_state"], row["exec_outcome"], row["result"])
+            earlier = execution_so_far(to_request(row, _same), digest)
+            if earlier is not None:
+                return earlier
             await conn.execute(
                 f"UPDATE {self.schema}.requests SET exec_state = 'executing'"
                 " WHERE id = $1 AND status = 'approved'",

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
-import anyio.to_thread
 
+from .. import _threads
 from .._audit import AuditEntry
-from .._exceptions import ArgumentsChanged, ConfigurationError, StoreError, UnknownRequest
+from .._exceptions import ConfigurationError, StoreError, UnknownRequest
 from .._models import ApprovalRequest, Decision, Execution, Kind, Status
 from ._rows import (
     DEFAULT_RETENTION,
@@ -33,6 +33,7 @@ from ._rows import (
     audit_row,
     decision_row,
     epoch,
+    execution_so_far,
     expired_decision,
     request_row,
     retention_seconds,
@@ -129,8 +130,9 @@ class SQLiteStore:
         self._retention = retention_seconds(retention)
         self._busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
-        # One connection, one statement batch at a time, in a worker thread.
-        self._limiter = anyio.CapacityLimiter(1)
+        # One connection, one statement batch at a time, on the library's own threads (never
+        # the application's: sync tools waiting for a decision may hold all of those).
+        self._lock = anyio.Lock()
         self._closed = False
         self._closing = anyio.Event()
 
@@ -142,7 +144,8 @@ class SQLiteStore:
     async def _run(self, func: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise StoreError(f"{self!r} is closed")
-        return await anyio.to_thread.run_sync(self._call, func, limiter=self._limiter)
+        async with self._lock:
+            return await _threads.run_sync(functools.partial(self._call, func))
 
     def _call(self, func: Callable[[sqlite3.Connection], T]) -> T:
         try:
@@ -200,6 +203,9 @@ class SQLiteStore:
         return ConfigurationError(f"no store at {self.path.absolute()}: nothing was created (check the path)")
 
     # -- the Store protocol ------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._run(_max_seq)
 
     async def create(self, request: ApprovalRequest) -> None:
         await self.create_or_attach(request)
@@ -326,18 +332,17 @@ class SQLiteStore:
                 self._conn = None
 
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(close, limiter=self._limiter)
+            async with self._lock:
+                await _threads.run_sync(close)
 
     # -- durable extras ----------------------------------------------------------------
 
     async def begin_execution(self, request_id: str, digest: str | None) -> Execution | None:
         def begin(conn: sqlite3.Connection) -> Execution | None:
             with _transaction(conn):
-                request = self._fetch(conn, request_id)
-                if request.digest != digest:
-                    raise ArgumentsChanged(request_id, request.function)
-                if request.execution is not None:
-                    return request.execution
+                earlier = execution_so_far(self._fetch(conn, request_id), digest)
+                if earlier is not None:
+                    return earlier
                 conn.execute(
                     "UPDATE hl_requests SET exec_state = 'executing' WHERE id = ? AND status = 'approved'",
                     (request_id,),

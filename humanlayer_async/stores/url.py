@@ -2,7 +2,8 @@
 
 - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``: ``SQLiteStore``
 - ``postgresql://user:password@host:5432/db?schema=humanlayer``: ``PostgresStore``
-  (``postgres://`` too; ``schema`` is the store's, every other parameter goes to asyncpg)
+  (``postgres://`` too; ``schema`` and ``statement_cache_size`` are the store's, every other
+  parameter goes to asyncpg; ``statement_cache_size=0`` behind a pooler in transaction mode)
 """
 
 from __future__ import annotations

@@ -1,0 +1,453 @@
+"""The engine: one request from creation to its final state.
+
+``Decisions`` is what decides a request that exists (approver lists, the first decision
+wins, waking the calls waiting here): the channels' ``Decider`` and what the operator CLI
+uses with a store alone. ``Engine`` adds the asking side, the gate's ``Asker``: create
+(or re-attach within a run), deliver, wait, settle a timeout or a cancellation, tell the
+channels how it ended, and the execution ledger around the approved call. The store
+writes the audit entries of requests and decisions with them; the engine records the
+other steps (delivered, re-attached, executing, executed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
+
+from ._audit import AuditEvent, logger, make_entry
+from ._codec import digest, dumps
+from ._exceptions import (
+    AlreadyExecuted,
+    ChannelError,
+    HumanLayerError,
+    NotAnApprover,
+    OutcomeUnknown,
+    StoreError,
+    TooManyPending,
+)
+from ._gate import RequestSpec
+from ._models import ApprovalRequest, Decision, Execution, Kind, Status
+from ._registry import CLOSED, EXPIRED, Outcome, Registry
+from ._retry import Backoff
+from ._runtime import Runtime
+from .channels.base import Answered, Channel
+from .stores.base import Store
+
+__all__ = ["Decisions", "Engine", "Run", "current_run"]
+
+RESYNC_INTERVAL = 60.0
+"""Seconds between re-reads of every request waited for, in case a store's notification
+never arrived (a pooler in between, a notification sent while disconnected)."""
+
+
+@dataclass(slots=True)
+class Run:
+    """One agent run: its id, and how often each call was made in it (for re-attach keys)."""
+
+    run_id: str
+    calls: Counter[str] = field(default_factory=Counter)
+
+    def key(self, qualname: str, arguments_digest: str) -> str:
+        """The next re-attach key for this call: the n-th identical call gets occurrence n."""
+        call = f"{qualname}\0{arguments_digest}"
+        occurrence = self.calls[call]
+        self.calls[call] += 1
+        return hashlib.sha256(f"{self.run_id}\0{call}\0{occurrence}".encode()).hexdigest()
+
+
+current_run: ContextVar[Run | None] = ContextVar("humanlayer_run", default=None)
+
+
+class Decisions:
+    """Decides requests that exist: through a store, waking the calls waiting in ``registry``."""
+
+    def __init__(self, store: Store, registry: Registry | None = None) -> None:
+        self.store = store
+        self.registry = Registry() if registry is None else registry
+        self._change_events: list[anyio.Event] = []
+
+    def next_change(self) -> anyio.Event:
+        """An event set at the next request stored or decision recorded (here, or seen from
+        another process): what ``testing.wait_for_pending`` waits on instead of polling."""
+        event = anyio.Event()
+        self._change_events.append(event)
+        return event
+
+    def _changed(self) -> None:
+        if self._change_events:
+            events, self._change_events = self._change_events, []
+            for event in events:
+                event.set()
+
+    async def decide(
+        self, request_id: str, approved: bool, *, by: str, comment: str | None = None, via: str
+    ) -> Answered:
+        """Approve or deny as ``by``: the decision that stands, and whether it is this one."""
+        await self._check_approver(request_id, by, via)
+        status = Status.APPROVED if approved else Status.DENIED
+        return await self._record(Decision(request_id, approved, status, by, via, comment, datetime.now(UTC)))
+
+    async def respond(self, request_id: str, text: str, *, by: str, via: str) -> Answered:
+        """Answer a question as ``by``: the decision that stands, and whether it is this answer."""
+        request = await self._check_approver(request_id, by, via)
+        if request.kind != "question":
+            raise HumanLayerError(f"request {request_id!r} is an approval, not a question: use decide()")
+        return await self._record(
+            Decision(request_id, True, Status.APPROVED, by, via, None, datetime.now(UTC), text)
+        )
+
+    async def cancel(self, request_id: str, *, by: str, reason: str | None, via: str) -> Answered:
+        """Withdraw a pending request as ``by`` (an approver, as for any decision)."""
+        await self._check_approver(request_id, by, via)
+        return await self._record(
+            Decision(request_id, False, Status.CANCELLED, by, via, reason, datetime.now(UTC))
+        )
+
+    async def settle(
+        self, request_id: str, status: Status, *, via: str, comment: str | None = None
+    ) -> Decision:
+        """Store a closing decision nobody made (timeout, the caller's cancellation, failure)."""
+        decision = Decision(request_id, False, status, None, via, comment, datetime.now(UTC))
+        return (await self._record(decision)).decision
+
+    async def get(self, request_id: str) -> ApprovalRequest:
+        return await self.store.get(request_id)
+
+    async def pending(self, *, run_id: str | None = None, kind: Kind | None = None) -> list[ApprovalRequest]:
+        return await self.store.list_pending(run_id=run_id, kind=kind)
+
+    async def claim(self, key: str, expires_at: datetime) -> bool:
+        return await self.store.claim(key, expires_at)
+
+    async def _record(self, decision: Decision) -> Answered:
+        standing = await self.store.decide(decision)
+        self.registry.resolve(standing)
+        self._changed()
+        return Answered(standing, standing == decision)
+
+    async def _check_approver(self, request_id: str, by: str, via: str) -> ApprovalRequest:
+        request = await self.store.get(request_id)
+        if not request.may_decide(by):
+            logger.warning("approval.not_an_approver", request_id=request_id, by=by, via=via)
+            raise NotAnApprover(request_id, by)
+        return request
+
+
+class Engine(Decisions):
+    """Asks: a request from creation to its final state, then the approved call's one run.
+
+    ``prepare(channels)`` makes sure the runtime runs and those channels are started
+    before a request goes out to them.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        runtime: Runtime,
+        *,
+        prepare: Callable[[Sequence[Channel]], Awaitable[None]],
+        channels: Sequence[Channel],
+        timeout: float,
+        max_pending: int | None,
+        default_run: Run | None,
+    ) -> None:
+        super().__init__(store)
+        self.runtime = runtime
+        self._prepare = prepare
+        self.channels = channels
+        self.timeout = timeout
+        self.max_pending = max_pending
+        self.default_run = default_run
+        self._asking = 0  # calls between ask() and their decision: what max_pending bounds
+
+    def run(self) -> Run | None:
+        """The run the current task's calls belong to."""
+        return current_run.get() or self.default_run
+
+    async def _audit(self, event: AuditEvent, request_id: str, **fields: Any) -> None:
+        await self.store.record(make_entry(event, request_id, **fields))
+
+    # -- the gate's Asker ---------------------------------------------------------------
+
+    async def ask(self, spec: RequestSpec) -> Decision:
+        """Store a request, deliver it, and wait for the decision that stands.
+
+        Within a run, a call whose request an earlier process (or another caller here)
+        left behind re-attaches to it instead: it waits for that request (no second
+        message) or gets its decision at once.
+        """
+        channels = self.channels if spec.channels is None else spec.channels
+        await self._prepare(channels)
+        if self.max_pending is not None and self._asking >= self.max_pending:
+            logger.warning("approval.too_many_pending", function=spec.function, max_pending=self.max_pending)
+            raise TooManyPending(spec.function, self.max_pending)
+        self._asking += 1
+        try:
+            # One frame from here to the wait: each nested coroutine would cost every
+            # pending call a few hundred bytes.
+            timeout = self.timeout if spec.timeout is None else spec.timeout
+            now = datetime.now(UTC)
+            run = current_run.get() or self.default_run
+            key = None
+            if run is not None:  # the key needs the digest: an argument without JSON form is an error
+                key = run.key(spec.qualname or spec.function, spec.digest or digest(spec.kwargs))
+            request = ApprovalRequest(
+                id=secrets.token_hex(16),
+                kind=spec.kind,
+                function=spec.function,
+                kwargs=spec.kwargs,
+                context=spec.context,
+                approvers=spec.approvers,
+                created_at=now,
+                expires_at=now + timedelta(seconds=timeout),
+                run_id=None if run is None else run.run_id,
+                message=spec.message,
+                doc=spec.doc,
+                key=key,
+                digest=spec.digest,
+            )
+            registry = self.registry
+            # Wait before storing: another process may decide as soon as the request is stored.
+            future = registry.wait(request.id, asyncio.get_running_loop().time() + timeout)
+            try:
+                stored = await self.store.create_or_attach(request)
+            except BaseException:
+                registry.discard(request.id)
+                raise
+            self._changed()
+            if stored.id == request.id:
+                return await self._wait(request, channels, future, {}, deliver=True)
+            registry.discard(request.id)
+            return await self._reattach(stored, channels)
+        finally:
+            self._asking -= 1
+
+    async def _reattach(self, stored: ApprovalRequest, channels: Sequence[Channel]) -> Decision:
+        """Wait for a request of this run stored earlier; its decision at once if it has one."""
+        await self._audit(
+            "approval.reattached",
+            stored.id,
+            function=stored.function,
+            run_id=stored.run_id,
+            status=stored.status,
+        )
+        if stored.decision is not None:
+            return stored.decision
+        remaining = max(0.0, (stored.expires_at - datetime.now(UTC)).total_seconds())
+        future = self.registry.wait(stored.id, asyncio.get_running_loop().time() + remaining)
+        try:
+            refs = await self._delivered(stored, channels)
+            latest = await self.store.get(stored.id)  # decided between attaching and waiting?
+        except BaseException:
+            self.registry.discard(stored.id, future)
+            raise
+        if latest.decision is not None:
+            self.registry.resolve(latest.decision)
+        return await self._wait(stored, channels, future, refs, deliver=False)
+
+    async def _delivered(
+        self, request: ApprovalRequest, channels: Sequence[Channel]
+    ) -> dict[int, str | None]:
+        """Where ``request`` was delivered before, from the audit trail, for updates."""
+        index = {channel.name: position for position, channel in enumerate(channels)}
+        return {
+            index[entry.fields["channel"]]: entry.fields.get("ref")
+            for entry in await self.store.history(request_id=request.id)
+            if entry.event == "approval.delivered" and entry.fields.get("channel") in index
+        }
+
+    async def _wait(
+        self,
+        request: ApprovalRequest,
+        channels: Sequence[Channel],
+        future: asyncio.Future[Outcome],
+        refs: dict[int, str | None],
+        *,
+        deliver: bool,
+    ) -> Decision:
+        """Deliver a new request, wait for its decision, settle a timeout or a cancellation."""
+        try:
+            if deliver:
+                await self._deliver(request, channels, refs)
+            outcome = await future
+            if outcome is CLOSED:
+                raise self._stopped()
+            if outcome is EXPIRED:
+                outcome = await self.settle(request.id, Status.TIMED_OUT, via="timeout")
+            decision = outcome
+        except ChannelError:
+            raise
+        except (anyio.get_cancelled_exc_class(), HumanLayerError) as exc:
+            if request.key is not None:
+                # A run's request outlives its caller: a restarted process re-attaches to it.
+                logger.info("approval.left_pending", request_id=request.id, run_id=request.run_id)
+                raise
+            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+            with self.runtime.working(), anyio.CancelScope(shield=True):
+                decision = await self.settle(
+                    request.id,
+                    Status.CANCELLED,
+                    via="caller" if cancelled else "shutdown",
+                    comment="the waiting call was cancelled" if cancelled else str(exc),
+                )
+                if refs:
+                    self.runtime.spawn(self._update, replace(request, decision=decision), channels, refs)
+            raise
+        finally:
+            self.registry.discard(request.id, future)
+        if refs:  # tell the channels that delivered it; none did: nothing to update
+            self.runtime.spawn(self._update, replace(request, decision=decision), channels, refs)
+        return decision
+
+    def _stopped(self) -> HumanLayerError:
+        """Why a waiter was woken without a decision: the runtime failed or closed."""
+        error = self.runtime.error
+        if isinstance(error, HumanLayerError):
+            return HumanLayerError(f"this call waited for a human when {error}")
+        return HumanLayerError("the HumanLayer closed while this call waited for a human")
+
+    async def _deliver(
+        self, request: ApprovalRequest, channels: Sequence[Channel], refs: dict[int, str | None]
+    ) -> None:
+        """Send to every channel at once; fail closed when none delivered."""
+        if not channels:
+            return
+        errors: list[str] = []
+
+        async def send(index: int, channel: Channel) -> None:
+            try:
+                ref = await channel.send(request)
+            except Exception as exc:
+                errors.append(f"{channel.name}: {exc}")
+                logger.warning(
+                    "approval.delivery_failed", request_id=request.id, channel=channel.name, error=str(exc)
+                )
+                return
+            refs[index] = ref
+            await self._audit("approval.delivered", request.id, channel=channel.name, ref=ref)
+
+        if len(channels) == 1:
+            await send(0, channels[0])
+        else:
+            async with anyio.create_task_group() as task_group:
+                for index, channel in enumerate(channels):
+                    task_group.start_soon(send, index, channel)
+        if refs:
+            return
+        reason = "; ".join(errors)
+        decision = await self.settle(request.id, Status.FAILED, via="delivery", comment=reason)
+        if decision.status is Status.FAILED:
+            raise ChannelError(f"no channel could deliver the request for {request.function}: {reason}")
+
+    async def _update(
+        self, request: ApprovalRequest, channels: Sequence[Channel], refs: Mapping[int, str | None]
+    ) -> None:
+        """Tell every channel that delivered the request how it ended."""
+
+        async def update(channel: Channel, ref: str | None) -> None:
+            try:
+                await channel.update(request, ref)
+            except Exception as exc:
+                logger.warning(
+                    "approval.update_failed", request_id=request.id, channel=channel.name, error=str(exc)
+                )
+
+        async with anyio.create_task_group() as task_group:
+            for index, ref in refs.items():
+                task_group.start_soon(update, channels[index], ref)
+
+    async def begin_execution(self, decision: Decision, spec: RequestSpec) -> Execution | None:
+        """Before an approved call runs: claim its one run in the store.
+
+        Returns an earlier run's recorded result for a replayed call; raises
+        ``OutcomeUnknown`` when an earlier run started and never finished, and
+        ``AlreadyExecuted`` when it finished without a JSON result.
+        """
+        earlier = await self.store.begin_execution(decision.request_id, spec.digest)
+        if earlier is not None and earlier.state == "executing":
+            await self._audit("approval.outcome_unknown", decision.request_id, function=spec.function)
+            raise OutcomeUnknown(decision.request_id, spec.function)
+        if earlier is not None:
+            if earlier.result is None:
+                raise AlreadyExecuted(decision.request_id, spec.function, earlier.outcome)
+            return earlier
+        await self._audit("approval.executing", decision.request_id, function=spec.function)
+        return None
+
+    async def finish_execution(
+        self, decision: Decision, spec: RequestSpec, error: BaseException | None, result: Any
+    ) -> None:
+        """After an approved call: record how it ended (and, in a run, its JSON result)."""
+        outcome = "ok" if error is None else type(error).__name__
+        if not isinstance(error, anyio.get_cancelled_exc_class()):
+            # A cancelled tool stays "executing": whether its effect happened is unknown.
+            recorded = None
+            if error is None and self.run() is not None:
+                with contextlib.suppress(StoreError):  # no JSON form: a replay gets AlreadyExecuted
+                    recorded = dumps(result, "result")
+            await self.store.finish_execution(decision.request_id, outcome, recorded)
+        await self._audit("approval.executed", decision.request_id, function=spec.function, outcome=outcome)
+
+    # -- the store follower ---------------------------------------------------------------
+
+    async def follow(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
+        """Wake local waiters when another process decides one of their requests.
+
+        Each ``"decided"`` event wakes its waiters; a ``"resync"`` event, and a re-read
+        every ``RESYNC_INTERVAL`` seconds, look up every request waited for here, so a
+        notification that never arrived delays a wake-up and never loses it. A store that
+        fails (an outage outlasting its own reconnects) is followed again after a
+        ``Backoff`` pause; the calls waiting here carry on meanwhile.
+        """
+        task_status.started()
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(self._resync_every, RESYNC_INTERVAL)
+            backoff = Backoff(first=0.5, cap=30.0)
+            while True:
+                try:
+                    async for event in self.store.watch():
+                        backoff.reset()
+                        self._changed()
+                        if event.kind == "resync":
+                            await self._resync()
+                        elif event.kind == "decided" and event.request_id in self.registry:
+                            request = await self.store.get(event.request_id)
+                            if request.decision is not None:
+                                self.registry.resolve(request.decision)
+                    task_group.cancel_scope.cancel()  # the store was closed
+                    return
+                except StoreError as exc:
+                    pause = backoff.next() or 30.0
+                    logger.error("humanlayer.store_follow_failed", error=str(exc), retry_in=pause)
+                    await anyio.sleep(pause)
+                await self._resync_logged()
+
+    async def _resync_every(self, interval: float) -> None:
+        while True:
+            await anyio.sleep(interval)
+            await self._resync_logged()
+
+    async def _resync_logged(self) -> None:
+        try:
+            await self._resync()
+        except StoreError as exc:
+            logger.warning("humanlayer.resync_failed", error=str(exc))
+
+    async def _resync(self) -> None:
+        """Re-read every request waited for here; wake those decided meanwhile."""
+        for request_id in self.registry.waiting():
+            request = await self.store.get(request_id)
+            if request.decision is not None:
+                self.registry.resolve(request.decision)
