@@ -1,6 +1,6 @@
 """Benchmark 1: N gated calls pending at once in one process, then all decided.
 
-For N = 1,000, 10,000 and 100,000: the time to suspend N calls (from creating their tasks
+For N = 1,000, 20,000 and 100,000: the time to suspend N calls (from creating their tasks
 to every one waiting), the time to decide them all and see every tool run, and the memory
 each pending call holds. Ours: an async tool behind ``require_approval()``, a
 ``MemoryStore``, no outbound channel, no listener, decided by ``hl.decide()``. Baseline: N
@@ -33,13 +33,15 @@ from humanlayer_async.stores import MemoryStore
 from ._common import ROOT, Report, Row, Target, arguments, median, profile, quiet_logging, rss_bytes, run
 
 NAME = "pending_scale"
-SIZES = (1_000, 10_000, 100_000)
-REPEATS = {1_000: 11, 10_000: 5, 100_000: 3}
+SIZES = (1_000, 20_000, 100_000)
+REPEATS = {1_000: 11, 20_000: 5, 100_000: 3}
+TARGET_SIZE = 20_000
+"""The N the targets are checked at (the largest size in a smoke run)."""
 SMOKE_SIZES = (50, 200)
 SMOKE_REPEATS = 2
 KIB = 1024
-MEMORY_TARGET = 3 * KIB
-TIME_TARGET = 2.0
+MEMORY_TARGET = 2.5 * KIB
+TIME_TARGET = 3.0
 PROFILE_SIZE = 10_000
 
 
@@ -223,21 +225,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "bare Futures",
             ),
         ]
-    largest = per_n[str(sizes[-1])]
-    time_ratio = (largest["ours"]["total_us"] or 0) / (largest["baseline"]["total_us"] or 1)
-    held = largest["ours"]["tracemalloc_bytes"] or 0
+    checked = sizes[-1] if args.smoke else TARGET_SIZE
+    figures_at = per_n[str(checked)]
+    time_ratio = (figures_at["ours"]["total_us"] or 0) / (figures_at["baseline"]["total_us"] or 1)
+    held = figures_at["ours"]["tracemalloc_bytes"] or 0
     report.targets += [
         Target(
             "time_vs_baseline",
-            f"within {TIME_TARGET:g}x of bare Futures' time (suspend + resume) at N={sizes[-1]:,}",
+            f"within {TIME_TARGET:g}x of bare Futures' time (suspend + decide + resume) at N={checked:,}",
             f"{time_ratio:.2f}x",
             time_ratio <= TIME_TARGET,
         ),
         Target(
             "memory_per_pending",
-            f"under {MEMORY_TARGET // KIB} KiB per pending approval at N={sizes[-1]:,} (tracemalloc)",
+            f"at most {MEMORY_TARGET / KIB:g} KiB per pending approval at N={checked:,} (tracemalloc)",
             f"{held / KIB:.2f} KiB",
-            held < MEMORY_TARGET,
+            held <= MEMORY_TARGET,
         ),
     ]
     report.extra["per_n"] = per_n

@@ -1,9 +1,12 @@
 """DevOps automation: scaling needs the ops team's yes; deleting always needs a person.
 
-The third use case of the article. ``scale_infrastructure`` goes to the ops team's
-channel; ``delete_resources`` goes to two channels at once (the ops channel and the
-on-call engineer), the first answer from either stands, and with ``on_reject="return"``
-a refusal comes back as a sentence the agent hands to its LLM instead of an exception.
+The third use case of the article. The tools are plain ``def`` functions, as the article
+writes them, and the agent is an asyncio program: it runs each tool call in a worker
+thread (``asyncio.to_thread``, as agent frameworks run sync tools), where the call blocks
+until decided, four at once. ``scale_infrastructure`` goes to the ops team's channel;
+``delete_resources`` goes to two channels at once (the ops channel and the on-call
+engineer), the first answer from either stands, and with ``on_reject="return"`` a refusal
+comes back as a sentence the agent hands to its LLM instead of an exception.
 
 Runs offline and finishes by itself::
 
@@ -59,14 +62,14 @@ hl = HumanLayer([ops_slack])
 @hl.require_approval(
     context=lambda service, **kwargs: {"current replicas": CURRENT_REPLICAS[service]},
 )
-async def scale_infrastructure(service: str, replicas: int) -> str:
+def scale_infrastructure(service: str, replicas: int) -> str:
     """Ops team confirms scaling decisions."""
     CURRENT_REPLICAS[service] = replicas
     return f"{service} scaled to {replicas} replicas"
 
 
 @hl.require_approval(channels=[ops_slack, oncall_email], on_reject="return")
-async def delete_resources(resource_ids: list[str]) -> str:
+def delete_resources(resource_ids: list[str]) -> str:
     """Destructive operations always need approval."""
     decision = current_decision()
     assert decision is not None
@@ -74,12 +77,14 @@ async def delete_resources(resource_ids: list[str]) -> str:
 
 
 async def main() -> None:
+    # Enter the HumanLayer first, so it runs in this loop: a sync tool called before would
+    # start it in a background thread of its own.
     async with hl:
         calls = {
-            "scale checkout to 8": scale_infrastructure("checkout", 8),
-            "scale search to 20": scale_infrastructure("search", 20),
-            "delete tmp volumes": delete_resources(["tmp-vol-1", "tmp-vol-2"]),
-            "delete prod database": delete_resources(["prod-db-1"]),
+            "scale checkout to 8": asyncio.to_thread(scale_infrastructure, "checkout", 8),
+            "scale search to 20": asyncio.to_thread(scale_infrastructure, "search", 20),
+            "delete tmp volumes": asyncio.to_thread(delete_resources, ["tmp-vol-1", "tmp-vol-2"]),
+            "delete prod database": asyncio.to_thread(delete_resources, ["prod-db-1"]),
         }
         results = await asyncio.gather(*calls.values(), return_exceptions=True)
     for label, result in zip(calls, results, strict=True):

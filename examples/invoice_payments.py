@@ -1,9 +1,10 @@
 """Financial operations: invoices over $5,000 need the CFO's approval.
 
-The second use case of the article. ``condition`` decides which calls need a human
-(small invoices are paid at once), ``context`` tells the approver what they need to
-know, ``approvers`` allows only the CFO to decide, and ``timeout`` fails closed: an
-invoice nobody approves in time is not paid.
+The second use case of the article, a plain ``def`` tool called from a plain sync script.
+``condition`` decides which calls need a human (small invoices are paid at once),
+``context`` tells the approver what they need to know, ``approvers`` allows only the CFO
+to decide, and ``timeout`` fails closed: an invoice nobody approves in time is not paid.
+A call that needs approval blocks the script until it is decided.
 
 Runs offline and finishes by itself (in about a second, the timeout below)::
 
@@ -20,7 +21,6 @@ a day to do so, or, with ``SMTP_HOST`` and friends in the environment::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from dataclasses import dataclass
@@ -65,31 +65,34 @@ hl = HumanLayer([AutoChannel(cfo, by="cfo@company.com")], timeout=1.0)  # in pro
     },
     approvers=["cfo@company.com"],
 )
-async def pay_invoice(invoice: Invoice) -> str:
+def pay_invoice(invoice: Invoice) -> str:
     """Large invoices need CFO approval."""
     return f"paid {invoice.number}: ${invoice.amount:,.2f} to {invoice.vendor}"
 
 
-async def pay(invoice: Invoice) -> None:
+def pay(invoice: Invoice) -> None:
     try:
-        print(await pay_invoice(invoice))
+        print(pay_invoice(invoice))
     except ApprovalTimeout:
         print(f"NOT paid {invoice.number} (${invoice.amount:,.0f}): nobody approved it in time")
     except ApprovalDenied as denied:
         print(f"NOT paid {invoice.number} (${invoice.amount:,.0f}): {denied.decision.comment}")
 
 
-async def main() -> None:
+def main() -> None:
     invoices = [
         Invoice("INV-001", "ACME Supplies", 1_200.00, date(2026, 7, 1)),
         Invoice("INV-002", "Globex", 8_400.00, date(2026, 7, 15)),
         Invoice("INV-003", "Unknown Vendor Ltd", 27_000.00, date(2026, 7, 3)),
         Invoice("INV-004", "Initech", 95_000.00, date(2026, 8, 1)),
     ]
-    async with hl, asyncio.TaskGroup() as agent:
+    # No event loop here: the HumanLayer runs its own in a background thread until close().
+    try:
         for invoice in invoices:
-            agent.create_task(pay(invoice))
+            pay(invoice)
+    finally:
+        hl.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

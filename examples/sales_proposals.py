@@ -1,9 +1,10 @@
 """Sales automation: a person reviews every proposal before it goes to a client.
 
-The first use case of the article: ``send_proposal`` always needs approval, the
-reviewer sees the deal's context next to the call, and the tool learns who approved
-it through ``current_decision()``. Two proposals go out at once; each waits for its own
-answer.
+The first use case of the article, a plain ``def`` tool in a plain sync script, as the
+article writes it: ``send_proposal`` always needs approval, so each call blocks its thread
+until the reviewer answers, then runs there. The reviewer sees the deal's context next to
+the call, and the tool learns who approved it through ``current_decision()``. Two
+proposals go out at once, each from its own thread, each waiting for its own answer.
 
 Runs offline and finishes by itself::
 
@@ -27,9 +28,9 @@ real people, pass real channels instead, e.g.::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
@@ -58,25 +59,29 @@ hl = HumanLayer([AutoChannel(sales_lead, by="maria (sales lead)")])
 
 
 @hl.require_approval(context=lambda client_email, **kwargs: CRM[client_email])
-async def send_proposal(client_email: str, proposal_pdf: bytes) -> str:
+def send_proposal(client_email: str, proposal_pdf: bytes) -> str:
     """Sales team reviews before sending proposals."""
     decision = current_decision()
     assert decision is not None  # always gated: someone approved this very call
     return f"proposal ({len(proposal_pdf)} bytes) sent to {client_email}, approved by {decision.by}"
 
 
-async def propose(client_email: str) -> None:
+def propose(client_email: str) -> str:
     try:
-        print(await send_proposal(client_email, b"%PDF-1.7 ... your custom proposal ..."))
+        return send_proposal(client_email, b"%PDF-1.7 ... your custom proposal ...")
     except ApprovalDenied as denied:
-        print(f"not sent to {client_email}: {denied}")
+        return f"not sent to {client_email}: {denied}"
 
 
-async def main() -> None:
-    async with hl, asyncio.TaskGroup() as agent:
-        for client_email in CRM:
-            agent.create_task(propose(client_email))
+def main() -> None:
+    # No event loop here: the HumanLayer runs its own in a background thread until close().
+    try:
+        with ThreadPoolExecutor() as agent:
+            for outcome in agent.map(propose, CRM):
+                print(outcome)
+    finally:
+        hl.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

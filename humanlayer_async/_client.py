@@ -240,7 +240,7 @@ class HumanLayer:
         self._app: Starlette | None = None
         self._listener: Listener | None = None
         self._bridge = Bridge()
-        self._runtime = Runtime(self._start, on_failure=self._failed, on_close=self._closing)
+        self._runtime = Runtime(self._start, wake=self._wake)
         self._engine = Engine(
             self._store,
             self._runtime,
@@ -328,10 +328,7 @@ class HumanLayer:
     # -- decorators ------------------------------------------------------------------
 
     @overload
-    def require_approval(self, tool: Callable[P, Awaitable[R]], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
-
-    @overload
-    def require_approval(self, tool: Callable[P, R], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    def require_approval(self, tool: Callable[P, R], /) -> Callable[P, R]: ...
 
     @overload
     def require_approval(
@@ -375,7 +372,7 @@ class HumanLayer:
         timeout: float | timedelta | None = None,
         on_reject: OnReject | None = None,
         render: Render | None = None,
-    ) -> Gated | GatedOrSentence | Callable[..., Coroutine[Any, Any, Any]]:
+    ) -> Gated | GatedOrSentence | Callable[..., Any]:
         """Gate a sync or async tool: when ``condition`` holds, a human must approve each call.
 
         Use it as ``@hl.require_approval`` or ``@hl.require_approval(...)``; every option is
@@ -383,9 +380,15 @@ class HumanLayer:
         applied) as keywords and may be sync or async; a condition that raises means
         approval is required. They are checked here, when the tool is decorated: one that
         is not callable, or cannot take the tool's arguments as keywords, raises
-        ``ConfigurationError`` naming the tool and the parameter. The gated function is
-        always awaitable, keeps the tool's name, docstring and signature, and runs a sync
-        tool in a worker thread.
+        ``ConfigurationError`` naming the tool and the parameter.
+
+        The gated function keeps the tool's name, docstring, signature and colour: an
+        ``async def`` stays a coroutine function; a plain ``def`` stays a plain function
+        that blocks its calling thread until the call is decided, then runs the tool in
+        that thread. Call such a sync tool from a plain script or a worker thread
+        (``asyncio.to_thread``, ``anyio.to_thread.run_sync``), not on the event loop's
+        thread: there it raises ``HumanLayerError`` at once, since blocking would freeze
+        every other call.
         """
         if tool is not None and not callable(tool):
             raise ConfigurationError(
@@ -406,7 +409,7 @@ class HumanLayer:
             "on_reject": self._on_reject if on_reject is None else _check_on_reject(on_reject),
         }
 
-        def decorate(func: Callable[..., Any]) -> Callable[..., Coroutine[Any, Any, Any]]:
+        def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
             return gate(self._asker, func, **options)
 
         return cast(Gated, decorate) if tool is None else decorate(tool)
@@ -587,11 +590,8 @@ class HumanLayer:
         if started and self._listener is not None and isinstance(channel, ListenerAware):
             channel.listening(self._listener.url)
 
-    def _failed(self, error: HumanLayerError) -> None:
-        """A part died: wake every waiting call (each raises ``error``)."""
-        self._engine.registry.close()
-
-    def _closing(self) -> int:
+    def _wake(self) -> int:
+        """Wake every waiting call: a part died, or this ``HumanLayer`` closes."""
         return self._engine.registry.close()
 
 

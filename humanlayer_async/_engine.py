@@ -47,10 +47,6 @@ from .stores.base import Store
 
 __all__ = ["Decisions", "Engine", "Run", "current_run"]
 
-RESYNC_INTERVAL = 60.0
-"""Seconds between re-reads of every request waited for, in case a store's notification
-never arrived (a pooler in between, a notification sent while disconnected)."""
-
 
 @dataclass(slots=True)
 class Run:
@@ -68,6 +64,9 @@ class Run:
 
 
 current_run: ContextVar[Run | None] = ContextVar("humanlayer_run", default=None)
+
+_UNDELIVERED: dict[int, str | None] = {}
+"""The (never written) delivery record of a call with no channel: saves each one a dict."""
 
 
 class Decisions:
@@ -135,7 +134,7 @@ class Decisions:
         standing = await self.store.decide(decision)
         self.registry.resolve(standing)
         self._changed()
-        return Answered(standing, standing == decision)
+        return Answered(standing, standing is decision or standing == decision)
 
     async def _check_approver(self, request_id: str, by: str, via: str) -> ApprovalRequest:
         request = await self.store.get(request_id)
@@ -187,22 +186,30 @@ class Engine(Decisions):
         Within a run, a call whose request an earlier process (or another caller here)
         left behind re-attaches to it instead: it waits for that request (no second
         message) or gets its decision at once.
+
+        One frame from here to the decision: each coroutine still on the stack while a
+        call waits would cost every pending call a few hundred bytes.
         """
         channels = self.channels if spec.channels is None else spec.channels
-        await self._prepare(channels)
+        runtime = self.runtime
+        if not (runtime.running and runtime.loop is asyncio.get_running_loop()) or spec.channels is not None:
+            await self._prepare(channels)  # start what is not started yet (and check the loop)
         if self.max_pending is not None and self._asking >= self.max_pending:
             logger.warning("approval.too_many_pending", function=spec.function, max_pending=self.max_pending)
             raise TooManyPending(spec.function, self.max_pending)
         self._asking += 1
         try:
-            # One frame from here to the wait: each nested coroutine would cost every
-            # pending call a few hundred bytes.
             timeout = self.timeout if spec.timeout is None else spec.timeout
             now = datetime.now(UTC)
             run = current_run.get() or self.default_run
-            key = None
-            if run is not None:  # the key needs the digest: an argument without JSON form is an error
-                key = run.key(spec.qualname or spec.function, spec.digest or digest(spec.kwargs))
+            # In a run, the request is bound to the arguments' digest: a replay in another
+            # process re-attaches by it and may run only these arguments. (An argument
+            # without a JSON form is then an error naming it.) Durable stores digest the
+            # arguments of every request from the JSON they store.
+            arguments = key = None
+            if run is not None:
+                arguments = digest(spec.kwargs)
+                key = run.key(spec.qualname or spec.function, arguments)
             request = ApprovalRequest(
                 id=secrets.token_hex(16),
                 kind=spec.kind,
@@ -216,7 +223,7 @@ class Engine(Decisions):
                 message=spec.message,
                 doc=spec.doc,
                 key=key,
-                digest=spec.digest,
+                digest=arguments,
             )
             registry = self.registry
             # Wait before storing: another process may decide as soon as the request is stored.
@@ -227,15 +234,53 @@ class Engine(Decisions):
                 registry.discard(request.id)
                 raise
             self._changed()
-            if stored.id == request.id:
-                return await self._wait(request, channels, future, {}, deliver=True)
-            registry.discard(request.id)
-            return await self._reattach(stored, channels)
+            refs = {} if channels else _UNDELIVERED  # where it was delivered: channel index → ref
+            deliver = stored.id == request.id
+            if not deliver:  # re-attached: wait for the stored request instead
+                registry.discard(request.id)
+                attached = await self._attach(stored, channels)
+                if isinstance(attached, Decision):
+                    return attached
+                request, future, refs = stored, *attached
+            try:
+                if deliver and channels:
+                    await self._deliver(request, channels, refs)
+                outcome = await future
+                if outcome is CLOSED:
+                    raise self._stopped()
+                if outcome is EXPIRED:
+                    outcome = await self.settle(request.id, Status.TIMED_OUT, via="timeout")
+                decision = outcome
+            except ChannelError:
+                raise
+            except (anyio.get_cancelled_exc_class(), HumanLayerError) as exc:
+                if request.key is not None:
+                    # A run's request outlives its caller: a restarted process re-attaches to it.
+                    logger.info("approval.left_pending", request_id=request.id, run_id=request.run_id)
+                    raise
+                cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+                with self.runtime.working(), anyio.CancelScope(shield=True):
+                    decision = await self.settle(
+                        request.id,
+                        Status.CANCELLED,
+                        via="caller" if cancelled else "shutdown",
+                        comment="the waiting call was cancelled" if cancelled else str(exc),
+                    )
+                    if refs:
+                        self.runtime.spawn(self._update, replace(request, decision=decision), channels, refs)
+                raise
+            finally:
+                registry.discard(request.id, future)
+            if refs:  # tell the channels that delivered it; none did: nothing to update
+                self.runtime.spawn(self._update, replace(request, decision=decision), channels, refs)
+            return decision
         finally:
             self._asking -= 1
 
-    async def _reattach(self, stored: ApprovalRequest, channels: Sequence[Channel]) -> Decision:
-        """Wait for a request of this run stored earlier; its decision at once if it has one."""
+    async def _attach(
+        self, stored: ApprovalRequest, channels: Sequence[Channel]
+    ) -> Decision | tuple[asyncio.Future[Outcome], dict[int, str | None]]:
+        """A request of this run stored earlier: its decision, or a future and where it was delivered."""
         await self._audit(
             "approval.reattached",
             stored.id,
@@ -255,7 +300,7 @@ class Engine(Decisions):
             raise
         if latest.decision is not None:
             self.registry.resolve(latest.decision)
-        return await self._wait(stored, channels, future, refs, deliver=False)
+        return future, refs
 
     async def _delivered(
         self, request: ApprovalRequest, channels: Sequence[Channel]
@@ -268,49 +313,6 @@ class Engine(Decisions):
             if entry.event == "approval.delivered" and entry.fields.get("channel") in index
         }
 
-    async def _wait(
-        self,
-        request: ApprovalRequest,
-        channels: Sequence[Channel],
-        future: asyncio.Future[Outcome],
-        refs: dict[int, str | None],
-        *,
-        deliver: bool,
-    ) -> Decision:
-        """Deliver a new request, wait for its decision, settle a timeout or a cancellation."""
-        try:
-            if deliver:
-                await self._deliver(request, channels, refs)
-            outcome = await future
-            if outcome is CLOSED:
-                raise self._stopped()
-            if outcome is EXPIRED:
-                outcome = await self.settle(request.id, Status.TIMED_OUT, via="timeout")
-            decision = outcome
-        except ChannelError:
-            raise
-        except (anyio.get_cancelled_exc_class(), HumanLayerError) as exc:
-            if request.key is not None:
-                # A run's request outlives its caller: a restarted process re-attaches to it.
-                logger.info("approval.left_pending", request_id=request.id, run_id=request.run_id)
-                raise
-            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
-            with self.runtime.working(), anyio.CancelScope(shield=True):
-                decision = await self.settle(
-                    request.id,
-                    Status.CANCELLED,
-                    via="caller" if cancelled else "shutdown",
-                    comment="the waiting call was cancelled" if cancelled else str(exc),
-                )
-                if refs:
-                    self.runtime.spawn(self._update, replace(request, decision=decision), channels, refs)
-            raise
-        finally:
-            self.registry.discard(request.id, future)
-        if refs:  # tell the channels that delivered it; none did: nothing to update
-            self.runtime.spawn(self._update, replace(request, decision=decision), channels, refs)
-        return decision
-
     def _stopped(self) -> HumanLayerError:
         """Why a waiter was woken without a decision: the runtime failed or closed."""
         error = self.runtime.error
@@ -321,9 +323,7 @@ class Engine(Decisions):
     async def _deliver(
         self, request: ApprovalRequest, channels: Sequence[Channel], refs: dict[int, str | None]
     ) -> None:
-        """Send to every channel at once; fail closed when none delivered."""
-        if not channels:
-            return
+        """Send to every channel (at least one) at once; fail closed when none delivered."""
         errors: list[str] = []
 
         async def send(index: int, channel: Channel) -> None:
@@ -375,7 +375,8 @@ class Engine(Decisions):
         ``OutcomeUnknown`` when an earlier run started and never finished, and
         ``AlreadyExecuted`` when it finished without a JSON result.
         """
-        earlier = await self.store.begin_execution(decision.request_id, spec.digest)
+        arguments = None if self.run() is None else digest(spec.kwargs)  # checked after a re-attach
+        earlier = await self.store.begin_execution(decision.request_id, arguments)
         if earlier is not None and earlier.state == "executing":
             await self._audit("approval.outcome_unknown", decision.request_id, function=spec.function)
             raise OutcomeUnknown(decision.request_id, spec.function)
@@ -405,45 +406,34 @@ class Engine(Decisions):
     async def follow(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
         """Wake local waiters when another process decides one of their requests.
 
-        Each ``"decided"`` event wakes its waiters; a ``"resync"`` event, and a re-read
-        every ``RESYNC_INTERVAL`` seconds, look up every request waited for here, so a
-        notification that never arrived delays a wake-up and never loses it. A store that
+        Each ``"decided"`` event wakes its waiters; a ``"resync"`` event (the store
+        reconnected and may have missed notifications) re-reads every request waited for
+        here, so a lost notification delays a wake-up and never loses it. A store that
         fails (an outage outlasting its own reconnects) is followed again after a
-        ``Backoff`` pause; the calls waiting here carry on meanwhile.
+        ``Backoff`` pause, and re-read then too; the calls waiting here carry on meanwhile.
         """
         task_status.started()
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(self._resync_every, RESYNC_INTERVAL)
-            backoff = Backoff(first=0.5, cap=30.0)
-            while True:
-                try:
-                    async for event in self.store.watch():
-                        backoff.reset()
-                        self._changed()
-                        if event.kind == "resync":
-                            await self._resync()
-                        elif event.kind == "decided" and event.request_id in self.registry:
-                            request = await self.store.get(event.request_id)
-                            if request.decision is not None:
-                                self.registry.resolve(request.decision)
-                    task_group.cancel_scope.cancel()  # the store was closed
-                    return
-                except StoreError as exc:
-                    pause = backoff.next() or 30.0
-                    logger.error("humanlayer.store_follow_failed", error=str(exc), retry_in=pause)
-                    await anyio.sleep(pause)
-                await self._resync_logged()
-
-    async def _resync_every(self, interval: float) -> None:
+        backoff = Backoff(first=0.5, cap=30.0)
         while True:
-            await anyio.sleep(interval)
-            await self._resync_logged()
-
-    async def _resync_logged(self) -> None:
-        try:
-            await self._resync()
-        except StoreError as exc:
-            logger.warning("humanlayer.resync_failed", error=str(exc))
+            try:
+                async for event in self.store.watch():
+                    backoff.reset()
+                    self._changed()
+                    if event.kind == "resync":
+                        await self._resync()
+                    elif event.kind == "decided" and event.request_id in self.registry:
+                        request = await self.store.get(event.request_id)
+                        if request.decision is not None:
+                            self.registry.resolve(request.decision)
+                return  # the store was closed
+            except StoreError as exc:
+                pause = backoff.next() or 30.0
+                logger.error("humanlayer.store_follow_failed", error=str(exc), retry_in=pause)
+                await anyio.sleep(pause)
+            try:
+                await self._resync()
+            except StoreError as exc:
+                logger.warning("humanlayer.resync_failed", error=str(exc))
 
     async def _resync(self) -> None:
         """Re-read every request waited for here; wake those decided meanwhile."""

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, ov
 import anyio
 
 from ._audit import logger
-from ._codec import digest, loads
-from ._exceptions import ApprovalDenied, ApprovalTimeout, ConfigurationError, StoreError
+from ._codec import loads
+from ._exceptions import ApprovalDenied, ApprovalTimeout, ConfigurationError
 from ._models import Decision, Execution, Kind, Status
 from ._render import Render
 
@@ -60,8 +60,6 @@ class RequestSpec:
     message: str | None = None
     qualname: str | None = None
     """The function's ``module.qualname``: part of the re-attach key (``function`` when None)."""
-    digest: str | None = None
-    """The SHA-256 of ``kwargs``' canonical JSON; ``None`` when an argument has no JSON form."""
 
 
 class Asker(Protocol):
@@ -90,11 +88,6 @@ class Asker(Protocol):
 class Gated(Protocol):
     """``require_approval(...)``: gates a tool and keeps its colour (async stays async, sync stays sync)."""
 
-    @overload
-    def __call__(
-        self, func: Callable[P, Coroutine[Any, Any, R]], /
-    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
-    @overload
     def __call__(self, func: Callable[P, R], /) -> Callable[P, R]: ...
 
 
@@ -177,6 +170,50 @@ def _check_hook(hook: object, what: str, tool: str, signature: inspect.Signature
         ) from None
 
 
+def _binder(signature: inspect.Signature) -> Callable[[tuple[Any, ...], dict[str, Any]], dict[str, Any]]:
+    """``signature.bind`` with defaults applied, as a dict in parameter order.
+
+    For the common signature (parameters that may be passed by position or keyword, or
+    keyword-only; no ``*args``, ``**kwargs`` or positional-only ones) a call that binds
+    cleanly is bound directly, a few times faster; anything else (and every call that
+    does not bind: its ``TypeError``) goes through ``inspect``.
+    """
+
+    def slow(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return bound.arguments
+
+    parameters = list(signature.parameters.values())
+    if any(p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in parameters):
+        return slow
+    names = tuple(p.name for p in parameters)
+    positional = tuple(p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD)
+    defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
+
+    def fast(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        if len(args) > len(positional):
+            return slow(args, kwargs)
+        arguments = dict(zip(positional, args, strict=False))
+        if len(arguments) == len(names):
+            return arguments if not kwargs else slow(args, kwargs)
+        for keyword, value in kwargs.items():
+            if keyword in arguments or keyword not in signature.parameters:
+                return slow(args, kwargs)
+            arguments[keyword] = value
+        bound = {}
+        for name in names:
+            if name in arguments:
+                bound[name] = arguments[name]
+            elif name in defaults:
+                bound[name] = defaults[name]
+            else:
+                return slow(args, kwargs)  # a missing argument: inspect's TypeError
+        return bound
+
+    return fast
+
+
 def _is_async(func: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
         getattr(func, "__call__", None)  # noqa: B004 - async callable objects
@@ -190,13 +227,6 @@ class _Done:
 
     def __init__(self, value: Any) -> None:
         self.value = value
-
-
-def _digest(kwargs: Mapping[str, Any]) -> str | None:
-    try:
-        return digest(kwargs)
-    except StoreError:  # an argument without a JSON form: only a durable store or a run needs one
-        return None
 
 
 def gate(
@@ -224,6 +254,7 @@ def gate(
     _check_hook(condition, "condition", name, signature)
     _check_hook(context, "context", name, signature)
     spread = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
+    bind = _binder(signature)
 
     async def needs_approval(arguments: Mapping[str, Any]) -> bool:
         if condition is None:
@@ -246,31 +277,25 @@ def gate(
             return {"context_error": f"the context hook raised {type(exc).__name__}"}
         return described if isinstance(described, Mapping) else {"context": described}
 
-    async def approve(
-        args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[Decision, RequestSpec] | _Done | None:
-        """``None``: run without asking; ``_Done``: return its value; else run as approved by the decision."""
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        arguments = bound.arguments
-        del bound  # a pending call keeps only what it needs: memory per call is a feature
-        if not await needs_approval(arguments):
+    async def prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> RequestSpec | None:
+        """The request this call needs, or ``None`` when it may run without asking."""
+        arguments = bind(args, kwargs)
+        if condition is not None and not await needs_approval(arguments):
             return None
-        shown = render(_shown_arguments(arguments, spread))
-        spec = RequestSpec(
+        return RequestSpec(
             kind="approval",
             function=name,
-            kwargs=shown,
-            context=await describe(arguments),
+            kwargs=render(arguments if spread is None else _shown_arguments(arguments, spread)),
+            context=_NO_CONTEXT if context is None else await describe(arguments),
             approvers=approvers,
             timeout=timeout,
             channels=channels,
             doc=doc,
             qualname=qualname,
-            digest=_digest(shown),
         )
-        del arguments
-        decision = await asker.ask(spec)
+
+    async def permit(decision: Decision, spec: RequestSpec) -> tuple[Decision, RequestSpec] | _Done:
+        """Once decided: the refusal, an earlier run's recorded result, or this call's claim to run."""
         if not decision.approved:
             denied = refusal(name, decision)
             if on_reject == "return":
@@ -281,16 +306,20 @@ def gate(
             return _Done(loads(earlier.result))  # a replayed call: the recorded result, not a second run
         return decision, spec
 
+    # While a call waits, only the gated function's frame and the engine's are on its stack
+    # (memory per pending call is a feature): prepare and permit run before and after.
+
     if _is_async(func):
 
         @functools.wraps(func)
         async def gated(*args: Any, **kwargs: Any) -> Any:
-            verdict = await approve(args, kwargs)
-            if verdict is None:
+            spec = await prepare(args, kwargs)
+            if spec is None:
                 return await func(*args, **kwargs)
+            verdict = await permit(await asker.ask(spec), spec)
             if isinstance(verdict, _Done):
                 return verdict.value
-            decision, spec = verdict
+            decision = verdict[0]
             token = _current_decision.set(decision)
             try:
                 result = await func(*args, **kwargs)
@@ -304,6 +333,12 @@ def gate(
             return result
 
         return gated
+
+    async def approve(
+        args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Decision, RequestSpec] | _Done | None:
+        spec = await prepare(args, kwargs)
+        return None if spec is None else await permit(await asker.ask(spec), spec)
 
     @functools.wraps(func)
     def gated_sync(*args: Any, **kwargs: Any) -> Any:

@@ -5,7 +5,7 @@ all run in it. It starts on the first use (``async with hl`` or the first gated 
 on the event loop of that use, in a supervisor task it owns and awaits when it closes.
 
 A part that dies after it started (a channel's ``run`` raising, the listener failing)
-moves the runtime to ``FAILED``: ``on_failure`` wakes every call waiting at once with an
+moves the runtime to ``FAILED``: ``wake`` wakes every call waiting at once with an
 error naming the part, and new calls are refused with it, instead of waiting out their
 timeout in silence. Parts that can recover (the store follower) retry on their own.
 """
@@ -63,20 +63,14 @@ class Runtime:
     """Owns every background task of one ``HumanLayer``.
 
     ``start`` is called once, inside the task group, to start the initial parts (with
-    ``start_part``); ``on_failure`` gets the error once a part died; ``on_close`` runs
-    first when the runtime closes (to wake the calls still waiting).
+    ``start_part``). ``wake`` wakes every call still waiting (they then raise ``error``, or
+    say the ``HumanLayer`` closed) and returns how many: called once a part died, and first
+    thing when the runtime closes.
     """
 
-    def __init__(
-        self,
-        start: Callable[[], Awaitable[None]],
-        *,
-        on_failure: Callable[[HumanLayerError], None],
-        on_close: Callable[[], int],
-    ) -> None:
+    def __init__(self, start: Callable[[], Awaitable[None]], *, wake: Callable[[], int]) -> None:
         self._start = start
-        self._on_failure = on_failure
-        self._on_close = on_close
+        self._wake = wake
         self.state = State.CREATED
         self.error: Exception | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -146,7 +140,7 @@ class Runtime:
             "close it and create a new one"
         )
         self.error = error
-        self._on_failure(error)
+        self._wake()
 
     def spawn(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``func(*args)`` in the task group, logging what it raises; ``aclose`` waits for it."""
@@ -184,7 +178,7 @@ class Runtime:
             return False
         self.state = State.CLOSING
         with anyio.CancelScope(shield=True):
-            if self._on_close():
+            if self._wake():
                 await anyio.lowlevel.checkpoint()  # the woken waiters start storing their cancellation
             await self._drain()
             if self._supervisor is not None and self._stop is not None:

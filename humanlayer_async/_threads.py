@@ -100,9 +100,10 @@ def _get_pool() -> _Pool:
 async def run_sync(func: Callable[[], T], *, abandon_on_cancel: bool = False) -> T:
     """``func()`` on the library's threads.
 
-    Cancelled, the caller still waits for ``func`` to return (so a store's statements never
-    overlap), unless ``abandon_on_cancel``: then ``func`` is dropped if it has not started,
-    and its result is dropped if it has.
+    Cancelled, the caller still waits for ``func`` and gets its result, the cancellation
+    landing at its next checkpoint (as with ``anyio.to_thread.run_sync``), so a store's
+    statements never overlap. With ``abandon_on_cancel`` the caller leaves at once: ``func``
+    never runs if it has not started, and its result is dropped if it has.
     """
     future = asyncio.wrap_future(_get_pool().submit(func))
     if abandon_on_cancel:

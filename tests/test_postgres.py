@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from humanlayer_async import ConfigurationError, HumanLayer, StoreError
 from humanlayer_async.stores import PostgresStore, StoreEvent
+from humanlayer_async.stores import postgres as postgres_module
 
 from .durable_helpers import finish, spawn_agent, starts, wait_until
 from .test_stores import decision, make_request
@@ -98,6 +99,34 @@ async def test_a_decision_made_while_disconnected_is_caught_up_by_sequence(
     finally:
         await watcher.aclose()
         await writer.aclose()
+
+
+async def test_an_event_whose_notification_never_came_is_read_after_a_quiet_interval(
+    pg_dsn: str, pg_schema: str, admin: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A half-open LISTEN connection delivers nothing and never drops: the log is read anyway."""
+    monkeypatch.setattr(postgres_module, "CATCH_UP_INTERVAL", 0.2)
+    watcher = PostgresStore(pg_dsn, schema=pg_schema)
+    seen: list[StoreEvent] = []
+    try:
+        await watcher.list_pending()
+
+        async def follow() -> None:
+            async for event in watcher.watch():
+                seen.append(event)
+                return
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follow)
+                await anyio.wait_all_tasks_blocked()
+                # Written without its NOTIFY, as a lost notification leaves it.
+                await admin.execute(
+                    f"INSERT INTO {pg_schema}.events (kind, request_id) VALUES ('decided', 'lost')"
+                )
+        assert seen == [StoreEvent("decided", "lost")]
+    finally:
+        await watcher.aclose()
 
 
 def _watch(store: PostgresStore) -> AsyncGenerator[StoreEvent, None]:

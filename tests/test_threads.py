@@ -14,21 +14,24 @@ import functools
 import itertools
 import json
 import re
+import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import aiohttp
 import anyio
 import anyio.to_thread
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from humanlayer_async import ApprovalRequest, HumanLayer, Status
+from humanlayer_async import ApprovalRequest, ChannelError, HumanLayer, Status, _threads
 from humanlayer_async.channels import BaseChannel, EmailChannel, SlackChannel
+from humanlayer_async.channels._dns import ThreadsResolver
 from humanlayer_async.stores import SQLiteStore
 from humanlayer_async.testing import slack_block_actions
 
@@ -79,49 +82,21 @@ def _no_slack_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(variable, raising=False)
 
 
-class SyncCallers:
-    """Sync callers, each blocking its worker thread until its gated call on the loop ends.
-
-    ``stop()`` cancels the calls still waiting, so a test that fails leaves no thread
-    blocked behind it.
-    """
-
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._lock = threading.Lock()
-        self._calls: list[Future[Any]] = []
-        self._stopped = False
-
-    def call(self, tool: Callable[[int], Awaitable[T]], n: int) -> T:
-        with self._lock:
-            if self._stopped:
-                raise RuntimeError("the test is over")
-            call = asyncio.run_coroutine_threadsafe(cast(Any, tool(n)), self._loop)
-            self._calls.append(call)
-        return cast(T, call.result())
-
-    @property
-    def returned(self) -> int:
-        return sum(call.done() and not call.cancelled() for call in self._calls)
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopped = True
-        for call in self._calls:
-            call.cancel()
-
-
 async def approve_waiting_calls(
     hl: HumanLayer,
     workers: Workers,
-    tool: Callable[[int], Awaitable[str]],
+    tool: Callable[[int], str],
     delivered: Callable[[], Awaitable[str]],
 ) -> list[str]:
-    """Run ``CALLS`` sync calls of ``tool`` in ``workers``; approve each request once delivered.
-
-    ``delivered()`` waits for the next request to reach its approvers and returns its id.
+    """Call the gated sync ``tool`` ``CALLS`` times, each in a thread of ``workers`` (blocked
+    there until decided); approve each request once ``delivered()`` returns its id.
     """
-    callers = SyncCallers()
+    returned: list[str] = []
+
+    def call(n: int) -> str:
+        result = tool(n)
+        returned.append(result)
+        return result
 
     async def approve() -> None:
         for _ in range(CALLS):
@@ -129,16 +104,12 @@ async def approve_waiting_calls(
 
     results: list[str] = []
     with anyio.move_on_after(PATIENCE) as patience:
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(approve)
-                runs = (workers.run(functools.partial(callers.call, tool, n)) for n in range(CALLS))
-                results = await asyncio.gather(*runs)
-        finally:
-            callers.stop()
-    if patience.cancelled_caught:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(approve)
+            results = await asyncio.gather(*(workers.run(functools.partial(call, n)) for n in range(CALLS)))
+    if patience.cancelled_caught:  # closing the HumanLayer then fails the calls still waiting
         pytest.fail(
-            f"deadlock: {callers.returned} of {CALLS} sync calls returned; the library's own I/O "
+            f"deadlock: {len(returned)} of {CALLS} sync calls returned; the library's own I/O "
             f"waited for the {THREADS} {workers.pool} worker threads its waiting calls hold"
         )
     return results
@@ -172,7 +143,7 @@ async def test_slack_by_host_name_delivers_while_waiting_calls_hold_every_worker
         async with HumanLayer([channel], listen="127.0.0.1:0") as hl:
 
             @hl.require_approval()
-            async def deploy(n: int) -> str:
+            def deploy(n: int) -> str:
                 return f"deployed {n}"
 
             posts = itertools.count(1)
@@ -273,13 +244,33 @@ async def test_email_by_host_name_delivers_while_waiting_calls_hold_every_worker
     async with HumanLayer([channel], listen="127.0.0.1:0") as hl:
 
         @hl.require_approval()
-        async def refund(n: int) -> str:
+        def refund(n: int) -> str:
             return f"refunded {n}"
 
         results = await approve_waiting_calls(hl, workers, refund, inbox.arrivals.receive)
 
     assert results == [f"refunded {n}" for n in range(CALLS)]
     assert len(set(inbox.requests)) == CALLS
+
+
+async def test_an_smtp_server_by_host_name_that_refuses_fails_naming_each_address_tried() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    channel = EmailChannel(
+        "alice@company.com", sender="approvals@company.com", smtp_host="localhost", smtp_port=port
+    )
+    channel.retry_delays = ()
+    async with HumanLayer([channel], listen="127.0.0.1:0") as hl:
+
+        @hl.require_approval()
+        async def refund() -> str:
+            return "refunded"
+
+        with pytest.raises(
+            ChannelError, match=rf"could not connect to localhost port {port}: 127\.0\.0\.1: "
+        ):
+            await refund()
 
 
 class Delivered(BaseChannel):
@@ -300,13 +291,15 @@ class Delivered(BaseChannel):
 async def test_sqlite_store_works_while_waiting_calls_hold_every_worker_thread(
     workers: Workers, tmp_path: Path
 ) -> None:
+    # A guard more than a regression test: the store ran on anyio worker threads under a
+    # limiter of its own before, which the application's pools could not starve either.
     sent, delivered = anyio.create_memory_object_stream[str](CALLS)
     channel = Delivered(sent)
     with sent, delivered:
         async with HumanLayer([channel], store=SQLiteStore(tmp_path / "approvals.db"), listen=None) as hl:
 
             @hl.require_approval()
-            async def pay(n: int) -> str:
+            def pay(n: int) -> str:
                 return f"paid {n}"
 
             results = await approve_waiting_calls(hl, workers, pay, delivered.receive)
@@ -318,3 +311,127 @@ async def test_sqlite_store_works_while_waiting_calls_hold_every_worker_thread(
     finally:
         await reopened.aclose()
     assert (len(channel.ids), statuses) == (CALLS, {Status.APPROVED})
+
+
+# -- the library's own threads and its aiohttp resolver, as units ----------------------------
+
+
+async def test_more_jobs_than_threads_all_run_on_at_most_max_threads_of_the_library() -> None:
+    extra = 4
+    together = threading.Barrier(_threads.MAX_THREADS, timeout=PATIENCE)  # all at once, or it breaks
+    ran_on: list[threading.Thread] = []
+
+    def job(meet: bool) -> int:
+        ran_on.append(threading.current_thread())
+        if meet:
+            together.wait()
+        return len(ran_on)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(_threads.MAX_THREADS + extra):
+            tg.start_soon(_threads.run_sync, functools.partial(job, n < _threads.MAX_THREADS))
+    assert len(ran_on) == _threads.MAX_THREADS + extra
+    threads = set(ran_on)
+    assert len(threads) == _threads.MAX_THREADS
+    assert all(thread.daemon and thread.name.startswith("humanlayer-io-") for thread in threads)
+
+
+@pytest.mark.parametrize("abandon", [False, True], ids=["waits", "abandons"])
+async def test_a_cancelled_call_waits_for_its_running_function_unless_abandoned(abandon: bool) -> None:
+    started, release, returned = threading.Event(), threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def function() -> str:
+        started.set()
+        release.wait(PATIENCE)
+        order.append("function returned")
+        returned.set()
+        return "its result"
+
+    async def caller(scope: anyio.CancelScope) -> None:
+        with scope:
+            order.append(await _threads.run_sync(function, abandon_on_cancel=abandon))
+        order.append("caller left")
+
+    scope = anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(caller, scope)
+        await anyio.to_thread.run_sync(started.wait)
+        scope.cancel()
+        await anyio.wait_all_tasks_blocked()  # the caller has left, or waits for the function
+        release.set()
+    await anyio.to_thread.run_sync(returned.wait)
+    if abandon:
+        assert order == ["caller left", "function returned"]
+    else:  # as anyio.to_thread.run_sync: the result, and the cancellation at the next checkpoint
+        assert order == ["function returned", "its result", "caller left"]
+    assert scope.cancelled_caught is abandon
+
+
+async def test_an_abandoned_call_that_has_not_started_never_runs() -> None:
+    busy = threading.Barrier(_threads.MAX_THREADS + 1, timeout=PATIENCE)
+    release = threading.Event()
+    ran: list[str] = []
+
+    def hold() -> None:
+        busy.wait()
+        release.wait(PATIENCE)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(_threads.MAX_THREADS):  # every thread of the library, busy
+            tg.start_soon(_threads.run_sync, hold)
+        await anyio.to_thread.run_sync(busy.wait)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await _threads.run_sync(functools.partial(ran.append, "abandoned"), abandon_on_cancel=True)
+        release.set()
+    await _threads.run_sync(functools.partial(ran.append, "next"))  # queued after the abandoned one
+    assert scope.cancelled_caught
+    assert ran == ["next"]
+
+
+FOUND: list[tuple[Any, ...]] = [
+    (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.7", 443)),
+    (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:db8::7", 443, 0, 0)),
+    (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fe80::7", 443, 0, 1)),  # link-local, scope 1
+    (socket.AF_INET6, socket.SOCK_STREAM, 6, "", (socket.AF_INET6, b"\0" * 16)),  # Python without IPv6
+]
+
+
+async def test_the_resolver_answers_as_aiohttps_own_but_looks_up_on_the_librarys_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    looked_up_on: list[str] = []
+
+    def getaddrinfo(host: str, port: int, family: int, kind: int, proto: int, flags: int) -> Any:
+        looked_up_on.append(threading.current_thread().name)
+        assert (host, port, kind) == ("slack.example", 443, socket.SOCK_STREAM)
+        return FOUND
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    ours = await ThreadsResolver().resolve("slack.example", 443, socket.AF_UNSPEC)
+    theirs = await aiohttp.ThreadedResolver().resolve("slack.example", 443, socket.AF_UNSPEC)
+
+    assert ours == theirs
+    assert [(found["host"], found["port"]) for found in ours][:2] == [
+        ("192.0.2.7", 443),
+        ("2001:db8::7", 443),
+    ]
+    assert len(ours) == 3 and ours[2]["host"].startswith("fe80::7%")
+    assert looked_up_on[0].startswith("humanlayer-io-")
+    assert not looked_up_on[1].startswith("humanlayer-io-")  # aiohttp's: the default executor
+
+
+async def test_the_resolver_finds_localhost_when_addrconfig_hides_loopback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def getaddrinfo(host: str, port: int, family: int, kind: int, proto: int, flags: int) -> Any:
+        if flags & socket.AI_ADDRCONFIG or host != "localhost":  # a machine without a network
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    [found] = await ThreadsResolver().resolve("localhost", 8080)
+    assert (found["hostname"], found["host"], found["port"]) == ("localhost", "127.0.0.1", 8080)
+    with pytest.raises(socket.gaierror):
+        await ThreadsResolver().resolve("db.internal", 5432)

@@ -8,6 +8,7 @@ here once for both. Timestamps are the one difference (epoch seconds in SQLite,
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -60,18 +61,19 @@ def retention_seconds(value: float | timedelta) -> float:
 
 def request_row(request: ApprovalRequest) -> dict[str, Any]:
     """The columns of a new request (timestamps excepted); ``StoreError`` names an unstorable argument."""
+    kwargs = dumps_mapping(request.kwargs, "argument")
     return {
         "id": request.id,
         "key": request.key,
         "run_id": request.run_id,
         "kind": request.kind,
         "function": request.function,
-        "kwargs": dumps_mapping(request.kwargs, "argument"),
+        "kwargs": kwargs,
         "context": dumps_mapping(request.context, "context entry"),
         "approvers": json.dumps(list(request.approvers)),
         "message": request.message,
         "doc": request.doc,
-        "digest": request.digest,
+        "digest": request.digest or hashlib.sha256(kwargs.encode()).hexdigest(),  # what digest() gives
     }
 
 
@@ -95,11 +97,11 @@ def expired_decision(request_id: str, at: datetime) -> Decision:
 def execution_so_far(request: ApprovalRequest, digest: str | None) -> Execution | None:
     """``begin_execution``'s checks, the same in every store, on the request read for update.
 
-    Raises ``ArgumentsChanged`` when ``digest`` is not the stored arguments' digest; returns
-    how far an earlier run got, or ``None`` when this caller may run it (the store then marks
-    it executing).
+    Raises ``ArgumentsChanged`` when ``digest`` is not the stored arguments' digest (``None``:
+    the caller stored these very arguments itself, nothing to compare); returns how far an
+    earlier run got, or ``None`` when this caller may run it (the store then marks it executing).
     """
-    if request.digest != digest:
+    if digest is not None and request.digest != digest:
         raise ArgumentsChanged(request.id, request.function)
     return request.execution
 

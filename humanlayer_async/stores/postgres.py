@@ -70,6 +70,10 @@ T = TypeVar("T")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _DEFAULT_SCHEMA = "humanlayer"
 _ASYNCPG_STATEMENT_CACHE = 100  # asyncpg's own default
+CATCH_UP_INTERVAL = 60.0
+"""Seconds without a notification after which ``watch()`` reads the event log anyway (one
+query by sequence): a notification lost without a reconnect (a half-open connection, a
+pooler in between) delays a wake-up by at most this long, and never loses it."""
 _RECONNECT_FIRST, _RECONNECT_CAP = 0.05, 5.0  # seconds between attempts to LISTEN again
 
 
@@ -652,8 +656,12 @@ class PostgresStore:
                     if seq > last:
                         last = seq
                         yield StoreEvent(kind, request_id)  # type: ignore[arg-type]
-                await subscriber.wake.wait()
-                subscriber.wake = anyio.Event()
+                with anyio.move_on_after(CATCH_UP_INTERVAL) as quiet:
+                    await subscriber.wake.wait()
+                if quiet.cancelled_caught:  # a silently dead LISTEN connection delivers nothing
+                    behind = True
+                else:
+                    subscriber.wake = anyio.Event()
         finally:
             self._subscribers.discard(subscriber)
 
