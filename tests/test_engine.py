@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
@@ -163,3 +165,53 @@ async def test_wait_for_pending_says_how_many_were_pending_when_it_gives_up() ->
     async with HumanLayer([AutoChannel()], listen=None) as hl:
         with pytest.raises(TimeoutError, match=r"0 of 2 requests were pending after 0\.1 s"):
             await wait_for_pending(hl, 2, within=0.1)
+
+
+async def test_a_sync_tool_called_from_a_worker_thread_keeps_the_threads_run() -> None:
+    async with HumanLayer([], listen=None) as hl:
+
+        @hl.require_approval()
+        def refund(order: int) -> str:
+            return f"refunded {order}"
+
+        def worker() -> str:
+            with hl.run("order-7"):
+                return refund(7)
+
+        results: list[str] = []
+
+        async def call() -> None:
+            results.append(await anyio.to_thread.run_sync(worker))
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                [request] = await wait_for_pending(hl)
+                assert request.run_id == "order-7"  # the worker thread's run, not the loop's none
+                await hl.decide(request.id, True, by="alice")
+        assert results == ["refunded 7"]
+
+
+def test_a_sync_tool_called_from_a_plain_script_keeps_its_run() -> None:
+    hl = HumanLayer([], listen=None)
+
+    @hl.require_approval()
+    def refund(order: int) -> str:
+        return f"refunded {order}"
+
+    results: list[str] = []
+
+    def script() -> None:
+        with hl.run("order-8"):
+            results.append(refund(8))
+
+    thread = threading.Thread(target=script)
+    thread.start()
+    try:
+        [request] = hl.blocking(wait_for_pending)(hl)
+        assert request.run_id == "order-8"
+        hl.blocking(hl.decide)(request.id, True, by="alice")
+        thread.join(5)
+        assert results == ["refunded 8"]
+    finally:
+        hl.close()
