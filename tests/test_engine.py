@@ -215,3 +215,43 @@ def test_a_sync_tool_called_from_a_plain_script_keeps_its_run() -> None:
         assert results == ["refunded 8"]
     finally:
         hl.close()
+
+
+class BrokenWatchStore(MemoryStore):
+    """A store whose change stream breaks with a bug (not a ``StoreError`` it could retry)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.break_now = anyio.Event()
+
+    async def watch(self) -> AsyncIterator[StoreEvent]:
+        await self.break_now.wait()
+        raise RuntimeError("a bug in the store's watch()")
+        yield  # pragma: no cover - makes this an async generator
+
+
+async def test_a_store_follower_that_dies_fails_every_waiting_call_at_once_naming_it() -> None:
+    store = BrokenWatchStore()
+    async with HumanLayer([], store=store, listen=None) as hl:
+
+        @hl.require_approval()
+        async def tool() -> str:
+            return "ran"
+
+        errors: list[HumanLayerError] = []
+
+        async def call() -> None:
+            try:
+                await tool()
+            except HumanLayerError as exc:
+                errors.append(exc)
+
+        with anyio.fail_after(5):  # not the hour of the default timeout
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                await wait_for_pending(hl)
+                store.break_now.set()
+        [error] = errors
+        assert "the store follower stopped" in str(error) and "RuntimeError" in str(error)
+        with pytest.raises(HumanLayerError, match="the store follower stopped"):
+            await tool()
