@@ -42,7 +42,7 @@ from ._gate import (
     Gated,
     GatedOrSentence,
     OnReject,
-    RequestSpec,
+    ToolSpec,
     gate,
     refusal,
 )
@@ -431,23 +431,15 @@ class HumanLayer:
         allowed = _approver_tuple(approvers)
         seconds = None if timeout is None else _seconds(timeout, "timeout")
 
+        tool = ToolSpec("question", "contact_human", allowed, seconds, checked)
+
         async def contact_human(message: str) -> str:
             """Ask a human a free-form question and wait for their answer.
 
             Use it when you need a judgement, a missing fact or a clarification only a
             person can give. The return value is the human's answer, as text.
             """
-            spec = RequestSpec(
-                kind="question",
-                function="contact_human",
-                kwargs={"message": message},
-                context={},
-                approvers=allowed,
-                timeout=seconds,
-                channels=checked,
-                message=message,
-            )
-            decision = await self._engine.ask(spec)
+            decision = await self._engine.ask(tool, {"message": message}, {}, message)
             if decision.answer is not None:
                 return decision.answer
             refused = refusal("contact_human", decision)

@@ -37,7 +37,7 @@ from ._exceptions import (
     StoreError,
     TooManyPending,
 )
-from ._gate import RequestSpec
+from ._gate import ToolSpec
 from ._models import ApprovalRequest, Decision, Execution, Kind, Status
 from ._registry import CLOSED, EXPIRED, Outcome, Registry
 from ._retry import Backoff
@@ -180,7 +180,13 @@ class Engine(Decisions):
 
     # -- the gate's Asker ---------------------------------------------------------------
 
-    async def ask(self, spec: RequestSpec) -> Decision:
+    async def ask(
+        self,
+        tool: ToolSpec,
+        kwargs: Mapping[str, Any],
+        context: Mapping[str, Any],
+        message: str | None = None,
+    ) -> Decision:
         """Store a request, deliver it, and wait for the decision that stands.
 
         Within a run, a call whose request an earlier process (or another caller here)
@@ -190,16 +196,16 @@ class Engine(Decisions):
         One frame from here to the decision: each coroutine still on the stack while a
         call waits would cost every pending call a few hundred bytes.
         """
-        channels = self.channels if spec.channels is None else spec.channels
+        channels = self.channels if tool.channels is None else tool.channels
         runtime = self.runtime
-        if not (runtime.running and runtime.loop is asyncio.get_running_loop()) or spec.channels is not None:
+        if not (runtime.running and runtime.loop is asyncio.get_running_loop()) or tool.channels is not None:
             await self._prepare(channels)  # start what is not started yet (and check the loop)
         if self.max_pending is not None and self._asking >= self.max_pending:
-            logger.warning("approval.too_many_pending", function=spec.function, max_pending=self.max_pending)
-            raise TooManyPending(spec.function, self.max_pending)
+            logger.warning("approval.too_many_pending", function=tool.function, max_pending=self.max_pending)
+            raise TooManyPending(tool.function, self.max_pending)
         self._asking += 1
         try:
-            timeout = self.timeout if spec.timeout is None else spec.timeout
+            timeout = self.timeout if tool.timeout is None else tool.timeout
             now = datetime.now(UTC)
             run = current_run.get() or self.default_run
             # In a run, the request is bound to the arguments' digest: a replay in another
@@ -208,20 +214,20 @@ class Engine(Decisions):
             # arguments of every request from the JSON they store.
             arguments = key = None
             if run is not None:
-                arguments = digest(spec.kwargs)
-                key = run.key(spec.qualname or spec.function, arguments)
+                arguments = digest(kwargs)
+                key = run.key(tool.qualname or tool.function, arguments)
             request = ApprovalRequest(
                 id=secrets.token_hex(16),
-                kind=spec.kind,
-                function=spec.function,
-                kwargs=spec.kwargs,
-                context=spec.context,
-                approvers=spec.approvers,
+                kind=tool.kind,
+                function=tool.function,
+                kwargs=kwargs,
+                context=context,
+                approvers=tool.approvers,
                 created_at=now,
                 expires_at=now + timedelta(seconds=timeout),
                 run_id=None if run is None else run.run_id,
-                message=spec.message,
-                doc=spec.doc,
+                message=message,
+                doc=tool.doc,
                 key=key,
                 digest=arguments,
             )
@@ -368,38 +374,40 @@ class Engine(Decisions):
             for index, ref in refs.items():
                 task_group.start_soon(update, channels[index], ref)
 
-    async def begin_execution(self, decision: Decision, spec: RequestSpec) -> Execution | None:
+    async def begin_execution(
+        self, decision: Decision, tool: ToolSpec, kwargs: Mapping[str, Any]
+    ) -> Execution | None:
         """Before an approved call runs: claim its one run in the store.
 
         Returns an earlier run's recorded result for a replayed call; raises
         ``OutcomeUnknown`` when an earlier run started and never finished, and
         ``AlreadyExecuted`` when it finished without a JSON result.
         """
-        arguments = None if self.run() is None else digest(spec.kwargs)  # checked after a re-attach
+        arguments = None if self.run() is None else digest(kwargs)  # checked after a re-attach
         earlier = await self.store.begin_execution(decision.request_id, arguments)
         if earlier is not None and earlier.state == "executing":
-            await self._audit("approval.outcome_unknown", decision.request_id, function=spec.function)
-            raise OutcomeUnknown(decision.request_id, spec.function)
+            await self._audit("approval.outcome_unknown", decision.request_id, function=tool.function)
+            raise OutcomeUnknown(decision.request_id, tool.function)
         if earlier is not None:
             if earlier.result is None:
-                raise AlreadyExecuted(decision.request_id, spec.function, earlier.outcome)
+                raise AlreadyExecuted(decision.request_id, tool.function, earlier.outcome)
             return earlier
-        await self._audit("approval.executing", decision.request_id, function=spec.function)
+        await self._audit("approval.executing", decision.request_id, function=tool.function)
         return None
 
     async def finish_execution(
-        self, decision: Decision, spec: RequestSpec, error: BaseException | None, result: Any
+        self, decision: Decision, tool: ToolSpec, error: BaseException | None, result: Any
     ) -> None:
         """After an approved call: record how it ended (and, in a run, its JSON result)."""
         outcome = "ok" if error is None else type(error).__name__
-        if not isinstance(error, anyio.get_cancelled_exc_class()):
+        if error is None or not isinstance(error, anyio.get_cancelled_exc_class()):
             # A cancelled tool stays "executing": whether its effect happened is unknown.
             recorded = None
             if error is None and self.run() is not None:
                 with contextlib.suppress(StoreError):  # no JSON form: a replay gets AlreadyExecuted
                     recorded = dumps(result, "result")
             await self.store.finish_execution(decision.request_id, outcome, recorded)
-        await self._audit("approval.executed", decision.request_id, function=spec.function, outcome=outcome)
+        await self._audit("approval.executed", decision.request_id, function=tool.function, outcome=outcome)
 
     # -- the store follower ---------------------------------------------------------------
 

@@ -25,7 +25,7 @@ __all__ = [
     "Condition",
     "ContextHook",
     "OnReject",
-    "RequestSpec",
+    "ToolSpec",
     "current_decision",
     "refusal",
 ]
@@ -46,18 +46,15 @@ ContextHook = Callable[..., Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
-class RequestSpec:
-    """Everything the client needs to open one request."""
+class ToolSpec:
+    """What every request of one gated tool (or of ``human_as_tool``) shares, made once."""
 
     kind: Kind
     function: str
-    kwargs: Mapping[str, Any]
-    context: Mapping[str, Any]
     approvers: tuple[str, ...]
     timeout: float | None
     channels: Sequence[Channel] | None
     doc: str | None = None
-    message: str | None = None
     qualname: str | None = None
     """The function's ``module.qualname``: part of the re-attach key (``function`` when None)."""
 
@@ -69,9 +66,19 @@ class Asker(Protocol):
         """Run ``func()`` on the ``HumanLayer``'s event loop and block this (non-loop) thread for it."""
         ...
 
-    async def ask(self, spec: RequestSpec) -> Decision: ...
+    async def ask(
+        self,
+        tool: ToolSpec,
+        kwargs: Mapping[str, Any],
+        context: Mapping[str, Any],
+        message: str | None = None,
+    ) -> Decision:
+        """Open a request for one call of ``tool`` (its arguments as shown) and wait for the decision."""
+        ...
 
-    async def begin_execution(self, decision: Decision, spec: RequestSpec) -> Execution | None:
+    async def begin_execution(
+        self, decision: Decision, tool: ToolSpec, kwargs: Mapping[str, Any]
+    ) -> Execution | None:
         """Before an approved call runs: ``None`` to run it now, or an earlier run's recorded result.
 
         Raises ``AlreadyExecuted`` / ``OutcomeUnknown`` when an earlier run forbids this one.
@@ -79,7 +86,7 @@ class Asker(Protocol):
         ...
 
     async def finish_execution(
-        self, decision: Decision, spec: RequestSpec, error: BaseException | None, result: Any
+        self, decision: Decision, tool: ToolSpec, error: BaseException | None, result: Any
     ) -> None:
         """After an approved call returned ``result`` or raised ``error``."""
         ...
@@ -220,6 +227,10 @@ def _is_async(func: Callable[..., Any]) -> bool:
     )
 
 
+_Shown = tuple[Mapping[str, Any], Mapping[str, Any]]
+"""A call's arguments as people see them, and its context."""
+
+
 class _Done:
     """What a gated call returns without running the tool: a refusal's sentence, a recorded result."""
 
@@ -277,34 +288,27 @@ def gate(
             return {"context_error": f"the context hook raised {type(exc).__name__}"}
         return described if isinstance(described, Mapping) else {"context": described}
 
-    async def prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> RequestSpec | None:
-        """The request this call needs, or ``None`` when it may run without asking."""
+    tool = ToolSpec("approval", name, approvers, timeout, channels, doc, qualname)
+
+    async def prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Shown | None:
+        """What approvers see of this call, or ``None`` when it may run without asking."""
         arguments = bind(args, kwargs)
         if condition is not None and not await needs_approval(arguments):
             return None
-        return RequestSpec(
-            kind="approval",
-            function=name,
-            kwargs=render(arguments if spread is None else _shown_arguments(arguments, spread)),
-            context=_NO_CONTEXT if context is None else await describe(arguments),
-            approvers=approvers,
-            timeout=timeout,
-            channels=channels,
-            doc=doc,
-            qualname=qualname,
-        )
+        shown = render(arguments if spread is None else _shown_arguments(arguments, spread))
+        return shown, _NO_CONTEXT if context is None else await describe(arguments)
 
-    async def permit(decision: Decision, spec: RequestSpec) -> tuple[Decision, RequestSpec] | _Done:
+    async def permit(decision: Decision, shown: Mapping[str, Any]) -> Decision | _Done:
         """Once decided: the refusal, an earlier run's recorded result, or this call's claim to run."""
         if not decision.approved:
             denied = refusal(name, decision)
             if on_reject == "return":
                 return _Done(str(denied))
             raise denied
-        earlier = await asker.begin_execution(decision, spec)
+        earlier = await asker.begin_execution(decision, tool, shown)
         if earlier is not None and earlier.result is not None:
             return _Done(loads(earlier.result))  # a replayed call: the recorded result, not a second run
-        return decision, spec
+        return decision
 
     # While a call waits, only the gated function's frame and the engine's are on its stack
     # (memory per pending call is a feature): prepare and permit run before and after.
@@ -313,50 +317,46 @@ def gate(
 
         @functools.wraps(func)
         async def gated(*args: Any, **kwargs: Any) -> Any:
-            spec = await prepare(args, kwargs)
-            if spec is None:
+            call = await prepare(args, kwargs)
+            if call is None:
                 return await func(*args, **kwargs)
-            verdict = await permit(await asker.ask(spec), spec)
-            if isinstance(verdict, _Done):
-                return verdict.value
-            decision = verdict[0]
+            decision = await permit(await asker.ask(tool, *call), call[0])
+            if isinstance(decision, _Done):
+                return decision.value
             token = _current_decision.set(decision)
             try:
                 result = await func(*args, **kwargs)
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):
-                    await asker.finish_execution(decision, spec, exc, None)
+                    await asker.finish_execution(decision, tool, exc, None)
                 raise
             finally:
                 _current_decision.reset(token)
-            await asker.finish_execution(decision, spec, None, result)
+            await asker.finish_execution(decision, tool, None, result)
             return result
 
         return gated
 
-    async def approve(
-        args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[Decision, RequestSpec] | _Done | None:
-        spec = await prepare(args, kwargs)
-        return None if spec is None else await permit(await asker.ask(spec), spec)
+    async def approve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Decision | _Done | None:
+        call = await prepare(args, kwargs)
+        return None if call is None else await permit(await asker.ask(tool, *call), call[0])
 
     @functools.wraps(func)
     def gated_sync(*args: Any, **kwargs: Any) -> Any:
-        verdict = asker.block(functools.partial(approve, args, kwargs))
-        if verdict is None:
+        decision = asker.block(functools.partial(approve, args, kwargs))
+        if decision is None:
             return func(*args, **kwargs)
-        if isinstance(verdict, _Done):
-            return verdict.value
-        decision, spec = verdict
+        if isinstance(decision, _Done):
+            return decision.value
         token = _current_decision.set(decision)
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
-            asker.block(functools.partial(asker.finish_execution, decision, spec, exc, None))
+            asker.block(functools.partial(asker.finish_execution, decision, tool, exc, None))
             raise
         finally:
             _current_decision.reset(token)
-        asker.block(functools.partial(asker.finish_execution, decision, spec, None, result))
+        asker.block(functools.partial(asker.finish_execution, decision, tool, None, result))
         return result
 
     return gated_sync
