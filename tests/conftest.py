@@ -1,14 +1,38 @@
+"""Fixtures (found by name) and helpers (``from .conftest import ...``) shared by several test modules."""
+
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
 import logging
 import os
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from email.utils import parseaddr
 from pathlib import Path
+from typing import Any, Literal, cast
 
+import anyio
+import httpx
 import pytest
 import structlog
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+from anyio.abc import TaskGroup
+from starlette.routing import BaseRoute
+
+from humanlayer_async import ApprovalDenied, ApprovalRequest, Decision, HumanLayer, Status, UnknownRequest
+from humanlayer_async.channels import EmailChannel
+from humanlayer_async.channels.base import Answered
+from humanlayer_async.listener import Listener, build_app
+
+from .fake_slack import FakeSlack
 
 
 def _watched_loop() -> asyncio.AbstractEventLoop:
@@ -101,3 +125,384 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'approvals.db'}"
     return f"{request.getfixturevalue('pg_dsn')}?schema={request.getfixturevalue('pg_schema')}"
+
+
+# -- Slack: the fake Web API and Socket Mode server (tests/fake_slack.py) -----------------
+
+
+@pytest.fixture
+async def fake_slack() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack() as fake:
+        yield fake
+
+
+# -- requests and decisions made directly, as a store holds them --------------------------
+
+
+def make_request(
+    request_id: str, *, run_id: str | None = None, lifetime: float = 600, **extra: object
+) -> ApprovalRequest:
+    now = datetime.now(UTC)
+    fields: dict[str, object] = {
+        "kind": "approval",
+        "function": "transfer",
+        "kwargs": {"amount": 5},
+        "context": {"env": "prod"},
+        "approvers": ("cfo",),
+        "doc": "Move money.",
+        **extra,
+    }
+    return ApprovalRequest(
+        id=request_id,
+        created_at=now,
+        expires_at=now + timedelta(seconds=lifetime),
+        run_id=run_id,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def decision(request_id: str, approved: bool, by: str) -> Decision:
+    status = Status.APPROVED if approved else Status.DENIED
+    return Decision(request_id, approved, status, by, "api", None, datetime.now(UTC).replace(microsecond=0))
+
+
+# -- gated calls run in a task group ------------------------------------------------------
+
+
+class Outcomes:
+    """Gated calls running in a task group, and how each ended (result or refusal)."""
+
+    def __init__(self, task_group: TaskGroup) -> None:
+        self.task_group = task_group
+        self.ended: list[object] = []
+
+    def start(self, call: Callable[[], Awaitable[object]]) -> None:
+        async def run() -> None:
+            try:
+                self.ended.append(await call())
+            except ApprovalDenied as exc:
+                self.ended.append(exc)
+
+        self.task_group.start_soon(run)
+
+
+# -- the real listener, and a Decider whose every answer lost a race ----------------------
+
+
+class LateDecider:
+    """A ``Decider`` whose every answer lost a race: ``request`` reads as pending, yet
+    ``standing`` (someone else's decision, or an earlier one of the same person) was stored
+    first, so each ``decide``/``respond`` returns it with ``stands=False``."""
+
+    def __init__(self, request: ApprovalRequest, standing: Decision) -> None:
+        self.request, self.standing = request, standing
+        self.answers: list[tuple[str, str, str]] = []  # (request id, by, via) of each answer given
+
+    async def decide(
+        self, request_id: str, approved: bool, *, by: str, comment: str | None = None, via: str
+    ) -> Answered:
+        self.answers.append((request_id, by, via))
+        return Answered(self.standing, stands=False)
+
+    async def respond(self, request_id: str, text: str, *, by: str, via: str) -> Answered:
+        self.answers.append((request_id, by, via))
+        return Answered(self.standing, stands=False)
+
+    async def get(self, request_id: str) -> ApprovalRequest:
+        if request_id != self.request.id:
+            raise UnknownRequest(request_id)
+        return self.request
+
+    async def pending(
+        self, *, run_id: str | None = None, kind: Literal["approval", "question"] | None = None
+    ) -> list[ApprovalRequest]:
+        return [self.request]
+
+    async def claim(self, key: str, expires_at: datetime) -> bool:
+        return True
+
+
+@contextlib.asynccontextmanager
+async def serving(routes: Sequence[BaseRoute]) -> AsyncIterator[httpx.AsyncClient]:
+    """``routes`` served by the real listener on a loopback port, and a client of it."""
+    listener = Listener(build_app(routes), "127.0.0.1", 0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(listener.serve)
+        async with httpx.AsyncClient(base_url=listener.url) as client:
+            yield client
+        tg.cancel_scope.cancel()
+
+
+# -- email: a real SMTP server (aiosmtpd) on loopback, and channels that send to it -------
+
+SECRET = "inbound-signing-key-0123"
+TOKEN_SECRET = "reply-token-key-4567"
+ALICE = "alice@company.com"
+BOB = "bob@company.com"
+
+
+class Inbox:
+    """An aiosmtpd handler served on the test's own event loop: keeps what it accepts.
+
+    ``answers`` are DATA replies to give (in order) before accepting; ``stalls`` DATA
+    commands hang until the test ends; ``unknown`` addresses are refused for good.
+    """
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.messages: list[EmailMessage] = []
+        self.answers: list[str] = []
+        self.always: str | None = None
+        self.stalls = 0
+        self.unknown: set[str] = set()
+        self.logins: list[tuple[bytes, bytes]] = []
+        self.release = asyncio.Event()
+        self._arrived = asyncio.Event()  # set at each accepted message
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address in self.unknown:
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.stalls:
+            self.stalls -= 1
+            await self.release.wait()
+        if self.always:
+            return self.always
+        if self.answers:
+            return self.answers.pop(0)
+        self.messages.append(message_from_bytes(cast(bytes, envelope.content), policy=policy.default))
+        self._arrived.set()
+        return "250 OK"
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> Any:
+        self.logins.append((data.login, data.password))
+        return AuthResult(success=data.password == b"smtp-pass")
+
+    async def wait(self, count: int) -> list[EmailMessage]:
+        """The messages received, once there are ``count``."""
+        with anyio.fail_after(5):
+            while len(self.messages) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+        return list(self.messages)
+
+    def received_by(self, address: str) -> list[EmailMessage]:
+        return [message for message in self.messages if message["To"] == address]
+
+
+@pytest.fixture
+async def inbox() -> AsyncIterator[Inbox]:
+    loop = asyncio.get_running_loop()
+    box = Inbox()
+    server = await loop.create_server(
+        lambda: SMTP(box, loop=loop, authenticator=box.authenticate, auth_require_tls=False),
+        "127.0.0.1",
+        0,
+    )
+    box.port = server.sockets[0].getsockname()[1]
+    yield box
+    box.release.set()
+    server.close()
+    await server.wait_closed()
+
+
+def make_channel(inbox: Inbox, provider: str = "mailgun", **options: Any) -> EmailChannel:
+    channel = EmailChannel(
+        options.pop("to", [ALICE, BOB]),
+        sender="Approvals <approvals@company.com>",
+        smtp_host="127.0.0.1",
+        smtp_port=inbox.port,
+        reply_to="approvals@replies.company.com",
+        inbound=provider,  # type: ignore[arg-type]
+        inbound_secret=SECRET,
+        token_secret=TOKEN_SECRET,
+        **options,
+    )
+    channel.smtp_timeout = 0.5
+    channel.retry_delays = (0.05, 0.1)
+    return channel
+
+
+@contextlib.asynccontextmanager
+async def running(
+    channel: EmailChannel, **options: Any
+) -> AsyncIterator[tuple[HumanLayer, httpx.AsyncClient]]:
+    """``channel`` in a ``HumanLayer`` listening on a loopback port, and a client of its listener."""
+    async with HumanLayer([channel], listen="127.0.0.1:0", **options) as hl:
+        assert hl.url is not None
+        async with httpx.AsyncClient(base_url=hl.url) as client:
+            yield hl, client
+
+
+# -- inbound-mail replies, in each provider's format and signed as it signs ---------------
+
+
+def _message_id() -> str:
+    return f"<{secrets.token_hex(8)}@mail.company.com>"
+
+
+MAILGUN_PASS = (("X-Mailgun-Dkim-Check-Result", "Pass"), ("X-Mailgun-Spf", "Pass"))
+"""The verdicts Mailgun puts on top of ``message-headers`` for a mail that passed its checks."""
+
+
+async def post_mailgun(
+    client: httpx.AsyncClient,
+    *,
+    to: str,
+    sender: str,
+    text: str,
+    stripped: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    verdicts: Sequence[tuple[str, str]] = MAILGUN_PASS,
+    envelope: str | None = None,
+    timestamp: str | None = None,
+    token: str | None = None,
+    key: str = SECRET,
+    message_id: str | None = None,
+) -> httpx.Response:
+    """A Mailgun route's post; ``envelope`` is the SMTP ``MAIL FROM`` (default: the From address)."""
+    timestamp = str(int(time.time())) if timestamp is None else timestamp
+    token = token or secrets.token_hex(25)
+    envelope = parseaddr(sender)[1] if envelope is None else envelope
+    message_headers = [
+        *map(list, verdicts),
+        ["X-Mailgun-Incoming", "Yes"],
+        ["X-Envelope-From", f"<{envelope}>"],
+        ["Received", "from mail.company.com by mxa.mailgun.org with ESMTP"],
+        ["Message-Id", message_id or _message_id()],
+        ["From", sender],
+        *map(list, headers),
+    ]
+    fields = {
+        "recipient": to,
+        "sender": envelope,
+        "from": sender,
+        "subject": "Re: [Approval needed]",
+        "body-plain": text,
+        "message-headers": json.dumps(message_headers),
+        "timestamp": timestamp,
+        "token": token,
+        "signature": hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest(),
+    }
+    if stripped is not None:
+        fields["stripped-text"] = stripped
+    return await client.post("/email/inbound/mailgun", files={k: (None, v) for k, v in fields.items()})
+
+
+async def post_sendgrid(
+    client: httpx.AsyncClient,
+    *,
+    to: str,
+    sender: str,
+    text: str,
+    headers: str = "",
+    spf: str | None = "pass",
+    dkim: str | None = "{@company.com : pass}",
+    envelope: str | None = None,
+    password: str = SECRET,
+) -> httpx.Response:
+    """An Inbound Parse post; ``spf`` or ``dkim`` ``None`` leaves the field out."""
+    raw_headers = f"Message-ID: {_message_id()}\nFrom: {sender}\nTo: {to}\nSubject: Re: request\n{headers}"
+    fields = {
+        "headers": raw_headers,
+        "to": to,
+        "from": sender,
+        "text": text,
+        "subject": "Re: request",
+        "envelope": json.dumps({"to": [to], "from": parseaddr(sender)[1] if envelope is None else envelope}),
+        "charsets": json.dumps({"to": "UTF-8", "text": "UTF-8"}),
+        "sender_ip": "203.0.113.9",
+    }
+    fields.update({name: value for name, value in (("SPF", spf), ("dkim", dkim)) if value is not None})
+    return await client.post(
+        "/email/inbound/sendgrid", files={k: (None, v) for k, v in fields.items()}, auth=("parse", password)
+    )
+
+
+async def post_postmark(
+    client: httpx.AsyncClient,
+    *,
+    to: str,
+    sender: str,
+    text: str,
+    stripped: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    password: str = SECRET,
+    spf: str | None = "Pass",
+    envelope: str | None = None,
+) -> httpx.Response:
+    """An inbound webhook post, with the ``Received-SPF`` Postmark adds (none when ``spf`` is ``None``)."""
+    name, address = parseaddr(sender)
+    mailbox_hash = to.partition("@")[0].rpartition("+")[2]
+    received_spf = (
+        f"{spf} (sender SPF authorized) identity=mailfrom; client-ip=203.0.113.9; helo=mail.company.com; "
+        f"envelope-from={address if envelope is None else envelope}; receiver={to}"
+    )
+    payload = {
+        "From": address,
+        "FromName": name,
+        "FromFull": {"Email": address, "Name": name, "MailboxHash": ""},
+        "To": to,
+        "ToFull": [{"Email": to, "Name": "", "MailboxHash": mailbox_hash}],
+        "OriginalRecipient": to,
+        "MailboxHash": mailbox_hash,
+        "Subject": "Re: request",
+        "MessageID": secrets.token_hex(8),
+        "TextBody": text,
+        "StrippedTextReply": stripped or "",
+        "Headers": [
+            *([{"Name": "Received-SPF", "Value": received_spf}] if spf is not None else []),
+            {"Name": "Message-ID", "Value": _message_id()},
+            *({"Name": k, "Value": v} for k, v in headers),
+        ],
+    }
+    return await client.post("/email/inbound/postmark", json=payload, auth=("postmark", password))
+
+
+def sign_generic(body: bytes, timestamp: str | None = None, key: str = SECRET) -> dict[str, str]:
+    timestamp = str(int(time.time())) if timestamp is None else timestamp
+    digest = hmac.new(key.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return {"X-Timestamp": timestamp, "X-Signature": f"sha256={digest}", "Content-Type": "application/json"}
+
+
+async def post_generic(
+    client: httpx.AsyncClient,
+    *,
+    to: str,
+    sender: str,
+    text: str,
+    headers: Sequence[tuple[str, str]] = (),
+) -> httpx.Response:
+    payload = {
+        "from": sender,
+        "to": to,
+        "text": text,
+        "headers": {"Message-ID": _message_id(), **dict(headers)},
+    }
+    body = json.dumps(payload).encode()
+    return await client.post("/email/inbound/generic", content=body, headers=sign_generic(body))
+
+
+async def post_reply(
+    provider: str, client: httpx.AsyncClient, *, to: str, sender: str, text: str, **extra: Any
+) -> httpx.Response:
+    posts: dict[str, Callable[..., Awaitable[httpx.Response]]] = {
+        "mailgun": post_mailgun,
+        "sendgrid": post_sendgrid,
+        "postmark": post_postmark,
+        "generic": post_generic,
+    }
+    return await posts[provider](client, to=to, sender=sender, text=text, **extra)
+
+
+def text_of(message: EmailMessage) -> str:
+    part = message.get_body(("plain",))
+    assert part is not None
+    return cast(str, cast(EmailMessage, part).get_content())

@@ -6,31 +6,26 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import httpx
-import pytest
-from anyio.abc import TaskGroup
 
-from humanlayer_async import ApprovalDenied, ApprovalRequest, HumanLayer
+from humanlayer_async import ApprovalRequest, HumanLayer
 from humanlayer_async.channels import EmailChannel, SlackChannel, WebChannel
-from humanlayer_async.testing import sign_slack_body, slack_form_body
+from humanlayer_async.testing import sign_slack_body, slack_form_body, wait_for_pending
 
+from .conftest import Inbox, Outcomes, make_channel
 from .fake_slack import BOT_TOKEN, FakeSlack
-from .test_email import Inbox, make_channel
-from .test_gate import wait_pending
 
 __all__ = [
     "PROVIDERS",
     "SLACK_APPROVER",
     "SLACK_SECRET",
     "WEB_TOKEN",
-    "Outcomes",
     "Site",
-    "fake_slack",
     "serving",
     "signed_slack",
     "web_session",
@@ -42,33 +37,10 @@ SLACK_APPROVER = "U0ALICE"
 PROVIDERS = ("mailgun", "sendgrid", "postmark", "generic")
 
 
-@pytest.fixture
-async def fake_slack() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack() as fake:
-        yield fake
-
-
 def signed_slack(payload: dict[str, Any], *, secret: str = SLACK_SECRET) -> tuple[bytes, dict[str, str]]:
     """A callback body and the headers Slack signs it with."""
     body = slack_form_body(payload)
     return body, sign_slack_body(body, secret)
-
-
-class Outcomes:
-    """Gated calls running in a task group, and how each ended (result or refusal)."""
-
-    def __init__(self, task_group: TaskGroup) -> None:
-        self.task_group = task_group
-        self.ended: list[object] = []
-
-    def start(self, call: Callable[[], Awaitable[object]]) -> None:
-        async def run() -> None:
-            try:
-                self.ended.append(await call())
-            except ApprovalDenied as exc:
-                self.ended.append(exc)
-
-        self.task_group.start_soon(run)
 
 
 @dataclass
@@ -116,7 +88,7 @@ async def serving(
 
         outcomes = Outcomes(tg)
         outcomes.start(lambda: wire(5000))
-        [request] = await wait_pending(hl)
+        [request] = await wait_for_pending(hl, within=5)
         yield Site(hl, slack_channel, web, emails, request, runs, outcomes)
         tg.cancel_scope.cancel()
 

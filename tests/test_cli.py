@@ -17,8 +17,8 @@ from humanlayer_async import HumanLayer, Status
 from humanlayer_async.channels.web import TOKEN_ENV, WebChannel
 from humanlayer_async.stores import store_from_url
 
+from .conftest import make_request
 from .durable_helpers import cli_command, pg_schema_exists, run_cli
-from .test_stores import make_request
 
 pytestmark = pytest.mark.anyio
 

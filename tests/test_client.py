@@ -31,9 +31,7 @@ from humanlayer_async import (
 )
 from humanlayer_async.channels import BaseChannel
 from humanlayer_async.stores import MemoryStore, PostgresStore, SQLiteStore, StoreEvent
-from humanlayer_async.testing import AutoChannel
-
-from .test_gate import wait_pending
+from humanlayer_async.testing import AutoChannel, wait_for_pending
 
 pytestmark = pytest.mark.anyio
 
@@ -63,7 +61,7 @@ async def test_first_decision_wins_and_later_ones_get_it_back() -> None:
                 results.append(await tool())
 
             tg.start_soon(call)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             first = await hl.decide(request.id, True, by="alice", via="slack")
             second = await hl.decide(request.id, False, by="bob", comment="no!", via="email")
         assert second == first
@@ -93,7 +91,7 @@ async def test_non_approver_decides_nothing() -> None:
                 results.append(await pay())
 
             tg.start_soon(call)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             assert request.approvers == ("U_CFO",)
             with pytest.raises(NotAnApprover, match="U_INTERN"):
                 await hl.decide(request.id, True, by="U_INTERN")
@@ -119,7 +117,7 @@ async def test_non_approver_cannot_cancel_but_the_waiting_program_can_withdraw()
                     refused.append(exc)
 
             tg.start_soon(call)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             with pytest.raises(NotAnApprover, match="U_INTERN"):
                 await hl.cancel(request.id, by="U_INTERN", reason="I say so")
             assert (await hl.get(request.id)).status is Status.PENDING
@@ -130,7 +128,7 @@ async def test_non_approver_cannot_cancel_but_the_waiting_program_can_withdraw()
         # The program withdrawing its own call is no human decision: no approver needed.
         async with anyio.create_task_group() as tg:
             tg.start_soon(pay)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             tg.cancel_scope.cancel()
         withdrawn = await hl.get(request.id)
         assert withdrawn.status is Status.CANCELLED and withdrawn.decision is not None
@@ -149,7 +147,7 @@ async def test_human_as_tool_returns_the_answer() -> None:
                 answers.append(await contact_human("Which vendor should I pay?"))
 
             tg.start_soon(ask)
-            [question] = await wait_pending(hl)
+            [question] = await wait_for_pending(hl, within=5)
             assert question.kind == "question"
             assert question.message == "Which vendor should I pay?"
             assert await hl.pending(kind="approval") == []
@@ -166,7 +164,7 @@ async def test_respond_to_an_approval_is_refused() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(tool)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             with pytest.raises(HumanLayerError, match="use decide"):
                 await hl.respond(request.id, "sure", by="alice")
             await hl.decide(request.id, True, by="alice")
@@ -270,7 +268,7 @@ async def test_aclose_fails_calls_still_waiting() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(call)
-        [request] = await wait_pending(hl)
+        [request] = await wait_for_pending(hl, within=5)
         await hl.aclose()
     assert len(errors) == 1 and "closed" in str(errors[0])
     assert (await hl.store.get(request.id)).status is Status.CANCELLED
@@ -396,7 +394,7 @@ async def test_pending_filters_by_kind_and_run() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(tool)
             tg.start_soon(hl.human_as_tool(), "hello?")
-            requests = await wait_pending(hl, 2)
+            requests = await wait_for_pending(hl, 2, within=5)
             assert {r.kind for r in requests} == {"approval", "question"}
             assert len(await hl.pending(run_id="invoice-42")) == 2
             assert await hl.pending(run_id="other") == []
@@ -454,7 +452,7 @@ async def test_aclose_lets_channel_updates_in_flight_finish() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(tool)
         tg.start_soon(waiter)
-        first, _still_waiting = await wait_pending(hl, 2)
+        first, _still_waiting = await wait_for_pending(hl, 2, within=5)
         await hl.decide(first.id, True, by="alice")
         await anyio.sleep(0.01)  # the approved call resumes and schedules its update
         await hl.aclose()  # the second is still waiting: it is cancelled, and told
@@ -496,7 +494,7 @@ async def test_a_failing_store_stream_is_followed_again_and_still_wakes_waiters(
                     results.append(await tool())
 
                 tg.start_soon(call)
-                [request] = await wait_pending(hl)
+                [request] = await wait_for_pending(hl, within=5)
                 # Another process decides: the store changes behind our back and says so.
                 decision = Decision(request.id, True, Status.APPROVED, "bob", "cli", None, datetime.now(UTC))
                 await MemoryStore.decide(store, decision)
@@ -525,7 +523,7 @@ async def test_a_store_url_names_the_store_as_the_cli_does(
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(tool)
-                [request] = await wait_pending(hl)
+                [request] = await wait_for_pending(hl, within=5)
                 await hl.decide(request.id, True, by="alice")
             assert (await hl.get(request.id)).status is Status.APPROVED
     with pytest.raises(ConfigurationError, match="unsupported store URL"):

@@ -14,10 +14,9 @@ import pytest
 from humanlayer_async import ApprovalDenied, Decision, HumanLayer, Status
 from humanlayer_async.channels import ConsoleChannel
 from humanlayer_async.stores import MemoryStore
+from humanlayer_async.testing import wait_for_pending
 
-from .test_gate import wait_pending
-from .test_listener import LateDecider
-from .test_stores import make_request
+from .conftest import LateDecider, make_request
 
 pytestmark = pytest.mark.anyio
 
@@ -68,7 +67,7 @@ async def test_several_pending_requests_answered_by_short_id(terminal: Terminal)
         async with anyio.create_task_group() as tg:
             for to in ("a@x.com", "b@x.com", "c@x.com"):
                 tg.start_soon(call, to)
-            pending = {r.kwargs["to"]: r for r in await wait_pending(hl, 3)}
+            pending = {r.kwargs["to"]: r for r in await wait_for_pending(hl, 3, within=5)}
             for request in pending.values():
                 await terminal.wait_for(f"answer: y {request.short_id}")
             printed = terminal.output.getvalue()
@@ -93,7 +92,7 @@ async def test_questions_are_answered_with_r(terminal: Terminal) -> None:
             answers.append(await hl.human_as_tool()("Which region?"))
 
         tg.start_soon(ask)
-        [question] = await wait_pending(hl)
+        [question] = await wait_for_pending(hl, within=5)
         await terminal.wait_for("Which region?")
         terminal.type(f"r {question.short_id} eu-west-1, as always")
     assert answers == ["eu-west-1, as always"]
@@ -108,7 +107,7 @@ async def test_unclear_lines_decide_nothing_and_explain(terminal: Terminal) -> N
         async with anyio.create_task_group() as tg:
             tg.start_soon(tool)
             tg.start_soon(tool)
-            [first, second] = await wait_pending(hl, 2)
+            [first, second] = await wait_for_pending(hl, 2, within=5)
             await terminal.wait_for(second.short_id)
             terminal.type("maybe later")
             await terminal.wait_for("unknown command 'maybe'")
@@ -168,7 +167,7 @@ async def test_a_repeated_answer_never_reaches_another_request(terminal: Termina
         async with anyio.create_task_group() as tg:
             tg.start_soon(delete_records, "invoices")
             tg.start_soon(delete_records, "customers")
-            requests = {r.kwargs["table"]: r for r in await wait_pending(hl, 2)}
+            requests = {r.kwargs["table"]: r for r in await wait_for_pending(hl, 2, within=5)}
             first, second = requests["invoices"], requests["customers"]
             await terminal.wait_for(f"y {second.short_id}")
             terminal.type(f"y {first.short_id}")
@@ -229,9 +228,9 @@ async def test_a_request_decided_elsewhere_says_who_decided_it(terminal: Termina
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(send_email, "a@x.com")
-            [shown] = await wait_pending(hl)
+            [shown] = await wait_for_pending(hl, within=5)
             tg.start_soon(elsewhere)
-            [unseen] = [r for r in await wait_pending(hl, 2) if r.id != shown.id]
+            [unseen] = [r for r in await wait_for_pending(hl, 2, within=5) if r.id != shown.id]
             terminal.type(f"y {unseen.id}")
             await terminal.wait_for(f"[{unseen.short_id}] was not sent to this terminal")
             await hl.decide(shown.id, True, by="bob", via="web")
@@ -263,7 +262,7 @@ async def test_control_and_bidi_characters_are_shown_escaped(terminal: Terminal)
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(gated, 250_000, f"Mallory{FORGED}")
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             await terminal.wait_for("expires")
             terminal.type(f"y {request.short_id} {FORGED}")
             await terminal.wait_for("approved by alice via console at")
@@ -300,7 +299,7 @@ async def test_a_shortened_call_says_so_and_v_shows_all_of_it(terminal: Terminal
             rows = [f"row-{n}" for n in range(1, 12)]
             nested: dict[str, object] = {"a": {"b": {"c": {"d": "fourth-level"}}}}
             tg.start_soon(run_sql, rows, nested, "SELECT 1;" + " " * 1000 + "DROP TABLE users")
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             await terminal.wait_for("expires")
             block = terminal.output.getvalue()
             assert "… 1 more item" in block and "nested deeper" in block and "more characters" in block

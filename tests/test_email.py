@@ -3,25 +3,15 @@ replies, in each provider's format and signed as it signs, reach the running lis
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hashlib
-import hmac
-import json
 import re
 import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from email import message_from_bytes, policy
 from email.message import EmailMessage
-from email.utils import parseaddr
 from typing import Any, cast
 
 import anyio
-import httpx
 import pytest
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from structlog.testing import capture_logs
 
 from humanlayer_async import (
@@ -30,306 +20,32 @@ from humanlayer_async import (
     ChannelError,
     ConfigurationError,
     Decision,
-    HumanLayer,
     Status,
 )
 from humanlayer_async._render import full_call
 from humanlayer_async.channels import EmailChannel
 from humanlayer_async.stores import MemoryStore
+from humanlayer_async.testing import wait_for_pending
 
-from .test_gate import wait_pending
-from .test_listener import LateDecider, serving
-from .test_stores import make_request
+from .conftest import (
+    ALICE,
+    BOB,
+    Inbox,
+    LateDecider,
+    Outcomes,
+    make_channel,
+    make_request,
+    post_generic,
+    post_mailgun,
+    post_reply,
+    running,
+    serving,
+    text_of,
+)
 
 pytestmark = pytest.mark.anyio
 
-SECRET = "inbound-signing-key-0123"
-TOKEN_SECRET = "reply-token-key-4567"
-ALICE = "alice@company.com"
-BOB = "bob@company.com"
 REPLY_TO = re.compile(r"^approvals\+([a-z2-7]{44})@replies\.company\.com$")
-
-# -- a real SMTP server ----------------------------------------------------------------------
-
-
-class Inbox:
-    """An aiosmtpd handler served on the test's own event loop: keeps what it accepts.
-
-    ``answers`` are DATA replies to give (in order) before accepting; ``stalls`` DATA
-    commands hang until the test ends; ``unknown`` addresses are refused for good.
-    """
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.messages: list[EmailMessage] = []
-        self.answers: list[str] = []
-        self.always: str | None = None
-        self.stalls = 0
-        self.unknown: set[str] = set()
-        self.logins: list[tuple[bytes, bytes]] = []
-        self.release = asyncio.Event()
-
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        if address in self.unknown:
-            return "550 5.1.1 no such user"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if self.stalls:
-            self.stalls -= 1
-            await self.release.wait()
-        if self.always:
-            return self.always
-        if self.answers:
-            return self.answers.pop(0)
-        self.messages.append(message_from_bytes(cast(bytes, envelope.content), policy=policy.default))
-        return "250 OK"
-
-    def authenticate(
-        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
-    ) -> Any:
-        self.logins.append((data.login, data.password))
-        return AuthResult(success=data.password == b"smtp-pass")
-
-    async def wait(self, count: int) -> list[EmailMessage]:
-        """The messages received, once there are ``count``."""
-        with anyio.fail_after(5):
-            while len(self.messages) < count:
-                await anyio.sleep(0.005)
-        return list(self.messages)
-
-    def received_by(self, address: str) -> list[EmailMessage]:
-        return [message for message in self.messages if message["To"] == address]
-
-
-@pytest.fixture
-async def inbox() -> AsyncIterator[Inbox]:
-    loop = asyncio.get_running_loop()
-    box = Inbox()
-    server = await loop.create_server(
-        lambda: SMTP(box, loop=loop, authenticator=box.authenticate, auth_require_tls=False),
-        "127.0.0.1",
-        0,
-    )
-    box.port = server.sockets[0].getsockname()[1]
-    yield box
-    box.release.set()
-    server.close()
-    await server.wait_closed()
-
-
-def make_channel(inbox: Inbox, provider: str = "mailgun", **options: Any) -> EmailChannel:
-    channel = EmailChannel(
-        options.pop("to", [ALICE, BOB]),
-        sender="Approvals <approvals@company.com>",
-        smtp_host="127.0.0.1",
-        smtp_port=inbox.port,
-        reply_to="approvals@replies.company.com",
-        inbound=provider,  # type: ignore[arg-type]
-        inbound_secret=SECRET,
-        token_secret=TOKEN_SECRET,
-        **options,
-    )
-    channel.smtp_timeout = 0.5
-    channel.retry_delays = (0.05, 0.1)
-    return channel
-
-
-@contextlib.asynccontextmanager
-async def running(
-    channel: EmailChannel, **options: Any
-) -> AsyncIterator[tuple[HumanLayer, httpx.AsyncClient]]:
-    async with HumanLayer([channel], listen="127.0.0.1:0", **options) as hl:
-        assert hl.url is not None
-        async with httpx.AsyncClient(base_url=hl.url) as client:
-            yield hl, client
-
-
-class Calls:
-    """Runs gated calls in a task group and keeps how each ended."""
-
-    def __init__(self, task_group: anyio.abc.TaskGroup) -> None:
-        self.task_group = task_group
-        self.results: list[object] = []
-
-    def start(self, call: Callable[[], Awaitable[object]]) -> None:
-        async def run() -> None:
-            try:
-                self.results.append(await call())
-            except ApprovalDenied as exc:
-                self.results.append(exc)
-
-        self.task_group.start_soon(run)
-
-
-# -- replies, in each provider's format and signed as it signs -------------------------------
-
-
-def _message_id() -> str:
-    return f"<{secrets.token_hex(8)}@mail.company.com>"
-
-
-MAILGUN_PASS = (("X-Mailgun-Dkim-Check-Result", "Pass"), ("X-Mailgun-Spf", "Pass"))
-"""The verdicts Mailgun puts on top of ``message-headers`` for a mail that passed its checks."""
-
-
-async def post_mailgun(
-    client: httpx.AsyncClient,
-    *,
-    to: str,
-    sender: str,
-    text: str,
-    stripped: str | None = None,
-    headers: Sequence[tuple[str, str]] = (),
-    verdicts: Sequence[tuple[str, str]] = MAILGUN_PASS,
-    envelope: str | None = None,
-    timestamp: str | None = None,
-    token: str | None = None,
-    key: str = SECRET,
-    message_id: str | None = None,
-) -> httpx.Response:
-    """A Mailgun route's post; ``envelope`` is the SMTP ``MAIL FROM`` (default: the From address)."""
-    timestamp = str(int(time.time())) if timestamp is None else timestamp
-    token = token or secrets.token_hex(25)
-    envelope = parseaddr(sender)[1] if envelope is None else envelope
-    message_headers = [
-        *map(list, verdicts),
-        ["X-Mailgun-Incoming", "Yes"],
-        ["X-Envelope-From", f"<{envelope}>"],
-        ["Received", "from mail.company.com by mxa.mailgun.org with ESMTP"],
-        ["Message-Id", message_id or _message_id()],
-        ["From", sender],
-        *map(list, headers),
-    ]
-    fields = {
-        "recipient": to,
-        "sender": envelope,
-        "from": sender,
-        "subject": "Re: [Approval needed]",
-        "body-plain": text,
-        "message-headers": json.dumps(message_headers),
-        "timestamp": timestamp,
-        "token": token,
-        "signature": hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest(),
-    }
-    if stripped is not None:
-        fields["stripped-text"] = stripped
-    return await client.post("/email/inbound/mailgun", files={k: (None, v) for k, v in fields.items()})
-
-
-async def post_sendgrid(
-    client: httpx.AsyncClient,
-    *,
-    to: str,
-    sender: str,
-    text: str,
-    headers: str = "",
-    spf: str | None = "pass",
-    dkim: str | None = "{@company.com : pass}",
-    envelope: str | None = None,
-    password: str = SECRET,
-) -> httpx.Response:
-    """An Inbound Parse post; ``spf`` or ``dkim`` ``None`` leaves the field out."""
-    raw_headers = f"Message-ID: {_message_id()}\nFrom: {sender}\nTo: {to}\nSubject: Re: request\n{headers}"
-    fields = {
-        "headers": raw_headers,
-        "to": to,
-        "from": sender,
-        "text": text,
-        "subject": "Re: request",
-        "envelope": json.dumps({"to": [to], "from": parseaddr(sender)[1] if envelope is None else envelope}),
-        "charsets": json.dumps({"to": "UTF-8", "text": "UTF-8"}),
-        "sender_ip": "203.0.113.9",
-    }
-    fields.update({name: value for name, value in (("SPF", spf), ("dkim", dkim)) if value is not None})
-    return await client.post(
-        "/email/inbound/sendgrid", files={k: (None, v) for k, v in fields.items()}, auth=("parse", password)
-    )
-
-
-async def post_postmark(
-    client: httpx.AsyncClient,
-    *,
-    to: str,
-    sender: str,
-    text: str,
-    stripped: str | None = None,
-    headers: Sequence[tuple[str, str]] = (),
-    password: str = SECRET,
-    spf: str | None = "Pass",
-    envelope: str | None = None,
-) -> httpx.Response:
-    """An inbound webhook post, with the ``Received-SPF`` Postmark adds (none when ``spf`` is ``None``)."""
-    name, address = parseaddr(sender)
-    mailbox_hash = to.partition("@")[0].rpartition("+")[2]
-    received_spf = (
-        f"{spf} (sender SPF authorized) identity=mailfrom; client-ip=203.0.113.9; helo=mail.company.com; "
-        f"envelope-from={address if envelope is None else envelope}; receiver={to}"
-    )
-    payload = {
-        "From": address,
-        "FromName": name,
-        "FromFull": {"Email": address, "Name": name, "MailboxHash": ""},
-        "To": to,
-        "ToFull": [{"Email": to, "Name": "", "MailboxHash": mailbox_hash}],
-        "OriginalRecipient": to,
-        "MailboxHash": mailbox_hash,
-        "Subject": "Re: request",
-        "MessageID": secrets.token_hex(8),
-        "TextBody": text,
-        "StrippedTextReply": stripped or "",
-        "Headers": [
-            *([{"Name": "Received-SPF", "Value": received_spf}] if spf is not None else []),
-            {"Name": "Message-ID", "Value": _message_id()},
-            *({"Name": k, "Value": v} for k, v in headers),
-        ],
-    }
-    return await client.post("/email/inbound/postmark", json=payload, auth=("postmark", password))
-
-
-def sign_generic(body: bytes, timestamp: str | None = None, key: str = SECRET) -> dict[str, str]:
-    timestamp = str(int(time.time())) if timestamp is None else timestamp
-    digest = hmac.new(key.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return {"X-Timestamp": timestamp, "X-Signature": f"sha256={digest}", "Content-Type": "application/json"}
-
-
-async def post_generic(
-    client: httpx.AsyncClient,
-    *,
-    to: str,
-    sender: str,
-    text: str,
-    headers: Sequence[tuple[str, str]] = (),
-) -> httpx.Response:
-    payload = {
-        "from": sender,
-        "to": to,
-        "text": text,
-        "headers": {"Message-ID": _message_id(), **dict(headers)},
-    }
-    body = json.dumps(payload).encode()
-    return await client.post("/email/inbound/generic", content=body, headers=sign_generic(body))
-
-
-async def post_reply(
-    provider: str, client: httpx.AsyncClient, *, to: str, sender: str, text: str, **extra: Any
-) -> httpx.Response:
-    posts: dict[str, Callable[..., Awaitable[httpx.Response]]] = {
-        "mailgun": post_mailgun,
-        "sendgrid": post_sendgrid,
-        "postmark": post_postmark,
-        "generic": post_generic,
-    }
-    return await posts[provider](client, to=to, sender=sender, text=text, **extra)
-
-
-def text_of(message: EmailMessage) -> str:
-    part = message.get_body(("plain",))
-    assert part is not None
-    return cast(str, cast(EmailMessage, part).get_content())
 
 
 def html_of(message: EmailMessage) -> str:
@@ -355,9 +71,9 @@ async def test_request_mail_then_approve_by_mailgun_reply_and_follow_ups(inbox: 
             """Send an email to a customer."""
             return f"sent to {to}"
 
-        calls = Calls(tg)
-        calls.start(lambda: send_email("bob@acme.com", "Renewal"))
-        [request] = await wait_pending(hl)
+        outcomes = Outcomes(tg)
+        outcomes.start(lambda: send_email("bob@acme.com", "Renewal"))
+        [request] = await wait_for_pending(hl, within=5)
         sent = await inbox.wait(2)
         assert sorted(m["To"] for m in sent) == [ALICE, BOB]
         to_alice = inbox.received_by(ALICE)[0]
@@ -388,7 +104,7 @@ async def test_request_mail_then_approve_by_mailgun_reply_and_follow_ups(inbox: 
         )
         assert response.status_code == 200 and response.json() == {"status": "approved"}
         follow_ups = (await inbox.wait(4))[2:]
-    assert calls.results == ["sent to bob@acme.com"]
+    assert outcomes.ended == ["sent to bob@acme.com"]
     decided = await hl.get(request.id)
     assert decided.decision is not None
     assert (decided.decision.by, decided.decision.via, decided.decision.comment) == (
@@ -423,14 +139,14 @@ async def test_deny_with_reason_from_an_outlook_reply(inbox: Inbox, provider: st
         async def pay_invoice(vendor: str, amount: float) -> str:
             return "paid"
 
-        calls = Calls(tg)
-        calls.start(lambda: pay_invoice("Initech", 1200.0))
-        [request] = await wait_pending(hl)
+        outcomes = Outcomes(tg)
+        outcomes.start(lambda: pay_invoice("Initech", 1200.0))
+        [request] = await wait_for_pending(hl, within=5)
         await inbox.wait(2)
         reply_to = inbox.received_by(BOB)[0]["Reply-To"]
         response = await post_reply(provider, client, to=reply_to, sender=f"Bob <{BOB}>", text=OUTLOOK_REPLY)
         assert response.status_code == 200 and response.json() == {"status": "denied"}
-    [outcome] = calls.results
+    [outcome] = outcomes.ended
     assert isinstance(outcome, ApprovalDenied)
     assert (outcome.decision.by, outcome.decision.comment) == (BOB, "vendor not verified")
     assert (await hl.get(request.id)).status is Status.DENIED
@@ -440,16 +156,16 @@ async def test_human_as_tool_answer_is_the_reply_without_quotes(inbox: Inbox) ->
     channel = make_channel(inbox, "generic")
     async with running(channel) as (hl, client), anyio.create_task_group() as tg:
         ask = hl.human_as_tool()
-        calls = Calls(tg)
-        calls.start(lambda: ask("Which region should the new cluster go to?"))
-        await wait_pending(hl)
+        outcomes = Outcomes(tg)
+        outcomes.start(lambda: ask("Which region should the new cluster go to?"))
+        await wait_for_pending(hl, within=5)
         question = (await inbox.wait(2))[0]
         assert question["Subject"] == "[Question] Which region should the new cluster go to?"
         assert "Which region should the new cluster go to?" in text_of(question)
         text = "eu-west-1, close to the customers.\nNot us-east.\n\nOn Tue, A wrote:\n> Which region?\n"
         response = await post_generic(client, to=question["Reply-To"], sender=question["To"], text=text)
         assert response.json() == {"status": "approved"}
-    assert calls.results == ["eu-west-1, close to the customers.\nNot us-east."]
+    assert outcomes.ended == ["eu-west-1, close to the customers.\nNot us-east."]
 
 
 async def test_a_late_reply_gets_who_decided_first(inbox: Inbox) -> None:
@@ -460,8 +176,8 @@ async def test_a_late_reply_gets_who_decided_first(inbox: Inbox) -> None:
         async def deploy() -> str:
             return "deployed"
 
-        Calls(tg).start(deploy)
-        await wait_pending(hl)
+        Outcomes(tg).start(deploy)
+        await wait_for_pending(hl, within=5)
         await inbox.wait(2)
         alice, bob = inbox.received_by(ALICE)[0], inbox.received_by(BOB)[0]
         first = await post_mailgun(client, to=alice["Reply-To"], sender=ALICE, text="lgtm")
@@ -517,8 +233,8 @@ async def test_nothing_is_shortened_silently_and_the_full_call_is_attached(inbox
 
         hosts = [f"db-{n}" for n in range(1, 12)]
         nested: dict[str, object] = {"retry": {"policy": {"on": {"error": "fourth-level-value"}}}}
-        Calls(tg).start(lambda: run_sql(hosts, nested, "SELECT 1;" + " " * 1000 + "DROP TABLE users"))
-        [request] = await wait_pending(hl)
+        Outcomes(tg).start(lambda: run_sql(hosts, nested, "SELECT 1;" + " " * 1000 + "DROP TABLE users"))
+        [request] = await wait_for_pending(hl, within=5)
         [mail] = await inbox.wait(1)
         tg.cancel_scope.cancel()
     [attachment] = attachments_of(mail)
@@ -559,8 +275,8 @@ async def test_hostile_arguments_forge_no_header_line_or_markup(inbox: Inbox) ->
             """Move money.\nApprove by replying: approve"""
             return "moved"
 
-        Calls(tg).start(lambda: transfer(HOSTILE))
-        await wait_pending(hl)
+        Outcomes(tg).start(lambda: transfer(HOSTILE))
+        await wait_for_pending(hl, within=5)
         [mail] = await inbox.wait(1)
         tg.cancel_scope.cancel()
     assert mail["Bcc"] is None and mail.get_all("To") == [ALICE]
@@ -592,13 +308,13 @@ async def test_smtp_refusing_then_timing_out_is_retried_and_delivered(inbox: Inb
             async def deploy() -> str:
                 return "deployed"
 
-            calls = Calls(tg)
-            calls.start(deploy)
+            outcomes = Outcomes(tg)
+            outcomes.start(deploy)
             [mail] = await inbox.wait(1)
-            await wait_pending(hl)
+            await wait_for_pending(hl, within=5)
             response = await post_mailgun(client, to=mail["Reply-To"], sender=ALICE, text="approve")
             assert response.status_code == 200
-    assert calls.results == ["deployed"]
+    assert outcomes.ended == ["deployed"]
     retries = [e for e in logs if e["event"] == "email.smtp_retry"]
     assert len(retries) == 2 and {"Timed out" in r["error"] or "451" in r["error"] for r in retries} == {True}
     assert "451" in retries[0]["error"] + retries[1]["error"]
@@ -662,8 +378,8 @@ async def test_a_recipient_refused_for_good_is_not_retried_and_gets_no_follow_up
             async def deploy() -> str:
                 return "deployed"
 
-            Calls(tg).start(deploy)
-            [request] = await wait_pending(hl)
+            Outcomes(tg).start(deploy)
+            [request] = await wait_for_pending(hl, within=5)
             [mail] = await inbox.wait(1)
             assert mail["To"] == ALICE
             assert (

@@ -22,15 +22,15 @@ from structlog.testing import capture_logs
 from humanlayer_async import ApprovalRequest, Decision, HumanLayer, Status, StoreError
 from humanlayer_async.stores import MemoryStore
 from humanlayer_async.stores.base import Store
+from humanlayer_async.testing import wait_for_pending
 
-from .test_email import (
+from .conftest import (
     ALICE,
     BOB,
     SECRET,
     TOKEN_SECRET,
-    Calls,
     Inbox,
-    inbox,
+    Outcomes,
     make_channel,
     post_generic,
     post_mailgun,
@@ -41,11 +41,8 @@ from .test_email import (
     sign_generic,
     text_of,
 )
-from .test_gate import wait_pending
 
 pytestmark = pytest.mark.anyio
-
-__all__ = ["inbox"]  # the fixture, shared with test_email
 
 PROVIDERS = ("mailgun", "sendgrid", "postmark", "generic")
 
@@ -74,8 +71,8 @@ async def waiting(
         async def drop_table(name: str) -> str:
             return f"dropped {name}"
 
-        Calls(tg).start(lambda: drop_table("users"))
-        [request] = await wait_pending(hl)
+        Outcomes(tg).start(lambda: drop_table("users"))
+        [request] = await wait_for_pending(hl, within=5)
         mails = await inbox.wait(len(channels) * len(channels[0].to))
         async with httpx.AsyncClient(base_url=hl.url) as client:
             yield hl, client, Pending(request, {m["To"]: m["Reply-To"] for m in mails})
@@ -644,9 +641,9 @@ async def test_mutated_payloads_never_make_a_500(inbox: Inbox) -> None:
 async def test_header_injection_and_unencodable_text_in_a_reply_are_harmless(inbox: Inbox) -> None:
     channel = make_channel(inbox, "generic")
     async with running(channel) as (hl, client), anyio.create_task_group() as tg:
-        calls = Calls(tg)
-        calls.start(lambda: hl.human_as_tool()("Which region, \ud800?"))
-        [request] = await wait_pending(hl)
+        outcomes = Outcomes(tg)
+        outcomes.start(lambda: hl.human_as_tool()("Which region, \ud800?"))
+        [request] = await wait_for_pending(hl, within=5)
         question = (await inbox.wait(2))[0]
         assert question["Subject"] == "[Question] Which region, ??"
         injected = "<r1@mail.company.com>\r\nBcc: victim@evil.example"
@@ -666,5 +663,5 @@ async def test_header_injection_and_unencodable_text_in_a_reply_are_harmless(inb
         follow_ups = (await inbox.wait(5))[3:]
     assert help_mail["In-Reply-To"] == f"<hl.{request.id}.0@company.com>" and "Bcc" not in help_mail
     assert "no answer above the quoted message" in text_of(help_mail)
-    assert calls.results == ["eu-west-1 ?"]
+    assert outcomes.ended == ["eu-west-1 ?"]
     assert all("answered by alice@company.com via email" in text_of(m) for m in follow_ups)

@@ -28,18 +28,15 @@ from humanlayer_async import ApprovalRequest, ChannelError, HumanLayer, Status, 
 from humanlayer_async.channels import BaseChannel, EmailChannel, SlackChannel, WebChannel
 from humanlayer_async.channels import slack as slack_module
 from humanlayer_async.stores import DurableStore, SQLiteStore, store_from_url
-from humanlayer_async.testing import slack_block_actions
+from humanlayer_async.testing import slack_block_actions, wait_for_pending
 
+from .conftest import ALICE, Inbox, Outcomes, make_channel, post_mailgun
 from .durable_helpers import finish, spawn_agent, starts
 from .fake_slack import BOT_TOKEN, FakeSlack
 from .flaky_proxy import FlakyProxy
-from .hostile import SLACK_APPROVER, SLACK_SECRET, WEB_TOKEN, Outcomes, fake_slack, signed_slack, web_session
-from .test_email import ALICE, Inbox, inbox, make_channel, post_mailgun
-from .test_gate import wait_pending
+from .hostile import SLACK_APPROVER, SLACK_SECRET, WEB_TOKEN, signed_slack, web_session
 
 pytestmark = pytest.mark.anyio
-
-__all__ = ["fake_slack", "inbox"]  # fixtures
 
 CRASH_AGENT = Path(__file__).with_name("crash_agent.py")
 
@@ -134,7 +131,7 @@ async def test_refused_silent_and_5xx_slack_is_retried_and_the_request_delivered
             await proxy.set_mode("pass")
             await logged(logs, "slack.retry", 3)  # 503 from Slack
             await fake_slack.wait_calls("chat.postMessage")
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             assert runs == []
             assert (await click(client, request.id)).status_code == 200
             assert await ended(outcomes, 1) == [100]
@@ -155,7 +152,7 @@ async def test_a_lost_answer_may_post_twice_but_the_tool_runs_once(fake_slack: F
             await logged(logs, "slack.retry", 1)
             await proxy.set_mode("pass")
             await fake_slack.wait_calls("chat.postMessage", 2)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             first, second = await click(client, request.id), await click(client, request.id)
             assert (first.status_code, second.status_code) == (200, 200)
             assert await ended(outcomes, 1) == [7]
@@ -186,7 +183,7 @@ async def test_slack_down_for_a_while_fails_new_calls_closed_and_loses_no_decisi
             outcomes = Outcomes(tg)
             with capture_logs() as logs:
                 outcomes.start(lambda: step("before"))
-                [before] = await wait_pending(hl)
+                [before] = await wait_for_pending(hl, within=5)
                 await logged(logs, "approval.delivered", 1)
                 await proxy.set_mode("refuse")  # Slack is unreachable from here on
                 with pytest.raises(ChannelError, match=r"slack: Slack chat\.postMessage failed 5 times"):
@@ -205,7 +202,7 @@ async def test_slack_down_for_a_while_fails_new_calls_closed_and_loses_no_decisi
                 await proxy.set_mode("pass")  # Slack is back
                 outcomes.start(lambda: step("after"))
                 await fake_slack.wait_calls("chat.postMessage", 2)
-                after = next(r for r in await wait_pending(hl) if r.kwargs["name"] == "after")
+                after = next(r for r in await wait_for_pending(hl, within=5) if r.kwargs["name"] == "after")
                 assert (await click(client, after.id)).status_code == 200
                 assert (await click(client, before.id)).status_code == 200  # the stale message
                 assert await ended(outcomes, 2) == ["before", "after"]
@@ -292,7 +289,7 @@ async def test_smtp_dropping_mid_data_is_retried_and_delivered_whole_once(inbox:
                 await logged(logs, "email.smtp_retry", 1)
                 await proxy.set_mode("pass")
                 [mail] = await inbox.wait(1)
-                await wait_pending(hl)
+                await wait_for_pending(hl, within=5)
                 assert runs == []
                 response = await post_mailgun(client, to=mail["Reply-To"], sender=ALICE, text="approve")
                 assert response.status_code == 200
@@ -410,7 +407,7 @@ async def test_sqlite_locked_by_another_process_fails_closed_and_slack_retries_t
 
         outcomes = Outcomes(tg)
         outcomes.start(lambda: wire(1))
-        [request] = await wait_pending(hl)
+        [request] = await wait_for_pending(hl, within=5)
         await fake_slack.wait_calls("chat.postMessage")
         body, headers = signed_slack(slack_block_actions(request.id, user=SLACK_APPROVER))
 
@@ -429,7 +426,7 @@ async def test_sqlite_locked_by_another_process_fails_closed_and_slack_retries_t
             assert locker.stdin is not None
             await locker.stdin.send(b"go\n")
             outcomes.start(lambda: wire(3))
-            [third] = await wait_pending(hl)
+            [third] = await wait_for_pending(hl, within=5)
         await hl.decide(third.id, True, by=SLACK_APPROVER)
         assert await ended(outcomes, 2) == [1, 3]
     assert runs == [1, 3]
@@ -542,7 +539,7 @@ async def test_a_buggy_channel_costs_only_its_own_requests(fake_slack: FakeSlack
         outcomes = Outcomes(tg)
         with capture_logs() as logs:
             outcomes.start(lambda: wire(9))  # buggy's send fails; Slack delivers: enough
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             stuck = anyio.Event()
             hung: list[str] = []
 

@@ -31,14 +31,12 @@ from humanlayer_async import Status
 from humanlayer_async.channels import _slack_blocks as blocks
 from humanlayer_async.testing import sign_slack_body, slack_form_body
 
+from .conftest import SECRET as EMAIL_SECRET
+from .conftest import Inbox, sign_generic
 from .fake_slack import FakeSlack
-from .hostile import PROVIDERS, SLACK_APPROVER, SLACK_SECRET, Site, fake_slack, serving, web_session
-from .test_email import SECRET as EMAIL_SECRET
-from .test_email import Inbox, inbox, sign_generic
+from .hostile import PROVIDERS, SLACK_APPROVER, SLACK_SECRET, Site, serving, web_session
 
 pytestmark = pytest.mark.anyio
-
-__all__ = ["fake_slack", "inbox"]  # fixtures
 
 FUZZ = settings(
     max_examples=120,

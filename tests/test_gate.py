@@ -17,7 +17,6 @@ from structlog.testing import capture_logs
 
 from humanlayer_async import (
     ApprovalDenied,
-    ApprovalRequest,
     ApprovalTimeout,
     ConfigurationError,
     HumanLayer,
@@ -27,11 +26,6 @@ from humanlayer_async.stores import MemoryStore
 from humanlayer_async.testing import AutoChannel, wait_for_pending
 
 pytestmark = pytest.mark.anyio
-
-
-async def wait_pending(hl: HumanLayer, count: int = 1) -> list[ApprovalRequest]:
-    """The pending requests, once there are ``count`` of them."""
-    return await wait_for_pending(hl, count, within=5)
 
 
 async def test_condition_false_runs_at_once_without_a_request() -> None:
@@ -64,7 +58,7 @@ async def test_approved_call_runs_once_with_its_arguments() -> None:
                 results.append(await send_email("ceo@example.com"))
 
             tg.start_soon(call)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             assert calls == []
             assert request.function == "send_email"
             assert request.kind == "approval"
@@ -200,7 +194,7 @@ async def test_cancel_withdraws_a_request() -> None:
                     errors.append(exc)
 
             tg.start_soon(call)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             await hl.cancel(request.id, by="operator", reason="obsolete")
         [error] = errors
         assert error.decision.status is Status.CANCELLED
@@ -400,7 +394,7 @@ async def test_two_thousand_concurrent_calls_each_get_their_own_outcome() -> Non
                 tg.start_soon(call, n)
                 if n % 100 == 0:
                     await anyio.lowlevel.checkpoint()  # asyncio debug mode makes each task start costly
-            pending = await wait_pending(hl, count)
+            pending = await wait_for_pending(hl, count, within=5)
             by_n = {int(r.kwargs["n"]): r.id for r in pending}
             order = list(by_n)
             random.Random(7).shuffle(order)

@@ -25,17 +25,14 @@ from structlog.testing import capture_logs
 
 from humanlayer_async import ApprovalDenied, ConfigurationError, HumanLayer, Status, TooManyPending
 from humanlayer_async.listener import MAX_BODY, MAX_PIPELINED, Listener, build_app
-from humanlayer_async.testing import slack_block_actions
+from humanlayer_async.testing import slack_block_actions, wait_for_pending
 
+from .conftest import Inbox, Outcomes
 from .durable_helpers import ROOT
 from .fake_slack import BOT_TOKEN, FakeSlack
-from .hostile import SLACK_APPROVER, SLACK_SECRET, Outcomes, fake_slack, serving, signed_slack, web_session
-from .test_email import Inbox, inbox
-from .test_gate import wait_pending
+from .hostile import SLACK_APPROVER, SLACK_SECRET, serving, signed_slack, web_session
 
 pytestmark = pytest.mark.anyio
-
-__all__ = ["fake_slack", "inbox"]  # fixtures
 
 # -- request body size, route by route -----------------------------------------------------
 
@@ -124,7 +121,7 @@ async def test_max_pending_refuses_calls_beyond_it_without_asking_and_frees_up_o
         with capture_logs() as logs:
             for n in range(10):  # all at once: the limit holds however they interleave
                 tg.start_soon(call, n)
-            await wait_pending(hl, 3)
+            await wait_for_pending(hl, 3, within=5)
             with anyio.fail_after(5):
                 while len(refused) < 7:
                     await anyio.sleep(0.01)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Iterator, Sequence
-from datetime import datetime
-from typing import Literal
+from collections.abc import Iterator, Sequence
 
 import anyio
 import httpx
@@ -23,15 +21,13 @@ from humanlayer_async import (
     ApprovalDenied,
     ApprovalRequest,
     ConfigurationError,
-    Decision,
     HumanLayer,
-    UnknownRequest,
 )
 from humanlayer_async.channels import BaseChannel, Decider, WebChannel
-from humanlayer_async.channels.base import Answered
 from humanlayer_async.listener import Listener, Refused, build_app, client_is_local, trusted_networks
+from humanlayer_async.testing import wait_for_pending
 
-from .test_gate import wait_pending
+from .conftest import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -83,7 +79,7 @@ async def test_callback_over_http_resolves_the_waiting_call() -> None:
                 results.append(await tool())
 
             tg.start_soon(call)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             response = await client.post(f"/hook/{request.id}", content=b"yes")
             assert response.json() == {"status": "approved", "stands": True}
             # A second answer does not stand: the channel is told the first one, not its own.
@@ -157,57 +153,13 @@ async def test_asgi_app_mounts_in_a_users_app_with_its_lifespan() -> None:
                     await tool()
 
             tg.start_soon(call)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             response = await client.post(f"/hl/hook/{request.id}", content=b"no")
             assert response.json() == {"status": "denied", "stands": True}
             assert hl.url is None
 
 
 # -- refusals: one type, one handler, one log event ------------------------------------------
-
-
-class LateDecider:
-    """A ``Decider`` whose every answer lost a race: ``request`` reads as pending, yet
-    ``standing`` (someone else's decision, or an earlier one of the same person) was stored
-    first, so each ``decide``/``respond`` returns it with ``stands=False``."""
-
-    def __init__(self, request: ApprovalRequest, standing: Decision) -> None:
-        self.request, self.standing = request, standing
-        self.answers: list[tuple[str, str, str]] = []  # (request id, by, via) of each answer given
-
-    async def decide(
-        self, request_id: str, approved: bool, *, by: str, comment: str | None = None, via: str
-    ) -> Answered:
-        self.answers.append((request_id, by, via))
-        return Answered(self.standing, stands=False)
-
-    async def respond(self, request_id: str, text: str, *, by: str, via: str) -> Answered:
-        self.answers.append((request_id, by, via))
-        return Answered(self.standing, stands=False)
-
-    async def get(self, request_id: str) -> ApprovalRequest:
-        if request_id != self.request.id:
-            raise UnknownRequest(request_id)
-        return self.request
-
-    async def pending(
-        self, *, run_id: str | None = None, kind: Literal["approval", "question"] | None = None
-    ) -> list[ApprovalRequest]:
-        return [self.request]
-
-    async def claim(self, key: str, expires_at: datetime) -> bool:
-        return True
-
-
-@contextlib.asynccontextmanager
-async def serving(routes: Sequence[BaseRoute]) -> AsyncIterator[httpx.AsyncClient]:
-    """``routes`` served by the real listener on a loopback port, and a client of it."""
-    listener = Listener(build_app(routes), "127.0.0.1", 0)
-    async with anyio.create_task_group() as tg:
-        await tg.start(listener.serve)
-        async with httpx.AsyncClient(base_url=listener.url) as client:
-            yield client
-        tg.cancel_scope.cancel()
 
 
 async def _refuse(request: Request) -> Response:

@@ -31,7 +31,7 @@ import pytest
 from humanlayer_async import StoreError
 from humanlayer_async.stores import PostgresStore, StoreEvent
 
-from .test_stores import decision, make_request
+from .conftest import decision, make_request
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 

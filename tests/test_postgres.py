@@ -15,8 +15,8 @@ from humanlayer_async import ConfigurationError, HumanLayer, StoreError
 from humanlayer_async.stores import PostgresStore, StoreEvent
 from humanlayer_async.stores import postgres as postgres_module
 
+from .conftest import decision, make_request
 from .durable_helpers import finish, spawn_agent, starts, wait_until
-from .test_stores import decision, make_request
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 

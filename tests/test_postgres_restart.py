@@ -22,8 +22,7 @@ import pytest
 
 from humanlayer_async import HumanLayer, StoreError
 from humanlayer_async.stores import PostgresStore
-
-from .test_gate import wait_pending
+from humanlayer_async.testing import wait_for_pending
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
@@ -111,7 +110,7 @@ async def test_calls_waiting_through_a_server_restart_get_the_decisions_made_aft
 
         for order in range(6):
             tg.start_soon(call, order)
-        pending = sorted(await wait_pending(agent, 6), key=lambda r: r.kwargs["order"])
+        pending = sorted(await wait_for_pending(agent, 6, within=5), key=lambda r: r.kwargs["order"])
         await decider.decide(pending[0].id, True, by="ops")  # before the restart
         with anyio.fail_after(10):
             while results != [0]:

@@ -31,9 +31,9 @@ from humanlayer_async._render import (
     visible,
 )
 from humanlayer_async.stores import SQLiteStore
+from humanlayer_async.testing import wait_for_pending
 
 from .durable_helpers import run_cli
-from .test_gate import wait_pending
 
 HOSTILE = "\x1b[2J\x1b[Htransfer_money(amount=25)\r\u202eevil\u2066\x9b\x7f\u2028"
 
@@ -264,7 +264,7 @@ async def test_secrets_in_kwargs_and_nested_values_never_leave_the_process(tmp_p
                     )
 
                 tg.start_soon(call)
-                [pending] = await wait_pending(hl)
+                [pending] = await wait_for_pending(hl, within=5)
                 store_url = f"sqlite:///{tmp_path / 'approvals.db'}"
                 _, listed, _ = await run_cli("pending", "--json", "--store", store_url)
                 _, audit, _ = await run_cli("audit", "--store", store_url)
@@ -306,6 +306,6 @@ async def test_a_keyword_that_collides_with_a_positional_only_name_keeps_both() 
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: tool("positional", name="keyword"))
-            [pending] = await wait_pending(hl)
+            [pending] = await wait_for_pending(hl, within=5)
             assert dict(pending.kwargs) == {"name": "positional", "extra['name']": "keyword"}
             await hl.decide(pending.id, True, by="alice")

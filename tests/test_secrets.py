@@ -22,16 +22,13 @@ from structlog.testing import capture_logs
 from humanlayer_async import ChannelError, HumanLayer, StoreError
 from humanlayer_async.channels import SlackChannel, WebChannel
 from humanlayer_async.stores import MemoryStore, PostgresStore
-from humanlayer_async.testing import sign_slack_body, slack_block_actions, slack_form_body
+from humanlayer_async.testing import sign_slack_body, slack_block_actions, slack_form_body, wait_for_pending
 
+from .conftest import ALICE, SECRET, TOKEN_SECRET, Inbox, Outcomes, make_channel, post_mailgun
 from .fake_slack import BOT_TOKEN, FakeSlack
-from .hostile import SLACK_APPROVER, SLACK_SECRET, WEB_TOKEN, Outcomes, fake_slack, web_session
-from .test_email import ALICE, SECRET, TOKEN_SECRET, Inbox, inbox, make_channel, post_mailgun
-from .test_gate import wait_pending
+from .hostile import SLACK_APPROVER, SLACK_SECRET, WEB_TOKEN, web_session
 
 pytestmark = pytest.mark.anyio
-
-__all__ = ["fake_slack", "inbox"]  # fixtures
 
 SMTP_PASSWORD = "smtp-pass"  # what the test SMTP server accepts
 TOOL_SECRET = "tool-argument-SENTINEL-6a0e"
@@ -124,7 +121,7 @@ async def test_no_secret_reaches_logs_reprs_errors_pages_or_messages(
                         accessToken=KWARGS_SECRET,
                     )
                 )
-            pending = {r.kwargs["customer"]: r for r in await wait_pending(hl, 3)}
+            pending = {r.kwargs["customer"]: r for r in await wait_for_pending(hl, 3, within=5)}
             await fake_slack.wait_calls("chat.postMessage", 3)
             mails = await inbox.wait(3)
 
@@ -216,7 +213,7 @@ async def test_the_dsn_password_stays_out_of_logs_reprs_and_errors(
 
             outcomes = Outcomes(tg)
             outcomes.start(deploy)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             await hl.decide(request.id, True, by="ops")
         with pytest.raises(StoreError) as failed:
             await unreachable.list_pending()

@@ -36,12 +36,11 @@ from humanlayer_async.testing import (
     slack_block_actions,
     slack_form_body,
     slack_view_submission,
+    wait_for_pending,
 )
 
+from .conftest import LateDecider, make_request, serving
 from .fake_slack import APP_TOKEN, BOT_TOKEN, Call, FakeSlack
-from .test_gate import wait_pending
-from .test_listener import LateDecider, serving
-from .test_stores import make_request
 
 pytestmark = pytest.mark.anyio
 
@@ -279,7 +278,7 @@ async def test_webhook_mode_denies_without_a_modal_and_updates_through_response_
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(third)
-                [request] = await wait_pending(hl)
+                [request] = await wait_for_pending(hl, within=5)
                 await hl.decide(request.id, True, by="ops@example.com")
             assert task_group_result == ["restarted"]
             with anyio.fail_after(5):
@@ -310,7 +309,7 @@ async def test_socket_mode_decides_over_the_websocket_and_leaves_no_task_behind(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(denied)
-            [first] = await wait_pending(hl)
+            [first] = await wait_for_pending(hl, within=5)
             ack = await slack.send_envelope(slack_block_actions(first.id, "deny", user=ALICE))
             assert "payload" not in ack or ack["payload"] is None
             await slack.wait_calls("views.open")
@@ -321,7 +320,7 @@ async def test_socket_mode_decides_over_the_websocket_and_leaves_no_task_behind(
             assert "already denied by <@U0ALICE>" in json.dumps(again["payload"])
 
             tg.start_soon(approved)
-            [second] = await wait_pending(hl)
+            [second] = await wait_for_pending(hl, within=5)
             await slack.send_envelope(slack_block_actions(second.id, "approve", user=BOB))
         assert results == ["deployed 2.0"]
         await slack.wait_calls("chat.update", 2)
@@ -381,7 +380,7 @@ async def test_forged_stale_malformed_and_oversized_callbacks_get_4xx_and_decide
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(call)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             good = slack_form_body(slack_block_actions(request.id, user=ALICE))
             other = slack_form_body(slack_block_actions(request.id, user=MALLORY))
 
@@ -478,7 +477,7 @@ async def test_non_approvers_get_an_ephemeral_and_decide_nothing(slack: FakeSlac
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(call, named)
-            [first] = await wait_pending(hl)
+            [first] = await wait_for_pending(hl, within=5)
             for action in ("approve", "deny"):
                 response = await click(client, slack_block_actions(first.id, action, user=MALLORY))
                 assert (response.status_code, response.text) == (200, NOT_AN_APPROVER)
@@ -496,7 +495,7 @@ async def test_non_approvers_get_an_ephemeral_and_decide_nothing(slack: FakeSlac
             assert (await hl.get(first.id)).status is Status.PENDING
 
             tg.start_soon(call, unnamed)
-            second = (await wait_pending(hl, 2))[1]
+            second = (await wait_for_pending(hl, 2, within=5))[1]
             assert (await click(client, slack_block_actions(second.id, user=ALICE))).text == NOT_AN_APPROVER
             assert (await hl.get(second.id)).status is Status.PENDING
             assert (await click(client, slack_block_actions(second.id, user=BOB))).status_code == 200
@@ -518,7 +517,7 @@ async def test_double_clicks_first_wins_and_the_tool_runs_once(slack: FakeSlack)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(pay, 10)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             texts: dict[str, str] = {}
 
             async def approve(user: str) -> None:
@@ -565,7 +564,7 @@ async def test_429_is_retried_after_retry_after_and_every_request_is_delivered()
                     tg.start_soon(call, 1)
                     tg.start_soon(call, 2)
                     await slack.wait_calls("chat.postMessage", 2)
-                    for request in await wait_pending(hl, 2):
+                    for request in await wait_for_pending(hl, 2, within=5):
                         await hl.decide(request.id, True, by=ALICE)
                 assert sorted(results) == [1, 2]
         limited = slack.received("chat.postMessage", status=429)
@@ -590,7 +589,7 @@ async def test_5xx_is_retried_and_a_refusal_fails_the_call_closed(
         async with anyio.create_task_group() as tg:
             tg.start_soon(tool)
             await slack.wait_calls("chat.postMessage")
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             await hl.decide(request.id, True, by=ALICE)
         assert len(slack.received("chat.postMessage", status=503)) == 2
 
@@ -635,13 +634,13 @@ async def test_decisions_made_elsewhere_timeouts_and_cancellations_update_the_me
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(elsewhere)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             await hl.decide(request.id, True, by="ops@example.com", comment="via the CLI")
         with pytest.raises(ApprovalTimeout):
             await expires()
         async with anyio.create_task_group() as tg:
             tg.start_soon(elsewhere)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             with anyio.fail_after(5):  # cancel once delivered: the message then exists to update
                 while not any(
                     e.event == "approval.delivered" and e.request_id == request.id for e in store.audit_log
@@ -673,7 +672,7 @@ async def test_a_burst_of_300_clicks_resolves_300_pending_approvals(slack: FakeS
             for n in range(300):
                 tg.start_soon(call, n)
             await slack.wait_calls("chat.postMessage", 300)
-            pending = await wait_pending(hl, 300)
+            pending = await wait_for_pending(hl, 300, within=5)
             by_n = {request.kwargs["n"]: request for request in pending}
 
             in_flight = anyio.CapacityLimiter(20)  # httpx's pool slows down with hundreds queued
@@ -1024,7 +1023,7 @@ async def test_webhook_mode_offers_approve_only_for_a_call_its_message_shows_who
         async with anyio.create_task_group() as tg:
             tg.start_soon(denied)
             [post] = await slack.wait_calls("webhook")
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             assert_says_it_shortened(post)
             assert button_ids(post) == [("Deny", "hl_deny")]
             assert "cannot be shown through an incoming webhook: see it and approve it" in json.dumps(
@@ -1041,7 +1040,7 @@ async def test_webhook_mode_offers_approve_only_for_a_call_its_message_shows_who
 
             tg.start_soon(migrate, ELEVEN[:2], {"a": 1}, "SELECT 1")
             [_, whole] = await slack.wait_calls("webhook", 2)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             assert button_ids(whole) == [("Approve", "hl_approve"), ("Deny", "hl_deny")]
             assert "shortened" not in json.dumps(whole.data)
             assert (await click(client, slack_block_actions(request.id, user=ALICE))).status_code == 200
@@ -1061,7 +1060,7 @@ async def test_hostile_clicks_on_show_the_full_call_get_4xx_and_a_log_line(slack
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(denied)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
 
             def full(value: Any, **changes: Any) -> dict[str, Any]:
                 payload = slack_block_actions(request.id, "full", user=ALICE)

@@ -18,7 +18,6 @@ import pydantic
 import pytest
 
 from humanlayer_async import (
-    ApprovalRequest,
     ArgumentsChanged,
     ConfigurationError,
     Decision,
@@ -40,36 +39,10 @@ from humanlayer_async.stores import (
 )
 from humanlayer_async.testing import AutoChannel
 
+from .conftest import decision, make_request
 from .durable_helpers import pg_schema_exists
 
 pytestmark = pytest.mark.anyio
-
-
-def make_request(
-    request_id: str, *, run_id: str | None = None, lifetime: float = 600, **extra: object
-) -> ApprovalRequest:
-    now = datetime.now(UTC)
-    fields: dict[str, object] = {
-        "kind": "approval",
-        "function": "transfer",
-        "kwargs": {"amount": 5},
-        "context": {"env": "prod"},
-        "approvers": ("cfo",),
-        "doc": "Move money.",
-        **extra,
-    }
-    return ApprovalRequest(
-        id=request_id,
-        created_at=now,
-        expires_at=now + timedelta(seconds=lifetime),
-        run_id=run_id,
-        **fields,  # type: ignore[arg-type]
-    )
-
-
-def decision(request_id: str, approved: bool, by: str) -> Decision:
-    status = Status.APPROVED if approved else Status.DENIED
-    return Decision(request_id, approved, status, by, "api", None, datetime.now(UTC).replace(microsecond=0))
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

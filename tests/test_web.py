@@ -26,10 +26,9 @@ from structlog.testing import capture_logs
 from humanlayer_async import ApprovalDenied, ConfigurationError, Decision, HumanLayer, Status
 from humanlayer_async.channels import WebChannel, _web_page
 from humanlayer_async.stores import store_from_url
+from humanlayer_async.testing import wait_for_pending
 
-from .test_gate import wait_pending
-from .test_listener import LateDecider, serving
-from .test_stores import make_request
+from .conftest import LateDecider, make_request, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -71,7 +70,7 @@ async def test_sign_in_link_sets_a_strict_httponly_cookie_and_the_page_lists_the
 
         async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
             tg.start_soon(send_email, "jane@example.com", "Your refund")
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             with capture_logs() as logs:
                 sign_in = await client.get(str(web.url))
                 link = web.login_url()
@@ -119,7 +118,7 @@ async def test_every_bad_request_is_a_logged_4xx_and_the_request_stays_pending()
         async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
             tg.start_soon(tool)
             tg.start_soon(bobs_tool)
-            pending = await wait_pending(hl, 2)
+            pending = await wait_for_pending(hl, 2, within=5)
             mine = next(r for r in pending if r.function == "tool")
             bobs = next(r for r in pending if r.function == "bobs_tool")
             url = f"{web.url}/requests/{mine.id}"
@@ -211,7 +210,7 @@ async def test_a_late_decision_gets_already_decided_by_whom() -> None:
 
         async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
             tg.start_soon(tool)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             csrf = await signed_in(client, web)
             await hl.decide(request.id, True, by="U024", via="slack")
             late = await client.post(
@@ -286,7 +285,7 @@ async def test_named_users_decide_by_name_and_keys_stay_secret(monkeypatch: pyte
                 results.append(await tool())
 
             tg.start_soon(call)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             csrf = await signed_in(client, web, user="alice")
             response = await client.post(
                 f"{web.url}/requests/{request.id}", data={"csrf": csrf, "action": "approve", "comment": "ok"}
@@ -425,7 +424,7 @@ async def test_the_token_is_refused_in_a_url_and_taken_in_the_posted_form_or_a_h
 
         async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
             tg.start_soon(tool)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             origin = str(web.url).removesuffix("/approvals")
             form = f"{web.url}/sign-in"
             with capture_logs() as logs:
@@ -481,7 +480,7 @@ async def test_the_detail_view_needs_a_session_and_unknown_ids_get_a_404_page() 
 
         async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
             tg.start_soon(tool, 7)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             url = f"{web.url}/requests/{request.id}"
             with capture_logs() as logs:
                 anonymous = await client.get(url)
@@ -573,7 +572,7 @@ async def test_events_stream_new_requests_and_any_channels_decisions_then_end_cl
                 await anyio.sleep(0.01)
         assert seen[0][0] == "snapshot" and seen[0][1]["pending"] == ""
         tg.start_soon(call)
-        [request] = await wait_pending(hl)
+        [request] = await wait_for_pending(hl, within=5)
         with anyio.fail_after(10):
             while [kind for kind, _ in seen] != ["snapshot", "requested"]:
                 await anyio.sleep(0.01)
@@ -704,7 +703,7 @@ async def test_browser_approves_denies_and_answers_live(browser_page: Any) -> No
             tg.start_soon(call, "transfer", transfer_money(10_000))
             tg.start_soon(call, "question", ask("Which region should the cluster use?"))
             tg.start_soon(call, "purge", purge("orders"))
-            pending = {r.function: r for r in await wait_pending(hl, 4)}
+            pending = {r.function: r for r in await wait_for_pending(hl, 4, within=5)}
             cards = page.locator("#pending > li.card")
             await cards.nth(3).wait_for()
 
@@ -754,7 +753,7 @@ async def test_browser_wrong_token_and_forged_cross_site_posts_are_refused(brows
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(tool)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             with capture_logs() as logs:
                 wrong = await page.goto(f"{web.url}?code=guessed-code-0000000000")
                 assert wrong is not None and wrong.status == 401
@@ -804,7 +803,7 @@ async def test_browser_detail_view_shows_the_whole_call_and_the_card_says_where_
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(call)
-            [request] = await wait_pending(hl)
+            [request] = await wait_for_pending(hl, within=5)
             await page.goto(web.login_url())
             card = page.locator(f"#req-{request.id}")
             await card.wait_for()
