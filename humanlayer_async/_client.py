@@ -264,6 +264,8 @@ class HumanLayer:
 
     @property
     def store(self) -> Store:
+        """Where this ``HumanLayer``'s requests, decisions and audit trail live
+        (``await hl.store.history()`` reads the trail)."""
         return self._store
 
     @property
@@ -499,11 +501,11 @@ class HumanLayer:
 
     async def get(self, request_id: str) -> ApprovalRequest:
         """One request, with its decision once decided. Raises ``UnknownRequest``."""
-        return await self._store.get(request_id)
+        return await self._engine.get(request_id)
 
     async def pending(self, *, run_id: str | None = None, kind: Kind | None = None) -> list[ApprovalRequest]:
         """The requests still waiting for a human, oldest first."""
-        return await self._store.list_pending(run_id=run_id, kind=kind)
+        return await self._engine.pending(run_id=run_id, kind=kind)
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -441,3 +441,39 @@ async def test_every_state_change_is_one_event_with_the_request_id() -> None:
     assert "sk-live-123" not in repr(logs)
     requested = next(entry for entry in logs if entry["event"] == "approval.requested")
     assert requested["kwargs"] == {"api_key": "***"}
+
+
+async def test_the_arguments_are_bound_as_inspect_binds_them_in_parameter_order() -> None:
+    channel = AutoChannel()
+    async with HumanLayer([channel], listen=None) as hl:
+
+        async def transfer(amount: int, currency: str = "EUR", *, memo: str = "") -> str:
+            return "sent"
+
+        gated = hl.require_approval()(transfer)
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            ((5,), {}),
+            ((5, "USD"), {}),
+            ((5,), {"memo": "rent"}),
+            ((), {"currency": "USD", "amount": 5}),
+            ((5,), {"memo": "x", "currency": "GBP"}),
+        ]
+        for args, kwargs in calls:
+            assert await gated(*args, **kwargs) == "sent"
+        signature = inspect.signature(transfer)
+        expected = []
+        for args, kwargs in calls:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            expected.append(list(bound.arguments.items()))
+        assert [list(request.kwargs.items()) for request in channel.sent] == expected
+        wrong: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            ((), {}),
+            ((5,), {"amount": 6}),
+            ((5, "USD", "x"), {}),
+            ((5,), {"fee": 1}),
+        ]
+        for args, kwargs in wrong:
+            with pytest.raises(TypeError):
+                await gated(*args, **kwargs)
+        assert len(channel.sent) == len(calls)  # a call that does not bind asks nobody

@@ -361,24 +361,10 @@ async def test_postgres_errors_become_store_errors_without_the_password() -> Non
 # -- claim: a key claimed once across every handle (the web console's single-use sign-in codes)
 
 
-@pytest.fixture
-async def claimers(any_store_url: str | None) -> AsyncIterator[tuple[Store, Store]]:
-    """Two handles on one store (the one MemoryStore twice: it has no other)."""
-    if any_store_url is None:
-        memory = MemoryStore()
-        yield memory, memory
-        await memory.aclose()
-        return
-    first, second = store_from_url(any_store_url), store_from_url(any_store_url)
-    yield first, second
-    await first.aclose()
-    await second.aclose()
-
-
 async def test_a_key_is_claimed_once_across_handles_and_forgotten_after_it_expires(
-    claimers: tuple[Store, Store],
+    two: tuple[Store, Store],
 ) -> None:
-    first, second = claimers
+    first, second = two
     later = datetime.now(UTC) + timedelta(minutes=5)
     results: list[bool] = []
 

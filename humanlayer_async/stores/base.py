@@ -97,7 +97,8 @@ class Store(Protocol):
         """Claim the approved request's one run: ``None`` when this caller may run it now.
 
         Otherwise returns how far an earlier run got. Raises ``ArgumentsChanged`` when
-        ``digest`` differs from the stored one (the checks of ``execution_so_far``).
+        ``digest`` differs from the stored one; ``None`` (a call outside a run, which stored
+        these very arguments itself) is not compared (the checks of ``execution_so_far``).
         """
         ...
 
