@@ -25,7 +25,7 @@ from ._exceptions import (
     UnknownRequest,
 )
 from ._gate import current_decision
-from ._models import ApprovalRequest, Decision, Status
+from ._models import ApprovalRequest, Decision, Principal, Status
 from ._render import mask_secrets
 
 __version__ = "0.1.0"
@@ -44,6 +44,7 @@ __all__ = [
     "HumanLayerError",
     "NotAnApprover",
     "OutcomeUnknown",
+    "Principal",
     "Status",
     "StoreError",
     "TooManyPending",

@@ -46,7 +46,7 @@ from ._gate import (
     gate,
     refusal,
 )
-from ._models import ApprovalRequest, Decision, Kind
+from ._models import ApprovalRequest, Decision, Kind, Principal
 from ._render import Render, mask_secrets
 from ._runtime import Runtime
 from .channels.base import Channel, ListenerAware
@@ -472,7 +472,7 @@ class HumanLayer:
         request_id: str,
         approved: bool,
         *,
-        by: str,
+        by: str | Principal,
         comment: str | None = None,
         via: str = "api",
     ) -> Decision:
@@ -484,12 +484,12 @@ class HumanLayer:
         """
         return (await self._engine.decide(request_id, approved, by=by, comment=comment, via=via)).decision
 
-    async def respond(self, request_id: str, text: str, *, by: str, via: str = "api") -> Decision:
+    async def respond(self, request_id: str, text: str, *, by: str | Principal, via: str = "api") -> Decision:
         """Answer a question from ``human_as_tool``; returns the decision that stands."""
         return (await self._engine.respond(request_id, text, by=by, via=via)).decision
 
     async def cancel(
-        self, request_id: str, *, by: str, reason: str | None = None, via: str = "api"
+        self, request_id: str, *, by: str | Principal, reason: str | None = None, via: str = "api"
     ) -> Decision:
         """Withdraw a pending request: its caller gets ``ApprovalDenied`` (status ``cancelled``).
 

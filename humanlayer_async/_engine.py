@@ -38,7 +38,7 @@ from ._exceptions import (
     TooManyPending,
 )
 from ._gate import ToolSpec
-from ._models import ApprovalRequest, Decision, Execution, Kind, Status
+from ._models import ApprovalRequest, Decision, Execution, Kind, Principal, Status
 from ._registry import CLOSED, EXPIRED, Outcome, Registry
 from ._retry import Backoff
 from ._runtime import Runtime
@@ -64,6 +64,8 @@ class Run:
 
 
 current_run: ContextVar[Run | None] = ContextVar("humanlayer_run", default=None)
+current_requester: ContextVar[str | None] = ContextVar("humanlayer_requester", default=None)
+"""Who caused the calls made in this context (``SlackChannel.thread(requested_by=...)``)."""
 
 _UNDELIVERED: dict[int, str | None] = {}
 """The (never written) delivery record of a call with no channel: saves each one a dict."""
@@ -91,27 +93,27 @@ class Decisions:
                 event.set()
 
     async def decide(
-        self, request_id: str, approved: bool, *, by: str, comment: str | None = None, via: str
+        self, request_id: str, approved: bool, *, by: str | Principal, comment: str | None = None, via: str
     ) -> Answered:
         """Approve or deny as ``by``: the decision that stands, and whether it is this one."""
-        await self._check_approver(request_id, by, via)
+        who = await self._check_approver(request_id, by, via)
         status = Status.APPROVED if approved else Status.DENIED
-        return await self._record(Decision(request_id, approved, status, by, via, comment, datetime.now(UTC)))
-
-    async def respond(self, request_id: str, text: str, *, by: str, via: str) -> Answered:
-        """Answer a question as ``by``: the decision that stands, and whether it is this answer."""
-        request = await self._check_approver(request_id, by, via)
-        if request.kind != "question":
-            raise HumanLayerError(f"request {request_id!r} is an approval, not a question: use decide()")
         return await self._record(
-            Decision(request_id, True, Status.APPROVED, by, via, None, datetime.now(UTC), text)
+            Decision(request_id, approved, status, who.id, via, comment, datetime.now(UTC), None, who.user)
         )
 
-    async def cancel(self, request_id: str, *, by: str, reason: str | None, via: str) -> Answered:
-        """Withdraw a pending request as ``by`` (an approver, as for any decision)."""
-        await self._check_approver(request_id, by, via)
+    async def respond(self, request_id: str, text: str, *, by: str | Principal, via: str) -> Answered:
+        """Answer a question as ``by``: the decision that stands, and whether it is this answer."""
+        who = await self._check_approver(request_id, by, via, question=True)
         return await self._record(
-            Decision(request_id, False, Status.CANCELLED, by, via, reason, datetime.now(UTC))
+            Decision(request_id, True, Status.APPROVED, who.id, via, None, datetime.now(UTC), text, who.user)
+        )
+
+    async def cancel(self, request_id: str, *, by: str | Principal, reason: str | None, via: str) -> Answered:
+        """Withdraw a pending request as ``by`` (an approver, as for any decision)."""
+        who = await self._check_approver(request_id, by, via)
+        return await self._record(
+            Decision(request_id, False, Status.CANCELLED, who.id, via, reason, datetime.now(UTC), None, who.user)
         )
 
     async def settle(
@@ -136,12 +138,21 @@ class Decisions:
         self._changed()
         return Answered(standing, standing is decision or standing == decision)
 
-    async def _check_approver(self, request_id: str, by: str, via: str) -> ApprovalRequest:
+    async def _check_approver(
+        self, request_id: str, by: str | Principal, via: str, *, question: bool = False
+    ) -> Principal:
+        """Who decides, once they may decide ``request_id`` (a question, with ``question``)."""
+        who = by if isinstance(by, Principal) else Principal(by)
         request = await self.store.get(request_id)
-        if not request.may_decide(by):
-            logger.warning("approval.not_an_approver", request_id=request_id, by=by, via=via)
-            raise NotAnApprover(request_id, by)
-        return request
+        if question and request.kind != "question":
+            raise HumanLayerError(f"request {request_id!r} is an approval, not a question: use decide()")
+        if not request.may_decide(who):
+            requester = request.requested_by is not None and request.requested_by in who.names
+            logger.warning(
+                "approval.not_an_approver", request_id=request_id, by=who.id, via=via, requester=requester
+            )
+            raise NotAnApprover(request_id, who.id, requester=requester)
+        return who
 
 
 class Engine(Decisions):
@@ -230,6 +241,7 @@ class Engine(Decisions):
                 doc=tool.doc,
                 key=key,
                 digest=arguments,
+                requested_by=current_requester.get(),
             )
             registry = self.registry
             # Wait before storing: another process may decide as soon as the request is stored.

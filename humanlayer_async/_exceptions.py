@@ -72,12 +72,21 @@ class UnknownRequest(HumanLayerError, LookupError):
 
 
 class NotAnApprover(HumanLayerError, PermissionError):
-    """The person deciding is not among the request's approvers."""
+    """The person deciding is not among the request's approvers, or requested the call.
 
-    def __init__(self, request_id: str, by: str) -> None:
-        super().__init__(f"{by!r} is not an approver for request {request_id!r}")
+    ``requester`` is true when they are the one who caused the call: nobody approves
+    their own request.
+    """
+
+    def __init__(self, request_id: str, by: str, *, requester: bool = False) -> None:
+        if requester:
+            message = f"{by!r} requested request {request_id!r} and may not decide it"
+        else:
+            message = f"{by!r} is not an approver for request {request_id!r}"
+        super().__init__(message)
         self.request_id = request_id
         self.by = by
+        self.requester = requester
 
 
 class ConfigurationError(HumanLayerError, ValueError):

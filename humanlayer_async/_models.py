@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-__all__ = ["ApprovalRequest", "Decision", "Execution", "Kind", "Status"]
+__all__ = ["ApprovalRequest", "Decision", "Execution", "Kind", "Principal", "Status"]
 
 Kind = Literal["approval", "question"]
 
@@ -29,8 +29,11 @@ class Status(enum.StrEnum):
 class Decision:
     """The answer that stands for a request: the first one stored wins.
 
-    ``by`` is who decided (a Slack user id, an email address, an OS user...), ``via``
-    the channel it came through (``"slack"``, ``"email"``, ``"web"``, ``"console"``,
+    ``by`` is who decided, as a principal: their email address when the channel knows
+    it, otherwise the channel's own name for them (a Slack user id, a web console user,
+    an OS user...). ``user`` is then that channel's own id for them when it differs from
+    ``by`` (the Slack user id of an approver whose email Slack shared). ``via`` is the
+    channel it came through (``"slack"``, ``"email"``, ``"web"``, ``"console"``,
     ``"api"``, or ``"timeout"``). ``answer`` holds the text of an answered question.
     """
 
@@ -42,6 +45,32 @@ class Decision:
     comment: str | None
     decided_at: datetime
     answer: str | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """One person, whatever the channel they answer through.
+
+    ``id`` is what decisions record as ``by``: their email address when the channel
+    knows it, otherwise the channel's own name for them. ``user`` is the channel's own
+    id for them (a Slack user id) when it differs from ``id``; ``groups`` the
+    approver-list entries the channel found them to belong to (Slack user groups,
+    ``S...``). An approver list names a principal by any of these.
+    """
+
+    id: str
+    user: str | None = None
+    groups: frozenset[str] = frozenset()
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Every name an approver list may know this person by."""
+        return frozenset({self.id, *(() if self.user is None else (self.user,)), *self.groups})
+
+    def matches(self, approvers: tuple[str, ...]) -> bool:
+        """Whether ``approvers`` names this person (any of their names)."""
+        return any(name in approvers for name in self.names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +117,8 @@ class ApprovalRequest:
     """The digest of the arguments as stored; an approval applies to these arguments only."""
     execution: Execution | None = field(default=None, compare=False)
     """How far the approved call got, when a durable store holds the request."""
+    requested_by: str | None = None
+    """Who caused the call (whoever prompted the agent), when known: they may never decide it."""
 
     @property
     def status(self) -> Status:
@@ -99,6 +130,10 @@ class ApprovalRequest:
         """The first eight characters of the id: enough to tell pending requests apart."""
         return self.id[:8]
 
-    def may_decide(self, by: str) -> bool:
-        """Whether ``by`` may decide this request (anyone, when no approvers are set)."""
-        return not self.approvers or by in self.approvers
+    def may_decide(self, by: str | Principal) -> bool:
+        """Whether ``by`` may decide this request: anyone when no approvers are set, never
+        whoever requested it."""
+        principal = by if isinstance(by, Principal) else Principal(by)
+        if self.requested_by is not None and self.requested_by in principal.names:
+            return False
+        return not self.approvers or principal.matches(self.approvers)

@@ -31,6 +31,7 @@ def test_top_level_names() -> None:
         "HumanLayerError",
         "NotAnApprover",
         "OutcomeUnknown",
+        "Principal",
         "Status",
         "StoreError",
         "TooManyPending",
@@ -51,6 +52,7 @@ def test_subpackage_names() -> None:
         "ConsoleChannel",
         "Decider",
         "EmailChannel",
+        "Principal",
         "SlackChannel",
         "WebChannel",
     ]

@@ -8,7 +8,7 @@ humanlayer_async`` loads no channel's dependencies.
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
-from .base import Answered, BaseChannel, Channel, Decider
+from .base import Answered, BaseChannel, Channel, Decider, Principal
 
 if TYPE_CHECKING:
     from .console import ConsoleChannel
@@ -23,6 +23,7 @@ __all__ = [
     "ConsoleChannel",
     "Decider",
     "EmailChannel",
+    "Principal",
     "SlackChannel",
     "WebChannel",
 ]

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-from .._models import ApprovalRequest, Decision, Kind
+from .._models import ApprovalRequest, Decision, Kind, Principal
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
-__all__ = ["Answered", "BaseChannel", "Channel", "Decider", "ListenerAware"]
+__all__ = ["Answered", "BaseChannel", "Channel", "Decider", "ListenerAware", "Principal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,16 +35,18 @@ class Decider(Protocol):
     """The narrow handle a channel gets to turn an answer into a decision.
 
     Every channel decides through it, so approver allowlists, first-decision-wins and
-    the audit trail apply whatever the channel.
+    the audit trail apply whatever the channel. ``by`` is who answers: a name, or a
+    ``Principal`` when the channel knows them by more than one (a Slack user id and
+    their email, the user groups they belong to).
     """
 
     async def decide(
-        self, request_id: str, approved: bool, *, by: str, comment: str | None = None, via: str
+        self, request_id: str, approved: bool, *, by: str | Principal, comment: str | None = None, via: str
     ) -> Answered:
         """Decide a request: the decision that stands, and whether it is this one."""
         ...
 
-    async def respond(self, request_id: str, text: str, *, by: str, via: str) -> Answered:
+    async def respond(self, request_id: str, text: str, *, by: str | Principal, via: str) -> Answered:
         """Answer a question: the decision that stands, and whether it is this answer."""
         ...
 
