@@ -113,7 +113,9 @@ class Decisions:
         """Withdraw a pending request as ``by`` (an approver, as for any decision)."""
         who = await self._check_approver(request_id, by, via)
         return await self._record(
-            Decision(request_id, False, Status.CANCELLED, who.id, via, reason, datetime.now(UTC), None, who.user)
+            Decision(
+                request_id, False, Status.CANCELLED, who.id, via, reason, datetime.now(UTC), None, who.user
+            )
         )
 
     async def settle(

@@ -27,7 +27,15 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from anyio.abc import TaskGroup
 from starlette.routing import BaseRoute
 
-from humanlayer_async import ApprovalDenied, ApprovalRequest, Decision, HumanLayer, Status, UnknownRequest
+from humanlayer_async import (
+    ApprovalDenied,
+    ApprovalRequest,
+    Decision,
+    HumanLayer,
+    Principal,
+    Status,
+    UnknownRequest,
+)
 from humanlayer_async.channels import EmailChannel
 from humanlayer_async.channels.base import Answered
 from humanlayer_async.listener import Listener, build_app
@@ -199,13 +207,13 @@ class LateDecider:
         self.answers: list[tuple[str, str, str]] = []  # (request id, by, via) of each answer given
 
     async def decide(
-        self, request_id: str, approved: bool, *, by: str, comment: str | None = None, via: str
+        self, request_id: str, approved: bool, *, by: str | Principal, comment: str | None = None, via: str
     ) -> Answered:
-        self.answers.append((request_id, by, via))
+        self.answers.append((request_id, by.id if isinstance(by, Principal) else by, via))
         return Answered(self.standing, stands=False)
 
-    async def respond(self, request_id: str, text: str, *, by: str, via: str) -> Answered:
-        self.answers.append((request_id, by, via))
+    async def respond(self, request_id: str, text: str, *, by: str | Principal, via: str) -> Answered:
+        self.answers.append((request_id, by.id if isinstance(by, Principal) else by, via))
         return Answered(self.standing, stands=False)
 
     async def get(self, request_id: str) -> ApprovalRequest:

@@ -1,8 +1,15 @@
 """A local fake of Slack's servers, on loopback, speaking Slack's wire formats.
 
-- Web API methods under ``/api/`` (``chat.postMessage``, ``chat.update``, ``views.open``,
-  ``chat.postEphemeral``, ``auth.test``, ``apps.connections.open``): bearer-token auth,
-  JSON or form bodies, ``{"ok": true, ...}`` / ``{"ok": false, "error": ...}`` answers.
+- Web API methods under ``/api/`` (``chat.postMessage`` with threads, ``chat.update``,
+  ``views.open``, ``chat.postEphemeral``, ``auth.test``, ``apps.connections.open``,
+  ``users.info``, ``users.lookupByEmail``, ``usergroups.users.list``,
+  ``conversations.open``): bearer-token auth, JSON or form bodies, ``{"ok": true, ...}`` /
+  ``{"ok": false, "error": ...}`` answers.
+- A workspace: ``users`` (user id → email, or ``None`` for a user without one),
+  ``groups`` (user group id → member ids), and the app's granted ``scopes`` (``None``:
+  every scope). A method whose scope is not granted answers ``missing_scope`` with the
+  ``needed`` scope, as Slack does; ``users.info`` shows the email only with
+  ``users:read.email``.
 - An incoming webhook (``webhook_url``) and ``response_url`` endpoints (``response_url(name)``).
 - A per-channel rate limit on posting (``min_interval`` seconds between messages), answered
   with 429, ``Retry-After`` and ``ratelimited`` as Slack does; ``fail(method, status)``
@@ -39,6 +46,16 @@ T = TypeVar("T")
 BOT_TOKEN = "xoxb-fake-bot-token-0123456789"
 APP_TOKEN = "xapp-1-A0TEST-fake-app-token"
 WEBHOOK_PATH = "/services/T0TEST/B0TEST/fakeWebhookSecret"
+SCOPES = {
+    "chat.postMessage": "chat:write",
+    "chat.update": "chat:write",
+    "chat.postEphemeral": "chat:write",
+    "users.info": "users:read",
+    "users.lookupByEmail": "users:read.email",
+    "usergroups.users.list": "usergroups:read",
+    "conversations.open": "im:write",
+}
+"""The scope each Web API method needs (the fake's methods that need one)."""
 PATIENCE = 30.0  # seconds before a wait gives up
 
 
@@ -61,6 +78,10 @@ class FakeSlack:
         self.min_interval = min_interval
         self.calls: list[Call] = []
         self.messages: dict[tuple[str, str], dict[str, Any]] = {}
+        self.users: dict[str, str | None] = {}
+        self.groups: dict[str, list[str]] = {}
+        self.scopes: set[str] | None = None
+        self.dms: dict[str, str] = {}  # user id → the id of the app's DM channel with them
         self.acks: dict[str, dict[str, Any]] = {}
         self._failures: dict[str, deque[tuple[int, str]]] = {}
         self._last_post: dict[str, float] = {}
@@ -73,6 +94,7 @@ class FakeSlack:
     async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_post("/api/{method}", self._api)
+        app.router.add_get("/api/{method}", self._api)  # slack_sdk reads users and groups with GET
         app.router.add_post(WEBHOOK_PATH, self._webhook)
         app.router.add_post("/actions/{name}", self._response_url)
         app.router.add_get("/socket-mode", self._socket)
@@ -121,6 +143,14 @@ class FakeSlack:
                 await self._changed.wait()
         return result
 
+    def thread(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+        """The replies posted in the thread of message ``thread_ts`` in ``channel``, in order."""
+        return [
+            message
+            for (where, _), message in self.messages.items()
+            if where == channel and message.get("thread_ts") == thread_ts
+        ]
+
     async def wait_calls(self, method: str, count: int = 1, *, status: int | None = 200) -> list[Call]:
         """The calls of ``method`` answered with ``status``, once there are ``count`` of them."""
         return await self.wait_for(lambda: (calls := self.received(method, status))[count - 1 :] and calls)
@@ -163,16 +193,28 @@ class FakeSlack:
         if failures:
             status, error = failures.popleft()
             return self._answer(call, {"ok": False, "error": error}, status)
+        needed = SCOPES.get(method)
+        if needed is not None and self.scopes is not None and needed not in self.scopes:
+            provided = ",".join(sorted(self.scopes))
+            return self._answer(
+                call, {"ok": False, "error": "missing_scope", "needed": needed, "provided": provided}
+            )
         problem = _invalid(method, data)
         if problem is not None:
             return self._answer(call, problem)
+        if method in ("users.info", "users.lookupByEmail", "usergroups.users.list", "conversations.open"):
+            return self._answer(call, self._workspace(method, data))
         if method == "chat.postMessage":
             return self._post_message(call)
         if method == "chat.update":
             key = (str(data.get("channel")), str(data.get("ts")))
             if key not in self.messages:
                 return self._answer(call, {"ok": False, "error": "message_not_found"})
-            self.messages[key] = {"text": data.get("text"), "blocks": data.get("blocks")}
+            self.messages[key] = {
+                **self.messages[key],
+                "text": data.get("text"),
+                "blocks": data.get("blocks"),
+            }
             return self._answer(call, {"ok": True, "channel": key[0], "ts": key[1]})
         if method == "views.open":
             if not data.get("trigger_id") or not isinstance(data.get("view"), dict):
@@ -189,6 +231,39 @@ class FakeSlack:
             return self._answer(call, {"ok": True, "url": ws_url})
         return self._answer(call, {"ok": False, "error": "unknown_method"})
 
+    def _workspace(self, method: str, data: dict[str, Any]) -> dict[str, Any]:
+        """The answer of a method that reads the workspace's people."""
+        if method == "users.info":
+            user = str(data.get("user") or "")
+            if user not in self.users:
+                return {"ok": False, "error": "user_not_found"}
+            return {"ok": True, "user": self._user(user)}
+        if method == "users.lookupByEmail":
+            email = str(data.get("email") or "")
+            found = next((user for user, known in self.users.items() if known == email), None)
+            return (
+                {"ok": False, "error": "users_not_found"}
+                if found is None
+                else {"ok": True, "user": self._user(found)}
+            )
+        if method == "usergroups.users.list":
+            group = str(data.get("usergroup") or "")
+            if group not in self.groups:
+                return {"ok": False, "error": "no_such_subteam"}
+            return {"ok": True, "users": list(self.groups[group])}
+        users = str(data.get("users") or "")
+        if users not in self.users:
+            return {"ok": False, "error": "user_not_found"}
+        dm = self.dms.setdefault(users, f"D{len(self.dms) + 1:08d}")
+        return {"ok": True, "channel": {"id": dm}}
+
+    def _user(self, user: str) -> dict[str, Any]:
+        profile: dict[str, Any] = {"real_name": f"User {user}"}
+        email = self.users[user]
+        if email is not None and (self.scopes is None or "users:read.email" in self.scopes):
+            profile["email"] = email
+        return {"id": user, "name": user.lower(), "profile": profile}
+
     def _post_message(self, call: Call) -> web.StreamResponse:
         channel = str(call.data.get("channel") or "")
         if not channel or not (call.data.get("text") or call.data.get("blocks")):
@@ -197,7 +272,11 @@ class FakeSlack:
         if limited is not None:
             return limited
         ts = self._next_ts()
-        self.messages[(channel, ts)] = {"text": call.data.get("text"), "blocks": call.data.get("blocks")}
+        self.messages[(channel, ts)] = {
+            "text": call.data.get("text"),
+            "blocks": call.data.get("blocks"),
+            "thread_ts": call.data.get("thread_ts"),
+        }
         return self._answer(call, {"ok": True, "channel": channel, "ts": ts, "message": {"ts": ts}})
 
     def _limited(self, key: str, call: Call) -> web.StreamResponse | None:

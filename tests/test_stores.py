@@ -223,6 +223,41 @@ async def test_requests_and_decisions_are_written_with_their_audit_entries(
     assert entries[1].fields == {"status": "approved", "by": "alice", "via": "api", "comment": None}
 
 
+async def test_who_requested_a_call_and_the_channels_id_of_who_decided_it_are_kept_and_audited(
+    two: tuple[Store, Store],
+) -> None:
+    first, second = two
+    await first.create(make_request("w1", requested_by="carol@example.com"))
+    await first.create(make_request("w2"))
+    [pending] = [r for r in await second.list_pending() if r.id == "w1"]
+    assert pending.requested_by == "carol@example.com"
+    assert not pending.may_decide("carol@example.com")  # still refused once read back from the store
+    at = datetime.now(UTC).replace(microsecond=0)
+    by_slack = Decision("w1", True, Status.APPROVED, "bob@example.com", "slack", "ok", at, user="U0BOB")
+    await second.decide(by_slack)
+    await first.decide(decision("w2", True, "alice"))
+    stored = await first.get("w1")
+    assert (stored.requested_by, stored.decision) == ("carol@example.com", by_slack)
+    assert stored.decision is not None and stored.decision.user == "U0BOB"
+    plain = await second.get("w2")  # neither known: both read back as None
+    assert plain.requested_by is None and plain.decision is not None and plain.decision.user is None
+    requested, decided = await second.history(request_id="w1")
+    assert requested.fields["requested_by"] == "carol@example.com"
+    assert decided.fields == {
+        "status": "approved",
+        "by": "bob@example.com",
+        "via": "slack",
+        "comment": "ok",
+        "user": "U0BOB",
+    }
+    assert [
+        ("requested_by" in e.fields, "user" in e.fields) for e in await first.history(request_id="w2")
+    ] == [
+        (False, False),
+        (False, False),
+    ]
+
+
 class Currency(enum.Enum):
     EUR = "EUR"
 
@@ -409,20 +444,81 @@ async def test_a_store_of_the_previous_release_gains_the_claims_table_and_keeps_
         await again.aclose()
 
 
+async def test_a_store_without_the_principal_columns_gains_them_and_keeps_its_requests(
+    store_url: str,
+) -> None:
+    """The release before ``requested_by`` and ``decided_user``: its database gains both columns
+    (an additive change, the schema version unchanged) and its requests read back as unknown."""
+    store = store_from_url(store_url)
+    await store.create(make_request("old-pending"))
+    await store.create(make_request("old-decided"))
+    await store.decide(decision("old-decided", True, "alice"))
+    await store.aclose()
+    await drop_the_principal_columns(store)
+    assert {"requested_by", "decided_user"}.isdisjoint(await request_columns(store))
+    reopened = store_from_url(store_url)
+    try:
+        [pending] = await reopened.list_pending()
+        assert (pending.id, pending.requested_by) == ("old-pending", None)
+        old = await reopened.get("old-decided")
+        assert old.decision is not None and (old.decision.by, old.decision.user) == ("alice", None)
+        await reopened.create(make_request("new", requested_by="carol@example.com"))
+        at = datetime.now(UTC).replace(microsecond=0)
+        await reopened.decide(
+            Decision("new", True, Status.APPROVED, "bob@example.com", "slack", None, at, user="U0BOB")
+        )
+    finally:
+        await reopened.aclose()
+    assert {"requested_by", "decided_user"} <= await request_columns(reopened)
+    assert await schema_version(reopened) == 1
+    again = store_from_url(store_url)  # another process, after a restart
+    try:
+        new = await again.get("new")
+        assert new.requested_by == "carol@example.com"
+        assert new.decision is not None and new.decision.user == "U0BOB"
+    finally:
+        await again.aclose()
+
+
 async def run_sql(store: DurableStore, statement: str) -> None:
-    """Run ``statement`` on ``store``'s database; ``{additions}`` and ``{claims}`` name its tables."""
+    """Run ``statement`` on ``store``'s database; ``{additions}``, ``{claims}`` and ``{requests}``
+    name its tables."""
     if isinstance(store, SQLiteStore):
         import sqlite3
 
         with contextlib.closing(sqlite3.connect(store.path)) as db, db:
-            db.execute(statement.format(additions="hl_additions", claims="hl_claims"))
+            db.execute(statement.format(additions="hl_additions", claims="hl_claims", requests="hl_requests"))
         return
     assert isinstance(store, PostgresStore)
     pg = await asyncpg.connect(store._dsn)
     try:
         await pg.execute(
-            statement.format(additions=f"{store.schema}.additions", claims=f"{store.schema}.claims")
+            statement.format(
+                additions=f"{store.schema}.additions",
+                claims=f"{store.schema}.claims",
+                requests=f"{store.schema}.requests",
+            )
         )
+    finally:
+        await pg.close()
+
+
+async def request_columns(store: DurableStore) -> set[str]:
+    """The columns of ``store``'s requests table, as its database has them."""
+    if isinstance(store, SQLiteStore):
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(store.path)) as db:
+            return {row[1] for row in db.execute("PRAGMA table_info(hl_requests)")}
+    assert isinstance(store, PostgresStore)
+    pg = await asyncpg.connect(store._dsn)
+    try:
+        rows = await pg.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = $1"
+            " AND table_name = 'requests'",
+            store.schema,
+        )
+        return {row["column_name"] for row in rows}
     finally:
         await pg.close()
 
@@ -442,9 +538,19 @@ async def schema_version(store: DurableStore) -> int:
 
 
 async def downgrade_to_the_previous_release(store: DurableStore) -> None:
-    """Make ``store``'s database look as the previous release left it: no claims, no additions."""
+    """Make ``store``'s database look as the release before additions left it: no claims, no
+    principal columns, no additions."""
+    await drop_the_principal_columns(store)
     await run_sql(store, "DROP TABLE {claims}")
     await run_sql(store, "DROP TABLE {additions}")
+
+
+async def drop_the_principal_columns(store: DurableStore) -> None:
+    """Make ``store``'s database look as the release before ``requested_by`` and ``decided_user``
+    left it: without the two columns, nor the record of their addition."""
+    await run_sql(store, "ALTER TABLE {requests} DROP COLUMN requested_by")
+    await run_sql(store, "ALTER TABLE {requests} DROP COLUMN decided_user")
+    await run_sql(store, "DELETE FROM {additions} WHERE name = 'principals'")
 
 
 # -- issue 13: store URLs the CLI documents, and stores that are only opened, never created ------

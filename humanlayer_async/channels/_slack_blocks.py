@@ -251,11 +251,14 @@ def approvable(request: ApprovalRequest) -> bool:
     return not texts.cut
 
 
-def request_message(request: ApprovalRequest, approvers: Sequence[str], *, modals: bool) -> dict[str, Any]:
+def request_message(
+    request: ApprovalRequest, approvers: Sequence[str], *, modals: bool, mentions: Sequence[Mrkdwn] = ()
+) -> dict[str, Any]:
     """A new request as ``text`` (the notification) and ``blocks``.
 
     ``approvers`` are who may answer; ``modals`` says whether the buttons may open
     modals (the Web API) or not (an incoming webhook: questions get an answer box).
+    ``mentions`` (``<@U...>``, ``<!subteam^S...>``) lead the message, so Slack notifies them.
     A request the message shows whole gets Approve (or an answer box). One it shortened
     gets "Show the full call" when a modal can show all of it, which approves, and
     otherwise a note saying where to see and approve it; Deny is always there. A
@@ -289,7 +292,11 @@ def request_message(request: ApprovalRequest, approvers: Sequence[str], *, modal
         elif viewable:
             buttons.insert(0, _button(texts, "Show the full call", FULL, request, "primary"))
         tail.append({"type": "actions", "elements": buttons})
-    return _message(_notification(request), [*body, footer, *tail])
+    if not mentions:
+        return _message(_notification(request), [*body, footer, *tail])
+    called = Mrkdwn(" ".join(mentions))
+    head = {"type": "section", "text": _mrkdwn(markup("{}: your decision is needed", called))}
+    return _message(markup("{} {}", called, _notification(request)), [head, *body, footer, *tail])
 
 
 def _shortened(request: ApprovalRequest, viewable: bool, modals: bool) -> str:

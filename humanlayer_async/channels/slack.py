@@ -1,8 +1,10 @@
 """SlackChannel: approval messages with buttons, and the clicks that come back as decisions.
 
-Out: ``chat.postMessage`` with a bot token (``channel=``), or an incoming webhook
-(``webhook_url=``). In: Slack's interactivity callbacks at ``POST /slack/events``,
-verified with the signing secret, or Socket Mode with an app-level token (no public URL).
+Out: ``chat.postMessage`` with a bot token (``channel=``, a channel or a person; in a thread
+with ``thread()``), or an incoming webhook (``webhook_url=``). In: Slack's interactivity
+callbacks at ``POST /slack/events``, verified with the signing secret; Socket Mode with an
+app-level token (no public URL); or the user's own slack-bolt app (``attach()``). All three
+hand the same payloads to one handler.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs
 
 import aiohttp
@@ -36,13 +39,18 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .._audit import logger
+from .._engine import current_requester
 from .._exceptions import ChannelError, ConfigurationError, NotAnApprover, UnknownRequest
-from .._models import ApprovalRequest, Decision
+from .._models import ApprovalRequest, Decision, Principal
 from .._refused import Refused
 from .._retry import Backoff
 from . import _dns
 from . import _slack_blocks as blocks
+from ._slack_people import People, dig
 from .base import BaseChannel, Decider
+
+if TYPE_CHECKING:
+    from slack_bolt.async_app import AsyncAck, AsyncApp
 
 __all__ = ["SlackChannel"]
 
@@ -57,6 +65,7 @@ _UPDATE_WINDOW = 300.0  # seconds a message update or notice may keep retrying o
 _CONNECT_TIMEOUT = 15.0  # seconds for the Socket Mode connection at start
 _UPDATES_AT_ONCE = 4  # message updates in flight at once (Slack allows chat.update ~50/min)
 NOT_AN_APPROVER = blocks.markup("you are not an approver for this request")
+YOUR_OWN = blocks.markup("you requested this call, so someone else must decide it")
 UNKNOWN_REQUEST = blocks.markup("unknown request")
 _SILENCE = blocks.markup("")
 SHORTENED = blocks.markup(
@@ -67,6 +76,25 @@ TOO_LARGE = blocks.markup(
     "This request is too large to show in Slack: see it and decide it in another approval channel."
 )
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what a request id may look like
+_BOLT_ACTIONS = re.compile(
+    "^(?:"
+    + "|".join(
+        map(re.escape, (blocks.APPROVE, blocks.DENY, blocks.FULL, blocks.ANSWER, blocks.ANSWER_INLINE))
+    )
+    + ")$"
+)
+_BOLT_VIEWS = re.compile(
+    "^(?:" + "|".join(map(re.escape, (blocks.DENY_VIEW, blocks.ANSWER_VIEW, blocks.FULL_VIEW))) + ")$"
+)
+"""Our action ids and modal callback ids, as registered on a user's Bolt app (nothing else)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """Where the requests made in a context go: a channel or person, and a thread."""
+
+    channel: str | None
+    thread_ts: str | None
 
 
 class _BadPayload(Refused):
@@ -107,6 +135,7 @@ class _Click:
     trigger_id: str | None
     channel: str | None
     response_url: str | None
+    thread_ts: str | None = None  # the thread the clicked message is in
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,22 +178,34 @@ def _approvers(approvers: Iterable[str] | str | None) -> tuple[str, ...]:
 class SlackChannel(BaseChannel):
     """Slack: a Block Kit message with Approve / Deny per request, decided by a click.
 
-    Two ways out: the Web API (``channel``: a channel or user id, with a bot token),
-    whose messages are updated in place with ``chat.update`` and whose Deny and Answer
-    buttons open modals; or an incoming webhook (``webhook_url``), whose messages are
-    updated through the click's ``response_url`` and whose Deny decides at once.
-    Two ways in: HTTP callbacks at ``/slack/events`` verified with ``signing_secret``,
-    or Socket Mode with ``app_token`` (``xapp-...``), which needs no public URL.
+    Two ways out: the Web API (``channel``, with a bot token), whose messages are updated
+    in place with ``chat.update`` and whose Deny and Answer buttons open modals; or an
+    incoming webhook (``webhook_url``), whose messages are updated through the click's
+    ``response_url`` and whose Deny decides at once. ``thread()`` sends the requests of
+    one agent conversation into its Slack thread.
+    Three ways in: HTTP callbacks at ``/slack/events`` verified with ``signing_secret``;
+    Socket Mode with ``app_token`` (``xapp-...``), which needs no public URL; or, with
+    neither, ``attach()`` to the slack-bolt app you already run, which receives them.
+
+    Approver lists (the decorator's and this channel's) may name people by Slack user id
+    (``U...``), by email (matched to the clicking user's profile; scope
+    ``users:read.email``) and by user group (``S...``; scope ``usergroups:read``).
+    Decisions record the approver's email as ``by`` when Slack shares it, and their user
+    id as ``user``.
 
     Args:
         bot_token: A bot token (``xoxb-...``). Default: ``SLACK_BOT_TOKEN``.
         signing_secret: The app's signing secret. Default: ``SLACK_SIGNING_SECRET``.
-        channel: Where the Web API posts requests (``C...``, ``U...``, or ``#name``).
+        channel: Where the Web API posts requests: a channel (``C...``, ``#name``), or a
+            person (``U...`` or an email) to message directly (scope ``im:write``).
         webhook_url: An incoming webhook URL, instead of ``channel`` and a bot token.
         app_token: An app-level token for Socket Mode. Default: ``SLACK_APP_TOKEN``.
         base_url: The Web API's base URL (an Enterprise Grid proxy, a test server).
-        approvers: Slack user ids (``U...``) who may decide requests that name no
-            approvers of their own. Default: anyone who can click.
+        approvers: Who may decide through this channel (user ids, emails, user groups).
+            It narrows a decorator's list and never widens it: with both, an approver
+            must be on both. Default: anyone who can click (or the decorator's list).
+        mention_approvers: Mention the approvers (``<@U...>``, ``<!subteam^S...>``) in
+            each request, so that Slack notifies them.
 
     Raises:
         ConfigurationError: naming what is missing or contradictory.
@@ -182,6 +223,7 @@ class SlackChannel(BaseChannel):
         app_token: str | None = None,
         base_url: str = "https://slack.com/api/",
         approvers: Iterable[str] | str | None = None,
+        mention_approvers: bool = False,
     ) -> None:
         if channel and webhook_url:
             raise ConfigurationError(
@@ -202,7 +244,7 @@ class SlackChannel(BaseChannel):
             )
         secret = _setting(signing_secret, "SLACK_SIGNING_SECRET")
         socket_token = _setting(app_token, "SLACK_APP_TOKEN")
-        if secret is None and socket_token is None:
+        if secret is None and socket_token is None and not channel:
             raise ConfigurationError(
                 "SlackChannel needs a way to receive clicks: signing_secret= (or SLACK_SIGNING_SECRET) "
                 "for HTTP callbacks, or app_token= (or SLACK_APP_TOKEN) for Socket Mode"
@@ -211,11 +253,19 @@ class SlackChannel(BaseChannel):
             raise ConfigurationError("app_token must be an app-level token (xapp-...) with connections:write")
         self.channel = channel
         self.approvers = _approvers(approvers)
+        self.mention_approvers = mention_approvers
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self._bot_token = token
         self._webhook_url = webhook_url
         self._app_token = socket_token
         self._verifier = None if secret is None else SignatureVerifier(secret)
+        # What was passed, not read from the environment: attach() refuses only these.
+        self._own_inbound = [
+            name for name, value in (("signing_secret", signing_secret), ("app_token", app_token)) if value
+        ]
+        self._bolt: AsyncApp | None = None
+        self._where: ContextVar[_Where | None] = ContextVar(f"slack_where_{id(self)}", default=None)
+        self._people = People(self._api)
         self._send_lock = anyio.Lock()
         self._update_slots = anyio.Semaphore(_UPDATES_AT_ONCE)
         self._response_urls: dict[str, str] = {}  # webhook mode: request id → a click's response_url
@@ -226,8 +276,110 @@ class SlackChannel(BaseChannel):
 
     def __repr__(self) -> str:
         out = f"channel={self.channel!r}" if self.channel else "webhook"
-        ways = [way for way, on in (("http", self._verifier), ("socket mode", self._app_token)) if on]
+        ways = [
+            way
+            for way, on in (("http", self._verifier), ("socket mode", self._app_token), ("bolt", self._bolt))
+            if on
+        ]
         return f"SlackChannel({out}, inbound={'+'.join(ways)!r}, approvers={list(self.approvers)!r})"
+
+    # -- where requests go, and who receives the clicks ----------------------------------
+
+    @contextlib.contextmanager
+    def thread(
+        self, *, channel: str | None = None, thread_ts: str | None = None, requested_by: str | None = None
+    ) -> Iterator[None]:
+        """Send the requests made inside to ``channel`` (default: the channel's own), as
+        replies in the thread of message ``thread_ts``; their outcomes are posted there too.
+
+        Around one agent turn: a context variable, so that concurrent conversations each
+        keep their own thread. ``requested_by`` is whoever prompted the agent (a Slack user
+        id, or their email to know them in every channel): they may never decide the
+        requests made inside, wherever they answer.
+        """
+        if self._webhook_url is not None:
+            raise ConfigurationError(
+                "an incoming webhook posts to its one channel: thread() needs channel= and a bot token"
+            )
+        where = self._where.set(_Where(channel, thread_ts))
+        requester = current_requester.set(requested_by) if requested_by is not None else None
+        try:
+            yield
+        finally:
+            if requester is not None:
+                current_requester.reset(requester)
+            self._where.reset(where)
+
+    def attach(self, app: AsyncApp) -> None:
+        """Take clicks through ``app``, the slack-bolt ``AsyncApp`` you already run.
+
+        Registers our buttons' actions and our modals on it (ids prefixed ``hl_``, matched
+        exactly); they use the app's request verification, its ``ack()`` and its client.
+        The app keeps its Request URL, handlers, middleware and Socket Mode handler. Each
+        click's decision is stored before it is acknowledged, whatever the app's
+        ``process_before_response``. Call it before the ``HumanLayer`` starts.
+
+        Raises:
+            ConfigurationError: ``app`` is not an ``AsyncApp``, verifies no requests
+                (``request_verification_enabled=False``: anyone could forge clicks), or
+                this channel receives on its own (``signing_secret=``, ``app_token=``) or
+                posts through a webhook.
+        """
+        from slack_bolt.async_app import AsyncApp
+        from slack_bolt.middleware.request_verification.async_request_verification import (
+            AsyncRequestVerification,
+        )
+
+        if not isinstance(app, AsyncApp):
+            raise ConfigurationError(
+                f"attach() takes a slack_bolt.async_app.AsyncApp, not {type(app).__name__}"
+            )
+        if self._webhook_url is not None:
+            raise ConfigurationError(
+                "attach() needs a SlackChannel with channel= and a bot token, not a webhook"
+            )
+        if self._own_inbound:
+            raise ConfigurationError(
+                "the Bolt app receives the clicks: build this SlackChannel without "
+                + " and ".join(self._own_inbound)
+            )
+        if self._bolt is not None:
+            raise ConfigurationError("this SlackChannel is attached to a Bolt app already")
+        middleware = getattr(app, "_async_middleware_list", None) or ()
+        if not any(isinstance(m, AsyncRequestVerification) for m in middleware):
+            raise ConfigurationError(
+                "the Bolt app does not verify Slack's signatures (request_verification_enabled=False): "
+                "anyone could forge approvals through it"
+            )
+        self._verifier = self._app_token = None  # read from the environment: they are the app's
+        app.action(_BOLT_ACTIONS)(self._bolt_action)
+        app.view(_BOLT_VIEWS)(self._bolt_view)
+        self._bolt = app
+
+    async def _bolt_action(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
+        """A click through the user's Bolt app: decided (stored), then acknowledged."""
+        try:
+            await self._handle(body, client)
+        except Refused as refused:  # acknowledged all the same: nothing was decided
+            refused.log(via="bolt")
+            if refused.status >= 500:  # not running here: unacknowledged, Slack tells whoever clicked
+                return
+            if refused.status == 404:
+                with contextlib.suppress(Refused):
+                    self._tell(_parse_click(body), UNKNOWN_REQUEST, client)
+        await ack()
+
+    async def _bolt_view(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
+        """A submitted modal through the user's Bolt app: decided (stored), then acknowledged."""
+        try:
+            reply = await self._handle(body, client)
+        except Refused as refused:
+            refused.log(via="bolt")
+            if refused.status >= 500:
+                return
+            text = UNKNOWN_REQUEST if refused.status == 404 else blocks.markup("this form cannot be used")
+            reply = _Reply(body={"response_action": "errors", "errors": {blocks.TEXT_BLOCK: text}})
+        await ack(**(reply.body or {}))
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -237,6 +389,11 @@ class SlackChannel(BaseChannel):
         return [Route("/slack/events", self._events, methods=["POST"])]
 
     async def run(self, decider: Decider, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
+        if self._verifier is None and self._app_token is None and self._bolt is None:
+            raise ConfigurationError(
+                f"SlackChannel(channel={self.channel!r}) receives no clicks: pass signing_secret= (HTTP "
+                "callbacks) or app_token= (Socket Mode), or attach() it to your slack-bolt app first"
+            )
         timeout = aiohttp.ClientTimeout(total=_HTTP_TIMEOUT)
         session = aiohttp.ClientSession(connector=_dns.connector(), timeout=timeout)
         self._session, self._decider = session, decider
@@ -290,19 +447,35 @@ class SlackChannel(BaseChannel):
     # -- out -------------------------------------------------------------------------
 
     async def send(self, request: ApprovalRequest) -> str | None:
+        """Post the request; its reference is ``channel:ts``, with ``:thread_ts`` in a thread."""
         web = self._running()
-        message = blocks.request_message(request, self._allowed(request), modals=self.channel is not None)
+        approvers = self._allowed(request)
+        mentions = (
+            [m for m in [await self._people.mention(a) for a in approvers] if m]
+            if self.mention_approvers
+            else []
+        )
+        message = blocks.request_message(
+            request, approvers, modals=self.channel is not None, mentions=mentions
+        )
         deadline = time.monotonic() + (request.expires_at - datetime.now(UTC)).total_seconds()
-        async with self._send_lock:  # one at a time: a 429 then holds the queue, not a herd
-            if self._webhook_url is not None:
+        if self._webhook_url is not None:
+            async with self._send_lock:  # one at a time: a 429 then holds the queue, not a herd
                 await self._retrying(
                     "webhook", functools.partial(self._post, self._webhook_url, message), deadline
                 )
-                return None
-            assert self.channel is not None
-            post = functools.partial(web.chat_postMessage, channel=self.channel, **message)
+            return None
+        where = self._where.get() or _Where(None, None)
+        target = where.channel or self.channel
+        assert target is not None
+        channel = await self._people.destination(target)
+        async with self._send_lock:
+            post = functools.partial(
+                web.chat_postMessage, channel=channel, thread_ts=where.thread_ts, **message
+            )
             response = await self._retrying("chat.postMessage", post, deadline)
-        return f"{response['channel']}:{response['ts']}"
+        ref = f"{response['channel']}:{response['ts']}"
+        return ref if where.thread_ts is None else f"{ref}:{where.thread_ts}"
 
     async def update(self, request: ApprovalRequest, ref: str | None) -> None:
         web = self._running()
@@ -323,14 +496,28 @@ class SlackChannel(BaseChannel):
                 )
             else:
                 assert ref is not None
-                channel, _, ts = ref.partition(":")
+                channel, ts, *thread = ref.split(":")
                 update = functools.partial(web.chat_update, channel=channel, ts=ts, **message)
                 await self._retrying("chat.update", update, deadline)
+                if thread:  # and the outcome in the conversation, where the agent's people read it
+                    text = {"text": message["text"]}
+                    post = functools.partial(
+                        web.chat_postMessage, channel=channel, thread_ts=thread[0], **text
+                    )
+                    await self._retrying("chat.postMessage", post, deadline)
 
     def _running(self) -> AsyncWebClient:
         if self._web is None:
             raise ChannelError("SlackChannel is not running: start the HumanLayer first (async with hl)")
         return self._web
+
+    async def _api(self, method: str, **params: Any) -> Mapping[str, Any]:
+        """One Web API call by name (``users.info``...), retried as the others; its JSON answer."""
+        call = getattr(self._running(), method.replace(".", "_"))
+        response = await self._retrying(
+            method, functools.partial(call, **params), time.monotonic() + _HTTP_TIMEOUT * 3
+        )
+        return response.data if isinstance(response.data, dict) else {}
 
     async def _post(self, url: str, payload: Mapping[str, Any]) -> None:
         """POST JSON to a webhook or ``response_url``; anything but 200 raises ``_HTTPStatus``."""
@@ -352,11 +539,10 @@ class SlackChannel(BaseChannel):
                 return await call()
             except SlackApiError as exc:
                 response = exc.response
-                failure = _Failure(
-                    response.status_code,
-                    response.headers.get("Retry-After"),
-                    str(response.get("error") or f"HTTP {response.status_code}"),
-                )
+                error = str(response.get("error") or f"HTTP {response.status_code}")
+                if error == "missing_scope":  # the app's settings, not a moment's trouble: say which
+                    error = f"missing_scope: the Slack app needs the {response.get('needed')} scope"
+                failure = _Failure(response.status_code, response.headers.get("Retry-After"), error)
                 cause: Exception = exc
             except _HTTPStatus as exc:
                 failure, cause = exc.failure, exc
@@ -390,13 +576,13 @@ class SlackChannel(BaseChannel):
         if self._tasks is not None:
             self._tasks.start_soon(guarded)
 
-    def _tell(self, click: _Click, text: blocks.Mrkdwn) -> None:
-        """An ephemeral message to whoever clicked."""
-        if self._webhook_url is None and self._web is not None:
+    def _tell(self, click: _Click, text: blocks.Mrkdwn, web: AsyncWebClient | None) -> None:
+        """An ephemeral message to whoever clicked, in the thread they clicked in."""
+        if self._webhook_url is None and web is not None:
             channel = click.channel or self.channel
             assert channel is not None
             post = functools.partial(
-                self._web.chat_postEphemeral, channel=channel, user=click.user, text=text
+                web.chat_postEphemeral, channel=channel, user=click.user, text=text, thread_ts=click.thread_ts
             )
             self._later("chat.postEphemeral", post)
         elif click.response_url:
@@ -417,7 +603,7 @@ class SlackChannel(BaseChannel):
         problem = self._unverified(request.headers, body)
         if problem is not None:
             raise Refused(401, problem, body="invalid Slack signature")
-        reply = await self._handle(_form_payload(body))
+        reply = await self._handle(_form_payload(body), self._web)
         return reply.response()
 
     def _unverified(self, headers: Mapping[str, str], body: str) -> str | None:
@@ -446,7 +632,7 @@ class SlackChannel(BaseChannel):
         try:
             if envelope.type != "interactive":
                 raise _BadPayload(f"envelope type {envelope.type!r}")
-            reply = await self._handle(envelope.payload)
+            reply = await self._handle(envelope.payload, self._web)
         except Refused as refused:  # acknowledged all the same: sent again, it is refused again
             refused.log(via="socket mode")
         except Exception as exc:  # no acknowledgement: Slack sends the envelope again
@@ -457,11 +643,17 @@ class SlackChannel(BaseChannel):
         except Exception as exc:
             logger.warning("slack.ack_failed", error=repr(exc))
 
-    async def _handle(self, payload: Mapping[str, Any]) -> _Reply:
-        """Turn one interaction payload into a decision (or a reason why not)."""
+    async def _handle(self, payload: Mapping[str, Any], web: AsyncWebClient | None) -> _Reply:
+        """Turn one interaction payload into a decision (or a reason why not).
+
+        Whatever it came through (``/slack/events``, Socket Mode, a Bolt app); ``web`` is
+        the client that opens modals and tells whoever clicked.
+        """
+        if self._decider is None:
+            raise Refused(503, "not running")
         kind = payload.get("type")
         if kind == "block_actions":
-            return await self._on_click(_parse_click(payload))
+            return await self._on_click(_parse_click(payload), web)
         if kind == "view_submission":
             return await self._on_submission(_parse_submission(payload))
         raise _BadPayload(f"payload type {kind!r}")
@@ -477,16 +669,32 @@ class SlackChannel(BaseChannel):
             return self._already(request.decision)
         return request
 
-    async def _pending(self, request_id: str, user: str) -> ApprovalRequest | _Reply:
-        """The request if ``user`` may still decide it; otherwise the reply to give."""
+    async def _pending(self, request_id: str, user: str) -> tuple[ApprovalRequest, Principal] | _Reply:
+        """The request and who ``user`` is, if they may still decide it; otherwise the reply to give.
+
+        They must be on this channel's list and on the request's (either one may be empty).
+        """
         request = await self._undecided(request_id)
         if isinstance(request, _Reply):
             return request
-        allowed = self._allowed(request)
-        if allowed and user not in allowed:
-            logger.warning("slack.not_an_approver", request_id=request_id, user=user)
-            return _Reply(NOT_AN_APPROVER)
-        return request
+        try:
+            who = await self._people.principal(
+                user, (*request.approvers, *self.approvers), requester=request.requested_by
+            )
+        except ChannelError as exc:  # fail closed: nothing is decided by someone we cannot name
+            logger.warning("slack.who_unknown", request_id=request_id, user=user, error=str(exc))
+            return _Reply(
+                blocks.markup(
+                    "Slack could not say who you are, so nothing was decided: {}", blocks.escape(str(exc))
+                )
+            )
+        if (self.approvers and not who.matches(self.approvers)) or not request.may_decide(who):
+            yours = request.requested_by is not None and request.requested_by in who.names
+            logger.warning(
+                "slack.not_an_approver", request_id=request_id, user=user, by=who.id, requester=yours
+            )
+            return _Reply(YOUR_OWN if yours else NOT_AN_APPROVER)
+        return request, who
 
     def _allowed(self, request: ApprovalRequest) -> tuple[str, ...]:
         return request.approvers or self.approvers
@@ -495,39 +703,38 @@ class SlackChannel(BaseChannel):
         logger.info("slack.already_decided", request_id=decision.request_id, status=decision.status.value)
         return _Reply(blocks.markup("This request was already {}.", blocks.slack_describe(decision)))
 
-    async def _on_click(self, click: _Click) -> _Reply:
-        reply = await self._click(click)
+    async def _on_click(self, click: _Click, web: AsyncWebClient | None) -> _Reply:
+        reply = await self._click(click, web)
         if reply.text:
-            self._tell(click, reply.text)
+            self._tell(click, reply.text, web)
         return reply
 
-    async def _click(self, click: _Click) -> _Reply:
+    async def _click(self, click: _Click, web: AsyncWebClient | None) -> _Reply:
         if click.action == blocks.FULL:  # anyone may look: looking decides nothing
-            return await self._show_full_call(click)
+            return await self._show_full_call(click, web)
         found = await self._pending(click.request_id, click.user)
         if isinstance(found, _Reply):
             return found
-        request, modals = found, self._webhook_url is None
+        (request, who), modals = found, self._webhook_url is None
         if click.action not in _ACTIONS[request.kind]:
             raise _BadPayload(f"action {click.action!r} on a {request.kind}")
         if click.action == blocks.APPROVE and not blocks.approvable(request):
             logger.warning("slack.shortened", request_id=request.id, user=click.user)
             return _Reply(SHORTENED)
         if modals and click.action in (blocks.DENY, blocks.ANSWER):
-            return self._open(
-                click, blocks.deny_view(request) if click.action == blocks.DENY else blocks.full_view(request)
-            )
+            view = blocks.deny_view(request) if click.action == blocks.DENY else blocks.full_view(request)
+            return self._open(click, view, web)
         if click.response_url and not modals:
             self._response_urls[request.id] = click.response_url
         if click.action == blocks.ANSWER_INLINE:
             if not click.text:
                 return _Reply(blocks.markup("type an answer first"))
-            return await self._decide(request, click.user, True, answer=click.text)
+            return await self._decide(request, who, True, answer=click.text)
         if click.action == blocks.ANSWER:
             raise _BadPayload("an Answer button in webhook mode")
-        return await self._decide(request, click.user, click.action == blocks.APPROVE)
+        return await self._decide(request, who, click.action == blocks.APPROVE)
 
-    async def _show_full_call(self, click: _Click) -> _Reply:
+    async def _show_full_call(self, click: _Click, web: AsyncWebClient | None) -> _Reply:
         """The "Show the full call" button: the whole call in a modal, which approves it."""
         if self._webhook_url is not None:
             raise _BadPayload("Show the full call through an incoming webhook, which opens no modals")
@@ -537,36 +744,36 @@ class SlackChannel(BaseChannel):
         if found.kind != "approval":
             raise _BadPayload(f"Show the full call on a {found.kind}")
         view = blocks.full_view(found)
-        reply = self._open(click, view)
+        reply = self._open(click, view, web)
         if view is not None:
             logger.info("slack.full_call_shown", request_id=found.id, user=click.user)
         return reply
 
-    def _open(self, click: _Click, view: dict[str, Any] | None) -> _Reply:
+    def _open(self, click: _Click, view: dict[str, Any] | None, web: AsyncWebClient | None) -> _Reply:
         """Open ``view`` for whoever clicked (``None``: a request too large to show in Slack)."""
         if not click.trigger_id:
             raise _BadPayload("a click without trigger_id")
         if view is None:
             logger.warning("slack.too_large", request_id=click.request_id)
             return _Reply(TOO_LARGE)
-        assert self._web is not None
-        self._later(
-            "views.open", functools.partial(self._web.views_open, trigger_id=click.trigger_id, view=view)
-        )
+        assert web is not None
+        self._later("views.open", functools.partial(web.views_open, trigger_id=click.trigger_id, view=view))
         return _Reply()
 
     async def _on_submission(self, submission: _Submission) -> _Reply:
         found = await self._pending(submission.request_id, submission.user)
         if isinstance(found, _Reply):
             reply = found
-        elif submission.view == blocks.DENY_VIEW and found.kind == "approval":
-            reply = await self._decide(found, submission.user, False, comment=submission.text)
-        elif submission.view == blocks.FULL_VIEW and found.kind == "approval":
-            reply = await self._decide(found, submission.user, True, comment=submission.text)
-        elif submission.view == blocks.ANSWER_VIEW and found.kind == "question" and submission.text:
-            reply = await self._decide(found, submission.user, True, answer=submission.text)
         else:
-            raise _BadPayload(f"view {submission.view!r} on a {found.kind}")
+            request, who = found
+            if submission.view == blocks.DENY_VIEW and request.kind == "approval":
+                reply = await self._decide(request, who, False, comment=submission.text)
+            elif submission.view == blocks.FULL_VIEW and request.kind == "approval":
+                reply = await self._decide(request, who, True, comment=submission.text)
+            elif submission.view == blocks.ANSWER_VIEW and request.kind == "question" and submission.text:
+                reply = await self._decide(request, who, True, answer=submission.text)
+            else:
+                raise _BadPayload(f"view {submission.view!r} on a {request.kind}")
         if reply.text:  # shown under the text box; the modal stays open
             return _Reply(body={"response_action": "errors", "errors": {blocks.TEXT_BLOCK: reply.text}})
         return reply
@@ -574,7 +781,7 @@ class SlackChannel(BaseChannel):
     async def _decide(
         self,
         request: ApprovalRequest,
-        user: str,
+        who: Principal,
         approved: bool,
         *,
         comment: str | None = None,
@@ -584,13 +791,13 @@ class SlackChannel(BaseChannel):
         assert self._decider is not None
         try:
             if answer is not None:
-                answered = await self._decider.respond(request.id, answer, by=user, via=self.name)
+                answered = await self._decider.respond(request.id, answer, by=who, via=self.name)
             else:
                 answered = await self._decider.decide(
-                    request.id, approved, by=user, comment=comment or None, via=self.name
+                    request.id, approved, by=who, comment=comment or None, via=self.name
                 )
-        except NotAnApprover:
-            return _Reply(NOT_AN_APPROVER)
+        except NotAnApprover as refusal:
+            return _Reply(YOUR_OWN if refusal.requester else NOT_AN_APPROVER)
         except UnknownRequest:
             raise _unknown(request.id) from None
         if not answered.stands:  # someone decided first (or it expired): say who
@@ -625,21 +832,15 @@ def _form_payload(body: str) -> dict[str, Any]:
     return payload
 
 
-def _dig(data: Any, *path: str) -> Any:
-    for key in path:
-        data = data.get(key) if isinstance(data, dict) else None
-    return data
-
-
 def _text(data: Any, *path: str) -> str:
-    value = _dig(data, *path)
+    value = dig(data, *path)
     if not isinstance(value, str) or not value:
         raise _BadPayload(f"no {'.'.join(path)}")
     return value
 
 
 def _optional(data: Any, *path: str) -> str | None:
-    value = _dig(data, *path)
+    value = dig(data, *path)
     return value if isinstance(value, str) and value else None
 
 
@@ -670,6 +871,7 @@ def _parse_click(payload: Mapping[str, Any]) -> _Click:
         trigger_id=_optional(payload, "trigger_id"),
         channel=_optional(payload, "container", "channel_id") or _optional(payload, "channel", "id"),
         response_url=_optional(payload, "response_url"),
+        thread_ts=_optional(payload, "container", "thread_ts"),
     )
 
 

@@ -37,9 +37,10 @@ __all__ = [
 SCHEMA_VERSION = 1
 """The schema's version: what a reader must understand to use a store; stores migrate older
 ones up to it and refuse newer ones. Additive changes (a new table that older readers never
-touch) do not raise it: each store applies them by name (its ``ADDITIONS``) and records them
-in a table of their own, so a fleet upgraded one process at a time keeps working, the
-processes not yet upgraded included (they check this number and find what they know)."""
+touch, a nullable column that they never name) do not raise it: each store applies them by
+name (its ``ADDITIONS``) and records them in a table of their own, so a fleet upgraded one
+process at a time keeps working, the processes not yet upgraded included (they check this
+number and find what they know)."""
 
 DEFAULT_RETENTION = timedelta(days=30)
 
@@ -74,11 +75,12 @@ def request_row(request: ApprovalRequest) -> dict[str, Any]:
         "message": request.message,
         "doc": request.doc,
         "digest": request.digest or hashlib.sha256(kwargs.encode()).hexdigest(),  # what digest() gives
+        "requested_by": request.requested_by,
     }
 
 
 def decision_row(decision: Decision) -> dict[str, Any]:
-    """The decision columns (``decided_at`` excepted)."""
+    """The decision columns (``decided_at`` excepted): a store's ``UPDATE`` sets each one it names."""
     return {
         "status": decision.status.value,
         "approved": decision.approved,
@@ -86,6 +88,7 @@ def decision_row(decision: Decision) -> dict[str, Any]:
         "decided_via": decision.via,
         "comment": decision.comment,
         "answer": decision.answer,
+        "decided_user": decision.user,
     }
 
 
@@ -119,6 +122,7 @@ def to_request(row: Row, when: ToDatetime) -> ApprovalRequest:
             comment=row["comment"],
             decided_at=when(row["decided_at"]),
             answer=row["answer"],
+            user=row["decided_user"],
         )
     execution = None
     if row["exec_state"] is not None:
@@ -139,6 +143,7 @@ def to_request(row: Row, when: ToDatetime) -> ApprovalRequest:
         key=row["key"],
         digest=row["digest"],
         execution=execution,
+        requested_by=row["requested_by"],
     )
 
 

@@ -139,6 +139,7 @@ DurableStore = Store
 
 def requested_entry(request: ApprovalRequest) -> AuditEntry:
     """The audit entry (and log line) of a newly stored request."""
+    by = {} if request.requested_by is None else {"requested_by": request.requested_by}
     return make_entry(
         "approval.requested",
         request.id,
@@ -146,11 +147,13 @@ def requested_entry(request: ApprovalRequest) -> AuditEntry:
         kind=request.kind,
         kwargs=request.kwargs,
         expires_at=request.expires_at.isoformat(),
+        **by,
     )
 
 
 def decision_entry(decision: Decision) -> AuditEntry:
     """The audit entry (and log line) of a decision that now stands."""
+    user = {} if decision.user is None else {"user": decision.user}
     return make_entry(
         _FINAL_EVENTS[decision.status],
         decision.request_id,
@@ -158,4 +161,5 @@ def decision_entry(decision: Decision) -> AuditEntry:
         by=decision.by,
         via=decision.via,
         comment=decision.comment,
+        **user,
     )

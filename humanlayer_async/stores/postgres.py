@@ -132,6 +132,10 @@ def _additions(schema: str) -> dict[str, tuple[str, ...]]:
             f"CREATE TABLE {schema}.claims (key text PRIMARY KEY, expires_at timestamptz NOT NULL)",
             f"CREATE INDEX claims_expiry ON {schema}.claims (expires_at)",
         ),
+        "principals": (
+            f"ALTER TABLE {schema}.requests ADD COLUMN requested_by text",
+            f"ALTER TABLE {schema}.requests ADD COLUMN decided_user text",
+        ),
     }
 
 
@@ -509,8 +513,8 @@ class PostgresStore:
     async def _expire(self, conn: Connection, request_id: str | None) -> None:
         """Mark pending requests past their expiry (by the database's clock) timed out."""
         rows = await conn.fetch(
-            f"UPDATE {self.schema}.requests SET status = 'timed_out', approved = false,"
-            " decided_by = NULL, decided_via = 'timeout', comment = NULL, decided_at = now()"
+            f"UPDATE {self.schema}.requests SET status = 'timed_out', approved = false, decided_by = NULL,"
+            " decided_user = NULL, decided_via = 'timeout', comment = NULL, decided_at = now()"
             " WHERE status = 'pending' AND expires_at <= now() AND ($1::text IS NULL OR id = $1)"
             " RETURNING id, decided_at",
             request_id,
@@ -571,18 +575,18 @@ class PostgresStore:
         return await self._transact(lambda conn: self._fetch(conn, request_id))
 
     async def decide(self, decision: Decision) -> Decision:
-        values = decision_row(decision)
+        values = {**decision_row(decision), "decided_at": decision.decided_at}
+        assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(values, start=2))
+        late_ok_mark = f"${len(values) + 2}"
         # Approvals and denials count only before the expiry; timeouts and cancellations always.
         late_ok = decision.status not in (Status.APPROVED, Status.DENIED)
 
         async def decide(conn: Connection) -> Decision:
             updated = await conn.fetchval(
-                f"UPDATE {self.schema}.requests SET status = $2, approved = $3, decided_by = $4,"
-                " decided_via = $5, comment = $6, answer = $7, decided_at = $8"
-                " WHERE id = $1 AND status = 'pending' AND ($9 OR expires_at > now()) RETURNING id",
+                f"UPDATE {self.schema}.requests SET {assignments} WHERE id = $1 AND status = 'pending'"
+                f" AND ({late_ok_mark} OR expires_at > now()) RETURNING id",
                 decision.request_id,
                 *values.values(),
-                decision.decided_at,
                 late_ok,
             )
             if updated is not None:

@@ -100,6 +100,10 @@ _ADDITIONS: dict[str, tuple[str, ...]] = {
         "CREATE TABLE hl_claims (key TEXT PRIMARY KEY, expires_at REAL NOT NULL)",
         "CREATE INDEX hl_claims_expiry ON hl_claims (expires_at)",
     ),
+    "principals": (
+        "ALTER TABLE hl_requests ADD COLUMN requested_by TEXT",
+        "ALTER TABLE hl_requests ADD COLUMN decided_user TEXT",
+    ),
 }
 """Name → the statements of an additive change (see ``SCHEMA_VERSION``), in order."""
 
@@ -246,17 +250,16 @@ class SQLiteStore:
         return to_request(row, epoch)
 
     async def decide(self, decision: Decision) -> Decision:
-        values = decision_row(decision)
-        values.update(id=decision.request_id, decided_at=decision.decided_at.timestamp(), now=time.time())
+        values: dict[str, Any] = {**decision_row(decision), "decided_at": decision.decided_at.timestamp()}
+        assignments = _assignments(values)
+        values.update(id=decision.request_id, now=time.time())
         human = decision.status in (Status.APPROVED, Status.DENIED)
 
         def decide(conn: sqlite3.Connection) -> Decision:
             with _transaction(conn):
                 # Approvals and denials only count before the expiry; timeouts and cancellations always.
                 updated = conn.execute(
-                    "UPDATE hl_requests SET status = :status, approved = :approved, decided_by = :decided_by,"
-                    " decided_via = :decided_via, comment = :comment, answer = :answer,"
-                    " decided_at = :decided_at WHERE id = :id AND status = 'pending'"
+                    f"UPDATE hl_requests SET {assignments} WHERE id = :id AND status = 'pending'"
                     + (" AND expires_at > :now" if human else ""),
                     values,
                 ).rowcount
@@ -424,16 +427,16 @@ def _expire(conn: sqlite3.Connection, request_id: str | None) -> None:
     ).fetchall()
     for row in rows:
         decision = expired_decision(row["id"], epoch(now))
-        values: dict[str, Any] = decision_row(decision)
-        values.update(id=decision.request_id, decided_at=now)
-        conn.execute(
-            "UPDATE hl_requests SET status = :status, approved = :approved, decided_by = :decided_by,"
-            " decided_via = :decided_via, comment = :comment, answer = :answer, decided_at = :decided_at"
-            " WHERE id = :id",
-            values,
-        )
+        values: dict[str, Any] = {**decision_row(decision), "decided_at": now}
+        assignments = _assignments(values)
+        conn.execute(f"UPDATE hl_requests SET {assignments} WHERE id = :id", {**values, "id": row["id"]})
         _audit(conn, decision_entry(decision))
         _event(conn, "decided", decision.request_id)
+
+
+def _assignments(values: dict[str, Any]) -> str:
+    """``SET`` assignments of every column in ``values`` from the parameter of its name."""
+    return ", ".join(f"{column} = :{column}" for column in values)
 
 
 def _events_after(conn: sqlite3.Connection, *, after: int) -> list[sqlite3.Row]:
