@@ -172,11 +172,13 @@ def slack_block_actions(
     message_ts: str = "1700000000.000100",
     response_url: str | None = None,
     trigger_id: str = "1700000000.1.test",
+    thread_ts: str | None = None,
 ) -> dict[str, Any]:
     """The ``block_actions`` payload of a click on a ``SlackChannel`` message.
 
     ``action`` names the button (``"full"``: Show the full call); ``"answer"`` with ``text``
     is instead the answer box of a webhook-mode question, submitted with Enter.
+    ``thread_ts`` is the thread the message is in, if any.
     """
     if action == "answer" and text is not None:
         element = {"type": "plain_text_input", "action_id": slack_blocks.ANSWER_INLINE, "value": text}
@@ -206,6 +208,8 @@ def slack_block_actions(
     }
     if response_url is not None:
         payload["response_url"] = response_url
+    if thread_ts is not None:
+        payload["container"]["thread_ts"] = thread_ts
     return payload
 
 

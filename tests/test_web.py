@@ -308,6 +308,37 @@ async def test_named_users_decide_by_name_and_keys_stay_secret(monkeypatch: pyte
         WebChannel(token=KEY, base_path="approvals?x")
 
 
+async def test_users_given_an_email_are_one_principal_with_their_email_everywhere() -> None:
+    bob_key = "bob-key-0123456789ab"
+    web = WebChannel(users={"alice": ALICE, "bob": bob_key}, emails={"alice": "Alice@Company.com"})
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl, httpx.AsyncClient() as client:
+
+        @hl.require_approval(approvers=["alice@company.com"])
+        async def tool() -> str:
+            return "ran"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tool)
+            [request] = await wait_for_pending(hl, within=5)
+            for key, status in ((bob_key, 403), (ALICE, 200)):
+                response = await client.post(
+                    f"{web.url}/requests/{request.id}",
+                    data={"action": "approve"},
+                    headers={"authorization": f"Bearer {key}", "accept": "application/json"},
+                )
+                assert response.status_code == status, response.text
+        decided = (await hl.get(request.id)).decision
+        assert decided is not None and (decided.by, decided.user, decided.via) == (
+            "alice@company.com",
+            "alice",
+            "web",
+        )
+    with pytest.raises(ConfigurationError, match="'carol'"):
+        WebChannel(users={"alice": ALICE}, emails={"carol": "carol@company.com"})
+    with pytest.raises(ConfigurationError, match="address"):
+        WebChannel(users={"alice": ALICE}, emails={"alice": "alice"})
+
+
 def cookie_of(response: httpx.Response) -> str:
     match = re.search(r"humanlayer_session=([^;]+)", response.headers.get("set-cookie", ""))
     assert match is not None

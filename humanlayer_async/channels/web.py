@@ -51,7 +51,7 @@ from starlette.routing import BaseRoute, Route
 
 from .._audit import logger
 from .._exceptions import ConfigurationError, HumanLayerError, NotAnApprover, StoreError, UnknownRequest
-from .._models import ApprovalRequest
+from .._models import ApprovalRequest, Principal
 from .._refused import Refused
 from .._render import describe_decision, summarize
 from ..listener import client_is_local
@@ -120,6 +120,16 @@ def _check_key(key: object, owner: str) -> str:
     return key
 
 
+def _check_emails(emails: Mapping[str, str], users: set[str]) -> dict[str, str]:
+    """``emails`` once every key is a user and every value looks like an address (lower-cased)."""
+    for user, email in emails.items():
+        if user not in users:
+            raise ConfigurationError(f"emails= names {user!r}, who is not one of the users")
+        if not isinstance(email, str) or email.count("@") != 1 or email != email.strip():
+            raise ConfigurationError(f"the email of {user!r} must be an address such as alice@company.com")
+    return {user: email.lower() for user, email in emails.items()}
+
+
 def _check_base_path(base_path: str) -> str:
     stripped = base_path.rstrip("/")
     if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", stripped):
@@ -146,6 +156,9 @@ class WebChannel(BaseChannel):
             when the listener starts.
         users: Named approvers, ``{"alice": "<key>", ...}``: each signs in with their own
             key and decides as their name. Keys are at least 16 characters.
+        emails: Each named user's email, ``{"alice": "alice@company.com"}``: approver lists
+            may then name them by it, as Slack and email approvers are named, and their
+            decisions record it as ``by`` (with the name as ``Decision.user``).
         base_path: Where the console is served on the listener.
         allow_remote: Serve clients other than loopback ones. Off by default, since the
             listener may be public for Slack and email callbacks.
@@ -159,6 +172,7 @@ class WebChannel(BaseChannel):
         *,
         token: str | None = None,
         users: Mapping[str, str] | None = None,
+        emails: Mapping[str, str] | None = None,
         base_path: str = "/approvals",
         allow_remote: bool = False,
         code_lifetime: float | timedelta = CODE_SECONDS,
@@ -184,6 +198,7 @@ class WebChannel(BaseChannel):
                 raise ConfigurationError(f"token decides as {DEFAULT_USER!r}, which is also a user's name")
             owners[token] = DEFAULT_USER
         self._credentials = Credentials({user: key for key, user in owners.items()})
+        self._emails = _check_emails(emails or {}, set(owners.values()))
         self._token = token
         lifetime = code_lifetime.total_seconds() if isinstance(code_lifetime, timedelta) else code_lifetime
         if not lifetime > 0:
@@ -538,7 +553,7 @@ class WebChannel(BaseChannel):
             csrf=session.csrf or "",
             base=base,
             action=f"{base}/requests/{shown.id}",
-            may_decide=shown.may_decide(session.user),
+            may_decide=shown.may_decide(self._who(session.user)),
         )
         return HTMLResponse(html, headers=_SECURITY_HEADERS)
 
@@ -563,22 +578,27 @@ class WebChannel(BaseChannel):
             raise _refusal(400, "empty answer", "type an answer first")
         if not _REQUEST_ID.fullmatch(request_id):
             raise _refusal(404, "unknown request", "no such request")
+        who = self._who(session.user)
         try:
             if action == "answer":
-                answered = await decider.respond(request_id, answer, by=session.user, via=self.name)
+                answered = await decider.respond(request_id, answer, by=who, via=self.name)
             else:
                 answered = await decider.decide(
-                    request_id, action == "approve", by=session.user, comment=comment, via=self.name
+                    request_id, action == "approve", by=who, comment=comment, via=self.name
                 )
         except UnknownRequest as exc:
             raise _refusal(404, "unknown request", "no such request") from exc
         except NotAnApprover as exc:
-            raise _refusal(
-                403, "not an approver", f"{session.user} is not an approver of this request"
-            ) from exc
+            why = "requested this call and may not decide it" if exc.requester else "is not an approver of it"
+            raise _refusal(403, "not an approver", f"{session.user} {why}") from exc
         except HumanLayerError as exc:
             raise _refusal(409, "not decidable", str(exc)) from exc
         return await self._decided(request, decider, answered, session)
+
+    def _who(self, user: str) -> str | Principal:
+        """A signed-in user as approver lists know them: by email too, when given one."""
+        email = self._emails.get(user)
+        return user if email is None else Principal(email, user)
 
     async def _decided(
         self, request: Request, decider: Decider, answered: Answered, session: Session
