@@ -77,6 +77,7 @@ class StandIn:
                 Route("/chat.postEphemeral", self.ok, methods=["POST"]),
                 Route("/views.open", self.ok, methods=["POST"]),
                 Route("/auth.test", self.auth_test, methods=["POST"]),
+                Route("/users.info", self.users_info, methods=["GET"]),
                 Route("/stats", self.stats, methods=["GET"]),
             ]
         )
@@ -162,6 +163,16 @@ class StandIn:
                 "team": "test",
                 "user": "bot",
             }
+        )
+
+    async def users_info(self, request: Request) -> Response:
+        """Whoever clicked, with an email (the channel asks once per user and caches it)."""
+        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+            self.unauthorized += 1
+            return JSONResponse({"ok": False, "error": "invalid_auth"})
+        user = request.query_params.get("user", "")
+        return JSONResponse(
+            {"ok": True, "user": {"id": user, "profile": {"email": f"{user.lower()}@example.com"}}}
         )
 
     async def stats(self, request: Request) -> Response:

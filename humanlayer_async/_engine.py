@@ -149,7 +149,7 @@ class Decisions:
         if question and request.kind != "question":
             raise HumanLayerError(f"request {request_id!r} is an approval, not a question: use decide()")
         if not request.may_decide(who):
-            requester = request.requested_by is not None and request.requested_by in who.names
+            requester = request.is_requester(who)
             logger.warning(
                 "approval.not_an_approver", request_id=request_id, by=who.id, via=via, requester=requester
             )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-__all__ = ["ApprovalRequest", "Decision", "Execution", "Kind", "Principal", "Status"]
+__all__ = ["ApprovalRequest", "Decision", "Execution", "Kind", "Principal", "Status", "same_name"]
 
 Kind = Literal["approval", "question"]
 
@@ -65,12 +65,20 @@ class Principal:
 
     @property
     def names(self) -> frozenset[str]:
-        """Every name an approver list may know this person by."""
-        return frozenset({self.id, *(() if self.user is None else (self.user,)), *self.groups})
+        """Every name an approver list may know this person by (emails lower-cased)."""
+        return frozenset(
+            map(same_name, (self.id, *(() if self.user is None else (self.user,)), *self.groups))
+        )
 
     def matches(self, approvers: tuple[str, ...]) -> bool:
         """Whether ``approvers`` names this person (any of their names)."""
-        return any(name in approvers for name in self.names)
+        names = self.names
+        return any(same_name(approver) in names for approver in approvers)
+
+
+def same_name(name: str) -> str:
+    """``name`` as approver lists compare it: an email address in any case is one person."""
+    return name.lower() if "@" in name else name
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +141,12 @@ class ApprovalRequest:
     def may_decide(self, by: str | Principal) -> bool:
         """Whether ``by`` may decide this request: anyone when no approvers are set, never
         whoever requested it."""
+        if self.is_requester(by):
+            return False  # nobody approves what they asked for
         principal = by if isinstance(by, Principal) else Principal(by)
-        if self.requested_by is not None and self.requested_by in principal.names:
-            return False
         return not self.approvers or principal.matches(self.approvers)
+
+    def is_requester(self, by: str | Principal) -> bool:
+        """Whether ``by`` is who requested this call (and so may not decide it)."""
+        principal = by if isinstance(by, Principal) else Principal(by)
+        return self.requested_by is not None and same_name(self.requested_by) in principal.names

@@ -63,6 +63,8 @@ class People:
                 raise
             logger.warning("slack.email_unknown", user=user, error=str(exc))
             email = None
+        if email is None and requester is not None and "@" in requester:  # fail closed: it may be them
+            raise ChannelError(f"Slack shares no email for {user} (scope users:read.email)")
         groups = frozenset(
             [name for name in names if GROUP.fullmatch(name) and user in await self.members(name)]
         )

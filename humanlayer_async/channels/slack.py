@@ -41,7 +41,7 @@ from starlette.routing import BaseRoute, Route
 from .._audit import logger
 from .._engine import current_requester
 from .._exceptions import ChannelError, ConfigurationError, NotAnApprover, UnknownRequest
-from .._models import ApprovalRequest, Decision, Principal
+from .._models import ApprovalRequest, Decision, Principal, same_name
 from .._refused import Refused
 from .._retry import Backoff
 from . import _dns
@@ -62,6 +62,7 @@ _ATTEMPTS = 5  # tries for 5xx answers, timeouts and network errors
 _BACKOFF = 0.25  # seconds before the first retry; doubles, with jitter
 _BACKOFF_CAP = 8.0  # seconds: the longest wait between two retries
 _UPDATE_WINDOW = 300.0  # seconds a message update or notice may keep retrying on 429
+_LOOKUP_WINDOW = 2.0  # seconds a look-up of who someone is may take, retries included
 _CONNECT_TIMEOUT = 15.0  # seconds for the Socket Mode connection at start
 _UPDATES_AT_ONCE = 4  # message updates in flight at once (Slack allows chat.update ~50/min)
 NOT_AN_APPROVER = blocks.markup("you are not an approver for this request")
@@ -512,11 +513,19 @@ class SlackChannel(BaseChannel):
         return self._web
 
     async def _api(self, method: str, **params: Any) -> Mapping[str, Any]:
-        """One Web API call by name (``users.info``...), retried as the others; its JSON answer."""
+        """One Web API call by name (``users.info``...), retried as the others; its JSON answer.
+
+        Retried for at most ``_LOOKUP_WINDOW``: a click waits for it, and Slack wants its
+        acknowledgement within three seconds.
+        """
         call = getattr(self._running(), method.replace(".", "_"))
-        response = await self._retrying(
-            method, functools.partial(call, **params), time.monotonic() + _HTTP_TIMEOUT * 3
-        )
+        try:
+            with anyio.fail_after(_LOOKUP_WINDOW):
+                response = await self._retrying(
+                    method, functools.partial(call, **params), time.monotonic() + _LOOKUP_WINDOW
+                )
+        except TimeoutError:
+            raise ChannelError(f"Slack {method} took longer than {_LOOKUP_WINDOW:g} s") from None
         return response.data if isinstance(response.data, dict) else {}
 
     async def _post(self, url: str, payload: Mapping[str, Any]) -> None:
@@ -689,7 +698,7 @@ class SlackChannel(BaseChannel):
                 )
             )
         if (self.approvers and not who.matches(self.approvers)) or not request.may_decide(who):
-            yours = request.requested_by is not None and request.requested_by in who.names
+            yours = request.is_requester(who)
             logger.warning(
                 "slack.not_an_approver", request_id=request_id, user=user, by=who.id, requester=yours
             )
@@ -697,7 +706,11 @@ class SlackChannel(BaseChannel):
         return request, who
 
     def _allowed(self, request: ApprovalRequest) -> tuple[str, ...]:
-        return request.approvers or self.approvers
+        """Who the message names as approvers: those on both lists, when both name people."""
+        if not (request.approvers and self.approvers):
+            return request.approvers or self.approvers
+        ours = {same_name(approver) for approver in self.approvers}
+        return tuple(a for a in request.approvers if same_name(a) in ours) or request.approvers
 
     def _already(self, decision: Decision) -> _Reply:
         logger.info("slack.already_decided", request_id=decision.request_id, status=decision.status.value)
