@@ -25,15 +25,23 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from structlog.testing import capture_logs
 
-from humanlayer_async import Status
+from humanlayer_async import ApprovalRequest, HumanLayer, Status
+from humanlayer_async.channels import SlackChannel
 from humanlayer_async.channels import _slack_blocks as blocks
-from humanlayer_async.testing import sign_slack_body, slack_form_body
+from humanlayer_async.testing import sign_slack_body, slack_form_body, wait_for_pending
 
 from .conftest import SECRET as EMAIL_SECRET
 from .conftest import Inbox, sign_generic
-from .fake_slack import FakeSlack
+from .fake_slack import BOT_TOKEN, FakeSlack
 from .hostile import PROVIDERS, SLACK_APPROVER, SLACK_SECRET, Site, serving, web_session
 
 pytestmark = pytest.mark.anyio
@@ -494,3 +502,69 @@ async def served(fake_slack: FakeSlack, inbox: Inbox) -> AsyncIterator[Site]:
         yield running
         async with httpx.AsyncClient(base_url=str(running.hl.url)) as client:
             await genuine_answer_still_works(running, client)
+
+
+# -- a slack-bolt app with the Slack channel attached ---------------------------------------------
+
+
+@pytest.fixture
+async def bolt(fake_slack: FakeSlack) -> AsyncIterator[tuple[HumanLayer, httpx.AsyncClient, ApprovalRequest]]:
+    """The user's Bolt app (its Starlette adapter, over ASGI) with our channel attached, and
+    one approval waiting that only ``SLACK_APPROVER`` may decide."""
+    client = AsyncWebClient(token=BOT_TOKEN, base_url=fake_slack.api_url)
+    app = AsyncApp(token=BOT_TOKEN, signing_secret=SLACK_SECRET, client=client)
+    channel = SlackChannel(bot_token=BOT_TOKEN, channel="C0APPROVALS", base_url=fake_slack.api_url)
+    channel.attach(app)
+    handler = AsyncSlackRequestHandler(app)
+
+    async def events(request: Request) -> Response:
+        return await handler.handle(request)
+
+    asgi = Starlette(routes=[Route("/slack/events", events, methods=["POST"])])
+    async with HumanLayer([channel], listen=None) as hl, anyio.create_task_group() as tg:
+
+        @hl.require_approval(approvers=[SLACK_APPROVER])
+        async def wire(amount: int) -> str:
+            return f"wired {amount}"
+
+        tg.start_soon(wire, 5000)
+        [request] = await wait_for_pending(hl, within=5)
+        transport = httpx.ASGITransport(app=asgi)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            yield hl, http, request
+        tg.cancel_scope.cancel()
+
+
+def as_slack_sends(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """``payload`` with the parts slack-bolt itself reads shaped as Slack always sends them
+    (the channel and container, a modal's ``view.type``), or ``None`` for a shape bolt
+    answers with a 500 before any listener runs, whoever's handlers are registered (a
+    ``block_actions`` with no actions: its matcher reads ``actions[0]``). What only our
+    handlers read (ids, values, texts, trigger ids, URLs) stays as hostile as drawn."""
+    actions = payload.get("actions")
+    if payload.get("type") == "block_actions":
+        if not (isinstance(actions, list) and actions):
+            return None
+        where = {
+            "channel": {"id": "C0APPROVALS"},
+            "container": {"type": "message", "channel_id": "C0APPROVALS"},
+        }
+        return {**payload, **where}
+    view = payload.get("view")
+    return {**payload, "view": {"type": "modal", **view}} if isinstance(view, dict) else payload
+
+
+@FUZZ
+@given(payload=st.one_of(slack_clicks, slack_submissions).map(as_slack_sends).filter(bool))
+async def test_bolt_attached_handlers(
+    bolt: tuple[HumanLayer, httpx.AsyncClient, ApprovalRequest], payload: dict[str, Any] | None
+) -> None:
+    assert payload is not None
+    hl, http, request = bolt
+    text = slack_form_body(payload).decode().replace(REAL_PREFIX, request.id[:8]).replace(REAL_ID, request.id)
+    body = text.encode()
+    response = await send(
+        http, "POST", "/slack/events", content=body, headers=sign_slack_body(body, SLACK_SECRET)
+    )
+    assert response.status_code < 500
+    assert (await hl.get(request.id)).decision is None
