@@ -38,7 +38,7 @@ from ._exceptions import (
     TooManyPending,
 )
 from ._gate import ToolSpec
-from ._models import ApprovalRequest, Decision, Execution, Kind, Principal, Status
+from ._models import ApprovalRequest, Decision, Execution, Kind, Principal, Status, current_requester
 from ._registry import CLOSED, EXPIRED, Outcome, Registry
 from ._retry import Backoff
 from ._runtime import Runtime
@@ -64,8 +64,6 @@ class Run:
 
 
 current_run: ContextVar[Run | None] = ContextVar("humanlayer_run", default=None)
-current_requester: ContextVar[str | None] = ContextVar("humanlayer_requester", default=None)
-"""Who caused the calls made in this context (``SlackChannel.thread(requested_by=...)``)."""
 
 _UNDELIVERED: dict[int, str | None] = {}
 """The (never written) delivery record of a call with no channel: saves each one a dict."""

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-__all__ = ["ApprovalRequest", "Decision", "Execution", "Kind", "Principal", "Status", "same_name"]
+__all__ = [
+    "ApprovalRequest",
+    "Decision",
+    "Execution",
+    "Kind",
+    "Principal",
+    "Status",
+    "current_requester",
+    "same_name",
+]
 
 Kind = Literal["approval", "question"]
+
+current_requester: ContextVar[str | None] = ContextVar("humanlayer_requester", default=None)
+"""Who caused the calls made in this context, recorded as their requests' ``requested_by``
+(set by ``SlackChannel.thread(requested_by=...)``)."""
 
 
 class Status(enum.StrEnum):

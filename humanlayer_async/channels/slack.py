@@ -39,9 +39,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .._audit import logger
-from .._engine import current_requester
 from .._exceptions import ChannelError, ConfigurationError, NotAnApprover, UnknownRequest
-from .._models import ApprovalRequest, Decision, Principal, same_name
+from .._models import ApprovalRequest, Decision, Principal, current_requester, same_name
 from .._refused import Refused
 from .._retry import Backoff
 from . import _dns
