@@ -46,7 +46,7 @@ from ._gate import (
     gate,
     refusal,
 )
-from ._models import ApprovalRequest, Decision, Kind, Principal
+from ._models import ApprovalRequest, Decision, Kind, Principal, acting_for
 from ._render import Render, mask_secrets
 from ._runtime import Runtime
 from .channels.base import Channel, ListenerAware
@@ -275,20 +275,34 @@ class HumanLayer:
         return None if run is None else run.run_id
 
     @contextlib.contextmanager
-    def run(self, run_id: str) -> Iterator[None]:
+    def run(self, run_id: str, *, requested_by: str | None = None) -> Iterator[None]:
         """Make the gated calls in this block one run named ``run_id``, for re-attach.
 
         Holds for the current task and the tasks it starts inside the block. With a
         durable store, a gated call whose request from an earlier process of the same
         run is still there re-attaches to it (``with hl.run("invoice-42"): ...``).
+        ``requested_by`` is who the run acts for, as in ``on_behalf_of``.
         """
         if not run_id:
             raise ConfigurationError("run_id must be a non-empty string")
         token = current_run.set(Run(run_id))
         try:
-            yield
+            with acting_for(requested_by):
+                yield
         finally:
             current_run.reset(token)
+
+    @contextlib.contextmanager
+    def on_behalf_of(self, person: str) -> Iterator[None]:
+        """Record ``person`` as who the gated calls in this block act for: they may never
+        decide those requests, whatever the approver lists say (separation of duties).
+
+        Around an agent's turn for a user: a context variable, so concurrent turns each
+        carry their own. ``person`` is a name approver lists know them by (an email knows
+        them in every channel; a Slack user id in Slack).
+        """
+        with acting_for(person):
+            yield
 
     @property
     def asgi_app(self) -> Starlette:

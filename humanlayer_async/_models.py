@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+
+from ._exceptions import ConfigurationError
 
 __all__ = [
     "ApprovalRequest",
@@ -16,6 +19,7 @@ __all__ = [
     "Kind",
     "Principal",
     "Status",
+    "acting_for",
     "current_requester",
     "same_name",
 ]
@@ -23,8 +27,25 @@ __all__ = [
 Kind = Literal["approval", "question"]
 
 current_requester: ContextVar[str | None] = ContextVar("humanlayer_requester", default=None)
-"""Who caused the calls made in this context, recorded as their requests' ``requested_by``
-(set by ``SlackChannel.thread(requested_by=...)``)."""
+"""Who caused the calls made in this context, recorded as their requests' ``requested_by``."""
+
+
+@contextlib.contextmanager
+def acting_for(person: str | None) -> Iterator[None]:
+    """Record ``person`` as who the calls made inside act for (nothing, for ``None``).
+
+    A context variable: it holds for the current task and the tasks it starts inside.
+    """
+    if person is None:
+        yield
+        return
+    if not isinstance(person, str) or not person.strip():
+        raise ConfigurationError(f"who a call acts for must be a non-empty string, not {person!r}")
+    token = current_requester.set(person)
+    try:
+        yield
+    finally:
+        current_requester.reset(token)
 
 
 class Status(enum.StrEnum):

@@ -528,3 +528,47 @@ async def test_a_store_url_names_the_store_as_the_cli_does(
             assert (await hl.get(request.id)).status is Status.APPROVED
     with pytest.raises(ConfigurationError, match="unsupported store URL"):
         HumanLayer([], store="redis://127.0.0.1:6379", listen=None)
+
+
+async def test_whoever_a_call_acts_for_never_decides_it_and_concurrent_turns_keep_their_own(
+    tmp_path: Path,
+) -> None:
+    async with HumanLayer([], store=SQLiteStore(tmp_path / "hl.db"), listen=None) as hl:
+
+        @hl.require_approval(approvers=["alice@company.com", "bob@company.com"])
+        async def transfer(amount: int) -> int:
+            return amount
+
+        async def turn(person: str, amount: int) -> int:
+            with hl.on_behalf_of(person):
+                return await transfer(amount)
+
+        async with anyio.create_task_group() as tg:
+            results: dict[str, int] = {}
+
+            async def call(person: str, amount: int) -> None:
+                results[person] = await turn(person, amount)
+
+            tg.start_soon(call, "Bob@Company.com", 1)
+            tg.start_soon(call, "alice@company.com", 2)
+            with hl.run("nightly", requested_by="carol@company.com"):
+                tg.start_soon(transfer, 3)
+            pending = {r.kwargs["amount"]: r for r in await wait_for_pending(hl, 3)}
+            assert {a: r.requested_by for a, r in pending.items()} == {
+                1: "Bob@Company.com",
+                2: "alice@company.com",
+                3: "carol@company.com",
+            }
+            with pytest.raises(NotAnApprover) as own:
+                await hl.decide(pending[1].id, True, by="bob@company.com")  # any case: the same person
+            assert own.value.requester and "requested" in str(own.value)
+            with pytest.raises(NotAnApprover) as other:
+                await hl.decide(pending[2].id, True, by="alice@company.com")
+            assert other.value.requester
+            assert (await hl.get(pending[1].id)).status is Status.PENDING
+            await hl.decide(pending[1].id, True, by="alice@company.com")
+            await hl.decide(pending[2].id, True, by="bob@company.com")
+            await hl.decide(pending[3].id, True, by="bob@company.com")
+        assert results == {"Bob@Company.com": 1, "alice@company.com": 2}
+        with pytest.raises(ConfigurationError), hl.on_behalf_of(""):
+            pass

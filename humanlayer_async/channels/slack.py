@@ -40,7 +40,7 @@ from starlette.routing import BaseRoute, Route
 
 from .._audit import logger
 from .._exceptions import ChannelError, ConfigurationError, NotAnApprover, UnknownRequest
-from .._models import ApprovalRequest, Decision, Principal, current_requester, same_name
+from .._models import ApprovalRequest, Decision, Principal, acting_for, same_name
 from .._refused import Refused
 from .._retry import Backoff
 from . import _dns
@@ -302,12 +302,10 @@ class SlackChannel(BaseChannel):
                 "an incoming webhook posts to its one channel: thread() needs channel= and a bot token"
             )
         where = self._where.set(_Where(channel, thread_ts))
-        requester = current_requester.set(requested_by) if requested_by is not None else None
         try:
-            yield
+            with acting_for(requested_by):
+                yield
         finally:
-            if requester is not None:
-                current_requester.reset(requester)
             self._where.reset(where)
 
     def attach(self, app: AsyncApp) -> None:
