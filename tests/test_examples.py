@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import json
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
+import httpx
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from humanlayer_async.testing import sign_slack_body, slack_block_actions, slack_form_body
+
+from .fake_slack import BOT_TOKEN, FakeSlack
 
 pytestmark = pytest.mark.anyio
 
@@ -24,6 +34,9 @@ INTEGRATIONS = {
     "pydantic_ai_agent": "pydantic_ai",
     "fastapi_app": "fastapi",
 }
+
+SERVERS = {"slack_bolt_agent"}
+"""Examples that serve until stopped: their tests start them, with the settings they need."""
 
 
 Runs = dict[str, "subprocess.Popen[bytes]"]
@@ -45,7 +58,7 @@ def runs() -> Iterator[Runs]:
             [sys.executable, str(path)], cwd=EXAMPLES.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         for path in sorted(EXAMPLES.glob("*.py"))
-        if missing_extra(path.stem) is None
+        if missing_extra(path.stem) is None and path.stem not in SERVERS
     }
     yield started
     for process in started.values():
@@ -179,3 +192,155 @@ async def test_fastapi_app(runs: Runs) -> None:
     assert (
         "refund $9000  -> 403 A human denied refund by finance-lead via api: call the customer first." in out
     )
+
+
+APP_SECRET = "example-app-signing-secret-0123456789"
+REQUESTER, LEAD = "U0REQ", "U0LEAD"
+CONVERSATION = "C0CONV"
+
+
+def example_environment(**settings: str) -> dict[str, str]:
+    """This process's environment without its own Slack or server settings, plus ``settings``."""
+    own = ("PORT", "HOST", "EXAMPLE_CONVERSATIONS")
+    kept = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_") and k not in own}
+    return {**kept, **settings}
+
+
+def app_mention(event_id: str, ts: str, text: str) -> bytes:
+    """REQUESTER mentions the bot in CONVERSATION: the body Slack's Events API posts."""
+    event = {
+        "type": "app_mention",
+        "user": REQUESTER,
+        "text": text,
+        "ts": ts,
+        "channel": CONVERSATION,
+        "event_ts": ts,
+    }
+    return json.dumps(
+        {
+            "type": "event_callback",
+            "team_id": "T0TEST",
+            "api_app_id": "A0TEST",
+            "event": event,
+            "event_id": event_id,
+            "event_time": int(time.time()),
+        }
+    ).encode()
+
+
+async def next_line(stdout: BufferedByteReceiveStream, lines: list[str], prefix: str) -> str:
+    """Read the example's output until a line starts with ``prefix``; keep every line in ``lines``."""
+    while True:
+        lines.append((await stdout.receive_until(b"\n", 65536)).decode())
+        if lines[-1].startswith(prefix):
+            return lines[-1]
+
+
+async def says_what_to_set_without_slack_settings(script: list[str]) -> None:
+    """Run with nothing configured (as every example runs): it says what to set and exits 0."""
+    done = await anyio.run_process(script, cwd=EXAMPLES.parent, env=example_environment(), check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert "SLACK_BOT_TOKEN" in done.stdout.decode() and "docs/channels/slack.md" in done.stdout.decode()
+
+
+async def test_slack_bolt_agent(tmp_path: Path) -> None:
+    script = [sys.executable, str(EXAMPLES / "slack_bolt_agent.py")]
+    async with anyio.create_task_group() as tg, FakeSlack() as slack:
+        tg.start_soon(says_what_to_set_without_slack_settings, script)
+        slack.users = {REQUESTER: "req@example.com", LEAD: "lead@example.com"}
+        environment = example_environment(
+            SLACK_BOT_TOKEN=BOT_TOKEN,
+            SLACK_SIGNING_SECRET=APP_SECRET,
+            SLACK_APPROVAL_CHANNEL="C0APPROVALS",
+            # The requester may approve refunds, but never their own.
+            SLACK_APPROVERS=f"{REQUESTER},lead@example.com",
+            SLACK_API_URL=slack.api_url,
+            HOST="127.0.0.1",
+            PORT="0",
+            EXAMPLE_CONVERSATIONS="2",
+        )
+        with (tmp_path / "stderr").open("wb") as errors:
+            process = await anyio.open_process(script, cwd=EXAMPLES.parent, env=environment, stderr=errors)
+        assert process.stdout is not None
+        stdout, lines = BufferedByteReceiveStream(process.stdout), list[str]()
+        try:
+            with anyio.fail_after(20):
+                url = (await next_line(stdout, lines, "listening on ")).removeprefix("listening on ")
+                assert re.fullmatch(r"http://127\.0\.0\.1:\d+/slack/events", url)
+                # A 5-second timeout: a mention handler that waited for its turn would never answer.
+                async with httpx.AsyncClient(timeout=5) as client:
+
+                    async def post(body: bytes, **headers: str) -> None:
+                        signed = {**sign_slack_body(body, APP_SECRET), **headers}
+                        assert (await client.post(url, content=body, headers=signed)).status_code == 200
+
+                    async def click(request_id: str, ts: str, user: str) -> None:
+                        payload = slack_block_actions(
+                            request_id, user=user, channel=CONVERSATION, message_ts=ts, thread_ts="1712.0001"
+                        )
+                        await post(slack_form_body(payload))
+
+                    json_body = {"Content-Type": "application/json"}
+                    refund = app_mention("Ev0001", "1712.0001", "<@U0BOT> refund order 1234 $250")
+                    await post(refund, **json_body)
+                    await post(refund, **json_body, **{"X-Slack-Retry-Num": "1"})  # resent: no second turn
+                    [(ts, asked)] = await slack.wait_for(
+                        lambda: [
+                            (ts, message)
+                            for (channel, ts), message in slack.messages.items()
+                            if channel == CONVERSATION and message["thread_ts"] == "1712.0001"
+                        ]
+                    )
+                    [request_id] = [
+                        element["value"]
+                        for block in asked["blocks"]
+                        if block["type"] == "actions"
+                        for element in block["elements"]
+                        if element["action_id"] == "hl_approve"
+                    ]
+
+                    # Another conversation is answered while the first waits for its approver.
+                    await post(
+                        app_mention("Ev0002", "1712.0002", "<@U0BOT> refund order 99 $20"), **json_body
+                    )
+                    [answer] = await slack.wait_for(lambda: slack.thread(CONVERSATION, "1712.0002"))
+                    assert answer["text"] == "Refunded $20.00 on order 99."
+                    assert len(slack.thread(CONVERSATION, "1712.0001")) == 1
+
+                    await click(request_id, ts, REQUESTER)
+                    [told] = await slack.wait_calls("chat.postEphemeral")
+                    assert {key: told.data.get(key) for key in ("channel", "user", "text", "thread_ts")} == {
+                        "channel": CONVERSATION,
+                        "user": REQUESTER,
+                        "text": "you requested this call, so someone else must decide it",
+                        "thread_ts": "1712.0001",
+                    }
+                    await click(request_id, ts, LEAD)
+                    # The request, then its outcome and the agent's answer, in either order.
+                    thread = await slack.wait_for(
+                        lambda: (thread := slack.thread(CONVERSATION, "1712.0001"))[2:] and thread
+                    )
+                answer, outcome = sorted(message["text"] for message in thread[1:])
+                assert answer == "Refunded $250.00 on order 1234."
+                assert outcome.startswith(
+                    "issue_refund(order_id='1234', amount=250.0): approved by lead@example.com via slack at "
+                )
+                assert await process.wait() == 0, (tmp_path / "stderr").read_text()
+                with contextlib.suppress(anyio.EndOfStream, anyio.IncompleteRead):
+                    await next_line(stdout, lines, "\0")  # the rest of the output
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
+    assert lines == [
+        f"listening on {url}",
+        "<@U0REQ> in C0CONV/1712.0001: <@U0BOT> refund order 1234 $250",
+        "<@U0REQ> in C0CONV/1712.0002: <@U0BOT> refund order 99 $20",
+        "answered in C0CONV/1712.0002: Refunded $20.00 on order 99.",
+        "answered in C0CONV/1712.0001: Refunded $250.00 on order 1234.",
+    ]
+    # All in the conversations' threads: the request, its outcome and the two answers.
+    posted = [
+        (call.data["channel"], call.data.get("thread_ts")) for call in slack.received("chat.postMessage")
+    ]
+    assert sorted(posted) == [(CONVERSATION, "1712.0001")] * 3 + [(CONVERSATION, "1712.0002")]

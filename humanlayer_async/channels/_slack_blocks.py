@@ -124,10 +124,12 @@ def mention(who: str) -> Mrkdwn:
 
 
 def slack_describe(decision: Decision) -> Mrkdwn:
-    """``describe_decision`` as ``mrkdwn``: the decider mentioned, every other part escaped."""
+    """``describe_decision`` as ``mrkdwn``: the decider mentioned (by their Slack user id when
+    the decision has one), every other part escaped."""
+    who = decision.user or decision.by
     shown = replace(
         decision,
-        by=None if decision.by is None else mention(decision.by),
+        by=None if who is None else mention(who),
         via=_fit(decision.via, 50, escape)[0],
         comment=None if decision.comment is None else _fit(decision.comment, 1000, escape)[0],
         answer=None if decision.answer is None else _fit(decision.answer, 120, escape)[0],
