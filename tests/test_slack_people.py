@@ -129,6 +129,30 @@ def posts(slack: FakeSlack) -> list[Call]:
     return slack.received("chat.postMessage")
 
 
+# -- 0. whoever clicks is asked of Slack once -------------------------------------------------------
+
+
+async def test_a_user_slack_does_not_know_is_asked_about_once_and_decides_by_their_id(
+    slack: FakeSlack,
+) -> None:
+    # Slack's "no" (user_not_found) is an answer, cached like any other, not an error to retry.
+    async with running(slack_channel(slack)) as (hl, client):
+
+        @hl.require_approval()
+        async def ship(order: int) -> str:
+            return f"shipped {order}"
+
+        results: list[str] = []
+        async with anyio.create_task_group() as tg:
+            for order in (1, 2):
+                start(tg, results, ship, order)
+            for request in await wait_for_pending(hl, 2, within=5):
+                assert await click_as(client, request.id, "U0GHOST") == ""
+                assert (await decision_of(hl, request.id)).by == "U0GHOST"
+        assert sorted(results) == ["shipped 1", "shipped 2"]
+        assert len(slack.received("users.info", status=None)) == 1
+
+
 # -- 1. approvers by email -------------------------------------------------------------------------
 
 

@@ -32,7 +32,9 @@ TTL = 300.0
 """Seconds an answer about a person or a group is kept."""
 
 Call = Callable[..., Awaitable[Mapping[str, Any]]]
-"""``call(method, **params)``: one Web API call (retried as every other), its JSON answer."""
+"""``call(method, **params)``: one Web API call (retried as every other), its JSON answer,
+``{"ok": false, "error": ...}`` when Slack says no; raises ``ChannelError`` when Slack
+cannot answer (a missing scope, an outage)."""
 
 V = TypeVar("V")
 
@@ -76,6 +78,9 @@ class People:
         async def ask() -> str | None:
             answer = await self._call("users.info", user=user)
             email = dig(answer, "user", "profile", "email")
+            if not answer.get("ok"):
+                logger.info("slack.no_email", user=user, error=answer.get("error"))
+                return None
             if not isinstance(email, str) or "@" not in email:
                 logger.info("slack.no_email", user=user, hint="the Slack app needs users:read.email")
                 return None
@@ -102,7 +107,7 @@ class People:
             answer = await self._call("users.lookupByEmail", email=email)
             found = dig(answer, "user", "id")
             if not isinstance(found, str) or not USER.fullmatch(found):
-                raise ChannelError(f"Slack knows no user with the email {email!r}")
+                raise ChannelError(f"Slack knows no user with the email {email!r}: {answer.get('error')}")
             return found
 
         return await _cached(self._users, email.lower(), self._ttl, ask)
@@ -118,7 +123,7 @@ class People:
             answer = await self._call("conversations.open", users=target)
             opened = dig(answer, "channel", "id")
             if not isinstance(opened, str):
-                raise ChannelError(f"Slack opened no direct message with {target}")
+                raise ChannelError(f"Slack opened no direct message with {target}: {answer.get('error')}")
             im = self._ims[target] = opened
         return im
 

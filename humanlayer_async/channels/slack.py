@@ -512,18 +512,28 @@ class SlackChannel(BaseChannel):
     async def _api(self, method: str, **params: Any) -> Mapping[str, Any]:
         """One Web API call by name (``users.info``...), retried as the others; its JSON answer.
 
-        Retried for at most ``_LOOKUP_WINDOW``: a click waits for it, and Slack wants its
-        acknowledgement within three seconds.
+        Slack's "no" (``{"ok": false}``: no such user, group or email) is an answer, returned
+        as it is; a missing scope, an outage or a rate limit that outlasts the retries raises
+        ``ChannelError``. Retried for at most ``_LOOKUP_WINDOW``: a click waits for it, and
+        Slack wants its acknowledgement within three seconds.
         """
         call = getattr(self._running(), method.replace(".", "_"))
+
+        async def answer() -> Mapping[str, Any]:
+            try:
+                response = await call(**params)
+            except SlackApiError as exc:
+                refused = exc.response
+                if refused.status_code != 200 or refused.get("error") == "missing_scope":
+                    raise
+                response = refused
+            return response.data if isinstance(response.data, dict) else {}
+
         try:
             with anyio.fail_after(_LOOKUP_WINDOW):
-                response = await self._retrying(
-                    method, functools.partial(call, **params), time.monotonic() + _LOOKUP_WINDOW
-                )
+                return await self._retrying(method, answer, time.monotonic() + _LOOKUP_WINDOW)
         except TimeoutError:
             raise ChannelError(f"Slack {method} took longer than {_LOOKUP_WINDOW:g} s") from None
-        return response.data if isinstance(response.data, dict) else {}
 
     async def _post(self, url: str, payload: Mapping[str, Any]) -> None:
         """POST JSON to a webhook or ``response_url``; anything but 200 raises ``_HTTPStatus``."""
