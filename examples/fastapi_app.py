@@ -108,6 +108,8 @@ async def decide(
         decision = await hl.decide(request_id, approved, by=user, comment=comment, via="api")
     except NotAnApprover as exc:
         raise HTTPException(status_code=403, detail=str(exc)) from None
+    if decision is None:  # a vote on a call that needs more approvals (approvals=2)
+        return {"status": "pending", "by": None}
     return {"status": decision.status.value, "by": decision.by}
 
 

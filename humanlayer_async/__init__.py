@@ -25,7 +25,7 @@ from ._exceptions import (
     UnknownRequest,
 )
 from ._gate import current_decision
-from ._models import ApprovalRequest, Decision, Principal, Status
+from ._models import ApprovalRequest, Decision, Principal, Status, Vote
 from ._render import mask_secrets
 
 __version__ = "0.1.0"
@@ -49,6 +49,7 @@ __all__ = [
     "StoreError",
     "TooManyPending",
     "UnknownRequest",
+    "Vote",
     "__version__",
     "current_decision",
     "mask_secrets",

@@ -4,6 +4,7 @@ Events, each with ``request_id`` bound:
 
 - ``approval.requested``  a request was stored (function, kind, expiry)
 - ``approval.delivered``  a channel delivered it (channel, its message reference)
+- ``approval.voted``      an approver's vote counted, on a request that needs several (by, approved)
 - ``approval.decided``    a decision stands (approved, by, via)
 - ``approval.timed_out``  nobody answered in time
 - ``approval.cancelled``  the caller or an operator withdrew it
@@ -31,6 +32,7 @@ __all__ = ["AuditEntry", "AuditEvent", "logger", "make_entry"]
 AuditEvent = Literal[
     "approval.requested",
     "approval.delivered",
+    "approval.voted",
     "approval.decided",
     "approval.timed_out",
     "approval.cancelled",

@@ -49,7 +49,7 @@ from ._gate import (
 from ._models import ApprovalRequest, Decision, Kind, Principal, acting_for
 from ._render import Render, mask_secrets
 from ._runtime import Runtime
-from .channels.base import Channel, ListenerAware
+from .channels.base import Answered, Channel, ListenerAware
 from .stores.base import Store
 from .stores.memory import MemoryStore
 
@@ -107,6 +107,20 @@ def _approver_tuple(approvers: Iterable[str] | str | None) -> tuple[str, ...]:
     if not all(isinstance(approver, str) and approver for approver in checked):
         raise ConfigurationError(f"approvers must be non-empty strings (ids, addresses), not {approvers!r}")
     return checked
+
+
+def _standing(answered: Answered) -> Decision:
+    """The decision an answer that is not a vote (an answer to a question, a cancellation) left."""
+    assert answered.decision is not None, "only a vote leaves a request pending"
+    return answered.decision
+
+
+def _check_approvals(approvals: int) -> int:
+    if isinstance(approvals, bool) or not isinstance(approvals, int) or approvals < 1:
+        raise ConfigurationError(
+            f"approvals must be a whole number of approvers, 1 or more, not {approvals!r}"
+        )
+    return approvals
 
 
 def _check_channels(channels: Iterable[Channel]) -> list[Channel]:
@@ -356,6 +370,7 @@ class HumanLayer:
         context: ContextHook | Mapping[str, Any] | None = None,
         channels: Sequence[Channel] | None = None,
         approvers: Iterable[str] | str | None = None,
+        approvals: int = 1,
         timeout: float | timedelta | None = None,
         on_reject: Literal["raise"] | None = None,
         render: Render | None = None,
@@ -371,6 +386,7 @@ class HumanLayer:
         context: ContextHook | Mapping[str, Any] | None = None,
         channels: Sequence[Channel] | None = None,
         approvers: Iterable[str] | str | None = None,
+        approvals: int = 1,
         timeout: float | timedelta | None = None,
         on_reject: Literal["return"],
         render: Render | None = None,
@@ -385,6 +401,7 @@ class HumanLayer:
         context: ContextHook | Mapping[str, Any] | None = None,
         channels: Sequence[Channel] | None = None,
         approvers: Iterable[str] | str | None = None,
+        approvals: int = 1,
         timeout: float | timedelta | None = None,
         on_reject: OnReject | None = None,
         render: Render | None = None,
@@ -405,6 +422,10 @@ class HumanLayer:
         (``asyncio.to_thread``, ``anyio.to_thread.run_sync``), not on the event loop's
         thread: there it raises ``HumanLayerError`` at once, since blocking would freeze
         every other call.
+
+        ``approvals=2`` (or more) needs that many distinct approvers to approve a call,
+        whatever channels they answer through; one denial denies it. The same person
+        approving twice counts once; the votes so far are on ``hl.get(id).votes``.
         """
         if tool is not None and not callable(tool):
             raise ConfigurationError(
@@ -421,6 +442,7 @@ class HumanLayer:
             "render": _check_callable(render, "render") or self._render,
             "channels": None if channels is None else self._register(*_check_channels(channels)),
             "approvers": _approver_tuple(approvers),
+            "approvals": _check_approvals(approvals),
             "timeout": None if timeout is None else _seconds(timeout, "timeout"),
             "on_reject": self._on_reject if on_reject is None else _check_on_reject(on_reject),
         }
@@ -489,18 +511,20 @@ class HumanLayer:
         by: str | Principal,
         comment: str | None = None,
         via: str = "api",
-    ) -> Decision:
+    ) -> Decision | None:
         """Approve or deny a request; returns the decision that stands.
 
         The first decision wins: a later one returns the first, unchanged. Raises
         ``UnknownRequest`` for an unknown id and ``NotAnApprover`` when ``by`` is not
-        among the request's approvers (the request then stays pending).
+        among the request's approvers (the request then stays pending). On a request
+        that needs several approvals (``approvals=``) this is ``by``'s vote: it returns
+        ``None`` while the request still waits for more (``hl.get(id).votes`` has them).
         """
         return (await self._engine.decide(request_id, approved, by=by, comment=comment, via=via)).decision
 
     async def respond(self, request_id: str, text: str, *, by: str | Principal, via: str = "api") -> Decision:
         """Answer a question from ``human_as_tool``; returns the decision that stands."""
-        return (await self._engine.respond(request_id, text, by=by, via=via)).decision
+        return _standing(await self._engine.respond(request_id, text, by=by, via=via))
 
     async def cancel(
         self, request_id: str, *, by: str | Principal, reason: str | None = None, via: str = "api"
@@ -511,7 +535,7 @@ class HumanLayer:
         approvers (``NotAnApprover`` otherwise; the request stays pending). The waiting
         program withdrawing its own call (its task cancelled, ``aclose()``) needs no approver.
         """
-        return (await self._engine.cancel(request_id, by=by, reason=reason, via=via)).decision
+        return _standing(await self._engine.cancel(request_id, by=by, reason=reason, via=via))
 
     async def get(self, request_id: str) -> ApprovalRequest:
         """One request, with its decision once decided. Raises ``UnknownRequest``."""

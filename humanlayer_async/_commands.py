@@ -36,7 +36,7 @@ from ._codec import to_json
 from ._engine import Decisions
 from ._exceptions import ConfigurationError, HumanLayerError, UnknownRequest
 from ._models import ApprovalRequest
-from ._render import describe_decision, format_value, full_call, summarize
+from ._render import describe_decision, describe_votes, format_value, full_call, summarize
 from ._terminal import MIN_PREFIX, log_to_terminal, table, write_lines
 from .channels.base import Answered
 from .channels.web import TOKEN_ENV, WebChannel
@@ -257,7 +257,7 @@ async def _operate(store: Store, args: argparse.Namespace) -> int:
         result = await _HANDLERS[args.command](Decisions(store), args)
     finally:
         await store.aclose()
-    if isinstance(result, Answered) and not result.stands:
+    if isinstance(result, Answered) and result.decision is not None and not result.stands:
         raise _Refused(
             f"request {result.decision.request_id} was already {describe_decision(result.decision)}"
         )
@@ -327,6 +327,14 @@ async def _show(engine: Decisions, args: argparse.Namespace) -> None:
 
 def _show_decision(args: argparse.Namespace, answered: Answered) -> Answered:
     decision = answered.decision
+    if decision is None:  # a vote: the request waits for more
+        progress = describe_votes(answered.votes, answered.needed)
+        if args.json:
+            votes = [dataclasses.asdict(vote) for vote in answered.votes]
+            _print(args, {"status": "pending", "votes": votes, "needed": answered.needed}, (), [])
+        else:
+            write_lines([f"counted: {progress}"])
+        return answered
     if args.json:
         _print(args, dataclasses.asdict(decision), (), [])
     else:

@@ -38,7 +38,7 @@ from ._exceptions import (
     TooManyPending,
 )
 from ._gate import ToolSpec
-from ._models import ApprovalRequest, Decision, Execution, Kind, Principal, Status, current_requester
+from ._models import ApprovalRequest, Decision, Execution, Kind, Principal, Status, Vote, current_requester
 from ._registry import CLOSED, EXPIRED, Outcome, Registry
 from ._retry import Backoff
 from ._runtime import Runtime
@@ -93,23 +93,30 @@ class Decisions:
     async def decide(
         self, request_id: str, approved: bool, *, by: str | Principal, comment: str | None = None, via: str
     ) -> Answered:
-        """Approve or deny as ``by``: the decision that stands, and whether it is this one."""
-        who = await self._check_approver(request_id, by, via)
+        """Approve or deny as ``by``: the decision that stands, and whether it is this one.
+
+        On a request that needs several approvals this is a vote: it decides once enough
+        distinct approvers approved, or at the first denial.
+        """
+        request, who = await self._check_approver(request_id, by, via)
+        now = datetime.now(UTC)
+        if request.approvals > 1:
+            return await self._vote(request, Vote(who.id, approved, via, comment, now, who.user))
         status = Status.APPROVED if approved else Status.DENIED
         return await self._record(
-            Decision(request_id, approved, status, who.id, via, comment, datetime.now(UTC), None, who.user)
+            Decision(request_id, approved, status, who.id, via, comment, now, None, who.user)
         )
 
     async def respond(self, request_id: str, text: str, *, by: str | Principal, via: str) -> Answered:
         """Answer a question as ``by``: the decision that stands, and whether it is this answer."""
-        who = await self._check_approver(request_id, by, via, question=True)
+        _, who = await self._check_approver(request_id, by, via, question=True)
         return await self._record(
             Decision(request_id, True, Status.APPROVED, who.id, via, None, datetime.now(UTC), text, who.user)
         )
 
     async def cancel(self, request_id: str, *, by: str | Principal, reason: str | None, via: str) -> Answered:
         """Withdraw a pending request as ``by`` (an approver, as for any decision)."""
-        who = await self._check_approver(request_id, by, via)
+        _, who = await self._check_approver(request_id, by, via)
         return await self._record(
             Decision(
                 request_id, False, Status.CANCELLED, who.id, via, reason, datetime.now(UTC), None, who.user
@@ -121,7 +128,9 @@ class Decisions:
     ) -> Decision:
         """Store a closing decision nobody made (timeout, the caller's cancellation, failure)."""
         decision = Decision(request_id, False, status, None, via, comment, datetime.now(UTC))
-        return (await self._record(decision)).decision
+        standing = (await self._record(decision)).decision
+        assert standing is not None  # a decision, not a vote: something stands
+        return standing
 
     async def get(self, request_id: str) -> ApprovalRequest:
         return await self.store.get(request_id)
@@ -138,10 +147,18 @@ class Decisions:
         self._changed()
         return Answered(standing, standing is decision or standing == decision)
 
+    async def _vote(self, request: ApprovalRequest, vote: Vote) -> Answered:
+        tally = await self.store.vote(request.id, vote, request.approvals)
+        if tally.decision is not None:
+            self.registry.resolve(tally.decision)
+        self._changed()
+        stands = tally.decision is None or tally.decided_now
+        return Answered(tally.decision, stands, tally.votes, request.approvals)
+
     async def _check_approver(
         self, request_id: str, by: str | Principal, via: str, *, question: bool = False
-    ) -> Principal:
-        """Who decides, once they may decide ``request_id`` (a question, with ``question``)."""
+    ) -> tuple[ApprovalRequest, Principal]:
+        """The request and who decides it, once they may (a question, with ``question``)."""
         who = by if isinstance(by, Principal) else Principal(by)
         request = await self.store.get(request_id)
         if question and request.kind != "question":
@@ -152,7 +169,7 @@ class Decisions:
                 "approval.not_an_approver", request_id=request_id, by=who.id, via=via, requester=requester
             )
             raise NotAnApprover(request_id, who.id, requester=requester)
-        return who
+        return request, who
 
 
 class Engine(Decisions):
@@ -242,6 +259,7 @@ class Engine(Decisions):
                 key=key,
                 digest=arguments,
                 requested_by=current_requester.get(),
+                approvals=tool.approvals,
             )
             registry = self.registry
             # Wait before storing: another process may decide as soon as the request is stored.

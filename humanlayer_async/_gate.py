@@ -57,6 +57,8 @@ class ToolSpec:
     doc: str | None = None
     qualname: str | None = None
     """The function's ``module.qualname``: part of the re-attach key (``function`` when None)."""
+    approvals: int = 1
+    """How many distinct approvers must approve a call."""
 
 
 class Asker(Protocol):
@@ -249,6 +251,7 @@ def gate(
     render: Render,
     channels: Sequence[Channel] | None,
     approvers: tuple[str, ...],
+    approvals: int,
     timeout: float | None,
     on_reject: OnReject,
 ) -> Callable[..., Any]:
@@ -288,7 +291,7 @@ def gate(
             return {"context_error": f"the context hook raised {type(exc).__name__}"}
         return described if isinstance(described, Mapping) else {"context": described}
 
-    tool = ToolSpec("approval", name, approvers, timeout, channels, doc, qualname)
+    tool = ToolSpec("approval", name, approvers, timeout, channels, doc, qualname, approvals)
 
     async def prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Shown | None:
         """What approvers see of this call, or ``None`` when it may run without asking."""

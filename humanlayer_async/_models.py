@@ -19,6 +19,7 @@ __all__ = [
     "Kind",
     "Principal",
     "Status",
+    "Vote",
     "acting_for",
     "current_requester",
     "same_name",
@@ -61,6 +62,21 @@ class Status(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Vote:
+    """One approver's answer to a request that needs several (``approvals=`` above one).
+
+    ``by`` and ``user`` name the approver as ``Decision`` does; the same person counts once.
+    """
+
+    by: str
+    approved: bool
+    via: str
+    comment: str | None
+    at: datetime
+    user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The answer that stands for a request: the first one stored wins.
 
@@ -81,6 +97,8 @@ class Decision:
     decided_at: datetime
     answer: str | None = None
     user: str | None = None
+    votes: tuple[Vote, ...] = ()
+    """Every vote that made this decision, for a request that needed several approvals."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +180,10 @@ class ApprovalRequest:
     """How far the approved call got, when a durable store holds the request."""
     requested_by: str | None = None
     """Who caused the call (whoever prompted the agent), when known: they may never decide it."""
+    approvals: int = 1
+    """How many distinct approvers must approve; one denial denies."""
+    votes: tuple[Vote, ...] = field(default=(), compare=False)
+    """The votes cast so far, while a request that needs several approvals is pending."""
 
     @property
     def status(self) -> Status:

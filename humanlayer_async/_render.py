@@ -16,19 +16,20 @@ import functools
 import json
 import pprint
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._codec import to_json
 from ._exceptions import StoreError
 
 if TYPE_CHECKING:
-    from ._models import ApprovalRequest, Decision
+    from ._models import ApprovalRequest, Decision, Vote
 
 __all__ = [
     "MASK",
     "Render",
     "describe_decision",
+    "describe_votes",
     "format_kwargs",
     "format_value",
     "full_call",
@@ -305,6 +306,13 @@ def summarize(request: ApprovalRequest) -> str:
     return f"{visible(request.function)}({format_kwargs(request.kwargs, 60)})"
 
 
+def describe_votes(votes: Sequence[Vote], needed: int) -> str:
+    """``1 of 2 approvals: alice@company.com``, every name visible."""
+    approvals = [visible(vote.by) for vote in votes if vote.approved]
+    names = f": {', '.join(approvals)}" if approvals else ""
+    return f"{len(approvals)} of {needed} approvals{names}"
+
+
 def describe_decision(decision: Decision) -> str:
     """``approved by alice via web at 12:03:11 UTC (comment)``, every part visible."""
     who = f" by {visible(decision.by)}" if decision.by else ""
@@ -363,5 +371,9 @@ def full_call(request: ApprovalRequest) -> str:
     lines.append("")
     if request.approvers:
         lines.append(f"Approvers: {', '.join(visible(a) for a in request.approvers)}")
+    if request.approvals > 1:
+        lines.append(
+            f"Needs {request.approvals} approvals; so far {describe_votes(request.votes, request.approvals)}"
+        )
     lines.append(f"Expires: {request.expires_at:%Y-%m-%d %H:%M:%S} UTC")
     return "\n".join(lines) + "\n"

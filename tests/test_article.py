@@ -224,7 +224,9 @@ class Script(threading.Thread):
 
 def decide(layer: HumanLayer, request: ApprovalRequest, approved: bool, **kwargs: Any) -> Decision:
     """``hl.decide`` from this sync thread, on the loop the ``HumanLayer`` runs in."""
-    return layer.blocking(layer.decide)(request.id, approved, **kwargs)
+    decision = layer.blocking(layer.decide)(request.id, approved, **kwargs)
+    assert decision is not None  # one approval decides
+    return decision
 
 
 # -- the article's use cases, from a sync script ------------------------------------------------

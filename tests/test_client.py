@@ -65,7 +65,7 @@ async def test_first_decision_wins_and_later_ones_get_it_back() -> None:
             first = await hl.decide(request.id, True, by="alice", via="slack")
             second = await hl.decide(request.id, False, by="bob", comment="no!", via="email")
         assert second == first
-        assert second.by == "alice" and second.via == "slack" and second.approved
+        assert second is not None and second.by == "alice" and second.via == "slack" and second.approved
         assert results == ["ran"]
 
 

@@ -36,6 +36,7 @@ def test_top_level_names() -> None:
         "StoreError",
         "TooManyPending",
         "UnknownRequest",
+        "Vote",
         "__version__",
         "current_decision",
         "mask_secrets",

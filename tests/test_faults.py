@@ -209,7 +209,9 @@ async def test_slack_down_for_a_while_fails_new_calls_closed_and_loses_no_decisi
                 late = await hl.decide(failed, True, by=SLACK_APPROVER)
             notices = await fake_slack.wait_calls("chat.postEphemeral")
     assert runs == ["before", "after"]  # "during" never ran, not even after a late yes
-    assert late.status is Status.FAILED and (await hl.get(failed)).status is Status.FAILED
+    assert (
+        late is not None and late.status is Status.FAILED and (await hl.get(failed)).status is Status.FAILED
+    )
     assert "already approved by web-console via web" in notices[0].data["text"]
     attempts = [e for e in logs if e["event"] == "slack.retry" and e["call"] == "chat.postMessage"]
     assert len(attempts) >= 4
@@ -347,7 +349,7 @@ async def test_every_outbound_channel_down_fails_closed_and_records_the_request(
     assert "slack: " in str(info.value) and "email: " in str(info.value)
     assert request.status is Status.FAILED and request.decision is not None
     assert request.decision.via == "delivery" and "slack" in (request.decision.comment or "")
-    assert late.status is Status.FAILED and ran == []
+    assert late is not None and late.status is Status.FAILED and ran == []
     assert {e["channel"] for e in logs if e["event"] == "approval.delivery_failed"} == {"slack", "email"}
 
 

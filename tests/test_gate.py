@@ -67,7 +67,7 @@ async def test_approved_call_runs_once_with_its_arguments() -> None:
             decision = await hl.decide(request.id, True, by="alice", comment="fine")
         assert results == ["sent"]
         assert calls == [("ceo@example.com", "hello")]
-        assert decision.approved and decision.by == "alice" and decision.via == "api"
+        assert decision is not None and decision.approved and decision.by == "alice" and decision.via == "api"
         stored = await hl.get(request.id)
         assert stored.status is Status.APPROVED
         assert stored.decision == decision
@@ -133,7 +133,7 @@ async def test_timeout_fails_closed_and_tells_the_channels() -> None:
         assert channel.updated[0].status is Status.TIMED_OUT
         # A late approval cannot undo the timeout.
         late = await hl.decide(decision.request_id, True, by="alice")
-        assert late.status is Status.TIMED_OUT
+        assert late is not None and late.status is Status.TIMED_OUT
     # The sentence an LLM gets says what happened: it expired and did not run, it is not waiting.
     sentence = str(caught.value)
     assert "expired without an answer" in sentence and "did not run" in sentence

@@ -58,6 +58,7 @@ class HookChannel(BaseChannel):
         answered = await self.decider.decide(
             request.path_params["request_id"], body == b"yes", by="tester", via=self.name
         )
+        assert answered.decision is not None  # one approval decides
         return JSONResponse({"status": answered.decision.status.value, "stands": answered.stands})
 
     async def boom(self, request: Request) -> Response:

@@ -54,7 +54,7 @@ async def test_an_agent_whose_connections_are_dropped_mid_wait_still_resumes(
         # the decision by catching up on the event log, or from the NOTIFY once it listens again.
         async with HumanLayer([], store=store, listen=None) as hl:
             decision = await hl.decide(request.id, True, by="cfo")
-        assert decision.approved
+        assert decision is not None and decision.approved
         assert await finish(agent) == (0, {"result": {"sent": 5, "to": "acme"}})
         assert len(starts(log)) == 1
     finally:

@@ -260,7 +260,11 @@ async def test_with_no_approver_on_both_lists_nobody_decides_in_slack(slack: Fak
             assert (await hl.get(request.id)).status is Status.PENDING
             decision = await hl.decide(request.id, True, by=ALICE)  # Python knows no channel's list
         assert results == ["deployed 2.0"]
-        assert (decision.by, decision.via, decision.status) == (ALICE, "api", Status.APPROVED)
+        assert decision is not None and (decision.by, decision.via, decision.status) == (
+            ALICE,
+            "api",
+            Status.APPROVED,
+        )
 
 
 # -- 4. thread(): a conversation's thread, and who may not decide ----------------------------------

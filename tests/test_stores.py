@@ -24,10 +24,11 @@ from humanlayer_async import (
     HumanLayer,
     Status,
     StoreError,
+    UnknownRequest,
 )
 from humanlayer_async._audit import make_entry
 from humanlayer_async._codec import digest
-from humanlayer_async._models import Execution
+from humanlayer_async._models import Execution, Vote
 from humanlayer_async.stores import (
     DurableStore,
     MemoryStore,
@@ -37,6 +38,7 @@ from humanlayer_async.stores import (
     StoreEvent,
     store_from_url,
 )
+from humanlayer_async.stores.base import Tally
 from humanlayer_async.testing import AutoChannel
 
 from .conftest import decision, make_request
@@ -256,6 +258,186 @@ async def test_who_requested_a_call_and_the_channels_id_of_who_decided_it_are_ke
         (False, False),
         (False, False),
     ]
+
+
+# -- vote: requests that need several approvals (approvals=N), counted once each across handles
+
+
+def _vote(by: str, approved: bool = True, *, via: str = "api", comment: str | None = None) -> Vote:
+    return Vote(by, approved, via, comment, datetime.now(UTC).replace(microsecond=0))
+
+
+async def test_a_quorum_is_met_by_distinct_approvers_across_handles_and_later_votes_change_nothing(
+    two: tuple[Store, Store],
+) -> None:
+    first, second = two
+    await first.create(make_request("q1", approvals=2, approvers=("alice@x.com", "bob@x.com", "carol@x.com")))
+    alice = Vote("Alice@x.com", True, "slack", "fine", datetime.now(UTC).replace(microsecond=0), "U0ALICE")
+    assert await first.vote("q1", alice, 2) == Tally(None, (alice,), False)
+    waiting = await second.get("q1")
+    assert (waiting.status, waiting.approvals, waiting.votes) == (Status.PENDING, 2, (alice,))
+    [listed] = await second.list_pending()
+    assert listed.votes == (alice,)
+
+    # The same person again, through the other handle and in another case: counted once.
+    assert await second.vote("q1", _vote("alice@x.com", via="email"), 2) == Tally(None, (alice,), False)
+
+    bob = _vote("bob@x.com", comment="ok")
+    decided = await second.vote("q1", bob, 2)
+    assert decided.decided_now and decided.votes == (alice, bob)
+    approved = decided.decision
+    assert approved is not None
+    assert (approved.status, approved.approved, approved.by, approved.via, approved.comment) == (
+        Status.APPROVED,
+        True,
+        "bob@x.com",
+        "api",
+        "ok",
+    )
+    assert approved.votes == (alice, bob)
+    stored = await first.get("q1")  # read back through the other handle
+    assert stored.status is Status.APPROVED and stored.decision == approved
+    assert stored.decision is not None and stored.decision.votes == (alice, bob)
+    assert stored.votes == (alice, bob) and await first.list_pending() == []
+
+    # A vote after the decision: the decision stands, this vote is not counted.
+    assert await first.vote("q1", _vote("carol@x.com", False), 2) == Tally(approved, (alice, bob), False)
+    assert await second.decide(decision("q1", False, "carol@x.com")) == approved
+
+    entries = await second.history(request_id="q1")
+    assert [e.event for e in entries] == [
+        "approval.requested",
+        "approval.voted",
+        "approval.voted",
+        "approval.decided",
+    ]
+    assert entries[1].fields == {
+        "by": "Alice@x.com",
+        "approved": True,
+        "via": "slack",
+        "comment": "fine",
+        "user": "U0ALICE",
+        "approvals": 1,
+        "needed": 2,
+    }
+    assert entries[2].fields == {
+        "by": "bob@x.com",
+        "approved": True,
+        "via": "api",
+        "comment": "ok",
+        "approvals": 2,
+        "needed": 2,
+    }
+    assert entries[3].fields == {"status": "approved", "by": "bob@x.com", "via": "api", "comment": "ok"}
+
+
+async def test_one_denial_denies_a_quorum_request_at_once(two: tuple[Store, Store]) -> None:
+    first, second = two
+    await first.create(make_request("v1", approvals=2))
+    await first.create(make_request("v2", approvals=3))
+    no = _vote("carol@x.com", False, comment="not today")
+    vetoed = await second.vote("v1", no, 2)
+    assert vetoed.decided_now and vetoed.votes == (no,)
+    assert vetoed.decision is not None
+    assert (vetoed.decision.status, vetoed.decision.by, vetoed.decision.votes) == (
+        Status.DENIED,
+        "carol@x.com",
+        (no,),
+    )
+    assert (await first.get("v1")).decision == vetoed.decision
+
+    # After an approval, the denial still denies, carrying both votes.
+    yes, also_no = _vote("alice@x.com"), _vote("bob@x.com", False)
+    assert (await first.vote("v2", yes, 3)).decision is None
+    denied = await second.vote("v2", also_no, 3)
+    assert denied.decision is not None and denied.decision.status is Status.DENIED
+    stored = await first.get("v2")
+    assert stored.decision is not None and stored.decision.votes == (yes, also_no)
+    assert [e.event for e in await first.history(request_id="v1")] == [
+        "approval.requested",
+        "approval.voted",
+        "approval.decided",
+    ]
+    assert (await first.history(request_id="v1"))[1].fields["approvals"] == 0
+
+
+async def test_votes_on_an_expired_quorum_request_get_the_timeout(two: tuple[Store, Store]) -> None:
+    first, second = two
+    await first.create(make_request("t1", approvals=2, lifetime=0.5))
+    await first.create(make_request("t2", approvals=2, lifetime=0.5))
+    early = _vote("alice@x.com")
+    assert (await first.vote("t1", early, 2)).decision is None
+    await anyio.sleep(0.7)
+    late = await second.vote("t1", _vote("bob@x.com"), 2)
+    assert late.decision is not None and not late.decided_now
+    assert (late.decision.status, late.decision.via, late.decision.votes) == (Status.TIMED_OUT, "timeout", ())
+    assert late.votes == (early,)  # the one counted in time
+    untouched = await first.vote("t2", _vote("carol@x.com", False), 2)  # a denial is late as well
+    assert untouched.decision is not None and untouched.decision.status is Status.TIMED_OUT
+    assert untouched.votes == ()
+    assert [e.event for e in await second.history(request_id="t1")] == [
+        "approval.requested",
+        "approval.voted",
+        "approval.timed_out",
+    ]
+    assert [e.event for e in await second.history(request_id="t2")] == [
+        "approval.requested",
+        "approval.timed_out",
+    ]
+    with pytest.raises(UnknownRequest):
+        await first.vote("nowhere", _vote("alice@x.com"), 2)
+
+
+async def _at_once(casts: list[tuple[Store, str, Vote]], needed: int) -> list[Tally]:
+    """Cast every ``(store, request id, vote)`` at once, each in its own task; their tallies."""
+    tallies: list[Tally] = []
+
+    async def cast(store: Store, request_id: str, vote: Vote) -> None:
+        tallies.append(await store.vote(request_id, vote, needed))
+
+    async with anyio.create_task_group() as tg:
+        for store, request_id, vote in casts:
+            tg.start_soon(cast, store, request_id, vote)
+    return tallies
+
+
+async def test_concurrent_votes_from_many_handles_are_each_counted_once(store_url: str) -> None:
+    """Handles as separate processes have (their own connections), voting at the same instant."""
+    handles = [store_from_url(store_url) for _ in range(3)]
+    try:
+        for store in handles:
+            await store.open()  # connected: the votes meet in the database, not in connecting
+        voters = ("alice@x.com", "bob@x.com", "carol@x.com")
+        for round_ in range(5):
+            request_id = f"c{round_}"
+            await handles[0].create(make_request(request_id, approvals=3))
+            # Each voter twice, through two different handles.
+            casts = [(handles[index % 3], request_id, _vote(by)) for index, by in enumerate(voters * 2)]
+            tallies = await _at_once(casts, 3)
+            [made] = [t for t in tallies if t.decided_now]
+            assert made.decision is not None and made.decision.status is Status.APPROVED
+            assert sorted(v.by for v in made.decision.votes) == sorted(voters), round_
+            assert all(t.decision in (None, made.decision) for t in tallies)  # one decision stands
+            stored = await handles[1].get(request_id)
+            assert stored.decision == made.decision and len(stored.votes) == 3
+            voted = [
+                e for e in await handles[2].history(request_id=request_id) if e.event == "approval.voted"
+            ]
+            assert sorted(e.fields["approvals"] for e in voted) == [1, 2, 3], round_
+
+        # Twenty approvals by one person at once: one vote, and the request still waits.
+        await handles[0].create(make_request("dup", approvals=2))
+        tallies = await _at_once(
+            [(handles[index % 3], "dup", _vote("alice@x.com")) for index in range(20)], 2
+        )
+        assert all(t.decision is None and len(t.votes) == 1 for t in tallies) and len(tallies) == 20
+        stored = await handles[2].get("dup")
+        assert stored.status is Status.PENDING and [v.by for v in stored.votes] == ["alice@x.com"]
+        voted = [e for e in await handles[0].history(request_id="dup") if e.event == "approval.voted"]
+        assert len(voted) == 1
+    finally:
+        for store in handles:
+            await store.aclose()
 
 
 class Currency(enum.Enum):
@@ -480,6 +662,38 @@ async def test_a_store_without_the_principal_columns_gains_them_and_keeps_its_re
         await again.aclose()
 
 
+async def test_a_store_without_the_quorum_columns_gains_them_and_keeps_its_requests(
+    store_url: str,
+) -> None:
+    """The release before ``approvals`` and ``votes``: its database gains both columns (an
+    additive change, the schema version unchanged); its requests need one approval each."""
+    store = store_from_url(store_url)
+    await store.create(make_request("old-pending"))
+    await store.create(make_request("old-decided"))
+    await store.decide(decision("old-decided", True, "alice"))
+    await store.aclose()
+    await drop_the_quorum_columns(store)
+    assert {"approvals", "votes"}.isdisjoint(await request_columns(store))
+    reopened = store_from_url(store_url)
+    try:
+        [pending] = await reopened.list_pending()
+        assert (pending.id, pending.approvals, pending.votes) == ("old-pending", 1, ())
+        old = await reopened.get("old-decided")
+        assert old.decision is not None and (old.decision.by, old.decision.votes) == ("alice", ())
+        await reopened.create(make_request("new", approvals=2))
+        assert (await reopened.vote("new", _vote("bob@x.com"), 2)).decision is None
+    finally:
+        await reopened.aclose()
+    assert {"approvals", "votes"} <= await request_columns(reopened)
+    assert await schema_version(reopened) == 1
+    again = store_from_url(store_url)  # another process, after a restart
+    try:
+        new = await again.get("new")
+        assert (new.approvals, [v.by for v in new.votes], new.status) == (2, ["bob@x.com"], Status.PENDING)
+    finally:
+        await again.aclose()
+
+
 async def run_sql(store: DurableStore, statement: str) -> None:
     """Run ``statement`` on ``store``'s database; ``{additions}``, ``{claims}`` and ``{requests}``
     name its tables."""
@@ -539,8 +753,9 @@ async def schema_version(store: DurableStore) -> int:
 
 async def downgrade_to_the_previous_release(store: DurableStore) -> None:
     """Make ``store``'s database look as the release before additions left it: no claims, no
-    principal columns, no additions."""
+    principal or quorum columns, no additions."""
     await drop_the_principal_columns(store)
+    await drop_the_quorum_columns(store)
     await run_sql(store, "DROP TABLE {claims}")
     await run_sql(store, "DROP TABLE {additions}")
 
@@ -551,6 +766,13 @@ async def drop_the_principal_columns(store: DurableStore) -> None:
     await run_sql(store, "ALTER TABLE {requests} DROP COLUMN requested_by")
     await run_sql(store, "ALTER TABLE {requests} DROP COLUMN decided_user")
     await run_sql(store, "DELETE FROM {additions} WHERE name = 'principals'")
+
+
+async def drop_the_quorum_columns(store: DurableStore) -> None:
+    """Make ``store``'s database look as the release before ``approvals`` and ``votes`` left it."""
+    await run_sql(store, "ALTER TABLE {requests} DROP COLUMN approvals")
+    await run_sql(store, "ALTER TABLE {requests} DROP COLUMN votes")
+    await run_sql(store, "DELETE FROM {additions} WHERE name = 'quorum'")
 
 
 # -- issue 13: store URLs the CLI documents, and stores that are only opened, never created ------

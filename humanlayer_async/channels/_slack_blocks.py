@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any, NewType, TypeVar
 
 from .._models import ApprovalRequest, Decision, Status
-from .._render import describe_decision, full_call, shorten, summarize, visible
+from .._render import describe_decision, describe_votes, full_call, shorten, summarize, visible
 
 __all__ = [
     "ANSWER",
@@ -39,6 +39,7 @@ __all__ = [
     "escape",
     "full_view",
     "markup",
+    "notice_view",
     "outcome_message",
     "request_message",
     "slack_describe",
@@ -216,6 +217,13 @@ def _who_may(approvers: Sequence[str]) -> Mrkdwn:
     return markup("Approvers: " + ", ".join("{}" for _ in approvers), *map(mention, approvers))
 
 
+def _progress(request: ApprovalRequest) -> list[Block]:
+    """How far a request that needs several approvals got: ``1 of 2 approvals: alice``."""
+    if request.approvals == 1:
+        return []
+    return [_mrkdwn(_fit(describe_votes(request.votes, request.approvals), 500, escape)[0])]
+
+
 def _expiry(request: ApprovalRequest) -> Mrkdwn:
     fallback = escape(f"{request.expires_at:%Y-%m-%d %H:%M} UTC")
     stamp = escape(str(int(request.expires_at.timestamp())))
@@ -272,6 +280,7 @@ def request_message(
         "type": "context",
         "elements": [
             _mrkdwn(_who_may(approvers)),
+            *_progress(request),
             _mrkdwn(_expiry(request)),
             _mrkdwn(markup("Request `{}`", escape(request.short_id))),
         ],
@@ -373,6 +382,17 @@ def deny_view(request: ApprovalRequest) -> Block:
     shown = [{"type": "section", "text": texts.plain(summarize(request))}]
     labels = ("Deny request", "Deny", "Cancel", "Reason (optional)")
     return _modal(texts, request, DENY_VIEW, labels, shown, optional=True)
+
+
+def notice_view(text: Mrkdwn) -> Block:
+    """A modal that only says ``text`` (a vote counted, the request waits for more): closed by its button."""
+    texts = _Texts()
+    return {
+        "type": "modal",
+        "title": texts.plain("Vote counted", 24),
+        "close": texts.plain("Close", 24),
+        "blocks": [{"type": "section", "text": _mrkdwn(text)}],
+    }
 
 
 def _modal(

@@ -17,7 +17,7 @@ from html import escape
 from typing import Any
 
 from .._models import ApprovalRequest
-from .._render import describe_decision, full_call, shorten, summarize, visible
+from .._render import describe_decision, describe_votes, full_call, shorten, summarize, visible
 
 __all__ = [
     "card",
@@ -127,6 +127,8 @@ def card(request: ApprovalRequest, *, action: str, csrf: str, now: datetime) -> 
     age = duration((now - request.created_at).total_seconds())
     left = duration((request.expires_at - now).total_seconds())
     approvers = f" · approvers: {_text(', '.join(request.approvers))}" if request.approvers else ""
+    if request.approvals > 1:
+        approvers += f" · {_text(describe_votes(request.votes, request.approvals))}"
     meta = (
         f'<p class="meta">run <span class="run">{_text(request.run_id or "—")}</span>'
         f' · asked <time class="age" datetime="{created}">{age} ago</time>'

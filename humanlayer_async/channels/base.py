@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-from .._models import ApprovalRequest, Decision, Kind, Principal
+from .._models import ApprovalRequest, Decision, Kind, Principal, Vote
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -24,10 +24,15 @@ class Answered:
 
     ``stands`` is false when someone else decided first (or the request expired): the
     channel then tells its approver who did, instead of confirming their answer.
+    ``decision`` is ``None`` (and ``stands`` true) when the answer is a vote that counted
+    and the request still waits for more (``approvals=`` above one): ``votes`` are the
+    votes so far, of the ``needed`` approvals.
     """
 
-    decision: Decision
+    decision: Decision | None
     stands: bool
+    votes: tuple[Vote, ...] = ()
+    needed: int = 1
 
 
 @runtime_checkable

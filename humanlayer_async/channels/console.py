@@ -14,7 +14,15 @@ from anyio.abc import TaskStatus
 
 from .._exceptions import HumanLayerError, UnknownRequest
 from .._models import ApprovalRequest, Decision
-from .._render import describe_decision, full_call, shorten, shorten_kwargs, summarize, visible
+from .._render import (
+    describe_decision,
+    describe_votes,
+    full_call,
+    shorten,
+    shorten_kwargs,
+    summarize,
+    visible,
+)
 from .._terminal import MIN_PREFIX, write_lines
 from .base import BaseChannel, Decider
 
@@ -189,7 +197,9 @@ class ConsoleChannel(BaseChannel):
             answered = await self._decider.decide(
                 request.id, verb == "y", by=self.user, comment=text or None, via=self.name
             )
-        if not answered.stands:  # someone else decided first: say who (ours is shown by update)
+        if answered.decision is None:  # a vote: the request waits for more
+            self._say(f"{request.short_id}: counted, {describe_votes(answered.votes, answered.needed)}")
+        elif not answered.stands:  # someone else decided first: say who (ours is shown by update)
             self._say(_outcome(request, answered.decision, already=True))
 
     def _summary(self, request_id: str) -> str:
@@ -235,6 +245,8 @@ def describe(request: ApprovalRequest) -> list[str]:
     ]
     if request.approvers:
         lines.append(f"  approvers: {', '.join(visible(a) for a in request.approvers)}")
+    if request.approvals > 1:
+        lines.append(f"  needs {describe_votes(request.votes, request.approvals)}")
     if cut or any(shortened for _, _, shortened in context):
         lines.append(f"  shortened above: v {short} shows the full call")
     lines.append(f"  answer: y {short} [comment]  |  n {short} <reason>  |  v {short}")

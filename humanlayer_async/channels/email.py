@@ -23,7 +23,7 @@ from .._audit import logger
 from .._exceptions import ChannelError, ConfigurationError, NotAnApprover, StoreError, UnknownRequest
 from .._models import ApprovalRequest, Decision
 from .._refused import Refused
-from .._render import describe_decision
+from .._render import describe_decision, describe_votes
 from .._retry import Backoff
 from ._inbound_mail import PROVIDERS, InboundMail, Provider, ReplayGuard, read_mail
 from ._mail_compose import compose, follow_up_text, full_call_attachment, help_text, request_bodies, subject
@@ -384,12 +384,13 @@ class EmailChannel(BaseChannel):
             decision = await self._apply(self._decider, request_id, index, mail, who)
         except StoreError as exc:  # a retry may find the store back: the webhook is not used up
             raise Refused(503, "the store is unavailable: retry later", error=str(exc), **who) from exc
-        return decision.status.value
+        return "voted" if decision is None else decision.status.value
 
     async def _apply(
         self, decider: Decider, request_id: str, index: int, mail: InboundMail, who: _Who
-    ) -> Decision:
-        """Decide ``request_id`` as the reply from ``to[index]`` says; the decision, or ``Refused``.
+    ) -> Decision | None:
+        """Decide ``request_id`` as the reply from ``to[index]`` says; the decision (``None``: a
+        vote counted, the request waits for more), or ``Refused``.
 
         ``who`` (the request id and sender) goes into the log line of a refusal.
         """
@@ -415,6 +416,11 @@ class EmailChannel(BaseChannel):
                 answered = await decider.decide(request_id, approved, by=by, comment=reason, via=self.name)
         except NotAnApprover:
             raise Refused(403, "the sender is not an approver of this request", **who) from None
+        if answered.decision is None:  # a vote: the request waits for more
+            logger.info(
+                "email.voted", request_id=request_id, progress=describe_votes(answered.votes, answered.needed)
+            )
+            return None
         if not answered.stands:  # someone decided first (or it expired): say who
             raise Refused(409, f"already {describe_decision(answered.decision)}", **who)
         return answered.decision

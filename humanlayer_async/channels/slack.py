@@ -42,6 +42,7 @@ from .._audit import logger
 from .._exceptions import ChannelError, ConfigurationError, NotAnApprover, UnknownRequest
 from .._models import ApprovalRequest, Decision, Principal, acting_for, same_name
 from .._refused import Refused
+from .._render import describe_votes
 from .._retry import Backoff
 from . import _dns
 from . import _slack_blocks as blocks
@@ -113,10 +114,12 @@ class _Reply:
     """What a callback that is not refused gets back (200): a text, or for modals a JSON body.
 
     The text is ``Mrkdwn``: it may be told to whoever clicked, as an ephemeral message.
+    ``counted`` says it confirms a vote rather than refusing anything.
     """
 
     text: blocks.Mrkdwn = _SILENCE
     body: dict[str, Any] | None = None
+    counted: bool = False
 
     def response(self) -> Response:
         if self.body is not None:
@@ -136,6 +139,7 @@ class _Click:
     channel: str | None
     response_url: str | None
     thread_ts: str | None = None  # the thread the clicked message is in
+    message_ts: str | None = None  # the clicked message
 
 
 @dataclass(frozen=True, slots=True)
@@ -752,7 +756,8 @@ class SlackChannel(BaseChannel):
             return await self._decide(request, who, True, answer=click.text)
         if click.action == blocks.ANSWER:
             raise _BadPayload("an Answer button in webhook mode")
-        return await self._decide(request, who, click.action == blocks.APPROVE)
+        message = (click.channel, click.message_ts) if click.channel and click.message_ts else None
+        return await self._decide(request, who, click.action == blocks.APPROVE, message=message)
 
     async def _show_full_call(self, click: _Click, web: AsyncWebClient | None) -> _Reply:
         """The "Show the full call" button: the whole call in a modal, which approves it."""
@@ -794,6 +799,8 @@ class SlackChannel(BaseChannel):
                 reply = await self._decide(request, who, True, answer=submission.text)
             else:
                 raise _BadPayload(f"view {submission.view!r} on a {request.kind}")
+        if reply.counted:  # the modal says so, and closes
+            return _Reply(body={"response_action": "update", "view": blocks.notice_view(reply.text)})
         if reply.text:  # shown under the text box; the modal stays open
             return _Reply(body={"response_action": "errors", "errors": {blocks.TEXT_BLOCK: reply.text}})
         return reply
@@ -806,8 +813,13 @@ class SlackChannel(BaseChannel):
         *,
         comment: str | None = None,
         answer: str | None = None,
+        message: tuple[str, str] | None = None,
     ) -> _Reply:
-        """Store the decision before the callback is acknowledged; say who won if not us."""
+        """Store the decision before the callback is acknowledged; say who won if not us.
+
+        A vote that leaves the request waiting for more approvals is confirmed to whoever
+        cast it, and the clicked ``message`` (channel, ts) shows the count.
+        """
         assert self._decider is not None
         try:
             if answer is not None:
@@ -820,6 +832,16 @@ class SlackChannel(BaseChannel):
             return _Reply(YOUR_OWN if refusal.requester else NOT_AN_APPROVER)
         except UnknownRequest:
             raise _unknown(request.id) from None
+        if answered.decision is None:  # a vote: the request waits for more
+            if message is not None and self._webhook_url is None and self._web is not None:
+                counted = await self._decider.get(request.id)
+                shown = blocks.request_message(counted, self._allowed(counted), modals=True)
+                update = functools.partial(self._web.chat_update, channel=message[0], ts=message[1], **shown)
+                self._later("chat.update", update)
+            progress = describe_votes(answered.votes, answered.needed)
+            return _Reply(
+                blocks.markup("Your approval is counted: {}", blocks.escape(progress)), counted=True
+            )
         if not answered.stands:  # someone decided first (or it expired): say who
             return self._already(answered.decision)
         return _Reply()
@@ -892,6 +914,7 @@ def _parse_click(payload: Mapping[str, Any]) -> _Click:
         channel=_optional(payload, "container", "channel_id") or _optional(payload, "channel", "id"),
         response_url=_optional(payload, "response_url"),
         thread_ts=_optional(payload, "container", "thread_ts"),
+        message_ts=_optional(payload, "container", "message_ts"),
     )
 
 

@@ -53,7 +53,7 @@ from .._audit import logger
 from .._exceptions import ConfigurationError, HumanLayerError, NotAnApprover, StoreError, UnknownRequest
 from .._models import ApprovalRequest, Principal
 from .._refused import Refused
-from .._render import describe_decision, summarize
+from .._render import describe_decision, describe_votes, summarize
 from ..listener import client_is_local
 from . import _web_page
 from ._web_auth import Credentials, Session
@@ -604,6 +604,12 @@ class WebChannel(BaseChannel):
         self, request: Request, decider: Decider, answered: Answered, session: Session
     ) -> Response:
         decision, mine = answered.decision, answered.stands
+        if decision is None:  # a vote: the request waits for more
+            progress = f"counted: {describe_votes(answered.votes, answered.needed)}"
+            if "application/json" in request.headers.get("accept", ""):
+                body = {"status": "pending", "message": progress, "mine": True}
+                return JSONResponse(body, headers=_SECURITY_HEADERS)
+            return RedirectResponse(self._base(request), status_code=303, headers=_SECURITY_HEADERS)
         if mine:
             # Shown at once, also when the request was not delivered through this channel.
             decided = await decider.get(decision.request_id)

@@ -17,7 +17,7 @@ from typing import Any, Protocol, cast
 from .._audit import AuditEntry, AuditEvent
 from .._codec import dumps, dumps_mapping, loads
 from .._exceptions import ArgumentsChanged
-from .._models import ApprovalRequest, Decision, Execution, Kind, Status
+from .._models import ApprovalRequest, Decision, Execution, Kind, Status, Vote, same_name
 
 __all__ = [
     "DEFAULT_RETENTION",
@@ -30,8 +30,11 @@ __all__ = [
     "expired_decision",
     "request_row",
     "retention_seconds",
+    "tally",
     "to_entry",
     "to_request",
+    "to_votes",
+    "votes_text",
 ]
 
 SCHEMA_VERSION = 1
@@ -76,6 +79,7 @@ def request_row(request: ApprovalRequest) -> dict[str, Any]:
         "doc": request.doc,
         "digest": request.digest or hashlib.sha256(kwargs.encode()).hexdigest(),  # what digest() gives
         "requested_by": request.requested_by,
+        "approvals": request.approvals,
     }
 
 
@@ -97,6 +101,55 @@ def expired_decision(request_id: str, at: datetime) -> Decision:
     return Decision(request_id, False, Status.TIMED_OUT, None, "timeout", None, at)
 
 
+def tally(
+    request_id: str, votes: tuple[Vote, ...], vote: Vote, needed: int
+) -> tuple[tuple[Vote, ...], Decision | None]:
+    """What ``vote`` does to a pending request that needs ``needed`` approvals and has ``votes``:
+    the votes then (unchanged when it does not count), and the decision it makes, if any.
+
+    A denial denies at once (a veto). An approval by someone who approved already counts
+    once. The approval that brings the distinct approvers to ``needed`` approves. The
+    decision carries every vote that made it, and is the last voter's.
+    """
+    if vote.approved and any(same_name(earlier.by) == same_name(vote.by) for earlier in votes):
+        return votes, None
+    votes = (*votes, vote)
+    if vote.approved and len(votes) < needed:
+        return votes, None
+    status = Status.APPROVED if vote.approved else Status.DENIED
+    decision = Decision(
+        request_id, vote.approved, status, vote.by, vote.via, vote.comment, vote.at, None, vote.user, votes
+    )
+    return votes, decision
+
+
+def votes_text(votes: tuple[Vote, ...]) -> str:
+    """The votes column: JSON."""
+    return json.dumps(
+        [
+            {
+                "by": v.by,
+                "approved": v.approved,
+                "via": v.via,
+                "comment": v.comment,
+                "at": v.at.isoformat(),
+                "user": v.user,
+            }
+            for v in votes
+        ]
+    )
+
+
+def to_votes(text: str | None) -> tuple[Vote, ...]:
+    """The votes column back as votes."""
+    if not text:
+        return ()
+    return tuple(
+        Vote(v["by"], v["approved"], v["via"], v["comment"], datetime.fromisoformat(v["at"]), v.get("user"))
+        for v in json.loads(text)
+    )
+
+
 def execution_so_far(request: ApprovalRequest, digest: str | None) -> Execution | None:
     """``begin_execution``'s checks, the same in every store, on the request read for update.
 
@@ -110,19 +163,22 @@ def execution_so_far(request: ApprovalRequest, digest: str | None) -> Execution 
 
 
 def to_request(row: Row, when: ToDatetime) -> ApprovalRequest:
-    """A stored row as an ``ApprovalRequest`` with its decision and execution."""
+    """A stored row as an ``ApprovalRequest`` with its decision, votes and execution."""
+    votes = to_votes(row["votes"])
     decision = None
     if row["status"] != Status.PENDING.value:
+        status = Status(row["status"])
         decision = Decision(
             request_id=row["id"],
             approved=bool(row["approved"]),
-            status=Status(row["status"]),
+            status=status,
             by=row["decided_by"],
             via=row["decided_via"],
             comment=row["comment"],
             decided_at=when(row["decided_at"]),
             answer=row["answer"],
             user=row["decided_user"],
+            votes=votes if status in (Status.APPROVED, Status.DENIED) else (),
         )
     execution = None
     if row["exec_state"] is not None:
@@ -144,6 +200,8 @@ def to_request(row: Row, when: ToDatetime) -> ApprovalRequest:
         digest=row["digest"],
         execution=execution,
         requested_by=row["requested_by"],
+        approvals=row["approvals"],
+        votes=votes,
     )
 
 

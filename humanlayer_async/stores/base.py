@@ -8,9 +8,9 @@ from datetime import datetime, timedelta
 from typing import Literal, Protocol, runtime_checkable
 
 from .._audit import AuditEntry, AuditEvent, make_entry
-from .._models import ApprovalRequest, Decision, Execution, Kind, Status
+from .._models import ApprovalRequest, Decision, Execution, Kind, Status, Vote
 
-__all__ = ["DurableStore", "Store", "StoreEvent", "decision_entry", "requested_entry"]
+__all__ = ["DurableStore", "Store", "StoreEvent", "Tally", "decision_entry", "requested_entry", "vote_entry"]
 
 _FINAL_EVENTS: dict[Status, AuditEvent] = {
     Status.APPROVED: "approval.decided",
@@ -22,14 +22,24 @@ _FINAL_EVENTS: dict[Status, AuditEvent] = {
 
 
 @dataclass(frozen=True, slots=True)
+class Tally:
+    """What a vote came to: the decision that stands (``None``: the request still waits for
+    more approvals), every vote so far, and whether this vote made the decision."""
+
+    decision: Decision | None
+    votes: tuple[Vote, ...]
+    decided_now: bool
+
+
+@dataclass(frozen=True, slots=True)
 class StoreEvent:
-    """A change written to the store: a new request, or a decision that now stands.
+    """A change written to the store: a new request, a vote counted, or a decision that now stands.
 
     ``"resync"`` (with an empty ``request_id``) says changes may have been missed (the store
     reconnected and could not replay them): a consumer re-reads every request it waits for.
     """
 
-    kind: Literal["requested", "decided", "resync"]
+    kind: Literal["requested", "voted", "decided", "resync"]
     request_id: str
 
 
@@ -45,9 +55,13 @@ class Store(Protocol):
       count only before the request's expiry; past it the store stores the timeout
       (``expired_decision``) and returns that.
     - A pending request read past its expiry is marked timed out first.
-    - The store writes the audit entry of each request it creates (``requested_entry``)
-      and of each decision it stores (``decision_entry``), with it (in one transaction where
-      it has transactions), so a process killed in between cannot leave one without the other.
+    - ``vote`` is atomic too: votes on one request from many processes at once are each
+      counted once (``tally`` says what each comes to), and the vote that meets the quorum
+      or denies stores the decision with it.
+    - The store writes the audit entry of each request it creates (``requested_entry``),
+      each vote it counts (``vote_entry``) and each decision it stores (``decision_entry``),
+      with it (in one transaction where it has transactions), so a process killed in
+      between cannot leave one without the other.
     """
 
     async def open(self) -> None:
@@ -72,6 +86,13 @@ class Store(Protocol):
 
     async def decide(self, decision: Decision) -> Decision:
         """Store ``decision`` unless one already stands; return the one that stands.
+
+        Raises ``UnknownRequest`` for an id the store does not hold.
+        """
+        ...
+
+    async def vote(self, request_id: str, vote: Vote, needed: int) -> Tally:
+        """Count ``vote`` on a request that needs ``needed`` approvals, as ``tally`` says.
 
         Raises ``UnknownRequest`` for an id the store does not hold.
         """
@@ -163,3 +184,11 @@ def decision_entry(decision: Decision) -> AuditEntry:
         comment=decision.comment,
         **user,
     )
+
+
+def vote_entry(request_id: str, vote: Vote, count: int, needed: int) -> AuditEntry:
+    """The audit entry (and log line) of a vote counted: ``count`` approvals of ``needed`` so far."""
+    fields = {"by": vote.by, "approved": vote.approved, "via": vote.via, "comment": vote.comment}
+    if vote.user is not None:
+        fields["user"] = vote.user
+    return make_entry("approval.voted", request_id, **fields, approvals=count, needed=needed)

@@ -13,9 +13,9 @@ import anyio
 
 from .._audit import AuditEntry
 from .._exceptions import StoreError, UnknownRequest
-from .._models import ApprovalRequest, Decision, Execution, Kind, Status
-from ._rows import execution_so_far, expired_decision, retention_seconds
-from .base import StoreEvent, decision_entry, requested_entry
+from .._models import ApprovalRequest, Decision, Execution, Kind, Status, Vote
+from ._rows import execution_so_far, expired_decision, retention_seconds, tally
+from .base import StoreEvent, Tally, decision_entry, requested_entry, vote_entry
 
 __all__ = ["MemoryStore"]
 
@@ -40,6 +40,7 @@ class MemoryStore:
         self._requests: dict[str, ApprovalRequest] = {}
         self._decisions: dict[str, Decision] = {}
         self._executions: dict[str, Execution] = {}
+        self._votes: dict[str, tuple[Vote, ...]] = {}  # of requests that need several approvals
         self._keys: dict[str, str] = {}  # a run's re-attach key → its request's id
         self._decided: deque[tuple[float, str]] = deque()
         self._claims: dict[str, datetime] = {}
@@ -74,9 +75,10 @@ class MemoryStore:
         request = self._request(request_id)
         decision = self._decision(request, expire=True)
         execution = self._executions.get(request_id)
-        if decision is None and execution is None:
+        votes = self._votes.get(request_id, ())
+        if decision is None and execution is None and not votes:
             return request
-        return replace(request, decision=decision, execution=execution)
+        return replace(request, decision=decision, execution=execution, votes=votes)
 
     def _request(self, request_id: str) -> ApprovalRequest:
         try:
@@ -99,6 +101,20 @@ class MemoryStore:
         standing = self._decision(request, expire=decision.status in _HUMAN)
         return standing if standing is not None else self._store(request.id, decision)
 
+    async def vote(self, request_id: str, vote: Vote, needed: int) -> Tally:
+        request = self._request(request_id)
+        votes = self._votes.get(request_id, ())
+        standing = self._decision(request, expire=True)
+        if standing is not None:
+            return Tally(standing, votes, False)
+        after, decision = tally(request_id, votes, vote, needed)
+        if after is not votes:
+            self._votes[request_id] = after
+            self.audit_log.append(vote_entry(request_id, vote, sum(v.approved for v in after), needed))
+        if decision is not None:
+            self._store(request_id, decision)
+        return Tally(decision, after, decision is not None)
+
     def _store(self, request_id: str, decision: Decision) -> Decision:
         now = time.monotonic()
         self._prune(now - self._retention)  # before this one: it stays at least until the next decision
@@ -114,6 +130,7 @@ class MemoryStore:
             request = self._requests.pop(request_id, None)
             self._decisions.pop(request_id, None)
             self._executions.pop(request_id, None)
+            self._votes.pop(request_id, None)
             if request is not None and request.key is not None:
                 self._keys.pop(request.key, None)
             dropped += request is not None
@@ -130,7 +147,8 @@ class MemoryStore:
             if request.expires_at <= now:
                 self._store(request.id, expired_decision(request.id, now))
             elif kind is None or request.kind == kind:
-                pending.append(request)
+                votes = self._votes.get(request.id)
+                pending.append(request if votes is None else replace(request, votes=votes))
         return pending
 
     async def record(self, entry: AuditEntry) -> None:

@@ -2,9 +2,10 @@
 
 Requests, the audit trail and an event log live in tables of one schema, created and
 migrated by the store (versioned). ``decide`` is one conditional ``UPDATE``: across
-processes the first decision wins. Every new request and decision appends to the
-event log, whose sequence numbers follow commit order (writers take a transaction
-advisory lock just before appending), and sends ``NOTIFY`` with ids only.
+processes the first decision wins. ``vote`` locks the request's row (``FOR UPDATE``),
+so the votes of many processes count one after another. Every new request and decision
+appends to the event log, whose sequence numbers follow commit order (writers take a
+transaction advisory lock just before appending), and sends ``NOTIFY`` with ids only.
 
 The schema is named by ``schema=`` or by the DSN's ``?schema=`` parameter (the form the
 ``humanlayer-async`` command takes), which the store removes before asyncpg sees the DSN,
@@ -40,7 +41,7 @@ import anyio
 
 from .._audit import AuditEntry, logger
 from .._exceptions import ConfigurationError, StoreError, UnknownRequest
-from .._models import ApprovalRequest, Decision, Execution, Kind, Status
+from .._models import ApprovalRequest, Decision, Execution, Kind, Status, Vote
 from .._retry import Backoff
 from ._rows import (
     DEFAULT_RETENTION,
@@ -51,10 +52,12 @@ from ._rows import (
     expired_decision,
     request_row,
     retention_seconds,
+    tally,
     to_entry,
     to_request,
+    votes_text,
 )
-from .base import StoreEvent, decision_entry, requested_entry
+from .base import StoreEvent, Tally, decision_entry, requested_entry, vote_entry
 from .url import POSTGRES_FORM, redacted
 
 if TYPE_CHECKING:
@@ -135,6 +138,10 @@ def _additions(schema: str) -> dict[str, tuple[str, ...]]:
         "principals": (
             f"ALTER TABLE {schema}.requests ADD COLUMN requested_by text",
             f"ALTER TABLE {schema}.requests ADD COLUMN decided_user text",
+        ),
+        "quorum": (
+            f"ALTER TABLE {schema}.requests ADD COLUMN approvals integer NOT NULL DEFAULT 1",
+            f"ALTER TABLE {schema}.requests ADD COLUMN votes text",  # JSON (votes_text); NULL: none yet
         ),
     }
 
@@ -598,6 +605,32 @@ class PostgresStore:
             return standing
 
         return await self._transact(decide)
+
+    async def vote(self, request_id: str, vote: Vote, needed: int) -> Tally:
+        async def count(conn: Connection) -> Tally:
+            # The row lock serializes the votes of every process: each reads the votes before it.
+            await conn.execute(f"SELECT 1 FROM {self.schema}.requests WHERE id = $1 FOR UPDATE", request_id)
+            request = await self._fetch(conn, request_id)  # past the expiry: the timeout stored first
+            if request.decision is not None:
+                return Tally(request.decision, request.votes, False)
+            after, decision = tally(request_id, request.votes, vote, needed)
+            if after is request.votes:
+                return Tally(None, after, False)
+            values: dict[str, Any] = {"votes": votes_text(after)}
+            if decision is not None:
+                values.update(decision_row(decision), decided_at=decision.decided_at)
+            assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(values, start=2))
+            await conn.execute(
+                f"UPDATE {self.schema}.requests SET {assignments} WHERE id = $1", request_id, *values.values()
+            )
+            approvals = sum(v.approved for v in after)
+            await self._insert_audit(conn, vote_entry(request_id, vote, approvals, needed))
+            await self._announce(conn, "voted" if decision is None else "decided", request_id)
+            if decision is not None:
+                await self._insert_audit(conn, decision_entry(decision))
+            return Tally(decision, after, decision is not None)
+
+        return await self._transact(count)
 
     async def list_pending(
         self, *, run_id: str | None = None, kind: Kind | None = None

@@ -26,7 +26,7 @@ import anyio
 from .. import _threads
 from .._audit import AuditEntry
 from .._exceptions import ConfigurationError, StoreError, UnknownRequest
-from .._models import ApprovalRequest, Decision, Execution, Kind, Status
+from .._models import ApprovalRequest, Decision, Execution, Kind, Status, Vote
 from ._rows import (
     DEFAULT_RETENTION,
     SCHEMA_VERSION,
@@ -37,10 +37,12 @@ from ._rows import (
     expired_decision,
     request_row,
     retention_seconds,
+    tally,
     to_entry,
     to_request,
+    votes_text,
 )
-from .base import StoreEvent, decision_entry, requested_entry
+from .base import StoreEvent, Tally, decision_entry, requested_entry, vote_entry
 
 __all__ = ["SQLiteStore"]
 
@@ -103,6 +105,10 @@ _ADDITIONS: dict[str, tuple[str, ...]] = {
     "principals": (
         "ALTER TABLE hl_requests ADD COLUMN requested_by TEXT",
         "ALTER TABLE hl_requests ADD COLUMN decided_user TEXT",
+    ),
+    "quorum": (
+        "ALTER TABLE hl_requests ADD COLUMN approvals INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE hl_requests ADD COLUMN votes TEXT",  # JSON (votes_text); NULL: none yet
     ),
 }
 """Name → the statements of an additive change (see ``SCHEMA_VERSION``), in order."""
@@ -272,6 +278,31 @@ class SQLiteStore:
                 return standing
 
         return await self._run(decide)
+
+    async def vote(self, request_id: str, vote: Vote, needed: int) -> Tally:
+        def count(conn: sqlite3.Connection) -> Tally:
+            # BEGIN IMMEDIATE before the read: other processes' votes wait, none is lost.
+            with _transaction(conn):
+                request = self._fetch(conn, request_id)  # past the expiry, the timeout stored first
+                if request.decision is not None:
+                    return Tally(request.decision, request.votes, False)
+                after, decision = tally(request_id, request.votes, vote, needed)
+                if after is request.votes:
+                    return Tally(None, after, False)
+                values: dict[str, Any] = {"votes": votes_text(after)}
+                if decision is not None:
+                    values.update(decision_row(decision), decided_at=decision.decided_at.timestamp())
+                assignments = _assignments(values)
+                conn.execute(
+                    f"UPDATE hl_requests SET {assignments} WHERE id = :id", {**values, "id": request_id}
+                )
+                _audit(conn, vote_entry(request_id, vote, sum(v.approved for v in after), needed))
+                _event(conn, "voted" if decision is None else "decided", request_id)
+                if decision is not None:
+                    _audit(conn, decision_entry(decision))
+                return Tally(decision, after, decision is not None)
+
+        return await self._run(count)
 
     async def list_pending(
         self, *, run_id: str | None = None, kind: Kind | None = None
