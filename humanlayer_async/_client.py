@@ -371,6 +371,7 @@ class HumanLayer:
         channels: Sequence[Channel] | None = None,
         approvers: Iterable[str] | str | None = None,
         approvals: int = 1,
+        editable: bool | Sequence[str] = False,
         timeout: float | timedelta | None = None,
         on_reject: Literal["raise"] | None = None,
         render: Render | None = None,
@@ -387,6 +388,7 @@ class HumanLayer:
         channels: Sequence[Channel] | None = None,
         approvers: Iterable[str] | str | None = None,
         approvals: int = 1,
+        editable: bool | Sequence[str] = False,
         timeout: float | timedelta | None = None,
         on_reject: Literal["return"],
         render: Render | None = None,
@@ -402,6 +404,7 @@ class HumanLayer:
         channels: Sequence[Channel] | None = None,
         approvers: Iterable[str] | str | None = None,
         approvals: int = 1,
+        editable: bool | Sequence[str] = False,
         timeout: float | timedelta | None = None,
         on_reject: OnReject | None = None,
         render: Render | None = None,
@@ -423,6 +426,10 @@ class HumanLayer:
         thread: there it raises ``HumanLayerError`` at once, since blocking would freeze
         every other call.
 
+        ``editable=True`` (every argument) or ``editable=["amount"]`` lets an approver change
+        those arguments as they approve (``hl.decide(..., edits={"amount": 5000})``); each
+        needs a type hint with an exact JSON form, checked here (``ConfigurationError``).
+
         ``approvals=2`` (or more) needs that many distinct approvers to approve a call,
         whatever channels they answer through; one denial denies it. The same person
         approving twice counts once; the votes so far are on ``hl.get(id).votes``.
@@ -443,6 +450,7 @@ class HumanLayer:
             "channels": None if channels is None else self._register(*_check_channels(channels)),
             "approvers": _approver_tuple(approvers),
             "approvals": _check_approvals(approvals),
+            "editable": editable,
             "timeout": None if timeout is None else _seconds(timeout, "timeout"),
             "on_reject": self._on_reject if on_reject is None else _check_on_reject(on_reject),
         }
@@ -511,6 +519,7 @@ class HumanLayer:
         by: str | Principal,
         comment: str | None = None,
         via: str = "api",
+        edits: Mapping[str, Any] | None = None,
     ) -> Decision | None:
         """Approve or deny a request; returns the decision that stands.
 
@@ -519,8 +528,15 @@ class HumanLayer:
         among the request's approvers (the request then stays pending). On a request
         that needs several approvals (``approvals=``) this is ``by``'s vote: it returns
         ``None`` while the request still waits for more (``hl.get(id).votes`` has them).
+
+        ``edits`` change arguments the tool made editable (``editable=``) with the approval:
+        the tool runs with them. An edit of an argument that is not editable or is masked,
+        or of the wrong type, raises ``InvalidEdit`` naming it; nothing is decided.
         """
-        return (await self._engine.decide(request_id, approved, by=by, comment=comment, via=via)).decision
+        answered = await self._engine.decide(
+            request_id, approved, by=by, comment=comment, via=via, edits=edits
+        )
+        return answered.decision
 
     async def respond(self, request_id: str, text: str, *, by: str | Principal, via: str = "api") -> Decision:
         """Answer a question from ``human_as_tool``; returns the decision that stands."""

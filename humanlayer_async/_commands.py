@@ -29,10 +29,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from ._audit import AuditEntry
 from ._client import HumanLayer
 from ._codec import to_json
+from ._edits import parse_edit
 from ._engine import Decisions
 from ._exceptions import ConfigurationError, HumanLayerError, UnknownRequest
 from ._models import ApprovalRequest
@@ -132,12 +134,33 @@ def add_commands(commands: Any) -> None:
     )
     show.add_argument("id", help="the request id (or a unique prefix of a pending one)")
 
-    approve = commands.add_parser("approve", parents=[store, by], help="approve a pending request")
-    approve.add_argument("id", help="the request id (or a unique prefix of a pending one)")
-    approve.add_argument("--comment", help="a note kept with the decision")
+    batch = argparse.ArgumentParser(add_help=False)
+    batch.add_argument(
+        "--all",
+        action="store_true",
+        help="every pending request of --function (and --run-id): listed, then confirmed",
+    )
+    batch.add_argument("--function", help="with --all: the gated function's name")
+    batch.add_argument("--run-id", help="with --all: only the requests of this run")
+    batch.add_argument("--yes", action="store_true", help="with --all: decide without asking")
 
-    deny = commands.add_parser("deny", parents=[store, by], help="deny a pending request")
-    deny.add_argument("id", help="the request id (or a unique prefix of a pending one)")
+    approve = commands.add_parser(
+        "approve", parents=[store, by, batch], help="approve a pending request (or --all of one function)"
+    )
+    approve.add_argument("id", nargs="?", help="the request id (or a unique prefix of a pending one)")
+    approve.add_argument("--comment", help="a note kept with the decision")
+    approve.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="approve with an editable argument changed (VALUE as JSON, or text); repeatable",
+    )
+
+    deny = commands.add_parser(
+        "deny", parents=[store, by, batch], help="deny a pending request (or --all of one function)"
+    )
+    deny.add_argument("id", nargs="?", help="the request id (or a unique prefix of a pending one)")
     deny.add_argument("--reason", required=True, help="why: the agent is told")
 
     cancel = commands.add_parser("cancel", parents=[store, by], help="withdraw a pending request")
@@ -342,14 +365,58 @@ def _show_decision(args: argparse.Namespace, answered: Answered) -> Answered:
     return answered
 
 
-async def _approve(engine: Decisions, args: argparse.Namespace) -> Answered:
+async def _batch(engine: Decisions, args: argparse.Namespace, approved: bool) -> Answered | None:
+    """``--all``: list the pending requests of ``--function`` (and ``--run-id``), confirm, then
+    decide exactly those, one audited decision each (none that arrived after the list)."""
+    if args.id is not None or not args.all or not args.function or getattr(args, "set", None):
+        raise _Refused("give a request id, or --all with --function NAME (and no --set)")
+    requests = [
+        request
+        for request in await engine.pending(run_id=args.run_id, kind="approval")
+        if request.function == args.function
+    ]
+    if not requests:
+        write_lines([f"nothing of {args.function} is pending"])
+        return None
+    verb = "approve" if approved else "deny"
+    write_lines([f"  {request.short_id}  {summarize(request)}" for request in requests])
+    if not args.yes:
+        sys.stdout.write(f"{verb} these {len(requests)} requests? [y/N] ")
+        sys.stdout.flush()
+        reply = await anyio.to_thread.run_sync(sys.stdin.readline)
+        if reply.strip().lower() not in ("y", "yes"):
+            write_lines(["nothing decided"])
+            return None
+    refused: Answered | None = None
+    comment = args.comment if approved else args.reason
+    for request in requests:
+        answered = await engine.decide(request.id, approved, by=args.by, comment=comment, via="cli")
+        _show_decision(args, answered)
+        if answered.decision is not None and not answered.stands:
+            refused = answered
+    return refused  # the first one someone else had decided: exits 1, naming it
+
+
+async def _approve(engine: Decisions, args: argparse.Namespace) -> Answered | None:
+    if args.all or args.id is None:
+        return await _batch(engine, args, True)
     request_id = await _resolve(engine, args.id)
-    return _show_decision(
-        args, await engine.decide(request_id, True, by=args.by, comment=args.comment, via="cli")
-    )
+    edits = None
+    if args.set:
+        schemas = (await engine.get(request_id)).editable or {}
+        edits = {}
+        for assignment in args.set:
+            name, equals, text = assignment.partition("=")
+            if not equals or not name:
+                raise _Refused(f"--set takes NAME=VALUE, not {assignment!r}")
+            edits[name] = parse_edit(text, schemas.get(name))
+    answered = await engine.decide(request_id, True, by=args.by, comment=args.comment, via="cli", edits=edits)
+    return _show_decision(args, answered)
 
 
-async def _deny(engine: Decisions, args: argparse.Namespace) -> Answered:
+async def _deny(engine: Decisions, args: argparse.Namespace) -> Answered | None:
+    if args.all or args.id is None:
+        return await _batch(engine, args, False)
     request_id = await _resolve(engine, args.id)
     return _show_decision(
         args, await engine.decide(request_id, False, by=args.by, comment=args.reason, via="cli")

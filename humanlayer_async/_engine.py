@@ -28,10 +28,12 @@ from anyio.abc import TaskStatus
 
 from ._audit import AuditEvent, logger, make_entry
 from ._codec import digest, dumps
+from ._edits import check_edits
 from ._exceptions import (
     AlreadyExecuted,
     ChannelError,
     HumanLayerError,
+    InvalidEdit,
     NotAnApprover,
     OutcomeUnknown,
     StoreError,
@@ -91,20 +93,33 @@ class Decisions:
                 event.set()
 
     async def decide(
-        self, request_id: str, approved: bool, *, by: str | Principal, comment: str | None = None, via: str
+        self,
+        request_id: str,
+        approved: bool,
+        *,
+        by: str | Principal,
+        comment: str | None = None,
+        via: str,
+        edits: Mapping[str, Any] | None = None,
     ) -> Answered:
         """Approve or deny as ``by``: the decision that stands, and whether it is this one.
 
         On a request that needs several approvals this is a vote: it decides once enough
-        distinct approvers approved, or at the first denial.
+        distinct approvers approved, or at the first denial. ``edits`` change editable
+        arguments with the approval (``InvalidEdit`` when they may not: nothing decided).
         """
         request, who = await self._check_approver(request_id, by, via)
+        if edits is not None and request.decision is None:
+            if not approved:
+                raise InvalidEdit(request_id, "", "edits go with an approval, not a denial")
+            check_edits(request_id, edits, request.editable or {}, request.kwargs)
+            edits = dict(edits)
         now = datetime.now(UTC)
         if request.approvals > 1:
-            return await self._vote(request, Vote(who.id, approved, via, comment, now, who.user))
+            return await self._vote(request, Vote(who.id, approved, via, comment, now, who.user, edits))
         status = Status.APPROVED if approved else Status.DENIED
         return await self._record(
-            Decision(request_id, approved, status, who.id, via, comment, now, None, who.user)
+            Decision(request_id, approved, status, who.id, via, comment, now, None, who.user, (), edits)
         )
 
     async def respond(self, request_id: str, text: str, *, by: str | Principal, via: str) -> Answered:
@@ -260,6 +275,7 @@ class Engine(Decisions):
                 digest=arguments,
                 requested_by=current_requester.get(),
                 approvals=tool.approvals,
+                editable=tool.editable,
             )
             registry = self.registry
             # Wait before storing: another process may decide as soon as the request is stored.

@@ -13,6 +13,7 @@ Every exception the SDK raises on purpose derives from one root::
      ├── AlreadyExecuted         a re-attached call already ran; it does not run twice
      ├── OutcomeUnknown          a re-attached call started but never finished; it does not run again
      ├── ArgumentsChanged        the approval was given for other arguments than this call's
+     ├── InvalidEdit             an approval's edit names an argument it may not set, or a wrong value
      └── TooManyPending          the HumanLayer already waits for max_pending requests; nothing was asked
 
 Errors from third-party libraries (slack_sdk, aiosmtplib, asyncpg, ...) are converted
@@ -35,6 +36,7 @@ __all__ = [
     "ChannelError",
     "ConfigurationError",
     "HumanLayerError",
+    "InvalidEdit",
     "NotAnApprover",
     "OutcomeUnknown",
     "StoreError",
@@ -130,6 +132,18 @@ class OutcomeUnknown(HumanLayerError):
             "running it stopped); it does not run again: check its effect by hand"
         )
         self.request_id = request_id
+
+
+class InvalidEdit(HumanLayerError, ValueError):
+    """An approval's edit names an argument that is not editable, or gives it a value of the
+    wrong type: nothing was decided, the request stays pending."""
+
+    def __init__(self, request_id: str, argument: str, problem: str) -> None:
+        where = f"argument {argument!r}: " if argument else ""
+        super().__init__(f"cannot edit request {request_id!r}: {where}{problem}")
+        self.request_id = request_id
+        self.argument = argument
+        self.problem = problem
 
 
 class ArgumentsChanged(HumanLayerError):

@@ -14,6 +14,7 @@ import anyio
 
 from ._audit import logger
 from ._codec import loads
+from ._edits import editable_schemas
 from ._exceptions import ApprovalDenied, ApprovalTimeout, ConfigurationError
 from ._models import Decision, Execution, Kind, Status
 from ._render import Render
@@ -59,6 +60,8 @@ class ToolSpec:
     """The function's ``module.qualname``: part of the re-attach key (``function`` when None)."""
     approvals: int = 1
     """How many distinct approvers must approve a call."""
+    editable: Mapping[str, Any] | None = None
+    """The JSON Schema of each argument an approver may change (``None``: none)."""
 
 
 class Asker(Protocol):
@@ -252,6 +255,7 @@ def gate(
     channels: Sequence[Channel] | None,
     approvers: tuple[str, ...],
     approvals: int,
+    editable: bool | Sequence[str],
     timeout: float | None,
     on_reject: OnReject,
 ) -> Callable[..., Any]:
@@ -291,7 +295,14 @@ def gate(
             return {"context_error": f"the context hook raised {type(exc).__name__}"}
         return described if isinstance(described, Mapping) else {"context": described}
 
-    tool = ToolSpec("approval", name, approvers, timeout, channels, doc, qualname, approvals)
+    schemas = editable_schemas(func, editable) or None
+    tool = ToolSpec("approval", name, approvers, timeout, channels, doc, qualname, approvals, schemas)
+
+    def edited_call(decision: Decision, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The tool's keyword arguments with the approver's edits (editable ones are keywords)."""
+        arguments = {**bind(args, kwargs), **(decision.edits or {})}
+        spread_values = arguments.pop(spread, {}) if spread is not None else {}
+        return {**arguments, **spread_values}
 
     async def prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Shown | None:
         """What approvers see of this call, or ``None`` when it may run without asking."""
@@ -308,6 +319,8 @@ def gate(
             if on_reject == "return":
                 return _Done(str(denied))
             raise denied
+        if decision.edits:  # the approved call is the edited one
+            shown = {**shown, **decision.edits}
         earlier = await asker.begin_execution(decision, tool, shown)
         if earlier is not None and earlier.result is not None:
             return _Done(loads(earlier.result))  # a replayed call: the recorded result, not a second run
@@ -328,7 +341,10 @@ def gate(
                 return decision.value
             token = _current_decision.set(decision)
             try:
-                result = await func(*args, **kwargs)
+                if decision.edits:
+                    result = await func(**edited_call(decision, args, kwargs))
+                else:
+                    result = await func(*args, **kwargs)
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):
                     await asker.finish_execution(decision, tool, exc, None)
@@ -353,7 +369,7 @@ def gate(
             return decision.value
         token = _current_decision.set(decision)
         try:
-            result = func(*args, **kwargs)
+            result = func(**edited_call(decision, args, kwargs)) if decision.edits else func(*args, **kwargs)
         except BaseException as exc:
             asker.block(functools.partial(asker.finish_execution, decision, tool, exc, None))
             raise

@@ -74,6 +74,8 @@ class Vote:
     comment: str | None
     at: datetime
     user: str | None = None
+    edits: Mapping[str, Any] | None = None
+    """The arguments this approval changed; the votes cast before it were for another call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,8 @@ class Decision:
     user: str | None = None
     votes: tuple[Vote, ...] = ()
     """Every vote that made this decision, for a request that needed several approvals."""
+    edits: Mapping[str, Any] | None = None
+    """The arguments the approver changed before approving: the call ran with them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +188,8 @@ class ApprovalRequest:
     """How many distinct approvers must approve; one denial denies."""
     votes: tuple[Vote, ...] = field(default=(), compare=False)
     """The votes cast so far, while a request that needs several approvals is pending."""
+    editable: Mapping[str, Any] | None = None
+    """The JSON Schema of each argument an approver may change before approving."""
 
     @property
     def status(self) -> Status:

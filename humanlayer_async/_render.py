@@ -314,12 +314,14 @@ def describe_votes(votes: Sequence[Vote], needed: int) -> str:
 
 
 def describe_decision(decision: Decision) -> str:
-    """``approved by alice via web at 12:03:11 UTC (comment)``, every part visible."""
+    """``approved by alice [with amount=5000] via web at 12:03:11 UTC (comment)``, every part visible."""
     who = f" by {visible(decision.by)}" if decision.by else ""
     note = f" ({visible(decision.comment)})" if decision.comment else ""
     answer = f": {format_value(decision.answer, 120)}" if decision.answer is not None else ""
     verb = "answered" if decision.answer is not None else decision.status.value.replace("_", " ")
-    return f"{verb}{who} via {visible(decision.via)} at {decision.decided_at:%H:%M:%S} UTC{answer}{note}"
+    changed = f" with {format_kwargs(decision.edits, 60)}" if decision.edits else ""
+    when = f"{decision.decided_at:%H:%M:%S} UTC"
+    return f"{verb}{who}{changed} via {visible(decision.via)} at {when}{answer}{note}"
 
 
 # -- the full view ------------------------------------------------------------------

@@ -57,12 +57,14 @@ async def kill(process: Process) -> None:
 
 
 async def run_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, stdin: str = ""
 ) -> tuple[int, str, str]:
-    """Run ``humanlayer-async ARGS`` to its end; exit status, stdout, stderr."""
+    """Run ``humanlayer-async ARGS`` to its end, ``stdin`` typed in; exit status, stdout, stderr."""
     merged = _env()
     merged.update(env or {})
-    result = await anyio.run_process([*cli_command(), *args], env=merged, cwd=cwd or ROOT, check=False)
+    result = await anyio.run_process(
+        [*cli_command(), *args], input=stdin.encode(), env=merged, cwd=cwd or ROOT, check=False
+    )
     return result.returncode, result.stdout.decode(), result.stderr.decode()
 
 

@@ -18,7 +18,7 @@ from humanlayer_async.channels.web import TOKEN_ENV, WebChannel
 from humanlayer_async.stores import store_from_url
 
 from .conftest import make_request
-from .durable_helpers import cli_command, pg_schema_exists, run_cli
+from .durable_helpers import ROOT, cli_command, pg_schema_exists, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -292,3 +292,89 @@ async def test_audit_into_a_pipe_closed_early_ends_quietly(tmp_path: Path) -> No
         err = result.stderr.decode()
         assert result.returncode == 128 + signal.SIGPIPE, (command, err)  # as if SIGPIPE ended it
         assert "Error" not in err and "Traceback" not in err, command
+
+
+async def test_approve_all_lists_confirms_and_decides_exactly_the_listed_requests(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'hl.db'}"
+    store = store_from_url(url)
+    try:
+        for n in range(3):
+            await store.create(
+                make_request(f"eeee000{n}" + "0" * 24, function="refund", run_id="r1", approvers=())
+            )
+        await store.create(make_request("ffff0000" + "0" * 24, function="refund", run_id="r2", approvers=()))
+        await store.create(
+            make_request("aaaa0000" + "0" * 24, function="transfer", run_id="r1", approvers=())
+        )
+    finally:
+        await store.aclose()
+
+    code, out, err = await run_cli("approve", "--function", "refund", "--store", url)
+    assert code == 1 and "--all with --function" in err
+    code, out, _ = await run_cli(
+        "approve", "--all", "--function", "refund", "--run-id", "r1", "--store", url, stdin="n\n"
+    )
+    assert code == 0 and out.count("refund(") == 3 and "approve these 3 requests? [y/N]" in out
+    assert "nothing decided" in out
+    code, out, _ = await run_cli(
+        "approve",
+        "--all",
+        "--function",
+        "refund",
+        "--run-id",
+        "r1",
+        "--by",
+        "ann",
+        "--store",
+        url,
+        stdin="y\n",
+    )
+    assert code == 0 and out.count("approved by ann via cli") == 3
+    code, out, _ = await run_cli(
+        "deny", "--all", "--function", "refund", "--reason", "dup", "--yes", "--by", "ann", "--store", url
+    )
+    assert code == 0 and "? [y/N]" not in out and out.count("denied by ann via cli") == 1
+
+    store = store_from_url(url)
+    try:
+        statuses = {
+            r.id[:8]: r.status
+            for r in [await store.get(k + "0" * 24) for k in ("eeee0000", "ffff0000", "aaaa0000")]
+        }
+        assert statuses == {
+            "eeee0000": Status.APPROVED,
+            "ffff0000": Status.DENIED,
+            "aaaa0000": Status.PENDING,
+        }
+        decided = [e for e in await store.history() if e.event == "approval.decided"]
+        assert len(decided) == 4  # one audited decision each
+    finally:
+        await store.aclose()
+    code, out, _ = await run_cli("approve", "--all", "--function", "refund", "--yes", "--store", url)
+    assert code == 0 and "nothing of refund is pending" in out
+
+
+async def test_approve_all_never_decides_a_request_that_arrived_after_the_list(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'hl.db'}"
+    store = store_from_url(url)
+    try:
+        await store.create(make_request("eeee0000" + "0" * 24, function="refund", approvers=()))
+        process = await anyio.open_process(
+            [*cli_command(), "approve", "--all", "--function", "refund", "--by", "ann", "--store", url],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert process.stdin is not None and process.stdout is not None
+        shown = b""
+        with anyio.fail_after(15):
+            while b"[y/N]" not in shown:
+                shown += await process.stdout.receive()
+        await store.create(
+            make_request("eeee1111" + "0" * 24, function="refund", approvers=())
+        )  # while it asks
+        await process.stdin.send(b"y\n")
+        with anyio.fail_after(15):
+            assert await process.wait() == 0
+        assert (await store.get("eeee0000" + "0" * 24)).status is Status.APPROVED
+        assert (await store.get("eeee1111" + "0" * 24)).status is Status.PENDING
+    finally:
+        await store.aclose()

@@ -351,3 +351,27 @@ async def test_an_answer_that_did_not_stand_says_who_decided_first(
         tg.cancel_scope.cancel()
     assert decider.answers == [(request.id, "alice", "console")]
     assert terminal.output.getvalue().splitlines()[-1].startswith(f"[{request.short_id}] {told} at ")
+
+
+async def test_e_approves_with_edited_arguments_and_a_bad_edit_decides_nothing(terminal: Terminal) -> None:
+    async with HumanLayer([terminal.channel], listen=None) as hl, anyio.create_task_group() as tg:
+        sent: list[tuple[str, float]] = []
+
+        @hl.require_approval(editable=["amount", "memo"])
+        async def transfer(recipient: str, amount: float, memo: str = "") -> None:
+            sent.append((memo, amount))
+
+        tg.start_soon(transfer, "acme", 12000.0)
+        [request] = await wait_for_pending(hl, within=5)
+        short = request.short_id
+        await terminal.wait_for(f"editable: amount, memo  (e {short} <name>=<value> approves with changes)")
+        terminal.type(f"e {short} amount=lots")
+        await terminal.wait_for("not decided: cannot edit request")
+        terminal.type(f"e {short} recipient=mallory")
+        await terminal.wait_for("'recipient': it is not an editable argument")
+        terminal.type(f"e {short} amount")
+        await terminal.wait_for(f"nothing decided: type e {short} <name>=<value> ...")
+        assert (await hl.get(request.id)).status is Status.PENDING
+        terminal.type(f"e {short} amount=5000 memo='two parts'")
+        await terminal.wait_for("approved by alice with amount=5000, memo='two parts' via console")
+    assert sent == [("two parts", 5000)]

@@ -29,6 +29,7 @@ def test_top_level_names() -> None:
         "Decision",
         "HumanLayer",
         "HumanLayerError",
+        "InvalidEdit",
         "NotAnApprover",
         "OutcomeUnknown",
         "Principal",

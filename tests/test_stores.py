@@ -440,6 +440,85 @@ async def test_concurrent_votes_from_many_handles_are_each_counted_once(store_ur
             await store.aclose()
 
 
+# -- edits: an approver changes editable arguments; the store keeps the call that will run -------
+
+# Keys jsonb orders otherwise than canonical JSON (shortest first), a float, text past ASCII.
+ASKED = {"amount": 5, "memo": "Miete für März", "rate": 1.5, "to": {"iban": "DE02", "bic": None}}
+EDITABLE = {"amount": {"type": "integer"}, "memo": {"anyOf": [{"type": "string"}, {"type": "null"}]}}
+EDITS = {"amount": 3, "memo": None}
+EDITED = {**ASKED, **EDITS}
+
+
+async def test_an_approval_with_edits_stores_the_edited_call_its_digest_and_the_edits(
+    two: tuple[Store, Store],
+) -> None:
+    first, second = two
+    await first.create(make_request("e1", kwargs=ASKED, editable=EDITABLE, digest=digest(ASKED)))
+    [pending] = await second.list_pending()
+    assert (pending.editable, pending.kwargs, pending.digest) == (EDITABLE, ASKED, digest(ASKED))
+    at = datetime.now(UTC).replace(microsecond=0)
+    approved = Decision("e1", True, Status.APPROVED, "alice", "api", "less", at, edits=EDITS)
+    assert await second.decide(approved) == approved
+    stored = await first.get("e1")  # read back through the other handle
+    assert stored.decision == approved
+    assert stored.decision is not None and stored.decision.edits == EDITS
+    assert (stored.kwargs, stored.editable) == (EDITED, EDITABLE)
+    assert stored.digest == digest(EDITED) != digest(ASKED)  # what a run's replay compares
+
+    # A later decision with other edits does not stand, and changes nothing.
+    late = Decision("e1", True, Status.APPROVED, "bob", "api", None, at, edits={"amount": 1})
+    assert await first.decide(late) == approved
+    assert (await second.get("e1")).kwargs == EDITED
+    decided = (await second.history(request_id="e1"))[-1]
+    assert (decided.event, decided.fields) == (
+        "approval.decided",
+        {"status": "approved", "by": "alice", "via": "api", "comment": "less", "edits": EDITS},
+    )
+
+    with pytest.raises(ArgumentsChanged):  # the call as asked is not the one approved
+        await second.begin_execution("e1", digest(ASKED))
+    assert await first.begin_execution("e1", digest(EDITED)) is None
+
+
+async def test_an_approval_with_edits_restarts_the_count_of_a_quorum_for_the_edited_call(
+    two: tuple[Store, Store],
+) -> None:
+    first, second = two
+    await first.create(make_request("e2", kwargs=ASKED, editable=EDITABLE, digest=digest(ASKED), approvals=2))
+    alice = _vote("alice@x.com")
+    assert await first.vote("e2", alice, 2) == Tally(None, (alice,), False)
+    bob = dataclasses.replace(_vote("bob@x.com", comment="less"), edits=EDITS)
+    assert await second.vote("e2", bob, 2) == Tally(None, (bob,), False)  # alice approved another call
+    waiting = await first.get("e2")
+    assert (waiting.status, waiting.votes, waiting.kwargs) == (Status.PENDING, (bob,), EDITED)
+    assert waiting.digest == digest(EDITED)
+
+    carol = _vote("carol@x.com")
+    made = await first.vote("e2", carol, 2)
+    assert made.decided_now and made.votes == (bob, carol)
+    assert made.decision is not None
+    assert (made.decision.status, made.decision.by, made.decision.edits, made.decision.votes) == (
+        Status.APPROVED,
+        "carol@x.com",
+        EDITS,
+        (bob, carol),
+    )
+    stored = await second.get("e2")
+    assert stored.decision == made.decision and (stored.kwargs, stored.digest) == (EDITED, digest(EDITED))
+    assert stored.decision is not None and stored.decision.edits == EDITS
+    entries = await second.history(request_id="e2")
+    assert [(e.event, e.fields.get("edits"), e.fields.get("approvals")) for e in entries] == [
+        ("approval.requested", None, None),
+        ("approval.voted", None, 1),
+        ("approval.voted", EDITS, 1),
+        ("approval.voted", None, 2),
+        ("approval.decided", EDITS, None),
+    ]
+    with pytest.raises(ArgumentsChanged):
+        await first.begin_execution("e2", digest(ASKED))
+    assert await second.begin_execution("e2", digest(EDITED)) is None
+
+
 class Currency(enum.Enum):
     EUR = "EUR"
 
@@ -694,6 +773,42 @@ async def test_a_store_without_the_quorum_columns_gains_them_and_keeps_its_reque
         await again.aclose()
 
 
+async def test_a_store_without_the_edits_columns_gains_them_and_keeps_its_requests(
+    store_url: str,
+) -> None:
+    """The release before ``editable`` and ``decided_edits``: its database gains both columns (an
+    additive change, the schema version unchanged); its requests read back without edits."""
+    store = store_from_url(store_url)
+    await store.create(make_request("old-pending"))
+    await store.create(make_request("old-decided"))
+    await store.decide(decision("old-decided", True, "alice"))
+    await store.aclose()
+    await drop_the_edits_columns(store)
+    assert {"editable", "decided_edits"}.isdisjoint(await request_columns(store))
+    reopened = store_from_url(store_url)
+    try:
+        [pending] = await reopened.list_pending()
+        assert (pending.id, pending.editable) == ("old-pending", None)
+        old = await reopened.get("old-decided")
+        assert old.decision is not None and (old.decision.by, old.decision.edits) == ("alice", None)
+        await reopened.create(make_request("new", editable=EDITABLE))
+        at = datetime.now(UTC).replace(microsecond=0)
+        await reopened.decide(
+            Decision("new", True, Status.APPROVED, "bob", "api", None, at, edits={"amount": 3})
+        )
+    finally:
+        await reopened.aclose()
+    assert {"editable", "decided_edits"} <= await request_columns(reopened)
+    assert await schema_version(reopened) == 1
+    again = store_from_url(store_url)  # another process, after a restart
+    try:
+        new = await again.get("new")
+        assert (new.editable, new.kwargs, new.digest) == (EDITABLE, {"amount": 3}, digest({"amount": 3}))
+        assert new.decision is not None and new.decision.edits == {"amount": 3}
+    finally:
+        await again.aclose()
+
+
 async def run_sql(store: DurableStore, statement: str) -> None:
     """Run ``statement`` on ``store``'s database; ``{additions}``, ``{claims}`` and ``{requests}``
     name its tables."""
@@ -753,9 +868,10 @@ async def schema_version(store: DurableStore) -> int:
 
 async def downgrade_to_the_previous_release(store: DurableStore) -> None:
     """Make ``store``'s database look as the release before additions left it: no claims, no
-    principal or quorum columns, no additions."""
+    principal, quorum or edits columns, no additions."""
     await drop_the_principal_columns(store)
     await drop_the_quorum_columns(store)
+    await drop_the_edits_columns(store)
     await run_sql(store, "DROP TABLE {claims}")
     await run_sql(store, "DROP TABLE {additions}")
 
@@ -773,6 +889,13 @@ async def drop_the_quorum_columns(store: DurableStore) -> None:
     await run_sql(store, "ALTER TABLE {requests} DROP COLUMN approvals")
     await run_sql(store, "ALTER TABLE {requests} DROP COLUMN votes")
     await run_sql(store, "DELETE FROM {additions} WHERE name = 'quorum'")
+
+
+async def drop_the_edits_columns(store: DurableStore) -> None:
+    """Make ``store``'s database look as the release before ``editable`` and ``decided_edits`` left it."""
+    await run_sql(store, "ALTER TABLE {requests} DROP COLUMN editable")
+    await run_sql(store, "ALTER TABLE {requests} DROP COLUMN decided_edits")
+    await run_sql(store, "DELETE FROM {additions} WHERE name = 'edits'")
 
 
 # -- issue 13: store URLs the CLI documents, and stores that are only opened, never created ------

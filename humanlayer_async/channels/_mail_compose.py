@@ -68,11 +68,18 @@ def _sections(request: ApprovalRequest) -> tuple[str, str, list[tuple[str, _Rows
     if request.context:
         sections.append(("Context", _rows(dict(request.context))))
     sections.append(("", [expiry, ("Request", request.id)]))
+    how = ANSWER_HELP
+    if request.editable:  # no grammar of its own here: where to change them
+        names = ", ".join(visible(name) for name in request.editable)
+        how += (
+            f"\nTo change {names} before approving, approve in the web console or with\n"
+            f"humanlayer-async approve {request.id} --set <name>=<value>.\n"
+        )
     return (
         "An agent wants to make this call and needs your approval:",
         summarize(request),
         sections,
-        ANSWER_HELP,
+        how,
     )
 
 

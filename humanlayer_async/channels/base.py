@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
@@ -46,7 +46,14 @@ class Decider(Protocol):
     """
 
     async def decide(
-        self, request_id: str, approved: bool, *, by: str | Principal, comment: str | None = None, via: str
+        self,
+        request_id: str,
+        approved: bool,
+        *,
+        by: str | Principal,
+        comment: str | None = None,
+        via: str,
+        edits: Mapping[str, Any] | None = None,
     ) -> Answered:
         """Decide a request: the decision that stands, and whether it is this one."""
         ...

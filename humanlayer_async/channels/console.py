@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import getpass
 import os
+import shlex
 import stat
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
+from .._edits import parse_edit
 from .._exceptions import HumanLayerError, UnknownRequest
 from .._models import ApprovalRequest, Decision
 from .._render import (
@@ -33,9 +35,16 @@ _VERBS = {
     **dict.fromkeys(("n", "no", "deny", "d"), "n"),
     **dict.fromkeys(("r", "reply", "answer"), "r"),
     **dict.fromkeys(("v", "view", "show"), "v"),
+    **dict.fromkeys(("e", "edit"), "e"),
 }
 """What may be typed first on a line, and the verb it stands for."""
-_FORMS = {"y": "y <id> [comment]", "n": "n <id> <reason>", "r": "r <id> <answer>", "v": "v <id>"}
+_FORMS = {
+    "y": "y <id> [comment]",
+    "n": "n <id> <reason>",
+    "r": "r <id> <answer>",
+    "v": "v <id>",
+    "e": "e <id> <name>=<value> ...",
+}
 _LIST = {"?", "help", "ls", "list", "h"}
 
 _QUESTION = 2_000
@@ -47,6 +56,7 @@ HELP = (
     "answer with:  y <id> [comment]   approve\n"
     "              n <id> <reason>    deny (the agent is told the reason)\n"
     "              r <id> <answer>    answer a question\n"
+    "              e <id> name=value  approve with editable arguments changed ('quote values' with spaces)\n"
     "              v <id>             show the full call, nothing shortened\n"
     "              ?                  list what is waiting\n"
     f"<id> is the id printed with the request, or its first {MIN_PREFIX} characters or more"
@@ -188,11 +198,17 @@ class ConsoleChannel(BaseChannel):
         if request.decision is not None:
             self._say(_outcome(request, request.decision, already=True))
             return
-        if verb in ("n", "r") and not text:
+        if verb in ("n", "r", "e") and not text:
             self._say(f"nothing decided: type {_FORMS[verb].replace('<id>', request.short_id)}")
             return
         if verb == "r":
             answered = await self._decider.respond(request.id, text, by=self.user, via=self.name)
+        elif verb == "e":
+            edits = _edits(text, request)
+            if edits is None:
+                self._say(f"nothing decided: type {_FORMS['e'].replace('<id>', request.short_id)}")
+                return
+            answered = await self._decider.decide(request.id, True, by=self.user, via=self.name, edits=edits)
         else:
             answered = await self._decider.decide(
                 request.id, verb == "y", by=self.user, comment=text or None, via=self.name
@@ -210,6 +226,22 @@ class ConsoleChannel(BaseChannel):
         if not self._waiting:
             return ["nothing is waiting for an answer", *HELP.splitlines()]
         return [*(f"  {r.short_id}  {summarize(r)}" for r in self._waiting.values()), *HELP.splitlines()]
+
+
+def _edits(text: str, request: ApprovalRequest) -> dict[str, Any] | None:
+    """``name=value`` pairs typed after ``e <id>`` as edits (``None``: not in that form)."""
+    try:
+        words = shlex.split(text)
+    except ValueError:  # an unclosed quote
+        return None
+    schemas = request.editable or {}
+    edits: dict[str, Any] = {}
+    for word in words:
+        name, equals, value = word.partition("=")
+        if not equals or not name:
+            return None
+        edits[name] = parse_edit(value, schemas.get(name))
+    return edits
 
 
 def _outcome(request: ApprovalRequest, decision: Decision, *, already: bool = False) -> str:
@@ -247,6 +279,9 @@ def describe(request: ApprovalRequest) -> list[str]:
         lines.append(f"  approvers: {', '.join(visible(a) for a in request.approvers)}")
     if request.approvals > 1:
         lines.append(f"  needs {describe_votes(request.votes, request.approvals)}")
+    if request.editable:
+        names = ", ".join(visible(name) for name in request.editable)
+        lines.append(f"  editable: {names}  (e {short} <name>=<value> approves with changes)")
     if cut or any(shortened for _, _, shortened in context):
         lines.append(f"  shortened above: v {short} shows the full call")
     lines.append(f"  answer: y {short} [comment]  |  n {short} <reason>  |  v {short}")

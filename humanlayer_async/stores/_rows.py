@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
 from .._audit import AuditEntry, AuditEvent
-from .._codec import dumps, dumps_mapping, loads
+from .._codec import digest, dumps, dumps_mapping, loads
 from .._exceptions import ArgumentsChanged
 from .._models import ApprovalRequest, Decision, Execution, Kind, Status, Vote, same_name
 
@@ -25,6 +26,7 @@ __all__ = [
     "Row",
     "audit_row",
     "decision_row",
+    "edited",
     "epoch",
     "execution_so_far",
     "expired_decision",
@@ -80,6 +82,7 @@ def request_row(request: ApprovalRequest) -> dict[str, Any]:
         "digest": request.digest or hashlib.sha256(kwargs.encode()).hexdigest(),  # what digest() gives
         "requested_by": request.requested_by,
         "approvals": request.approvals,
+        "editable": None if request.editable is None else json.dumps(request.editable),
     }
 
 
@@ -93,6 +96,7 @@ def decision_row(decision: Decision) -> dict[str, Any]:
         "comment": decision.comment,
         "answer": decision.answer,
         "decided_user": decision.user,
+        "decided_edits": None if decision.edits is None else dumps_mapping(decision.edits, "edit"),
     }
 
 
@@ -108,19 +112,48 @@ def tally(
     the votes then (unchanged when it does not count), and the decision it makes, if any.
 
     A denial denies at once (a veto). An approval by someone who approved already counts
-    once. The approval that brings the distinct approvers to ``needed`` approves. The
-    decision carries every vote that made it, and is the last voter's.
+    once. An approval with edits starts the count again: the votes before it approved
+    another call. The approval that brings the distinct approvers to ``needed`` approves.
+    The decision carries every vote that made it (and the edits they approved), and is the
+    last voter's. The store applies a vote's edits to the request's arguments (``edited``).
     """
-    if vote.approved and any(same_name(earlier.by) == same_name(vote.by) for earlier in votes):
+    if vote.edits:  # the votes before were for another call; the edits before still hold
+        earlier = votes[0].edits if votes else None  # the first vote carries every edit so far
+        vote = replace(vote, edits={**(earlier or {}), **vote.edits})
+        votes = ()
+    elif vote.approved and any(same_name(earlier.by) == same_name(vote.by) for earlier in votes):
         return votes, None
     votes = (*votes, vote)
     if vote.approved and len(votes) < needed:
         return votes, None
     status = Status.APPROVED if vote.approved else Status.DENIED
     decision = Decision(
-        request_id, vote.approved, status, vote.by, vote.via, vote.comment, vote.at, None, vote.user, votes
+        request_id,
+        vote.approved,
+        status,
+        vote.by,
+        vote.via,
+        vote.comment,
+        vote.at,
+        None,
+        vote.user,
+        votes,
+        _edits_of(votes),
     )
     return votes, decision
+
+
+def _edits_of(votes: tuple[Vote, ...]) -> Mapping[str, Any] | None:
+    """The edits the votes agreed on: those of the first vote, which reset the ones before it."""
+    return votes[0].edits if votes else None
+
+
+def edited(request: ApprovalRequest, edits: Mapping[str, Any] | None) -> ApprovalRequest:
+    """``request`` with ``edits`` applied to its arguments, and the digest of what then runs."""
+    if not edits:
+        return request
+    kwargs = {**request.kwargs, **edits}
+    return replace(request, kwargs=kwargs, digest=digest(kwargs))
 
 
 def votes_text(votes: tuple[Vote, ...]) -> str:
@@ -134,6 +167,7 @@ def votes_text(votes: tuple[Vote, ...]) -> str:
                 "comment": v.comment,
                 "at": v.at.isoformat(),
                 "user": v.user,
+                "edits": None if v.edits is None else json.loads(dumps_mapping(v.edits, "edit")),
             }
             for v in votes
         ]
@@ -145,7 +179,15 @@ def to_votes(text: str | None) -> tuple[Vote, ...]:
     if not text:
         return ()
     return tuple(
-        Vote(v["by"], v["approved"], v["via"], v["comment"], datetime.fromisoformat(v["at"]), v.get("user"))
+        Vote(
+            v["by"],
+            v["approved"],
+            v["via"],
+            v["comment"],
+            datetime.fromisoformat(v["at"]),
+            v.get("user"),
+            v.get("edits"),
+        )
         for v in json.loads(text)
     )
 
@@ -179,6 +221,7 @@ def to_request(row: Row, when: ToDatetime) -> ApprovalRequest:
             answer=row["answer"],
             user=row["decided_user"],
             votes=votes if status in (Status.APPROVED, Status.DENIED) else (),
+            edits=None if row["decided_edits"] is None else loads(row["decided_edits"]),
         )
     execution = None
     if row["exec_state"] is not None:
@@ -202,6 +245,7 @@ def to_request(row: Row, when: ToDatetime) -> ApprovalRequest:
         requested_by=row["requested_by"],
         approvals=row["approvals"],
         votes=votes,
+        editable=None if row["editable"] is None else loads(row["editable"]),
     )
 
 

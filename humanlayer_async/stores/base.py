@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from .._audit import AuditEntry, AuditEvent, make_entry
 from .._models import ApprovalRequest, Decision, Execution, Kind, Status, Vote
@@ -173,8 +173,11 @@ def requested_entry(request: ApprovalRequest) -> AuditEntry:
 
 
 def decision_entry(decision: Decision) -> AuditEntry:
-    """The audit entry (and log line) of a decision that now stands."""
-    user = {} if decision.user is None else {"user": decision.user}
+    """The audit entry (and log line) of a decision that now stands (with the edits it made:
+    the request's entry has the values they replaced)."""
+    more: dict[str, Any] = {} if decision.user is None else {"user": decision.user}
+    if decision.edits:
+        more["edits"] = dict(decision.edits)
     return make_entry(
         _FINAL_EVENTS[decision.status],
         decision.request_id,
@@ -182,13 +185,20 @@ def decision_entry(decision: Decision) -> AuditEntry:
         by=decision.by,
         via=decision.via,
         comment=decision.comment,
-        **user,
+        **more,
     )
 
 
 def vote_entry(request_id: str, vote: Vote, count: int, needed: int) -> AuditEntry:
     """The audit entry (and log line) of a vote counted: ``count`` approvals of ``needed`` so far."""
-    fields = {"by": vote.by, "approved": vote.approved, "via": vote.via, "comment": vote.comment}
+    fields: dict[str, Any] = {
+        "by": vote.by,
+        "approved": vote.approved,
+        "via": vote.via,
+        "comment": vote.comment,
+    }
     if vote.user is not None:
         fields["user"] = vote.user
+    if vote.edits:
+        fields["edits"] = dict(vote.edits)
     return make_entry("approval.voted", request_id, **fields, approvals=count, needed=needed)

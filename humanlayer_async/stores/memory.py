@@ -14,7 +14,7 @@ import anyio
 from .._audit import AuditEntry
 from .._exceptions import StoreError, UnknownRequest
 from .._models import ApprovalRequest, Decision, Execution, Kind, Status, Vote
-from ._rows import execution_so_far, expired_decision, retention_seconds, tally
+from ._rows import edited, execution_so_far, expired_decision, retention_seconds, tally
 from .base import StoreEvent, Tally, decision_entry, requested_entry, vote_entry
 
 __all__ = ["MemoryStore"]
@@ -99,7 +99,10 @@ class MemoryStore:
         # Approvals and denials only count before the expiry; timeouts and cancellations always.
         request = self._request(decision.request_id)
         standing = self._decision(request, expire=decision.status in _HUMAN)
-        return standing if standing is not None else self._store(request.id, decision)
+        if standing is not None:
+            return standing
+        self._requests[request.id] = edited(request, decision.edits)
+        return self._store(request.id, decision)
 
     async def vote(self, request_id: str, vote: Vote, needed: int) -> Tally:
         request = self._request(request_id)
@@ -108,6 +111,7 @@ class MemoryStore:
         if standing is not None:
             return Tally(standing, votes, False)
         after, decision = tally(request_id, votes, vote, needed)
+        self._requests[request_id] = edited(request, vote.edits)
         if after is not votes:
             self._votes[request_id] = after
             self.audit_log.append(vote_entry(request_id, vote, sum(v.approved for v in after), needed))

@@ -1,11 +1,12 @@
 """PostgresStore: one database for a fleet of processes, decisions announced with NOTIFY.
 
 Requests, the audit trail and an event log live in tables of one schema, created and
-migrated by the store (versioned). ``decide`` is one conditional ``UPDATE``: across
-processes the first decision wins. ``vote`` locks the request's row (``FOR UPDATE``),
-so the votes of many processes count one after another. Every new request and decision
-appends to the event log, whose sequence numbers follow commit order (writers take a
-transaction advisory lock just before appending), and sends ``NOTIFY`` with ids only.
+migrated by the store (versioned). ``decide`` is one conditional ``UPDATE`` (after reading
+the row ``FOR UPDATE`` when the approver edited the arguments): across processes the first
+decision wins. ``vote`` locks the request's row (``FOR UPDATE``), so the votes of many
+processes count one after another. Every new request and decision appends to the event
+log, whose sequence numbers follow commit order (writers take a transaction advisory lock
+just before appending), and sends ``NOTIFY`` with ids only.
 
 The schema is named by ``schema=`` or by the DSN's ``?schema=`` parameter (the form the
 ``humanlayer-async`` command takes), which the store removes before asyncpg sees the DSN,
@@ -48,6 +49,7 @@ from ._rows import (
     SCHEMA_VERSION,
     audit_row,
     decision_row,
+    edited,
     execution_so_far,
     expired_decision,
     request_row,
@@ -143,6 +145,10 @@ def _additions(schema: str) -> dict[str, tuple[str, ...]]:
             f"ALTER TABLE {schema}.requests ADD COLUMN approvals integer NOT NULL DEFAULT 1",
             f"ALTER TABLE {schema}.requests ADD COLUMN votes text",  # JSON (votes_text); NULL: none yet
         ),
+        "edits": (
+            f"ALTER TABLE {schema}.requests ADD COLUMN editable text",  # JSON Schema by argument; NULL: none
+            f"ALTER TABLE {schema}.requests ADD COLUMN decided_edits text",  # JSON; NULL: approved as asked
+        ),
     }
 
 
@@ -220,6 +226,17 @@ def _lock_id(text: str) -> int:
 
 def _same(value: datetime) -> datetime:
     return value
+
+
+def _arguments(request: ApprovalRequest) -> dict[str, Any]:
+    """The ``kwargs`` and ``digest`` columns of ``request``, as ``request_row`` writes them.
+
+    Arguments read back from ``jsonb`` digest as they did when written, but for floats
+    ``jsonb`` does not return as written (``1e+16`` comes back an integer, ``-0.0`` as ``0.0``):
+    an edit to a request holding one gives a digest a run's replay does not match.
+    """
+    row = request_row(request)
+    return {"kwargs": row["kwargs"], "digest": row["digest"]}
 
 
 class _Subscriber:
@@ -583,17 +600,23 @@ class PostgresStore:
 
     async def decide(self, decision: Decision) -> Decision:
         values = {**decision_row(decision), "decided_at": decision.decided_at}
-        assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(values, start=2))
-        late_ok_mark = f"${len(values) + 2}"
         # Approvals and denials count only before the expiry; timeouts and cancellations always.
         late_ok = decision.status not in (Status.APPROVED, Status.DENIED)
 
         async def decide(conn: Connection) -> Decision:
+            columns = dict(values)
+            if decision.edits:  # the call that runs is the edited one: its kwargs and digest
+                row = await conn.fetchrow(
+                    f"SELECT * FROM {self.schema}.requests WHERE id = $1 FOR UPDATE", decision.request_id
+                )
+                if row is not None:  # (else the UPDATE finds nothing, and _fetch says so)
+                    columns.update(_arguments(edited(to_request(row, _same), decision.edits)))
+            assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(columns, start=2))
             updated = await conn.fetchval(
                 f"UPDATE {self.schema}.requests SET {assignments} WHERE id = $1 AND status = 'pending'"
-                f" AND ({late_ok_mark} OR expires_at > now()) RETURNING id",
+                f" AND (${len(columns) + 2} OR expires_at > now()) RETURNING id",
                 decision.request_id,
-                *values.values(),
+                *columns.values(),
                 late_ok,
             )
             if updated is not None:
@@ -617,6 +640,8 @@ class PostgresStore:
             if after is request.votes:
                 return Tally(None, after, False)
             values: dict[str, Any] = {"votes": votes_text(after)}
+            if vote.edits:  # the votes from now on are for the edited call
+                values.update(_arguments(edited(request, vote.edits)))
             if decision is not None:
                 values.update(decision_row(decision), decided_at=decision.decided_at)
             assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(values, start=2))

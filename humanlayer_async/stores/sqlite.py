@@ -32,6 +32,7 @@ from ._rows import (
     SCHEMA_VERSION,
     audit_row,
     decision_row,
+    edited,
     epoch,
     execution_so_far,
     expired_decision,
@@ -109,6 +110,10 @@ _ADDITIONS: dict[str, tuple[str, ...]] = {
     "quorum": (
         "ALTER TABLE hl_requests ADD COLUMN approvals INTEGER NOT NULL DEFAULT 1",
         "ALTER TABLE hl_requests ADD COLUMN votes TEXT",  # JSON (votes_text); NULL: none yet
+    ),
+    "edits": (
+        "ALTER TABLE hl_requests ADD COLUMN editable TEXT",  # JSON Schema by argument; NULL: none
+        "ALTER TABLE hl_requests ADD COLUMN decided_edits TEXT",  # JSON; NULL: approved as asked
     ),
 }
 """Name → the statements of an additive change (see ``SCHEMA_VERSION``), in order."""
@@ -257,17 +262,22 @@ class SQLiteStore:
 
     async def decide(self, decision: Decision) -> Decision:
         values: dict[str, Any] = {**decision_row(decision), "decided_at": decision.decided_at.timestamp()}
-        assignments = _assignments(values)
-        values.update(id=decision.request_id, now=time.time())
+        where = {"id": decision.request_id, "now": time.time()}
         human = decision.status in (Status.APPROVED, Status.DENIED)
 
         def decide(conn: sqlite3.Connection) -> Decision:
             with _transaction(conn):
+                columns = dict(values)
+                if decision.edits:  # the call that runs is the edited one: its kwargs and digest
+                    row = conn.execute("SELECT * FROM hl_requests WHERE id = ?", (decision.request_id,))
+                    current = row.fetchone()
+                    if current is not None:  # (else the UPDATE finds nothing, and _fetch says so)
+                        columns.update(_arguments(edited(to_request(current, epoch), decision.edits)))
                 # Approvals and denials only count before the expiry; timeouts and cancellations always.
                 updated = conn.execute(
-                    f"UPDATE hl_requests SET {assignments} WHERE id = :id AND status = 'pending'"
+                    f"UPDATE hl_requests SET {_assignments(columns)} WHERE id = :id AND status = 'pending'"
                     + (" AND expires_at > :now" if human else ""),
-                    values,
+                    {**columns, **where},
                 ).rowcount
                 if updated:
                     _event(conn, "decided", decision.request_id)
@@ -290,6 +300,8 @@ class SQLiteStore:
                 if after is request.votes:
                     return Tally(None, after, False)
                 values: dict[str, Any] = {"votes": votes_text(after)}
+                if vote.edits:  # the votes from now on are for the edited call
+                    values.update(_arguments(edited(request, vote.edits)))
                 if decision is not None:
                     values.update(decision_row(decision), decided_at=decision.decided_at.timestamp())
                 assignments = _assignments(values)
@@ -463,6 +475,12 @@ def _expire(conn: sqlite3.Connection, request_id: str | None) -> None:
         conn.execute(f"UPDATE hl_requests SET {assignments} WHERE id = :id", {**values, "id": row["id"]})
         _audit(conn, decision_entry(decision))
         _event(conn, "decided", decision.request_id)
+
+
+def _arguments(request: ApprovalRequest) -> dict[str, Any]:
+    """The ``kwargs`` and ``digest`` columns of ``request``, as ``request_row`` writes them."""
+    row = request_row(request)
+    return {"kwargs": row["kwargs"], "digest": row["digest"]}
 
 
 def _assignments(values: dict[str, Any]) -> str:
