@@ -14,8 +14,9 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
+from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import httpx
@@ -928,3 +929,355 @@ async def test_the_demo_answered_from_the_browser_and_the_terminal(browser_page:
     )
     assert re.search(r"ran\s+transfer \$100\s+no approval needed", summary)
     assert "vendor not verified" in await page.locator("#history").inner_text()
+
+
+# -- edit, then approve --------------------------------------------------------------------
+
+
+class Elements(HTMLParser):
+    """Every element of a page, as (tag, attributes), and each textarea's value (by name)."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, dict[str, str | None]]] = []
+        self.textareas: dict[str, str] = {}
+        self._in: str | None = None
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, dict(attrs)))
+        if tag == "textarea":
+            self._in = dict(attrs).get("name") or ""
+            self.textareas[self._in] = ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "textarea":
+            self._in = None
+
+    def handle_data(self, data: str) -> None:
+        if self._in is not None:
+            text = self.textareas[self._in]
+            # As browsers do, a textarea drops the line break that opens its content.
+            self.textareas[self._in] = text + (data.removeprefix("\n") if not text else data)
+
+    def named(self, name: str) -> list[tuple[str, dict[str, str | None]]]:
+        return [(tag, attrs) for tag, attrs in self.elements if attrs.get("name") == name]
+
+
+def edit_form(html: str) -> str:
+    """The detail page's edit form, or "" when it has none."""
+    start = html.find('<form class="edit"')
+    return "" if start < 0 else html[start : html.index("</form>", start) + len("</form>")]
+
+
+async def test_the_detail_view_offers_edits_only_on_editable_pending_requests_its_user_may_decide() -> None:
+    web = WebChannel(users={"alice": ALICE, "bob": "bob-key-0123456789ab"})
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl:
+
+        @hl.require_approval(
+            approvers=["alice"], editable=["amount", "currency", "api_key", "urgent"], on_reject="return"
+        )
+        async def transfer(
+            recipient: str, amount: float, currency: Literal["EUR", "USD"], api_key: str, urgent: bool
+        ) -> str:
+            return "sent"
+
+        @hl.require_approval(approvers=["alice"])
+        async def fixed(amount: float) -> str:
+            return "sent"
+
+        async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
+            tg.start_soon(transfer, "acme", 12000.0, "USD", "sk-live-secret", False)
+            tg.start_soon(fixed, 5.0)
+            pending = {r.function: r for r in await wait_for_pending(hl, 2, within=5)}
+            editable, plain = pending["transfer"], pending["fixed"]
+            await signed_in(client, web, user="bob")
+            bobs = await client.get(f"{web.url}/requests/{editable.id}")
+            client.cookies.clear()
+            await signed_in(client, web, user="alice")
+            console = (await client.get(str(web.url))).text
+            alices = await client.get(f"{web.url}/requests/{editable.id}")
+            fixed_view = await client.get(f"{web.url}/requests/{plain.id}")
+            await hl.decide(editable.id, False, by="alice", via="api")
+            decided = await client.get(f"{web.url}/requests/{editable.id}")
+            tg.cancel_scope.cancel()
+    form = edit_form(alices.text)
+    assert (
+        "Approve with these changes</button>" in form
+        and f'action="/approvals/requests/{editable.id}"' in form
+    )
+    page = Elements(form)
+    assert page.textareas["edit.amount"] == "12000.0"  # the current value, as JSON (the browser drops "\n")
+    [(tag, _)] = page.named("edit.currency")
+    assert tag == "select"
+    options = [(a["value"], "selected" in a) for t, a in page.elements if t == "option"]
+    assert options[:2] == [("EUR", False), ("USD", True)] and options[2:] == [
+        ("true", False),
+        ("false", True),
+    ]
+    # The masked key is shown, and cannot be sent: no field carries its name.
+    assert page.named("edit.api_key") == [] and 'value="***" disabled' in form
+    assert "masked: it cannot be edited" in form and "sk-live-secret" not in alices.text
+    assert page.named("edit.recipient") == []  # not editable
+    assert page.named("csrf") and "Approve</button>" in alices.text  # approving as it is stays
+    assert f'href="/approvals/requests/{editable.id}#edit">Edit, then approve' in console
+    assert f'href="/approvals/requests/{plain.id}#edit"' not in console
+    for refused in (bobs, fixed_view, decided):
+        assert refused.status_code == 200 and edit_form(refused.text) == ""
+    assert "bob is not an approver" in bobs.text and "denied by alice via api" in decided.text
+
+
+async def test_an_edit_from_the_form_or_a_script_runs_the_tool_and_unchanged_fields_are_not_edits() -> None:
+    web = WebChannel(token=KEY)
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl:
+        ran: list[tuple[str, float, str | None, list[str]]] = []
+
+        @hl.require_approval(editable=True)
+        async def transfer(recipient: str, amount: float, memo: str | None, tags: list[str]) -> str:
+            ran.append((recipient, amount, memo, tags))
+            return f"sent {amount}"
+
+        async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
+            tg.start_soon(transfer, "acme", 12000.0, None, ["q3", "café"])
+            tg.start_soon(transfer, "globex", 300.0, "as agreed", [])
+            pending = {r.kwargs["recipient"]: r for r in await wait_for_pending(hl, 2, within=5)}
+            first, second = pending["acme"], pending["globex"]
+            csrf = await signed_in(client, web)
+            shown = Elements(edit_form((await client.get(f"{web.url}/requests/{first.id}")).text)).textareas
+            assert shown["edit.memo"] == "null" and shown["edit.tags"] == '[\n  "q3",\n  "café"\n]'
+            # The form as a browser sends it: every field, the untouched ones as shown (a
+            # textarea's lines end in CRLF), and one changed.
+            form = {
+                "csrf": csrf,
+                "action": "approve",
+                "comment": "split it",
+                "edit.recipient": shown["edit.recipient"],
+                "edit.amount": "5000",
+                "edit.memo": shown["edit.memo"],
+                "edit.tags": shown["edit.tags"].replace("\n", "\r\n"),
+            }
+            browser = await client.post(f"{web.url}/requests/{first.id}", data=form)
+            client.cookies.clear()
+            # A script: the same value written otherwise ("300" for 300.0) is no edit either.
+            script = await client.post(
+                f"{web.url}/requests/{second.id}",
+                data={"action": "approve", "edit.amount": "300", "edit.memo": "as agreed, in two parts"},
+                headers={"authorization": f"Bearer {KEY}", "accept": "application/json"},
+            )
+        assert browser.status_code == 303 and browser.headers["location"] == "/approvals"
+        assert script.status_code == 200, script.text
+        assert script.json()["message"].startswith(
+            "approved by web-console with memo='as agreed, in two parts' via web"
+        )
+        assert sorted(ran) == [
+            ("acme", 5000, None, ["q3", "café"]),
+            ("globex", 300.0, "as agreed, in two parts", []),
+        ]
+        edited = await hl.get(first.id)
+        assert edited.decision is not None and edited.decision.edits == {"amount": 5000}
+        assert (edited.decision.by, edited.decision.via, edited.decision.comment) == (
+            "web-console",
+            "web",
+            "split it",
+        )
+        assert edited.kwargs["amount"] == 5000
+        other = (await hl.get(second.id)).decision
+        assert other is not None and other.edits == {"memo": "as agreed, in two parts"}
+
+
+async def test_an_invalid_edit_is_a_400_naming_the_argument_and_the_request_stays_pending() -> None:
+    web = WebChannel(token=KEY)
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl:
+
+        @hl.require_approval(editable=["amount", "currency", "api_key"])
+        async def pay(recipient: str, amount: float, currency: Literal["EUR", "USD"], api_key: str) -> str:
+            return "paid"
+
+        async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
+            tg.start_soon(pay, "acme", 10.0, "EUR", "sk-live-secret")
+            [request] = await wait_for_pending(hl, within=5)
+            url = f"{web.url}/requests/{request.id}"
+            script = {"authorization": f"Bearer {KEY}", "accept": "application/json"}
+            with capture_logs() as logs:
+                answers = [
+                    await client.post(url, data={"action": "approve", f"edit.{name}": value}, headers=script)
+                    for name, value in (
+                        ("amount", "lots"),
+                        ("currency", "BTC"),
+                        ("recipient", "mallory"),
+                        ("api_key", "sk-live-mine"),
+                        ("<script>", "x"),
+                    )
+                ]
+                denial = await client.post(url, data={"action": "deny", "edit.amount": "1"}, headers=script)
+                answer = await client.post(
+                    url, data={"action": "answer", "answer": "yes", "edit.amount": "1"}, headers=script
+                )
+                unnamed = await client.post(url, data={"action": "approve", "edit.": "1"}, headers=script)
+                csrf = await signed_in(client, web)
+                page = await client.post(url, data={"csrf": csrf, "action": "approve", "edit.amount": "lots"})
+                hostile = await client.post(
+                    url, data={"csrf": csrf, "action": "approve", "edit.<script>alert(1)</script>": "1"}
+                )
+                forged = await client.post(url, data={"action": "approve", "edit.amount": "5"})
+                cross = await client.post(
+                    url,
+                    data={"csrf": csrf, "action": "approve", "edit.amount": "5"},
+                    headers={"origin": "http://evil.example"},
+                )
+                many = {f"edit.a{n}": "1" for n in range(51)}
+                too_many = await client.post(url, data={"csrf": csrf, "action": "approve", **many})
+                too_long = await client.post(
+                    url, data={"csrf": csrf, "action": "approve", "edit.amount": "9" * 10001}
+                )
+            assert [r.status_code for r in answers] == [400] * 5
+            bodies = [r.json() for r in answers]
+            assert [b["argument"] for b in bodies] == [
+                "amount",
+                "currency",
+                "recipient",
+                "api_key",
+                "<script>",
+            ]
+            for body, problem in zip(
+                bodies,
+                ("must be a number", "must be one of", "not an editable", "masked", "not an editable"),
+                strict=True,
+            ):
+                assert problem in body["error"], body
+            assert denial.status_code == 400 and "not a denial" in denial.json()["error"]
+            assert answer.status_code == 400 and answer.json()["argument"] == ""
+            assert unnamed.status_code == 400 and "edit.<argument>" in unnamed.text
+            assert page.status_code == 400 and page.headers["content-type"].startswith("text/html")
+            assert "argument &#x27;amount&#x27;: must be a number" in page.text
+            assert "still pending" in page.text and f'href="/approvals/requests/{request.id}"' in page.text
+            assert hostile.status_code == 400 and "&lt;script&gt;alert(1)&lt;/script&gt;" in hostile.text
+            assert "<script>" not in hostile.text
+            assert (forged.status_code, cross.status_code) == (403, 403)
+            assert (too_many.status_code, too_long.status_code) == (400, 400)
+            still = await hl.get(request.id)
+            assert still.status is Status.PENDING and still.kwargs["amount"] == 10.0
+            tg.cancel_scope.cancel()
+    assert refusals(logs) == [
+        *[(400, "invalid edit")] * 7,
+        (400, "bad edit field"),
+        (400, "invalid edit"),
+        (400, "invalid edit"),
+        (403, "bad csrf token"),
+        (403, "cross-origin request"),
+        (400, "too many edits"),
+        (400, "field too long"),
+    ]
+    named = [e["argument"] for e in logs if e["event"] == "listener.refused" and "argument" in e]
+    assert named[:5] == ["amount", "currency", "recipient", "api_key", "<script>"]
+
+
+def test_hostile_argument_names_and_values_in_the_edit_form_are_inert() -> None:
+    name = '"><script>alert(1)</script>'
+    value = '</textarea><script>alert(2)</script>" onfocus="alert(3)'
+    choice = '</option></select><img src=x onerror="alert(4)">'
+    request = make_request(
+        "e" * 32,
+        approvers=(),
+        kwargs={name: value, "mode": choice, "amount": 5},
+        editable={
+            name: {"type": "string"},
+            "mode": {"enum": [choice, "safe"]},
+            "amount": {"type": "integer"},
+        },
+    )
+    html = _web_page.detail_page(
+        request, user="u", csrf='c"><b>', base="/approvals", action="/approvals/requests/x", may_decide=True
+    )
+    page = Elements(edit_form(html))
+    assert {tag for tag, _ in page.elements} <= {
+        "form",
+        "h2",
+        "p",
+        "code",
+        "input",
+        "div",
+        "label",
+        "textarea",
+        "select",
+        "option",
+        "button",
+    }
+    assert page.textareas[f"edit.{name}"] == value  # the value, exactly, as text
+    [(_, select)] = page.named("edit.mode")
+    assert [a["value"] for t, a in page.elements if t == "option"] == [choice, "safe"]
+    assert select["id"] and [a["value"] for t, a in page.named("csrf")] == ['c"><b>']
+    assert (
+        '<label for="e-eeeeeeee' in html and "&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;</label>" in html
+    )
+    for raw in ("<script>", "<img", 'onfocus="alert', "<b>"):
+        assert raw not in html
+
+
+@pytest.mark.parametrize(
+    ("value", "schema", "text"),
+    [
+        ("hello", {"type": "string"}, "hello"),
+        ("5000", {"type": "string"}, "5000"),  # text stays text: parse_edit keeps it a string
+        ("line one\nline two", {"type": "string"}, "line one\nline two"),
+        ('"quoted"', {"type": "string"}, '"\\"quoted\\""'),  # as text, it would lose its quotes
+        ("null", {"anyOf": [{"type": "string"}, {"type": "null"}]}, '"null"'),
+        ("a\u202eb", {"type": "string"}, '"a\\u202eb"'),  # bidi spelled out, still the same string
+        (12000.0, {"type": "number"}, "12000.0"),
+        (["café"], {"type": "array", "items": {"type": "string"}}, '[\n  "café"\n]'),
+        (
+            {"k": "\u202e"},
+            {"type": "object", "additionalProperties": {"type": "string"}},
+            '{\n  "k": "\\u202e"\n}',
+        ),
+        ("1", {"enum": ["1", 1]}, '"1"'),
+        (1, {"enum": ["1", 1]}, "1"),
+    ],
+)
+def test_the_edit_form_shows_each_value_so_that_it_reads_back_as_itself(
+    value: Any, schema: dict[str, Any], text: str
+) -> None:
+    from humanlayer_async._edits import parse_edit
+
+    assert _web_page.edit_text(value, schema) == text
+    back = parse_edit(text, schema)
+    assert back == value and type(back) is type(value)
+
+
+async def test_browser_edits_an_amount_and_approves_and_the_tool_runs_with_it(browser_page: Any) -> None:
+    page = browser_page
+    web = WebChannel()
+    note = '</textarea><b id="injected">x</b>" autofocus onfocus="window.pwned = 1'
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl:
+        ran: list[tuple[str, int, str]] = []
+
+        @hl.require_approval(editable=["amount", "note"])
+        async def transfer_money(recipient: str, amount: int, note: str) -> str:
+            ran.append((recipient, amount, note))
+            return f"moved {amount}"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(transfer_money, "acme", 10_000, note)
+            [request] = await wait_for_pending(hl, within=5)
+            await page.goto(web.login_url())
+            card = page.locator(f"#req-{request.id}")
+            await card.get_by_role("link", name="Edit, then approve").click()
+            await page.wait_for_url(f"{web.url}/requests/{request.id}#edit")
+            amount = page.get_by_label("amount", exact=True)
+            assert await amount.input_value() == "10000"
+            # The hostile note is the box's text, exactly; nothing of it became markup.
+            assert await page.get_by_label("note", exact=True).input_value() == note
+            assert await page.locator("#injected").count() == 0
+            assert await page.evaluate("window.pwned") is None
+            await amount.fill("2500")
+            await amount.press("Enter")  # a line break in the box, not an approval
+            assert ran == [] and await amount.input_value() == "2500\n"
+            await amount.fill("2500")
+            await page.get_by_role("button", name="Approve with these changes").click()
+            await page.wait_for_url(str(web.url))
+            await page.locator(
+                "#history", has_text="approved by web-console with amount=2500 via web"
+            ).wait_for()
+        assert ran == [("acme", 2500, note)]
+        decision = (await hl.get(request.id)).decision
+        assert decision is not None and decision.edits == {"amount": 2500}

@@ -10,19 +10,22 @@ push what follows out of sight.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from html import escape
 from typing import Any
 
+from .._edits import parse_edit
 from .._models import ApprovalRequest
-from .._render import describe_decision, describe_votes, full_call, shorten, summarize, visible
+from .._render import MASK, describe_decision, describe_votes, full_call, shorten, summarize, visible
 
 __all__ = [
     "card",
     "detail_page",
     "duration",
+    "edit_text",
     "history_item",
     "history_list",
     "message_page",
@@ -115,6 +118,109 @@ def _decide_form(request: ApprovalRequest, *, action: str, csrf: str) -> str:
     )
 
 
+def edit_text(value: Any, schema: dict[str, Any] | None) -> str:
+    """An argument's value as the edit form shows it, such that ``parse_edit`` reads it back.
+
+    A string is shown as it is when it reads back as itself and holds no invisible
+    character but line breaks; anything else as JSON, with control and bidi characters
+    (then every non-ASCII one) as ``\\u`` escapes, and lists and objects indented.
+    """
+    plain = isinstance(value, str) and all(visible(line) == line for line in value.split("\n"))
+    if plain and parse_edit(value, schema) == value:
+        return str(value)
+    indent = 2 if isinstance(value, list | dict) and value else None
+    text = json.dumps(value, ensure_ascii=False, indent=indent, default=repr)
+    if visible(text.replace("\n", "")) == text.replace("\n", ""):
+        return text
+    return json.dumps(value, indent=indent, default=repr)
+
+
+def _editable(request: ApprovalRequest) -> bool:
+    return request.kind == "approval" and bool(request.editable) and request.decision is None
+
+
+_KINDS = {
+    "string": "text",
+    "integer": "whole number",
+    "number": "number",
+    "boolean": "true or false",
+    "null": "null",
+    "array": "JSON list",
+    "object": "JSON object",
+}
+
+
+def _hint(schema: Mapping[str, Any]) -> str:
+    """What an argument takes, in a few words: ``number``, ``text or null``, ``one of "EUR", "USD"``."""
+    if isinstance(schema.get("anyOf"), list):
+        return " or ".join(_hint(option) for option in schema["anyOf"] if isinstance(option, Mapping))
+    if isinstance(schema.get("enum"), list):
+        return "one of " + ", ".join(json.dumps(option) for option in schema["enum"])
+    return _KINDS.get(str(schema.get("type")), "JSON")
+
+
+def _choices(schema: Mapping[str, Any]) -> list[Any] | None:
+    """The values a select offers for ``schema``: its enum, or true and false; else ``None``."""
+    if isinstance(schema.get("enum"), list):
+        return list(schema["enum"])
+    return [True, False] if schema.get("type") == "boolean" else None
+
+
+def _edit_field(request: ApprovalRequest, index: int, name: str, schema: dict[str, Any] | None) -> str:
+    """One editable argument: its label and a select, a text box, or its masked value."""
+    rid = escape(request.id)
+    field_id, hint_id = f"e-{rid}-{index}", f"eh-{rid}-{index}"
+    value = request.kwargs.get(name)
+    label = f'<label for="{field_id}">{_text(name)}</label>'
+    if name in request.kwargs and value == MASK:
+        return (
+            f'<div class="edit-field">{label}<input id="{field_id}" type="text" value="{MASK}" disabled'
+            f' aria-describedby="{hint_id}">'
+            f'<p class="hint" id="{hint_id}">masked: it cannot be edited</p></div>'
+        )
+    current = edit_text(value, schema) if name in request.kwargs else ""
+    attributes = f'id="{field_id}" name="edit.{escape(name)}" aria-describedby="{hint_id}"'
+    choices = _choices(schema or {})
+    if choices is not None and current in (texts := [edit_text(choice, schema) for choice in choices]):
+        options = "".join(
+            f'<option value="{escape(text)}"{" selected" if text == current else ""}>{_text(text)}</option>'
+            for text in texts
+        )
+        control = f"<select {attributes}>{options}</select>"
+    else:
+        rows = min(8, current.count("\n") + 1)
+        # A text box, also for one line: Enter in it adds a line instead of approving.
+        # (The newline after the tag is the one a textarea drops: the value keeps its own.)
+        control = f'<textarea {attributes} rows="{rows}" spellcheck="false">\n{escape(current)}</textarea>'
+    hint = f'<p class="hint" id="{hint_id}">{_text(_hint(schema or {}))}</p>'
+    return f'<div class="edit-field">{label}{control}{hint}</div>'
+
+
+def _edit_form(request: ApprovalRequest, *, action: str, csrf: str) -> str:
+    """The form that approves ``request`` with changed arguments (the changed fields only
+    become edits, ``edit.<argument>``)."""
+    fields = "".join(
+        _edit_field(request, index, name, schema if isinstance(schema, dict) else None)
+        for index, (name, schema) in enumerate((request.editable or {}).items())
+    )
+    rid = escape(request.id)
+    return (
+        f'<form class="edit" id="edit" method="post" action="{escape(action)}" aria-labelledby="edit-{rid}">'
+        f'<h2 id="edit-{rid}">Edit, then approve</h2>'
+        '<p class="meta">Change what should be different: the call runs with your values. What'
+        " you type is read as JSON when that fits the argument (<code>5000</code>,"
+        ' <code>["a", "b"]</code>, <code>null</code>), else as text. Fields left as they are stay'
+        " unchanged.</p>"
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">{fields}'
+        f'<label for="ec-{rid}">Comment</label>'
+        f'<textarea id="ec-{rid}" name="comment" rows="2" maxlength="2000"></textarea>'
+        '<div class="buttons">'
+        '<button type="submit" name="action" value="approve" class="approve">'
+        "Approve with these changes</button>"
+        "</div></form>"
+    )
+
+
 def card(request: ApprovalRequest, *, action: str, csrf: str, now: datetime) -> str:
     """One pending request: what it is, for how long it waits, and the form to decide it.
 
@@ -145,7 +251,8 @@ def card(request: ApprovalRequest, *, action: str, csrf: str, now: datetime) -> 
         context, cut_context = _fields(request.context, "context", "context")
         body, cut = f"{doc}{arguments}{context}", cut_arguments or cut_context
     shortened = " (some values above are shortened)" if cut else ""
-    full = f'<p class="full-link"><a href="{escape(action)}">Show the full call</a>{shortened}</p>'
+    edit = f' · <a href="{escape(action)}#edit">Edit, then approve</a>' if _editable(request) else ""
+    full = f'<p class="full-link"><a href="{escape(action)}">Show the full call</a>{shortened}{edit}</p>'
     return (
         f'<li class="card {request.kind}" id="req-{rid}" data-id="{rid}">'
         f'<article aria-labelledby="t-{rid}">'
@@ -229,6 +336,10 @@ def detail_page(
         footer = f'<p class="outcome-full">{escape(describe_decision(request.decision))}</p>'
     elif may_decide:
         footer = _decide_form(request, action=action, csrf=csrf)
+        if _editable(request):
+            footer = (
+                f"<h2>Approve or deny it as it is</h2>{footer}{_edit_form(request, action=action, csrf=csrf)}"
+            )
     else:
         footer = f'<p class="notice">{_text(user)} is not an approver of this request.</p>'
     title = "Question" if request.kind == "question" else "Approval needed"
@@ -257,13 +368,15 @@ long runs of spaces are counted (<span class="spaces">⟨1,000 spaces⟩</span>)
 """
 
 
-def message_page(title: str, text: str) -> str:
-    """A small page for people who reach the console without signing in."""
+def message_page(title: str, text: str, *, link: tuple[str, str] | None = None) -> str:
+    """A small page: for people who reach the console without signing in, or a refused form
+    (``link``: the URL and text of the way back)."""
+    back = "" if link is None else f'<p><a href="{escape(link[0])}">{escape(link[1])}</a></p>'
     return f"""<!doctype html>
 <html lang="en">
 <head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)}</title></head>
-<body><h1>{escape(title)}</h1><p>{escape(text)}</p></body>
+<body><h1>{escape(title)}</h1><p>{_text(text)}</p>{back}</body>
 </html>
 """
 

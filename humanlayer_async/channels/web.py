@@ -9,7 +9,8 @@ Routes, under ``base_path`` (``/approvals`` by default):
 - ``POST /approvals/sign-in``  sign in with a key typed into the form (same origin only)
 - ``GET /approvals/events``   server-sent events: new requests and decisions, live
 - ``GET /approvals/requests/{id}``   one request in full (untruncated), with its form
-- ``POST /approvals/requests/{id}``  approve, deny or answer (CSRF-protected)
+- ``POST /approvals/requests/{id}``  approve (with edited arguments, ``edit.<argument>``
+  fields), deny or answer (CSRF-protected)
 - ``GET /approvals/static/…``  the page's CSS and JavaScript, shipped in the package
 
 Keys travel only in that form or an ``Authorization: Bearer`` header, never in a URL
@@ -32,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs
 
 import anyio
@@ -50,7 +51,15 @@ from starlette.responses import (
 from starlette.routing import BaseRoute, Route
 
 from .._audit import logger
-from .._exceptions import ConfigurationError, HumanLayerError, NotAnApprover, StoreError, UnknownRequest
+from .._edits import parse_edit
+from .._exceptions import (
+    ConfigurationError,
+    HumanLayerError,
+    InvalidEdit,
+    NotAnApprover,
+    StoreError,
+    UnknownRequest,
+)
 from .._models import ApprovalRequest, Principal
 from .._refused import Refused
 from .._render import describe_decision, describe_votes, summarize
@@ -79,10 +88,19 @@ SUBSCRIBER_BUFFER = 64
 MIN_KEY_LENGTH = 16
 MAX_COMMENT = 2000
 MAX_ANSWER = 10000
+MAX_EDITS = 50
+"""Edited arguments one form may carry (``edit.<argument>`` fields)."""
+MAX_EDIT = 10000
+"""Characters of one edited value."""
+MAX_EDIT_NAME = 200
+"""Characters of the argument's name in an ``edit.<argument>`` field."""
+EDIT_PREFIX = "edit."
 
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{8,128}")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _ACTIONS = frozenset({"approve", "deny", "answer"})
+_FIELDS = 10
+"""Form fields besides the edits (``csrf``, ``action``, ``comment``, ``answer``, with room)."""
 _ASSETS = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -99,12 +117,73 @@ EventKind = Literal["requested", "decided"]
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _refusal(status: int, reason: str, text: str | None = None, *, page: str | None = None) -> Refused:
-    """A refusal as the console answers it: ``page`` (HTML) when given, else ``text`` (by
-    default ``reason``), with the console's security headers."""
+def _refusal(
+    status: int,
+    reason: str,
+    text: str | None = None,
+    *,
+    page: str | None = None,
+    data: Mapping[str, object] | None = None,
+    **fields: Any,
+) -> Refused:
+    """A refusal as the console answers it: ``page`` (HTML) or ``data`` (JSON) when given,
+    else ``text`` (by default ``reason``), with the console's security headers; ``fields``
+    go in the log line only."""
     if page is not None:
-        return Refused(status, reason, body=page, media_type="text/html", headers=_SECURITY_HEADERS)
-    return Refused(status, reason, body=text, headers=_SECURITY_HEADERS)
+        return Refused(status, reason, body=page, media_type="text/html", headers=_SECURITY_HEADERS, **fields)
+    if data is not None:
+        body = json.dumps(data)
+        return Refused(
+            status, reason, body=body, media_type="application/json", headers=_SECURITY_HEADERS, **fields
+        )
+    return Refused(status, reason, body=text, headers=_SECURITY_HEADERS, **fields)
+
+
+def _wants_json(request: Request) -> bool:
+    return "application/json" in request.headers.get("accept", "")
+
+
+def _edit_fields(form: Mapping[str, str]) -> dict[str, str]:
+    """The ``edit.<argument>`` fields of ``form``: argument name to the text typed (a
+    textarea's line breaks, which browsers send as CRLF, as ``\\n``)."""
+    typed = {
+        name.removeprefix(EDIT_PREFIX): value.replace("\r\n", "\n")
+        for name, value in form.items()
+        if name.startswith(EDIT_PREFIX)
+    }
+    if len(typed) > MAX_EDITS:
+        raise _refusal(400, "too many edits", f"at most {MAX_EDITS} arguments can be edited at once")
+    if any(not name or len(name) > MAX_EDIT_NAME for name in typed):
+        raise _refusal(400, "bad edit field", "each edit field is named edit.<argument>")
+    return typed
+
+
+def _edits(request: ApprovalRequest, typed: Mapping[str, str]) -> dict[str, Any]:
+    """The edits among the ``typed`` fields: those whose value differs from the current one,
+    read as the argument's type wants (``parse_edit``: JSON when that fits, else the text).
+    A field that names no editable argument is always an edit: the engine refuses it, as it
+    checks every edit (``InvalidEdit``)."""
+    schemas = request.editable or {}
+    edits: dict[str, Any] = {}
+    for name, text in typed.items():
+        schema = schemas.get(name)
+        if schema is None:
+            edits[name] = text
+            continue
+        shown = name in request.kwargs
+        if shown and text == _web_page.edit_text(request.kwargs[name], schema):
+            continue  # as the form showed it
+        if len(text) > MAX_EDIT:
+            raise _refusal(400, "field too long", f"the value of {name!r} is too long")
+        value = parse_edit(text, schema)
+        if not (shown and _same(value, request.kwargs[name])):
+            edits[name] = value
+    return edits
+
+
+def _same(value: Any, current: Any) -> bool:
+    """``5000`` is ``5000.0``, but ``True`` is not ``1``."""
+    return bool(value == current) and isinstance(value, bool) == isinstance(current, bool)
 
 
 @functools.cache
@@ -458,7 +537,7 @@ class WebChannel(BaseChannel):
                 (await request.body()).decode(),
                 keep_blank_values=True,
                 errors="strict",
-                max_num_fields=10,
+                max_num_fields=_FIELDS + MAX_EDITS,
             )
         except ValueError as exc:
             raise _refusal(400, "malformed form", "malformed form") from exc
@@ -558,6 +637,19 @@ class WebChannel(BaseChannel):
         return HTMLResponse(html, headers=_SECURITY_HEADERS)
 
     async def _decide(self, request: Request) -> Response:
+        """Decide a request, from the console's forms or a script.
+
+        A form (``application/x-www-form-urlencoded``) with ``action=approve|deny|answer``,
+        ``comment``, ``answer`` and, to approve with changed arguments, one field
+        ``edit.<argument>`` per argument to change: its new value, read as JSON when that fits
+        the argument's type, else as text (``edit.amount=5000``, ``edit.tags=["a","b"]``,
+        ``edit.memo=two words``). A field whose value is the current one is no edit.
+        Browsers send the session's ``csrf``; scripts send ``Authorization: Bearer <key>``
+        and, for JSON answers, ``Accept: application/json``. An edit the request does not
+        allow (an argument that is not editable or is masked, a value of the wrong type) is a
+        400 naming the argument, ``{"error": ..., "argument": ...}`` in JSON, and decides
+        nothing.
+        """
         session = self._session(request)
         form = await self._form(request)
         if session.csrf is not None:  # a cookie, which browsers send along: check where it comes from
@@ -576,24 +668,46 @@ class WebChannel(BaseChannel):
             raise _refusal(400, "field too long", "the comment or answer is too long")
         if action == "answer" and not answer:
             raise _refusal(400, "empty answer", "type an answer first")
+        typed = _edit_fields(form)
         if not _REQUEST_ID.fullmatch(request_id):
             raise _refusal(404, "unknown request", "no such request")
         who = self._who(session.user)
         try:
+            edits = _edits(await decider.get(request_id), typed) if typed else {}
+            approved = action == "approve"
+            if edits and action == "answer":
+                raise InvalidEdit(request_id, "", "edits go with an approval, not an answer")
             if action == "answer":
                 answered = await decider.respond(request_id, answer, by=who, via=self.name)
-            else:
+            elif edits:  # only then: a Decider written before edits takes no edits=
                 answered = await decider.decide(
-                    request_id, action == "approve", by=who, comment=comment, via=self.name
+                    request_id, approved, by=who, comment=comment, via=self.name, edits=edits
                 )
+            else:
+                answered = await decider.decide(request_id, approved, by=who, comment=comment, via=self.name)
         except UnknownRequest as exc:
             raise _refusal(404, "unknown request", "no such request") from exc
         except NotAnApprover as exc:
             why = "requested this call and may not decide it" if exc.requester else "is not an approver of it"
             raise _refusal(403, "not an approver", f"{session.user} {why}") from exc
+        except InvalidEdit as exc:
+            raise self._invalid_edit(request, exc) from exc
         except HumanLayerError as exc:
             raise _refusal(409, "not decidable", str(exc)) from exc
         return await self._decided(request, decider, answered, session)
+
+    def _invalid_edit(self, request: Request, exc: InvalidEdit) -> Refused:
+        """A 400 naming the argument an edit may not set: nothing was decided."""
+        reason, argument = "invalid edit", exc.argument
+        if _wants_json(request):
+            return _refusal(400, reason, data={"error": str(exc), "argument": argument}, argument=argument)
+        back = f"{self._base(request)}/requests/{exc.request_id}"
+        page = _web_page.message_page(
+            "Not approved: an edit was refused",
+            f"{exc}. Nothing was decided: the request is still pending.",
+            link=(back, "Back to the request"),
+        )
+        return _refusal(400, reason, page=page, argument=argument)
 
     def _who(self, user: str) -> str | Principal:
         """A signed-in user as approver lists know them: by email too, when given one."""
@@ -606,7 +720,7 @@ class WebChannel(BaseChannel):
         decision, mine = answered.decision, answered.stands
         if decision is None:  # a vote: the request waits for more
             progress = f"counted: {describe_votes(answered.votes, answered.needed)}"
-            if "application/json" in request.headers.get("accept", ""):
+            if _wants_json(request):
                 body = {"status": "pending", "message": progress, "mine": True}
                 return JSONResponse(body, headers=_SECURITY_HEADERS)
             return RedirectResponse(self._base(request), status_code=303, headers=_SECURITY_HEADERS)
@@ -618,7 +732,7 @@ class WebChannel(BaseChannel):
         else:
             logger.info("web.already_decided", request_id=decision.request_id, by=session.user)
         message = describe_decision(decision) if mine else f"already {describe_decision(decision)}"
-        if "application/json" in request.headers.get("accept", ""):
+        if _wants_json(request):
             body = {"status": decision.status.value, "message": message, "mine": mine}
             return JSONResponse(body, status_code=200 if mine else 409, headers=_SECURITY_HEADERS)
         if mine:
