@@ -164,7 +164,7 @@ def slack_form_body(payload: Mapping[str, Any]) -> bytes:
 
 def slack_block_actions(
     request_id: str,
-    action: Literal["approve", "deny", "answer", "full"] = "approve",
+    action: Literal["approve", "deny", "answer", "full", "edit"] = "approve",
     *,
     user: str = "U0TESTER",
     text: str | None = None,
@@ -176,8 +176,9 @@ def slack_block_actions(
 ) -> dict[str, Any]:
     """The ``block_actions`` payload of a click on a ``SlackChannel`` message.
 
-    ``action`` names the button (``"full"``: Show the full call); ``"answer"`` with ``text``
-    is instead the answer box of a webhook-mode question, submitted with Enter.
+    ``action`` names the button (``"full"``: Show the full call, ``"edit"``: Edit);
+    ``"answer"`` with ``text`` is instead the answer box of a webhook-mode question,
+    submitted with Enter.
     ``thread_ts`` is the thread the message is in, if any.
     """
     if action == "answer" and text is not None:
@@ -189,6 +190,7 @@ def slack_block_actions(
             "deny": slack_blocks.DENY,
             "answer": slack_blocks.ANSWER,
             "full": slack_blocks.FULL,
+            "edit": slack_blocks.EDIT,
         }
         element = {
             "type": "button",
@@ -217,16 +219,29 @@ def slack_view_submission(
     request_id: str,
     text: str | None = None,
     *,
-    modal: Literal["deny", "answer", "full"] = "deny",
+    modal: Literal["deny", "answer", "full", "edit"] = "deny",
     user: str = "U0TESTER",
+    values: Mapping[str, str | None] | None = None,
+    private_metadata: str | None = None,
 ) -> dict[str, Any]:
-    """The ``view_submission`` payload of ``SlackChannel``'s deny-reason, answer or full-call modal."""
+    """The ``view_submission`` payload of ``SlackChannel``'s deny-reason, answer, full-call or
+    edit modal.
+
+    For ``modal="edit"``, ``values`` is the text in each argument's box (``None``: emptied),
+    as Slack sends every box, changed or not; ``text`` is the comment. ``private_metadata``
+    is the opened view's (default: the request id).
+    """
     callback_id = {
         "deny": slack_blocks.DENY_VIEW,
         "answer": slack_blocks.ANSWER_VIEW,
         "full": slack_blocks.FULL_VIEW,
+        "edit": slack_blocks.EDIT_VIEW,
     }[modal]
     value = {"type": "plain_text_input", "value": text}
+    state: dict[str, Any] = {slack_blocks.TEXT_BLOCK: {slack_blocks.TEXT_ACTION: value}}
+    for name, typed in (values or {}).items():
+        box = {"type": "plain_text_input", "value": typed}
+        state[slack_blocks.EDIT_BLOCK + name] = {slack_blocks.EDIT_INPUT: box}
     return {
         "type": "view_submission",
         "user": {"id": user, "username": user.lower(), "team_id": "T0TEST"},
@@ -237,7 +252,7 @@ def slack_view_submission(
             "id": "V0TEST",
             "type": "modal",
             "callback_id": callback_id,
-            "private_metadata": request_id,
-            "state": {"values": {slack_blocks.TEXT_BLOCK: {slack_blocks.TEXT_ACTION: value}}},
+            "private_metadata": request_id if private_metadata is None else private_metadata,
+            "state": {"values": state},
         },
     }

@@ -9,18 +9,31 @@ only ``Mrkdwn``: unescaped text cannot reach Slack by accident.
 Texts are shortened to Slack's limits where they must be, and say so where they are
 (``… 1,204 more characters``). A message that shortened anything offers no Approve: it
 offers the full call in a modal (which approves), or, where no modal can show it, says
-where to see and approve it. The identifiers below are what Slack sends back.
+where to see and approve it. A request with editable arguments gets an Edit button too,
+whose modal holds one text box per argument it can show whole, and approves with what
+changed. The identifiers below are what Slack sends back.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, NewType, TypeVar
 
+from .._edits import parse_edit
 from .._models import ApprovalRequest, Decision, Status
-from .._render import describe_decision, describe_votes, full_call, shorten, summarize, visible
+from .._render import (
+    MASK,
+    describe_decision,
+    describe_votes,
+    format_kwargs,
+    full_call,
+    shorten,
+    summarize,
+    visible,
+)
 
 __all__ = [
     "ANSWER",
@@ -29,6 +42,10 @@ __all__ = [
     "APPROVE",
     "DENY",
     "DENY_VIEW",
+    "EDIT",
+    "EDIT_BLOCK",
+    "EDIT_INPUT",
+    "EDIT_VIEW",
     "FULL",
     "FULL_VIEW",
     "TEXT_ACTION",
@@ -36,7 +53,10 @@ __all__ = [
     "Mrkdwn",
     "approvable",
     "deny_view",
+    "edit_text",
+    "edit_view",
     "escape",
+    "fitted",
     "full_view",
     "markup",
     "notice_view",
@@ -64,6 +84,15 @@ ANSWER_VIEW = "hl_answer_text"
 FULL_VIEW = "hl_full_call"
 """``callback_id`` of the modal that shows the full call and approves it; ``private_metadata``
 is the request id."""
+EDIT = "hl_edit"
+"""``action_id`` of the Edit button (opens the edit modal); its ``value`` is the request id."""
+EDIT_VIEW = "hl_edit"
+"""``callback_id`` of the modal that edits arguments and approves; ``private_metadata`` is the
+request id, then the channel and ``ts`` of the clicked message when known (space-separated)."""
+EDIT_BLOCK = "hl_edit."
+"""``block_id`` prefix of the edit modal's text inputs: ``hl_edit.amount`` edits ``amount``."""
+EDIT_INPUT = "hl_edit_value"
+"""``action_id`` of each text input of the edit modal."""
 TEXT_BLOCK = "hl_text"
 """``block_id`` of the text input in every modal."""
 TEXT_ACTION = "hl_text_input"
@@ -80,6 +109,8 @@ _FIELD_LIMIT = 1000  # of the 2000 a field may hold: two columns stay readable
 _NOTIFICATION_LIMIT = 3000  # of the 40,000 Slack takes: a phone shows far less
 _MAX_ARGUMENTS = 20  # four sections of five name/value pairs
 _VIEW_BLOCKS = 100
+_INITIAL_LIMIT = 3000  # characters a text input may hold, and so be prefilled with
+_BLOCK_ID_LIMIT = 255
 _ICONS = {
     Status.APPROVED: ":white_check_mark:",
     Status.DENIED: ":x:",
@@ -117,6 +148,11 @@ def _fit(value: Any, most: int, form: Callable[[str], S]) -> tuple[S, bool]:
         limit = min(limit - 1, limit * most // len(text))  # in proportion, and always less
 
 
+def fitted(text: str, most: int) -> Mrkdwn:
+    """``text`` escaped in at most ``most`` characters, saying where it is shortened."""
+    return _fit(text, most, escape)[0]
+
+
 def mention(who: str) -> Mrkdwn:
     """A Slack user id as a mention (``<@U024BE7LH>``); anything else as escaped text."""
     if _SLACK_USER.fullmatch(who):
@@ -128,9 +164,13 @@ def slack_describe(decision: Decision) -> Mrkdwn:
     """``describe_decision`` as ``mrkdwn``: the decider mentioned (by their Slack user id when
     the decision has one), every other part escaped."""
     who = decision.user or decision.by
+    by = None if who is None else mention(who)
+    if by is not None and decision.edits:  # shown after the name, escaped, instead of as they are
+        by = markup("{} with {}", by, fitted(format_kwargs(decision.edits, 60), 1000))
     shown = replace(
         decision,
-        by=None if who is None else mention(who),
+        by=by,
+        edits=None,
         via=_fit(decision.via, 50, escape)[0],
         comment=None if decision.comment is None else _fit(decision.comment, 1000, escape)[0],
         answer=None if decision.answer is None else _fit(decision.answer, 120, escape)[0],
@@ -230,14 +270,11 @@ def _expiry(request: ApprovalRequest) -> Mrkdwn:
     return markup("Expires <!date^{}^{{date_short_pretty}} at {{time}}|{}>", stamp, fallback)
 
 
-def _button(texts: _Texts, text: str, action_id: str, request: ApprovalRequest, style: str) -> Block:
-    return {
-        "type": "button",
-        "text": texts.plain(text, 75),
-        "action_id": action_id,
-        "value": request.id,
-        "style": style,
-    }
+def _button(
+    texts: _Texts, text: str, action_id: str, request: ApprovalRequest, style: str | None = None
+) -> Block:
+    button = {"type": "button", "text": texts.plain(text, 75), "action_id": action_id, "value": request.id}
+    return button if style is None else {**button, "style": style}
 
 
 def _answer_box(texts: _Texts, request: ApprovalRequest) -> Block:
@@ -272,7 +309,8 @@ def request_message(
     A request the message shows whole gets Approve (or an answer box). One it shortened
     gets "Show the full call" when a modal can show all of it, which approves, and
     otherwise a note saying where to see and approve it; Deny is always there. A
-    question's Answer modal shows the whole question, and is offered when it can.
+    question's Answer modal shows the whole question, and is offered when it can. An
+    approval with editable arguments gets Edit when ``edit_view`` has something to edit.
     """
     texts = _Texts()
     body = texts.body(request)
@@ -302,6 +340,8 @@ def request_message(
             buttons.insert(0, _button(texts, "Approve", APPROVE, request, "primary"))
         elif viewable:
             buttons.insert(0, _button(texts, "Show the full call", FULL, request, "primary"))
+        if modals and request.editable and edit_view(request) is not None:
+            buttons.insert(-1, _button(texts, "Edit", EDIT, request))
         tail.append({"type": "actions", "elements": buttons})
     if not mentions:
         return _message(_notification(request), [*body, footer, *tail])
@@ -357,6 +397,20 @@ def _chunks(text: str, size: int) -> list[str]:
     return pieces
 
 
+def _layout(texts: _Texts, chunk: str) -> Block:
+    """A piece of ``full_call`` as ``plain_text``: each line ``visible`` (as ``full_call`` made
+    it already), the newlines between them kept as the layout they are."""
+    text = "\n".join(visible(line) for line in chunk.split("\n"))
+    if len(text) > _TEXT_LIMIT:  # not text full_call wrote: shortened, saying so
+        return texts.plain(chunk)
+    return {"type": "plain_text", "text": text or " ", "emoji": False}
+
+
+def _full_call(texts: _Texts, request: ApprovalRequest) -> list[Block]:
+    """``full_call`` as the ``plain_text`` of one section each (Slack's 3000 characters)."""
+    return [_layout(texts, chunk) for chunk in _chunks(full_call(request), _TEXT_LIMIT)]
+
+
 def full_view(request: ApprovalRequest) -> Block | None:
     """The whole request (``full_call``) in a modal that decides it; ``None`` when too long.
 
@@ -368,7 +422,7 @@ def full_view(request: ApprovalRequest) -> Block | None:
     if len(chunks) >= _VIEW_BLOCKS:  # one block is the text input
         return None
     texts = _Texts()
-    shown = [{"type": "section", "text": texts.plain(chunk)} for chunk in chunks]
+    shown = [{"type": "section", "text": _layout(texts, chunk)} for chunk in chunks]
     if request.kind == "question":
         labels = ("Answer question", "Answer", "Cancel", "Your answer")
         return _modal(texts, request, ANSWER_VIEW, labels, shown, optional=False)
@@ -382,6 +436,124 @@ def deny_view(request: ApprovalRequest) -> Block:
     shown = [{"type": "section", "text": texts.plain(summarize(request))}]
     labels = ("Deny request", "Deny", "Cancel", "Reason (optional)")
     return _modal(texts, request, DENY_VIEW, labels, shown, optional=True)
+
+
+def edit_text(value: Any, schema: Mapping[str, Any] | None) -> str | None:
+    """An argument's value as its edit box holds it, such that ``parse_edit`` reads it back
+    (``None``: it has no JSON form). As the web console's edit form shows it:
+
+    A string as it is when it reads back as itself and holds no invisible character but
+    line breaks; anything else as JSON, control and bidi characters (then every non-ASCII
+    one) as ``\\u`` escapes, lists and objects indented.
+    """
+    plain = isinstance(value, str) and all(visible(line) == line for line in value.split("\n"))
+    if plain and parse_edit(value, None if schema is None else dict(schema)) == value:
+        return str(value)
+    indent = 2 if isinstance(value, list | dict) and value else None
+    try:
+        text = json.dumps(value, ensure_ascii=False, indent=indent, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    if visible(text.replace("\n", "")) == text.replace("\n", ""):
+        return text
+    return json.dumps(value, indent=indent)
+
+
+def _not_editable(name: str, value: Any, text: str | None) -> str | None:
+    """Why argument ``name`` gets no edit box (``None``: it gets one, prefilled with ``text``)."""
+    if value == MASK:
+        return "masked, so it cannot be edited"
+    if text is None:
+        return "its value has no JSON form"
+    if len(text) > _INITIAL_LIMIT:
+        return (
+            f"longer than the {_INITIAL_LIMIT:,} characters a Slack text box holds "
+            "(edit it in another approval channel)"
+        )
+    if len(EDIT_BLOCK + name) > _BLOCK_ID_LIMIT:
+        return "its name is too long for Slack (edit it in another approval channel)"
+    return None
+
+
+_KINDS = {
+    "string": "text",
+    "integer": "whole number",
+    "number": "number",
+    "boolean": "true or false",
+    "null": "null",
+    "array": "JSON list",
+    "object": "JSON object",
+}
+
+
+def _kind(schema: Mapping[str, Any]) -> str:
+    """What a value of ``schema`` is typed as: ``number``, ``text or null``, ``one of "EUR", "USD"``."""
+    if "anyOf" in schema:
+        return " or ".join(_kind(option) for option in schema["anyOf"])
+    if "enum" in schema:
+        return "one of " + ", ".join(json.dumps(value, ensure_ascii=False) for value in schema["enum"])
+    return _KINDS.get(schema.get("type", ""), "JSON")
+
+
+def _edit_box(texts: _Texts, name: str, text: str, schema: Mapping[str, Any]) -> Block:
+    """The text input that edits argument ``name``, prefilled with its value ``text``."""
+    element: Block = {
+        "type": "plain_text_input",
+        "action_id": EDIT_INPUT,
+        "multiline": "\n" in text or len(text) > 100,
+        "max_length": _INITIAL_LIMIT,
+    }
+    if text:  # Slack refuses an empty initial_value
+        element["initial_value"] = text
+    return {
+        "type": "input",
+        "block_id": EDIT_BLOCK + name,
+        "optional": True,  # an emptied box is the empty text
+        "label": texts.plain(name, 2000),
+        "hint": texts.plain(_kind(schema), 300),
+        "element": element,
+    }
+
+
+def edit_view(request: ApprovalRequest, message: tuple[str, str] | None = None) -> Block | None:
+    """The modal Edit opens: a text box per editable argument, prefilled with its value, and an
+    optional comment; it approves with the arguments whose box changed.
+
+    An argument no box can hold whole (masked, too long) gets none, and the modal says why.
+    Above the boxes: the call in one line when its message showed all of it, else the whole
+    call as ``full_view`` shows it. ``None`` when nothing can be edited here, or it all takes
+    more than a modal holds. ``message`` (channel, ts) is the clicked message, for the
+    modal's submission to update.
+    """
+    if request.kind != "approval" or not request.editable:
+        return None
+    texts = _Texts()
+    boxes: list[Block] = []
+    left: list[str] = []
+    for name, value in request.kwargs.items():
+        schema = request.editable.get(name)
+        if schema is None:
+            continue
+        text = edit_text(value, schema)
+        why = _not_editable(name, value, text)
+        if why is None and text is not None:
+            boxes.append(_edit_box(texts, name, text, schema))
+        else:
+            left.append(f"{name}: {why}")
+    if not boxes:
+        return None
+    # The message showed all of the call, or else it is seen whole here, before it is approved.
+    chunks = [texts.plain(summarize(request))] if approvable(request) else _full_call(texts, request)
+    shown: list[Block] = [{"type": "section", "text": chunk} for chunk in chunks]
+    said = "Approve runs the call with the values below; whatever you leave as it is stays as asked."
+    if left:
+        said += " Not editable here: " + "; ".join(left) + "."
+    shown.append({"type": "context", "elements": [texts.plain(said)]})
+    if len(shown) + len(boxes) + 1 > _VIEW_BLOCKS:  # and the comment
+        return None
+    metadata = " ".join((request.id, *(message or ())))
+    labels = ("Edit and approve", "Approve", "Cancel", "Comment (optional)")
+    return _modal(texts, request, EDIT_VIEW, labels, [*shown, *boxes], optional=True, metadata=metadata)
 
 
 def notice_view(text: Mrkdwn) -> Block:
@@ -403,13 +575,17 @@ def _modal(
     shown: list[Block],
     *,
     optional: bool,
+    metadata: str | None = None,
 ) -> Block:
-    """A modal showing ``shown`` over a text input; ``labels``: title, submit, close, input."""
+    """A modal showing ``shown`` over a text input; ``labels``: title, submit, close, input.
+
+    ``private_metadata`` is ``metadata``, by default the request id.
+    """
     title, submit, close, label = labels
     return {
         "type": "modal",
         "callback_id": callback_id,
-        "private_metadata": request.id,
+        "private_metadata": request.id if metadata is None else metadata,
         "title": texts.plain(title, 24),
         "submit": texts.plain(submit, 24),
         "close": texts.plain(close, 24),

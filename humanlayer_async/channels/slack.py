@@ -39,7 +39,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .._audit import logger
-from .._exceptions import ChannelError, ConfigurationError, NotAnApprover, UnknownRequest
+from .._edits import parse_edit
+from .._exceptions import ChannelError, ConfigurationError, InvalidEdit, NotAnApprover, UnknownRequest
 from .._models import ApprovalRequest, Decision, Principal, acting_for, same_name
 from .._refused import Refused
 from .._render import describe_votes
@@ -76,16 +77,26 @@ SHORTENED = blocks.markup(
 TOO_LARGE = blocks.markup(
     "This request is too large to show in Slack: see it and decide it in another approval channel."
 )
+NOT_EDITABLE = blocks.markup(
+    "Slack cannot edit this call (its editable arguments are masked or too long for a text box, "
+    "or the call is too large to show): approve or deny it as it is, or edit it in another approval channel."
+)
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what a request id may look like
+_MESSAGE = re.compile(r"[0-9A-Za-z]{1,32} [0-9]{1,20}\.[0-9]{1,20}")  # a channel id and a message ts
 _BOLT_ACTIONS = re.compile(
     "^(?:"
     + "|".join(
-        map(re.escape, (blocks.APPROVE, blocks.DENY, blocks.FULL, blocks.ANSWER, blocks.ANSWER_INLINE))
+        map(
+            re.escape,
+            (blocks.APPROVE, blocks.DENY, blocks.FULL, blocks.EDIT, blocks.ANSWER, blocks.ANSWER_INLINE),
+        )
     )
     + ")$"
 )
 _BOLT_VIEWS = re.compile(
-    "^(?:" + "|".join(map(re.escape, (blocks.DENY_VIEW, blocks.ANSWER_VIEW, blocks.FULL_VIEW))) + ")$"
+    "^(?:"
+    + "|".join(map(re.escape, (blocks.DENY_VIEW, blocks.ANSWER_VIEW, blocks.FULL_VIEW, blocks.EDIT_VIEW)))
+    + ")$"
 )
 """Our action ids and modal callback ids, as registered on a user's Bolt app (nothing else)."""
 
@@ -114,12 +125,14 @@ class _Reply:
     """What a callback that is not refused gets back (200): a text, or for modals a JSON body.
 
     The text is ``Mrkdwn``: it may be told to whoever clicked, as an ephemeral message.
-    ``counted`` says it confirms a vote rather than refusing anything.
+    ``counted`` says it confirms a vote rather than refusing anything; ``under`` is the
+    modal input a submission's refusal is shown under.
     """
 
     text: blocks.Mrkdwn = _SILENCE
     body: dict[str, Any] | None = None
     counted: bool = False
+    under: str = blocks.TEXT_BLOCK
 
     def response(self) -> Response:
         if self.body is not None:
@@ -150,6 +163,8 @@ class _Submission:
     request_id: str
     user: str
     text: str | None
+    boxes: Mapping[str, str] | None = None  # the edit modal's boxes: argument → the text in it
+    message: tuple[str, str] | None = None  # the edit modal's message: channel, ts
 
 
 @dataclass(frozen=True, slots=True)
@@ -745,6 +760,8 @@ class SlackChannel(BaseChannel):
         if click.action == blocks.APPROVE and not blocks.approvable(request):
             logger.warning("slack.shortened", request_id=request.id, user=click.user)
             return _Reply(SHORTENED)
+        if click.action == blocks.EDIT:
+            return self._open_edit(request, click, web)
         if modals and click.action in (blocks.DENY, blocks.ANSWER):
             view = blocks.deny_view(request) if click.action == blocks.DENY else blocks.full_view(request)
             return self._open(click, view, web)
@@ -774,6 +791,19 @@ class SlackChannel(BaseChannel):
             logger.info("slack.full_call_shown", request_id=found.id, user=click.user)
         return reply
 
+    def _open_edit(self, request: ApprovalRequest, click: _Click, web: AsyncWebClient | None) -> _Reply:
+        """The Edit button: the editable arguments in a modal that approves with what changed."""
+        if self._webhook_url is not None:
+            raise _BadPayload("Edit through an incoming webhook, which opens no modals")
+        if not request.editable:
+            raise _BadPayload("Edit on a request with no editable arguments")
+        message = (click.channel, click.message_ts) if click.channel and click.message_ts else None
+        view = blocks.edit_view(request, message)
+        if view is None:
+            logger.warning("slack.not_editable", request_id=request.id, user=click.user)
+            return _Reply(NOT_EDITABLE)
+        return self._open(click, view, web)
+
     def _open(self, click: _Click, view: dict[str, Any] | None, web: AsyncWebClient | None) -> _Reply:
         """Open ``view`` for whoever clicked (``None``: a request too large to show in Slack)."""
         if not click.trigger_id:
@@ -795,14 +825,19 @@ class SlackChannel(BaseChannel):
                 reply = await self._decide(request, who, False, comment=submission.text)
             elif submission.view == blocks.FULL_VIEW and request.kind == "approval":
                 reply = await self._decide(request, who, True, comment=submission.text)
+            elif submission.view == blocks.EDIT_VIEW and request.kind == "approval":
+                edits = _changed(request, submission.boxes or {})
+                reply = await self._decide(
+                    request, who, True, comment=submission.text, edits=edits, message=submission.message
+                )
             elif submission.view == blocks.ANSWER_VIEW and request.kind == "question" and submission.text:
                 reply = await self._decide(request, who, True, answer=submission.text)
             else:
                 raise _BadPayload(f"view {submission.view!r} on a {request.kind}")
         if reply.counted:  # the modal says so, and closes
             return _Reply(body={"response_action": "update", "view": blocks.notice_view(reply.text)})
-        if reply.text:  # shown under the text box; the modal stays open
-            return _Reply(body={"response_action": "errors", "errors": {blocks.TEXT_BLOCK: reply.text}})
+        if reply.text:  # shown under the text box (or the argument's); the modal stays open
+            return _Reply(body={"response_action": "errors", "errors": {reply.under: reply.text}})
         return reply
 
     async def _decide(
@@ -814,22 +849,29 @@ class SlackChannel(BaseChannel):
         comment: str | None = None,
         answer: str | None = None,
         message: tuple[str, str] | None = None,
+        edits: Mapping[str, Any] | None = None,
     ) -> _Reply:
         """Store the decision before the callback is acknowledged; say who won if not us.
 
         A vote that leaves the request waiting for more approvals is confirmed to whoever
-        cast it, and the clicked ``message`` (channel, ts) shows the count.
+        cast it, and the clicked ``message`` (channel, ts) shows the count (and the edited
+        call, when it edited). An edit that may not be made is said under its argument's box.
         """
         assert self._decider is not None
         try:
             if answer is not None:
                 answered = await self._decider.respond(request.id, answer, by=who, via=self.name)
             else:
+                edited = {} if edits is None else {"edits": edits}  # a Decider from before edits still works
                 answered = await self._decider.decide(
-                    request.id, approved, by=who, comment=comment or None, via=self.name
+                    request.id, approved, by=who, comment=comment or None, via=self.name, **edited
                 )
         except NotAnApprover as refusal:
             return _Reply(YOUR_OWN if refusal.requester else NOT_AN_APPROVER)
+        except InvalidEdit as refusal:
+            logger.info("slack.invalid_edit", request_id=request.id, argument=refusal.argument, by=who.id)
+            under = blocks.EDIT_BLOCK + refusal.argument if refusal.argument else blocks.TEXT_BLOCK
+            return _Reply(blocks.fitted(refusal.problem, 500), under=under)
         except UnknownRequest:
             raise _unknown(request.id) from None
         if answered.decision is None:  # a vote: the request waits for more
@@ -848,7 +890,7 @@ class SlackChannel(BaseChannel):
 
 
 _ACTIONS = {
-    "approval": (blocks.APPROVE, blocks.DENY),
+    "approval": (blocks.APPROVE, blocks.DENY, blocks.EDIT),
     "question": (blocks.ANSWER, blocks.ANSWER_INLINE),
 }
 
@@ -901,7 +943,7 @@ def _parse_click(payload: Mapping[str, Any]) -> _Click:
     action_id = _text(action, "action_id")
     if action_id == blocks.ANSWER_INLINE:
         request_id, typed = _text(action, "block_id"), _optional(action, "value")
-    elif action_id in (blocks.APPROVE, blocks.DENY, blocks.ANSWER, blocks.FULL):
+    elif action_id in (blocks.APPROVE, blocks.DENY, blocks.ANSWER, blocks.FULL, blocks.EDIT):
         request_id, typed = _text(action, "value"), None
     else:
         raise _BadPayload(f"action {action_id!r}")
@@ -920,9 +962,60 @@ def _parse_click(payload: Mapping[str, Any]) -> _Click:
 
 def _parse_submission(payload: Mapping[str, Any]) -> _Submission:
     view = payload.get("view")
+    callback_id, metadata = _text(view, "callback_id"), _text(view, "private_metadata")
+    boxes, message = None, None
+    if callback_id == blocks.EDIT_VIEW:
+        metadata, _, where = metadata.partition(" ")
+        if where and not _MESSAGE.fullmatch(where):
+            raise _BadPayload("malformed message in private_metadata")
+        channel, _, ts = where.partition(" ")
+        message = (channel, ts) if where else None
+        boxes = _edit_boxes(dig(view, "state", "values"))
     return _Submission(
-        view=_text(view, "callback_id"),
-        request_id=_request_id(_text(view, "private_metadata")),
+        view=callback_id,
+        request_id=_request_id(metadata),
         user=_text(payload, "user", "id"),
         text=_optional(view, "state", "values", blocks.TEXT_BLOCK, blocks.TEXT_ACTION, "value"),
+        boxes=boxes,
+        message=message,
     )
+
+
+def _edit_boxes(values: Any) -> dict[str, str]:
+    """The edit modal's boxes in its ``state.values``: argument name → the text in its box.
+
+    An emptied box (Slack sends ``null``) is the empty text.
+    """
+    boxes: dict[str, str] = {}
+    for block_id, inputs in values.items() if isinstance(values, Mapping) else ():
+        if not (isinstance(block_id, str) and block_id.startswith(blocks.EDIT_BLOCK)):
+            continue
+        name, typed = block_id.removeprefix(blocks.EDIT_BLOCK), dig(inputs, blocks.EDIT_INPUT, "value")
+        if not name or not (typed is None or isinstance(typed, str)):
+            raise _BadPayload(f"malformed edit box {block_id[:100]!r}")
+        boxes[name] = typed or ""
+    return boxes
+
+
+def _changed(request: ApprovalRequest, boxes: Mapping[str, str]) -> dict[str, Any] | None:
+    """The edits of the boxes that hold another value than the argument's, as its type wants
+    them (``None``: nothing changed, an approval as asked)."""
+    schemas = request.editable or {}
+    edits: dict[str, Any] = {}
+    for name, typed in boxes.items():
+        schema = schemas.get(name)
+        if name in request.kwargs and typed == blocks.edit_text(request.kwargs[name], schema):
+            continue  # the box as it opened
+        value = parse_edit(typed, schema)
+        if name in request.kwargs and _same(value, request.kwargs[name]):
+            continue  # written otherwise (spaces, another JSON form), the same value
+        edits[name] = value
+    return edits or None
+
+
+def _same(value: Any, other: Any) -> bool:
+    """Whether two values have the same JSON, type for type (``1`` is neither ``1.0`` nor ``true``)."""
+    try:
+        return json.dumps(value, sort_keys=True) == json.dumps(other, sort_keys=True)
+    except (TypeError, ValueError):  # no JSON form: not an argument value a box left as it was
+        return False
