@@ -19,7 +19,7 @@ from typing import Any, Literal, Union
 
 from ._exceptions import ConfigurationError, InvalidEdit
 
-__all__ = ["check_edits", "editable_schemas", "parse_edit"]
+__all__ = ["check_edits", "describe_type", "edit_text", "editable_schemas", "parse_edit"]
 
 Schema = dict[str, Any]
 
@@ -126,6 +126,49 @@ def check_edits(
         problem = _invalid(value, schemas[name])
         if problem is not None:
             raise InvalidEdit(request_id, name, problem)
+
+
+def edit_text(value: Any, schema: Schema | None) -> str | None:
+    """An argument's value as an edit box holds it, such that ``parse_edit`` reads it back
+    (``None``: it has no JSON form, so it cannot be offered for editing).
+
+    A string as it is when it reads back as itself and holds no invisible character but
+    line breaks; anything else as JSON, control and bidi characters (then every non-ASCII
+    one) as ``\\u`` escapes, lists and objects indented.
+    """
+    from ._render import visible
+
+    plain = isinstance(value, str) and all(visible(line) == line for line in value.split("\n"))
+    if plain and parse_edit(value, schema) == value:
+        return str(value)
+    indent = 2 if isinstance(value, list | dict) and value else None
+    try:
+        text = json.dumps(value, ensure_ascii=False, indent=indent, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    if visible(text.replace("\n", "")) == text.replace("\n", ""):
+        return text
+    return json.dumps(value, indent=indent)
+
+
+_TYPES = {
+    "string": "text",
+    "integer": "whole number",
+    "number": "number",
+    "boolean": "true or false",
+    "null": "null",
+    "array": "JSON list",
+    "object": "JSON object",
+}
+
+
+def describe_type(schema: Mapping[str, Any]) -> str:
+    """What an argument takes, in a few words: ``number``, ``text or null``, ``one of "EUR", "USD"``."""
+    if isinstance(schema.get("anyOf"), list):
+        return " or ".join(describe_type(option) for option in schema["anyOf"] if isinstance(option, Mapping))
+    if isinstance(schema.get("enum"), list):
+        return "one of " + ", ".join(json.dumps(option, ensure_ascii=False) for option in schema["enum"])
+    return _TYPES.get(str(schema.get("type")), "JSON")
 
 
 def _masked(value: Any, mask: str) -> bool:

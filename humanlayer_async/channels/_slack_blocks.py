@@ -16,13 +16,12 @@ changed. The identifiers below are what Slack sends back.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, NewType, TypeVar
 
-from .._edits import parse_edit
+from .._edits import describe_type, edit_text
 from .._models import ApprovalRequest, Decision, Status
 from .._render import (
     MASK,
@@ -53,7 +52,6 @@ __all__ = [
     "Mrkdwn",
     "approvable",
     "deny_view",
-    "edit_text",
     "edit_view",
     "escape",
     "fitted",
@@ -438,27 +436,6 @@ def deny_view(request: ApprovalRequest) -> Block:
     return _modal(texts, request, DENY_VIEW, labels, shown, optional=True)
 
 
-def edit_text(value: Any, schema: Mapping[str, Any] | None) -> str | None:
-    """An argument's value as its edit box holds it, such that ``parse_edit`` reads it back
-    (``None``: it has no JSON form). As the web console's edit form shows it:
-
-    A string as it is when it reads back as itself and holds no invisible character but
-    line breaks; anything else as JSON, control and bidi characters (then every non-ASCII
-    one) as ``\\u`` escapes, lists and objects indented.
-    """
-    plain = isinstance(value, str) and all(visible(line) == line for line in value.split("\n"))
-    if plain and parse_edit(value, None if schema is None else dict(schema)) == value:
-        return str(value)
-    indent = 2 if isinstance(value, list | dict) and value else None
-    try:
-        text = json.dumps(value, ensure_ascii=False, indent=indent, allow_nan=False)
-    except (TypeError, ValueError):
-        return None
-    if visible(text.replace("\n", "")) == text.replace("\n", ""):
-        return text
-    return json.dumps(value, indent=indent)
-
-
 def _not_editable(name: str, value: Any, text: str | None) -> str | None:
     """Why argument ``name`` gets no edit box (``None``: it gets one, prefilled with ``text``)."""
     if value == MASK:
@@ -473,26 +450,6 @@ def _not_editable(name: str, value: Any, text: str | None) -> str | None:
     if len(EDIT_BLOCK + name) > _BLOCK_ID_LIMIT:
         return "its name is too long for Slack (edit it in another approval channel)"
     return None
-
-
-_KINDS = {
-    "string": "text",
-    "integer": "whole number",
-    "number": "number",
-    "boolean": "true or false",
-    "null": "null",
-    "array": "JSON list",
-    "object": "JSON object",
-}
-
-
-def _kind(schema: Mapping[str, Any]) -> str:
-    """What a value of ``schema`` is typed as: ``number``, ``text or null``, ``one of "EUR", "USD"``."""
-    if "anyOf" in schema:
-        return " or ".join(_kind(option) for option in schema["anyOf"])
-    if "enum" in schema:
-        return "one of " + ", ".join(json.dumps(value, ensure_ascii=False) for value in schema["enum"])
-    return _KINDS.get(schema.get("type", ""), "JSON")
 
 
 def _edit_box(texts: _Texts, name: str, text: str, schema: Mapping[str, Any]) -> Block:
@@ -510,7 +467,7 @@ def _edit_box(texts: _Texts, name: str, text: str, schema: Mapping[str, Any]) ->
         "block_id": EDIT_BLOCK + name,
         "optional": True,  # an emptied box is the empty text
         "label": texts.plain(name, 2000),
-        "hint": texts.plain(_kind(schema), 300),
+        "hint": texts.plain(describe_type(schema), 300),
         "element": element,
     }
 

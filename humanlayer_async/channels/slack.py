@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .._audit import logger
-from .._edits import parse_edit
+from .._edits import edit_text, parse_edit
 from .._exceptions import ChannelError, ConfigurationError, InvalidEdit, NotAnApprover, UnknownRequest
 from .._models import ApprovalRequest, Decision, Principal, acting_for, same_name
 from .._refused import Refused
@@ -1004,7 +1004,7 @@ def _changed(request: ApprovalRequest, boxes: Mapping[str, str]) -> dict[str, An
     edits: dict[str, Any] = {}
     for name, typed in boxes.items():
         schema = schemas.get(name)
-        if name in request.kwargs and typed == blocks.edit_text(request.kwargs[name], schema):
+        if name in request.kwargs and typed == edit_text(request.kwargs[name], schema):
             continue  # the box as it opened
         value = parse_edit(typed, schema)
         if name in request.kwargs and _same(value, request.kwargs[name]):
