@@ -1237,9 +1237,9 @@ def test_hostile_argument_names_and_values_in_the_edit_form_are_inert() -> None:
 def test_the_edit_form_shows_each_value_so_that_it_reads_back_as_itself(
     value: Any, schema: dict[str, Any], text: str
 ) -> None:
-    from humanlayer_async._edits import parse_edit
+    from humanlayer_async._edits import edit_text, parse_edit
 
-    assert _web_page.edit_text(value, schema) == text
+    assert edit_text(value, schema) == text
     back = parse_edit(text, schema)
     assert back == value and type(back) is type(value)
 
@@ -1281,3 +1281,290 @@ async def test_browser_edits_an_amount_and_approves_and_the_tool_runs_with_it(br
         assert ran == [("acme", 2500, note)]
         decision = (await hl.get(request.id)).decision
         assert decision is not None and decision.edits == {"amount": 2500}
+
+
+# -- batch decisions -----------------------------------------------------------------------
+
+
+def batch_boxes(html: str) -> list[str]:
+    """The request ids the console's page offers to decide at once: its cards' checkboxes."""
+    return [
+        str(attrs["value"])
+        for tag, attrs in Elements(html).named("id")
+        if tag == "input" and attrs.get("type") == "checkbox" and attrs.get("form") == "batch"
+    ]
+
+
+async def test_a_batch_decides_exactly_the_requests_sent_each_with_its_own_audit_entry() -> None:
+    web = WebChannel(token=KEY)
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl:
+        outcomes: dict[int, object] = {}
+
+        @hl.require_approval()
+        async def refund(n: int) -> int:
+            return n
+
+        async def call(n: int) -> None:
+            try:
+                outcomes[n] = await refund(n)
+            except ApprovalDenied as exc:
+                outcomes[n] = exc
+
+        async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
+            with hl.run("nightly-7"):
+                for n in (1, 2, 3):
+                    tg.start_soon(call, n)
+            listed = await wait_for_pending(hl, 3, within=5)
+            csrf = await signed_in(client, web)
+            page = (await client.get(str(web.url))).text
+            chosen = batch_boxes(page)
+            tg.start_soon(call, 4)  # arrives after the page was read: not among the ids sent
+            [late] = [r for r in await wait_for_pending(hl, 4, within=5) if r.kwargs["n"] == 4]
+            answer = await client.post(
+                f"{web.url}/batch",
+                data={"csrf": csrf, "action": "approve", "comment": "refunds ok", "id": chosen},
+                headers={"accept": "application/json"},
+            )
+            with anyio.fail_after(5):
+                while len(outcomes) < 3:
+                    await anyio.sleep(0.01)
+            assert [r.id for r in await hl.pending()] == [late.id]
+            await hl.decide(late.id, False, by="ops", comment="later", via="api")
+    assert sorted(chosen) == sorted(r.id for r in listed)
+    assert 'data-select="function" data-value="refund"' in page
+    assert 'data-select="run" data-value="nightly-7"' in page
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [(r["id"], r["status"]) for r in results] == [(request_id, "decided") for request_id in chosen]
+    assert all(r["message"].startswith("approved by web-console via web at ") for r in results)
+    assert {n: outcomes[n] for n in (1, 2, 3)} == {1: 1, 2: 2, 3: 3}
+    assert isinstance(outcomes[4], ApprovalDenied) and outcomes[4].decision.by == "ops"
+    for request_id in chosen:
+        trail = [e for e in await hl.store.history(request_id=request_id) if e.event == "approval.decided"]
+        assert [(e.fields["by"], e.fields["via"], e.fields["comment"]) for e in trail] == [
+            ("web-console", "web", "refunds ok")
+        ]
+
+
+async def test_a_mixed_batch_reports_each_outcome_and_decides_only_what_it_may() -> None:
+    bob_key = "bob-key-0123456789ab"
+    web = WebChannel(users={"alice": ALICE, "bob": bob_key})
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl:
+        ask = hl.human_as_tool()
+
+        @hl.require_approval(approvers=["alice", "bob"])
+        async def shared(n: int) -> int:
+            return n
+
+        @hl.require_approval(approvers=["bob"])
+        async def bobs_tool() -> str:
+            return "ran"
+
+        @hl.require_approval(approvers=["alice", "bob"], approvals=2)
+        async def two_keys() -> str:
+            return "ran"
+
+        async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
+            tg.start_soon(shared, 1)
+            tg.start_soon(shared, 2)
+            tg.start_soon(bobs_tool)
+            tg.start_soon(two_keys)
+            tg.start_soon(ask, "Which region?")
+            pending = await wait_for_pending(hl, 5, within=5)
+            first, second = sorted(
+                (r for r in pending if r.function == "shared"), key=lambda r: r.kwargs["n"]
+            )
+            bobs = next(r for r in pending if r.function == "bobs_tool")
+            quorum = next(r for r in pending if r.function == "two_keys")
+            question = next(r for r in pending if r.kind == "question")
+            csrf = await signed_in(client, web, user="alice")
+            page = (await client.get(str(web.url))).text
+            await hl.decide(second.id, True, by="bob", via="api")  # meanwhile, by someone else
+            unknown = "0" * 32
+            ids = [first.id, second.id, bobs.id, quorum.id, question.id, unknown]
+            with capture_logs() as logs:
+                answer = await client.post(
+                    f"{web.url}/batch",
+                    data={"action": "approve", "id": ids},
+                    headers={"authorization": f"Bearer {ALICE}", "accept": "application/json"},
+                )
+                as_page = await client.post(
+                    f"{web.url}/batch",
+                    data={"csrf": csrf, "action": "deny", "comment": "<b>not now</b>", "id": [bobs.id]},
+                )
+            after = {r.id: r for r in await hl.pending()}
+            tg.cancel_scope.cancel()
+    # Alice's page offers the approvals she may decide, and only those.
+    assert sorted(batch_boxes(page)) == sorted([first.id, second.id, quorum.id])
+    assert 'data-value="shared"' in page and 'data-value="bobs_tool"' not in page
+    assert answer.status_code == 200, answer.text
+    results = {r["id"]: r for r in answer.json()["results"]}
+    assert list(results) == ids
+    assert {request_id: r["status"] for request_id, r in results.items()} == {
+        first.id: "decided",
+        second.id: "already_decided",
+        bobs.id: "not_an_approver",
+        quorum.id: "counted",
+        question.id: "not_decidable",
+        unknown: "unknown",
+    }
+    assert results[first.id]["message"].startswith("approved by alice via web")
+    assert results[second.id]["message"].startswith("already approved by bob via api")
+    assert results[bobs.id]["message"] == "alice is not an approver of it"
+    assert results[quorum.id]["message"] == "counted: 1 of 2 approvals: alice"
+    assert "question" in results[question.id]["message"]
+    # Only what she may decide was decided; the rest is as it was (her vote counted).
+    assert set(after) == {bobs.id, quorum.id, question.id}
+    assert [(v.by, v.approved) for v in after[quorum.id].votes] == [("alice", True)]
+    assert (await hl.get(second.id)).decision.by == "bob"  # type: ignore[union-attr]
+    assert as_page.status_code == 200 and as_page.headers["content-type"].startswith("text/html")
+    assert "Denied 0 of 1 selected" in as_page.text and "alice is not an approver of it" in as_page.text
+    assert f'href="/approvals/requests/{bobs.id}">bobs_tool()</a>' in as_page.text
+    assert [e["request_id"] for e in logs if e["event"] == "approval.not_an_approver"] == [bobs.id, bobs.id]
+    assert [(e["decided"], e["requests"]) for e in logs if e["event"] == "web.batch"] == [(1, 6), (0, 1)]
+
+
+async def test_a_bad_batch_is_a_logged_4xx_that_decides_nothing() -> None:
+    web = WebChannel(token=KEY)
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl:
+
+        @hl.require_approval(editable=True)
+        async def tool(n: int) -> int:
+            return n
+
+        async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
+            tg.start_soon(tool, 1)
+            tg.start_soon(tool, 2)
+            pending = await wait_for_pending(hl, 2, within=5)
+            ids = [r.id for r in pending]
+            url = f"{web.url}/batch"
+            with capture_logs() as logs:
+                anonymous = await client.post(url, data={"action": "approve", "id": ids})
+                csrf = await signed_in(client, web)
+                good = {"csrf": csrf, "action": "approve", "id": ids}
+                answers = [
+                    await client.post(url, data={"action": "approve", "id": ids}),
+                    await client.post(url, data={**good, "csrf": "forged"}),
+                    await client.post(url, data=good, headers={"origin": "http://evil.example"}),
+                    await client.post(url, data=good, headers={"sec-fetch-site": "cross-site"}),
+                    await client.post(url, json=good, headers={"x-csrf-token": csrf}),
+                    await client.post(url, data={**good, "id": []}),
+                    await client.post(url, data={**good, "id": [*ids, *(f"{n:032d}" for n in range(199))]}),
+                    await client.post(url, data={**good, "id": [ids[0], "../" + ids[1]]}),
+                    await client.post(url, data={**good, "id": [ids[0], ""]}),
+                    await client.post(url, data={**good, "action": "answer"}),
+                    await client.post(url, data={**good, "action": "deny"}),
+                    await client.post(url, data={**good, "action": "deny", "comment": "   "}),
+                    await client.post(url, data={**good, "edit.n": "5"}),
+                    await client.post(url, data={**good, "comment": ["a", "b"]}),
+                    await client.get(url),
+                ]
+            assert {r.id for r in await hl.pending()} == set(ids)
+            tg.cancel_scope.cancel()
+    assert anonymous.status_code == 401
+    assert [r.status_code for r in answers] == [403, 403, 403, 403, 415, *[400] * 9, 405]
+    assert answers[6].text == "at most 200 requests at once"
+    assert answers[10].text == "give the reason for denying them in the comment"
+    assert refusals(logs) == [
+        (401, "no session"),
+        (403, "bad csrf token"),
+        (403, "bad csrf token"),
+        (403, "cross-origin request"),
+        (403, "cross-site request"),
+        (415, "not a form"),
+        (400, "no requests"),
+        (400, "too many requests"),
+        (400, "malformed request id"),
+        (400, "malformed request id"),
+        (400, "unknown action"),
+        (400, "no reason"),
+        (400, "no reason"),
+        (400, "edits in a batch"),
+        (400, "repeated form field"),
+        (405, "method not allowed"),
+    ]
+    assert not [e for e in logs if e["event"] in ("approval.decided", "approval.voted", "web.batch")]
+
+
+async def test_browser_selects_all_of_one_tool_and_approves_them_at_once(browser_page: Any) -> None:
+    page = browser_page
+    web = WebChannel()
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl:
+        ran: list[str] = []
+
+        @hl.require_approval()
+        async def send_email(to: str) -> str:
+            ran.append(to)
+            return f"sent to {to}"
+
+        @hl.require_approval(on_reject="return")
+        async def purge(table: str) -> str:
+            ran.append(table)
+            return "purged"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send_email, "ann@example.com")
+            tg.start_soon(send_email, "bo@example.com")
+            tg.start_soon(purge, "orders")
+            first = await wait_for_pending(hl, 3, within=5)
+            await page.goto(web.login_url())
+            await page.locator("#connection", has_text="on").wait_for()
+            batch = page.locator("#batch")
+            await batch.get_by_role("button", name="Select all of send_email").click()
+            await batch.get_by_text("2 selected").wait_for()
+            # A request that arrives after the choice is shown, and not chosen.
+            tg.start_soon(send_email, "cy@example.com")
+            [late] = [
+                r for r in await wait_for_pending(hl, 4, within=5) if r.kwargs.get("to") == "cy@example.com"
+            ]
+            late_box = page.locator(f"#req-{late.id}").get_by_role("checkbox")
+            await late_box.wait_for()
+            assert not await late_box.is_checked()
+            await batch.get_by_role("button", name="Select all of purge").wait_for()  # shortcuts kept
+            await batch.get_by_role("button", name="Approve selected").click()
+            await batch.get_by_text("2 of 2 decided").wait_for()
+            emails = [r for r in first if r.function == "send_email"]
+            for request in emails:
+                await page.locator(f"#req-{request.id}").wait_for(state="detached")
+            assert sorted(ran) == ["ann@example.com", "bo@example.com"]
+            purge_request = next(r for r in first if r.function == "purge")
+            assert {r.id for r in await hl.pending()} == {late.id, purge_request.id}
+            assert await page.locator("#pending > li.card").count() == 2
+            # Denying needs a reason: the page asks for one and posts nothing.
+            await page.locator(f"#req-{purge_request.id}").get_by_role("checkbox").check()
+            await batch.get_by_role("button", name="Deny selected").click()
+            await batch.get_by_text("give the reason for denying them").wait_for()
+            assert {r.id for r in await hl.pending()} == {late.id, purge_request.id}
+            history = await page.locator("#history").inner_text()
+            # Without JavaScript, the ticked boxes are still the batch form's: it posts them.
+            await page.route("**/static/console.js", lambda route: route.abort())
+            await page.reload()
+            await page.locator(f"#req-{purge_request.id}").get_by_role("checkbox").check()
+            await batch.get_by_label("Comment (the reason: required to deny)").fill("not today")
+            await batch.get_by_role("button", name="Deny selected").click()
+            await page.get_by_role("heading", name="Denied 1 of 1 selected").wait_for()
+            assert "denied by web-console via web" in await page.locator(".batch-results").inner_text()
+            assert [r.id for r in await hl.pending()] == [late.id]
+            tg.cancel_scope.cancel()
+    assert history.count("approved by web-console via web") == 2
+    assert sorted(ran) == ["ann@example.com", "bo@example.com"]
+
+
+def test_hostile_tool_names_and_run_ids_in_the_batch_controls_are_inert() -> None:
+    run = '"><script>alert(1)</script>\u202e'
+    function = "<img src=x onerror=alert(2)>"
+    request = make_request("d" * 32, approvers=(), run_id=run, function=function)
+    html = _web_page.card(
+        request, action="/approvals/requests/x", csrf="c", now=datetime.now(UTC), selectable=True
+    ) + _web_page.selectors([request])
+    page = Elements(html)
+    [(_, card)] = [(tag, attrs) for tag, attrs in page.elements if tag == "li"]
+    assert (card["data-function"], card["data-run"]) == (function, run)  # exact, as attribute values
+    values = [
+        (a["data-select"], a["data-value"]) for t, a in page.elements if t == "button" and "data-select" in a
+    ]
+    assert values == [("function", function), ("run", run)]
+    assert "<script>" not in html and "<img" not in html
+    assert "Select all of run <code>&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;\\u202e</code>" in html
+    unselectable = _web_page.card(request, action="/a", csrf="c", now=datetime.now(UTC))
+    assert batch_boxes(unselectable) == [] and "data-run" not in unselectable

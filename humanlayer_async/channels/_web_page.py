@@ -1,5 +1,5 @@
 """The web console's HTML: the page, a pending request's card, a line of history, the
-full view of one request, the sign-in form.
+full view of one request, a batch decision's outcomes, the sign-in form.
 
 Everything is rendered on the server and escaped here; the page's script only inserts
 these fragments as they arrive over server-sent events. Caller text goes through
@@ -10,27 +10,29 @@ push what follows out of sight.
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from html import escape
 from typing import Any
 
-from .._edits import parse_edit
+from .._edits import describe_type, edit_text
 from .._models import ApprovalRequest
 from .._render import MASK, describe_decision, describe_votes, full_call, shorten, summarize, visible
 
 __all__ = [
+    "BatchResult",
+    "batch_page",
     "card",
     "detail_page",
     "duration",
-    "edit_text",
     "history_item",
     "history_list",
     "message_page",
     "page",
     "pending_list",
+    "selectors",
     "sign_in_page",
 ]
 
@@ -118,45 +120,8 @@ def _decide_form(request: ApprovalRequest, *, action: str, csrf: str) -> str:
     )
 
 
-def edit_text(value: Any, schema: dict[str, Any] | None) -> str:
-    """An argument's value as the edit form shows it, such that ``parse_edit`` reads it back.
-
-    A string is shown as it is when it reads back as itself and holds no invisible
-    character but line breaks; anything else as JSON, with control and bidi characters
-    (then every non-ASCII one) as ``\\u`` escapes, and lists and objects indented.
-    """
-    plain = isinstance(value, str) and all(visible(line) == line for line in value.split("\n"))
-    if plain and parse_edit(value, schema) == value:
-        return str(value)
-    indent = 2 if isinstance(value, list | dict) and value else None
-    text = json.dumps(value, ensure_ascii=False, indent=indent, default=repr)
-    if visible(text.replace("\n", "")) == text.replace("\n", ""):
-        return text
-    return json.dumps(value, indent=indent, default=repr)
-
-
 def _editable(request: ApprovalRequest) -> bool:
     return request.kind == "approval" and bool(request.editable) and request.decision is None
-
-
-_KINDS = {
-    "string": "text",
-    "integer": "whole number",
-    "number": "number",
-    "boolean": "true or false",
-    "null": "null",
-    "array": "JSON list",
-    "object": "JSON object",
-}
-
-
-def _hint(schema: Mapping[str, Any]) -> str:
-    """What an argument takes, in a few words: ``number``, ``text or null``, ``one of "EUR", "USD"``."""
-    if isinstance(schema.get("anyOf"), list):
-        return " or ".join(_hint(option) for option in schema["anyOf"] if isinstance(option, Mapping))
-    if isinstance(schema.get("enum"), list):
-        return "one of " + ", ".join(json.dumps(option) for option in schema["enum"])
-    return _KINDS.get(str(schema.get("type")), "JSON")
 
 
 def _choices(schema: Mapping[str, Any]) -> list[Any] | None:
@@ -179,9 +144,14 @@ def _edit_field(request: ApprovalRequest, index: int, name: str, schema: dict[st
             f'<p class="hint" id="{hint_id}">masked: it cannot be edited</p></div>'
         )
     current = edit_text(value, schema) if name in request.kwargs else ""
+    if current is None:
+        return (
+            f'<div class="edit-field">{label}<p class="hint" id="{hint_id}">'
+            "it has no JSON form, so it cannot be edited here</p></div>"
+        )
     attributes = f'id="{field_id}" name="edit.{escape(name)}" aria-describedby="{hint_id}"'
     choices = _choices(schema or {})
-    if choices is not None and current in (texts := [edit_text(choice, schema) for choice in choices]):
+    if choices is not None and current in (texts := [edit_text(choice, schema) or "" for choice in choices]):
         options = "".join(
             f'<option value="{escape(text)}"{" selected" if text == current else ""}>{_text(text)}</option>'
             for text in texts
@@ -192,7 +162,7 @@ def _edit_field(request: ApprovalRequest, index: int, name: str, schema: dict[st
         # A text box, also for one line: Enter in it adds a line instead of approving.
         # (The newline after the tag is the one a textarea drops: the value keeps its own.)
         control = f'<textarea {attributes} rows="{rows}" spellcheck="false">\n{escape(current)}</textarea>'
-    hint = f'<p class="hint" id="{hint_id}">{_text(_hint(schema or {}))}</p>'
+    hint = f'<p class="hint" id="{hint_id}">{_text(describe_type(schema or {}))}</p>'
     return f'<div class="edit-field">{label}{control}{hint}</div>'
 
 
@@ -221,11 +191,23 @@ def _edit_form(request: ApprovalRequest, *, action: str, csrf: str) -> str:
     )
 
 
-def card(request: ApprovalRequest, *, action: str, csrf: str, now: datetime) -> str:
+def _select_box(request: ApprovalRequest) -> str:
+    """The checkbox that puts ``request`` in the batch form (``form="batch"``: the card's own
+    form cannot hold it, and without JavaScript the batch form still posts it)."""
+    return (
+        f'<label class="select"><input type="checkbox" name="id" value="{escape(request.id)}"'
+        ' form="batch"> Select<span class="visually-hidden"> '
+        f"{_text(request.function)} {escape(request.short_id)}</span></label>"
+    )
+
+
+def card(request: ApprovalRequest, *, action: str, csrf: str, now: datetime, selectable: bool = False) -> str:
     """One pending request: what it is, for how long it waits, and the form to decide it.
 
     Arguments and context are shortened as ``format_value`` shortens, saying so where it
-    does; "Show the full call" links to the request's full view, at ``action`` too.
+    does; "Show the full call" links to the request's full view, at ``action`` too. A
+    ``selectable`` approval (one the signed-in user may decide) has a checkbox for the
+    batch form, never ticked: what arrives after the user chose is not chosen.
     """
     rid = escape(request.id)
     created = request.created_at.isoformat()
@@ -253,9 +235,15 @@ def card(request: ApprovalRequest, *, action: str, csrf: str, now: datetime) -> 
     shortened = " (some values above are shortened)" if cut else ""
     edit = f' · <a href="{escape(action)}#edit">Edit, then approve</a>' if _editable(request) else ""
     full = f'<p class="full-link"><a href="{escape(action)}">Show the full call</a>{shortened}{edit}</p>'
+    select, data = "", ""
+    if selectable and request.kind == "approval":
+        select = _select_box(request)
+        data = f' data-function="{escape(request.function)}"'
+        if request.run_id is not None:
+            data += f' data-run="{escape(request.run_id)}"'
     return (
-        f'<li class="card {request.kind}" id="req-{rid}" data-id="{rid}">'
-        f'<article aria-labelledby="t-{rid}">'
+        f'<li class="card {request.kind}" id="req-{rid}" data-id="{rid}"{data}>'
+        f'<article aria-labelledby="t-{rid}">{select}'
         f'<h3 id="t-{rid}"><span class="kind">{title}</span> <code>{_text(request.function)}</code></h3>'
         f"{body}{full}{meta}{_decide_form(request, action=action, csrf=csrf)}"
         "</article></li>"
@@ -282,9 +270,62 @@ def pending_list(
     action_for: Callable[[ApprovalRequest], str],
     csrf: str,
     now: datetime,
+    selectable: Callable[[ApprovalRequest], bool] = lambda request: False,
 ) -> str:
-    """The cards of every pending request (``action_for(request)`` is each form's URL)."""
-    return "".join(card(r, action=action_for(r), csrf=csrf, now=now) for r in requests)
+    """The cards of every pending request (``action_for(request)`` is each form's URL;
+    ``selectable(request)``, whether its card has a batch checkbox)."""
+    return "".join(
+        card(r, action=action_for(r), csrf=csrf, now=now, selectable=selectable(r)) for r in requests
+    )
+
+
+def selectors(requests: Iterable[ApprovalRequest]) -> str:
+    """The batch form's shortcuts: a button per tool, then per run, of the selectable
+    ``requests``, each selecting all of its cards (the page's script makes them work, and
+    rebuilds them from the cards as the list changes)."""
+    functions: dict[str, None] = {}
+    runs: dict[str, None] = {}
+    for request in requests:
+        functions[request.function] = None
+        if request.run_id is not None:
+            runs[request.run_id] = None
+    buttons = [
+        f'<button type="button" data-select="function" data-value="{escape(function)}">'
+        f"Select all of <code>{_text(function)}</code></button>"
+        for function in functions
+    ] + [
+        f'<button type="button" data-select="run" data-value="{escape(run)}">'
+        f"Select all of run <code>{_text(run)}</code></button>"
+        for run in runs
+    ]
+    return "".join(buttons)
+
+
+def _batch_form(*, base: str, csrf: str, selectors: str) -> str:
+    """The form that approves or denies the ticked cards at once (``POST {base}/batch``).
+
+    Hidden while no card has a checkbox (``selectors`` is empty); its shortcuts are
+    hidden until the page's script, which works them, shows them.
+    """
+    hidden = "" if selectors else " hidden"
+    return (
+        f'<form id="batch" class="batch" method="post" action="{escape(base)}/batch"'
+        f' aria-labelledby="batch-heading"{hidden}>'
+        '<h3 id="batch-heading">Decide several at once</h3>'
+        '<p class="meta">Tick the requests to decide: each is then approved or denied on its own,'
+        " as from its card (approved as it is: no edits), and nothing else is.</p>"
+        f'<div class="select-by" role="group" aria-label="Select by tool or run" hidden>{selectors}'
+        '<button type="button" data-select="none">Clear selection</button>'
+        '<span class="selected-count" aria-live="polite"></span></div>'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+        '<label for="batch-comment">Comment (the reason: required to deny)</label>'
+        '<textarea id="batch-comment" name="comment" rows="2" maxlength="2000"></textarea>'
+        '<div class="buttons">'
+        '<button type="submit" name="action" value="approve" class="approve">Approve selected</button>'
+        '<button type="submit" name="action" value="deny" class="deny">Deny selected</button>'
+        "</div>"
+        '<div class="result" id="batch-result" role="status"></div></form>'
+    )
 
 
 def history_list(requests: Iterable[ApprovalRequest]) -> str:
@@ -292,8 +333,8 @@ def history_list(requests: Iterable[ApprovalRequest]) -> str:
     return "".join(history_item(r) for r in requests)
 
 
-def page(*, user: str, csrf: str, base: str, pending: str, history: str) -> str:
-    """The whole console."""
+def page(*, user: str, csrf: str, base: str, pending: str, history: str, selectors: str = "") -> str:
+    """The whole console (``selectors``: the batch form's shortcuts, from ``selectors()``)."""
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -315,6 +356,7 @@ def page(*, user: str, csrf: str, base: str, pending: str, history: str) -> str:
 <section aria-labelledby="pending-heading">
 <h2 id="pending-heading">Waiting for you</h2>
 <p class="empty" id="pending-empty">Nothing is waiting for a decision.</p>
+{_batch_form(base=base, csrf=csrf, selectors=selectors)}
 <ol id="pending" class="cards">{pending}</ol>
 </section>
 <section aria-labelledby="history-heading">
@@ -362,6 +404,68 @@ def detail_page(
 long runs of spaces are counted (<span class="spaces">⟨1,000 spaces⟩</span>).</p>
 <pre class="full">{_spaces(escape(full_call(request)))}</pre>
 {footer}
+</main>
+</body>
+</html>
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one request of a batch decision came to.
+
+    ``status``: ``decided``, ``counted`` (a vote, the request waits for more),
+    ``already_decided`` (someone else decided first), ``not_an_approver``, ``unknown``, or
+    ``not_decidable`` (a question, or an error); ``what``: the call, when the request is known.
+    """
+
+    id: str
+    status: str
+    message: str
+    what: str = ""
+
+
+_OUTCOMES = {
+    "decided": "Decided",
+    "counted": "Vote counted",
+    "already_decided": "Already decided",
+    "not_an_approver": "Not decided: not yours to decide",
+    "unknown": "Unknown request",
+    "not_decidable": "Not decided",
+}
+
+
+def batch_page(results: Sequence[BatchResult], *, user: str, base: str, approved: bool) -> str:
+    """What a batch decision came to, request by request (the answer to a form posted
+    without JavaScript)."""
+    decided = sum(result.status == "decided" for result in results)
+    verb = "Approved" if approved else "Denied"
+    rows = []
+    for result in results:
+        what = f"<code>{escape(result.id)}</code>"
+        if result.what:
+            what = f'<a href="{escape(base)}/requests/{escape(result.id)}">{_text(result.what)}</a>'
+        rows.append(
+            f'<li class="result-{escape(result.status)}"><span class="badge">'
+            f"{escape(_OUTCOMES.get(result.status, result.status))}</span> "
+            f'<span class="what">{what}</span> <span class="outcome">{_text(result.message)}</span></li>'
+        )
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Batch decision · Approvals · humanlayer-async</title>
+<link rel="stylesheet" href="{escape(base)}/static/console.css">
+</head>
+<body>
+<header>
+<h1>{verb} {decided} of {len(results)} selected</h1>
+<p>Signed in as <strong>{_text(user)}</strong> · <a href="{escape(base)}">All requests</a></p>
+</header>
+<main>
+<p class="meta">Each request was decided on its own; those listed as not decided are as they were.</p>
+<ol class="history batch-results">{"".join(rows)}</ol>
 </main>
 </body>
 </html>

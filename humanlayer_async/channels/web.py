@@ -11,6 +11,8 @@ Routes, under ``base_path`` (``/approvals`` by default):
 - ``GET /approvals/requests/{id}``   one request in full (untruncated), with its form
 - ``POST /approvals/requests/{id}``  approve (with edited arguments, ``edit.<argument>``
   fields), deny or answer (CSRF-protected)
+- ``POST /approvals/batch``   approve or deny several requests, one ``id`` field each
+  (CSRF-protected): one decision per request, the outcome of each in the answer
 - ``GET /approvals/static/…``  the page's CSS and JavaScript, shipped in the package
 
 Keys travel only in that form or an ``Authorization: Bearer`` header, never in a URL
@@ -51,7 +53,7 @@ from starlette.responses import (
 from starlette.routing import BaseRoute, Route
 
 from .._audit import logger
-from .._edits import parse_edit
+from .._edits import edit_text, parse_edit
 from .._exceptions import (
     ConfigurationError,
     HumanLayerError,
@@ -95,10 +97,13 @@ MAX_EDIT = 10000
 MAX_EDIT_NAME = 200
 """Characters of the argument's name in an ``edit.<argument>`` field."""
 EDIT_PREFIX = "edit."
+MAX_BATCH = 200
+"""Requests one batch decision may name (``id`` fields)."""
 
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{8,128}")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _ACTIONS = frozenset({"approve", "deny", "answer"})
+_BATCH_ACTIONS = frozenset({"approve", "deny"})
 _FIELDS = 10
 """Form fields besides the edits (``csrf``, ``action``, ``comment``, ``answer``, with room)."""
 _ASSETS = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
@@ -143,6 +148,13 @@ def _wants_json(request: Request) -> bool:
     return "application/json" in request.headers.get("accept", "")
 
 
+def _single(fields: Mapping[str, list[str]]) -> dict[str, str]:
+    """A parsed form's fields, each sent once."""
+    if any(len(values) != 1 for values in fields.values()):
+        raise _refusal(400, "repeated form field", "each form field may appear once")
+    return {name: values[0] for name, values in fields.items()}
+
+
 def _edit_fields(form: Mapping[str, str]) -> dict[str, str]:
     """The ``edit.<argument>`` fields of ``form``: argument name to the text typed (a
     textarea's line breaks, which browsers send as CRLF, as ``\\n``)."""
@@ -171,7 +183,7 @@ def _edits(request: ApprovalRequest, typed: Mapping[str, str]) -> dict[str, Any]
             edits[name] = text
             continue
         shown = name in request.kwargs
-        if shown and text == _web_page.edit_text(request.kwargs[name], schema):
+        if shown and text == edit_text(request.kwargs[name], schema):
             continue  # as the form showed it
         if len(text) > MAX_EDIT:
             raise _refusal(400, "field too long", f"the value of {name!r} is too long")
@@ -219,9 +231,10 @@ def _check_base_path(base_path: str) -> str:
 class WebChannel(BaseChannel):
     """The approvals console: a web page served by the listener at ``base_path``.
 
-    The page lists pending requests (approve, deny with a reason, answer questions)
-    and recent decisions from every channel, updated live. Decisions go through the
-    ``HumanLayer`` like any other channel's, so approver allowlists and first-wins apply.
+    The page lists pending requests (approve, deny with a reason, answer questions; approve
+    or deny several at once) and recent decisions from every channel, updated live.
+    Decisions go through the ``HumanLayer`` like any other channel's, so approver allowlists
+    and first-wins apply.
 
     People sign in with a single-use link from ``login_url()`` (or ``humanlayer-async
     console-link``), with their key typed into the sign-in form, or, from scripts, with
@@ -370,6 +383,7 @@ class WebChannel(BaseChannel):
                 self._guard(self._request, {"GET", "POST"}),
                 methods=_ALL_METHODS,
             ),
+            Route(f"{base}/batch", self._guard(self._batch, {"POST"}), methods=_ALL_METHODS),
             Route(f"{base}/static/{{name}}", self._guard(self._static, {"GET"}), methods=_ALL_METHODS),
             Route(f"{base}/{{rest:path}}", self._guard(self._not_found, set()), methods=_ALL_METHODS),
         ]
@@ -529,21 +543,32 @@ class WebChannel(BaseChannel):
             raise _refusal(403, "cross-origin request", "cross-origin requests are refused")
 
     async def _form(self, request: Request) -> dict[str, str]:
+        return _single(await self._form_values(request, limit=_FIELDS + MAX_EDITS))
+
+    async def _form_values(self, request: Request, *, limit: int) -> dict[str, list[str]]:
+        """The posted form's fields, each with every value sent; more than ``limit`` is a 400."""
         content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
             raise _refusal(415, "not a form", "send application/x-www-form-urlencoded")
         try:
-            fields = parse_qs(
+            return parse_qs(
                 (await request.body()).decode(),
                 keep_blank_values=True,
                 errors="strict",
-                max_num_fields=_FIELDS + MAX_EDITS,
+                max_num_fields=limit,
             )
         except ValueError as exc:
             raise _refusal(400, "malformed form", "malformed form") from exc
-        if any(len(values) != 1 for values in fields.values()):
-            raise _refusal(400, "repeated form field", "each form field may appear once")
-        return {name: values[0] for name, values in fields.items()}
+
+    def _check_csrf(self, request: Request, session: Session, form: Mapping[str, str]) -> None:
+        """A post made with the session cookie, which browsers send along: it must come from
+        the console's page (same origin, the session's CSRF token)."""
+        if session.csrf is None:
+            return  # a Bearer key, which browsers never send by themselves
+        self._check_same_origin(request)
+        sent = request.headers.get("x-csrf-token") or form.get("csrf", "")
+        if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+            raise _refusal(403, "bad csrf token", "the form is stale: reload the page")
 
     async def _page(self, request: Request) -> Response:
         code = request.query_params.get("code")
@@ -552,20 +577,32 @@ class WebChannel(BaseChannel):
         session = self._session(request, page=True)
         decider = self._running()
         base = self._base(request)
-        pending, history = await self._lists(decider, session, base)
+        requests = await decider.pending()
+        pending, history = self._lists(requests, session, base)
+        selectable = [r for r in requests if self._selectable(r, session)]
         html = _web_page.page(
-            user=session.user, csrf=session.csrf or "", base=base, pending=pending, history=history
+            user=session.user,
+            csrf=session.csrf or "",
+            base=base,
+            pending=pending,
+            history=history,
+            selectors=_web_page.selectors(selectable),
         )
         return HTMLResponse(html, headers=_SECURITY_HEADERS)
 
-    async def _lists(self, decider: Decider, session: Session, base: str) -> tuple[str, str]:
+    def _lists(self, requests: Sequence[ApprovalRequest], session: Session, base: str) -> tuple[str, str]:
         pending = _web_page.pending_list(
-            await decider.pending(),
+            requests,
             action_for=lambda r: f"{base}/requests/{r.id}",
             csrf=session.csrf or "",
             now=datetime.now(UTC),
+            selectable=lambda r: self._selectable(r, session),
         )
         return pending, _web_page.history_list(reversed(self._history.values()))
+
+    def _selectable(self, request: ApprovalRequest, session: Session) -> bool:
+        """Whether ``request``'s card gets a batch checkbox: an approval its user may decide."""
+        return request.kind == "approval" and request.may_decide(self._who(session.user))
 
     async def _events(self, request: Request) -> Response:
         session = self._session(request)
@@ -582,7 +619,7 @@ class WebChannel(BaseChannel):
         async def stream() -> AsyncIterator[str]:
             try:
                 with receive:
-                    pending, history = await self._lists(decider, session, base)
+                    pending, history = self._lists(await decider.pending(), session, base)
                     yield "retry: 2000\n" + event("snapshot", {"pending": pending, "history": history})
                     while True:
                         with anyio.move_on_after(KEEPALIVE_SECONDS) as idle:
@@ -598,6 +635,7 @@ class WebChannel(BaseChannel):
                                 action=f"{base}/requests/{item.id}",
                                 csrf=session.csrf or "",
                                 now=datetime.now(UTC),
+                                selectable=self._selectable(item, session),
                             )
                             yield event(kind, {"id": item.id, "html": html, "summary": summarize(item)})
                         else:
@@ -652,11 +690,7 @@ class WebChannel(BaseChannel):
         """
         session = self._session(request)
         form = await self._form(request)
-        if session.csrf is not None:  # a cookie, which browsers send along: check where it comes from
-            self._check_same_origin(request)
-            sent = request.headers.get("x-csrf-token") or form.get("csrf", "")
-            if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
-                raise _refusal(403, "bad csrf token", "the form is stale: reload the page")
+        self._check_csrf(request, session, form)
         decider = self._running()
         request_id = request.path_params["request_id"]
         action = form.get("action", "")
@@ -695,6 +729,96 @@ class WebChannel(BaseChannel):
         except HumanLayerError as exc:
             raise _refusal(409, "not decidable", str(exc)) from exc
         return await self._decided(request, decider, answered, session)
+
+    async def _batch(self, request: Request) -> Response:
+        """Approve or deny several requests at once: each an individual, audited decision.
+
+        A form with one ``id`` field per request (at most ``MAX_BATCH``),
+        ``action=approve|deny`` and ``comment`` (the reason: required to deny), with the
+        session's ``csrf`` or a Bearer key as for one request. Exactly the ids sent are decided,
+        each by one ``decide`` as the single route decides it (approved as it is: a batch
+        takes no edits), never a request that came after the page. The answer says what each
+        came to: ``{"results": [{"id": ..., "status": ..., "message": ...}, ...]}`` for
+        ``Accept: application/json``, else a page. Bad input is a 4xx that decides nothing.
+        """
+        session = self._session(request)
+        fields = await self._form_values(request, limit=_FIELDS + 2 * MAX_BATCH)
+        ids = fields.pop("id", [])
+        form = _single(fields)
+        self._check_csrf(request, session, form)
+        decider = self._running()
+        action = form.get("action", "")
+        if action not in _BATCH_ACTIONS:
+            raise _refusal(400, "unknown action", "action must be approve or deny")
+        comment = form.get("comment", "").strip() or None
+        if comment and len(comment) > MAX_COMMENT:
+            raise _refusal(400, "field too long", "the comment is too long")
+        if action == "deny" and not comment:
+            raise _refusal(400, "no reason", "give the reason for denying them in the comment")
+        if any(name.startswith(EDIT_PREFIX) for name in form):
+            raise _refusal(
+                400, "edits in a batch", "a batch approves as they are: edit on the request's page"
+            )
+        if not ids:
+            raise _refusal(400, "no requests", "select the requests to decide")
+        if len(ids) > MAX_BATCH:
+            raise _refusal(400, "too many requests", f"at most {MAX_BATCH} requests at once")
+        if not all(_REQUEST_ID.fullmatch(request_id) for request_id in ids):
+            raise _refusal(400, "malformed request id", "each id must be a request's id")
+        approved = action == "approve"
+        results = [
+            await self._decide_one(decider, request_id, approved, comment, session)
+            for request_id in dict.fromkeys(ids)  # each once, in the order sent
+        ]
+        logger.info(
+            "web.batch",
+            by=session.user,
+            action=action,
+            requests=len(results),
+            decided=sum(result.status == "decided" for result in results),
+        )
+        if _wants_json(request):
+            body = {"results": [{"id": r.id, "status": r.status, "message": r.message} for r in results]}
+            return JSONResponse(body, headers=_SECURITY_HEADERS)
+        html = _web_page.batch_page(results, user=session.user, base=self._base(request), approved=approved)
+        return HTMLResponse(html, headers=_SECURITY_HEADERS)
+
+    async def _decide_one(
+        self, decider: Decider, request_id: str, approved: bool, comment: str | None, session: Session
+    ) -> _web_page.BatchResult:
+        """One request of a batch, decided as ``_decide`` decides it; what that came to."""
+        what = ""
+        try:
+            shown = await decider.get(request_id)
+            what = summarize(shown)
+            if shown.kind != "approval":
+                return _web_page.BatchResult(
+                    request_id, "not_decidable", "a question: answer it on its own", what
+                )
+            answered = await decider.decide(
+                request_id, approved, by=self._who(session.user), comment=comment, via=self.name
+            )
+        except UnknownRequest:
+            return _web_page.BatchResult(request_id, "unknown", "no such request")
+        except NotAnApprover as exc:
+            why = "requested this call and may not decide it" if exc.requester else "is not an approver of it"
+            return _web_page.BatchResult(request_id, "not_an_approver", f"{session.user} {why}", what)
+        except HumanLayerError as exc:
+            return _web_page.BatchResult(request_id, "not_decidable", str(exc), what)
+        decision = answered.decision
+        if decision is None:  # a vote: the request waits for more
+            progress = f"counted: {describe_votes(answered.votes, answered.needed)}"
+            return _web_page.BatchResult(request_id, "counted", progress, what)
+        if not answered.stands:
+            logger.info("web.already_decided", request_id=request_id, by=session.user)
+            message = f"already {describe_decision(decision)}"
+            return _web_page.BatchResult(request_id, "already_decided", message, what)
+        # Shown at once; a store failing now leaves the decision made, and the rest of the batch.
+        with contextlib.suppress(HumanLayerError):
+            decided = await decider.get(request_id)
+            self._remember(decided)
+            self._publish("decided", decided)
+        return _web_page.BatchResult(request_id, "decided", describe_decision(decision), what)
 
     def _invalid_edit(self, request: Request, exc: InvalidEdit) -> Refused:
         """A 400 naming the argument an edit may not set: nothing was decided."""

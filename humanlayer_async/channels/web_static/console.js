@@ -1,5 +1,6 @@
 // The humanlayer-async approvals console: live updates over server-sent events, and
-// forms posted without leaving the page. Without JavaScript, the forms still work.
+// forms posted without leaving the page. Without JavaScript, the forms still work (the batch
+// form too: its checkboxes are on the cards, tied to it by their form attribute).
 "use strict";
 (() => {
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
@@ -8,6 +9,9 @@
   const empty = document.getElementById("pending-empty");
   const connection = document.getElementById("connection");
   const announce = document.getElementById("announce");
+  const batch = document.getElementById("batch");
+  const selectBy = batch.querySelector(".select-by");
+  const selectedCount = batch.querySelector(".selected-count");
   const HISTORY = 50;
 
   const element = (html) => {
@@ -17,6 +21,65 @@
   };
   const say = (text) => { announce.textContent = text; };
   const refreshEmpty = () => { empty.hidden = pending.children.length > 0; };
+
+  // -- the batch form: checkboxes on the cards the user may decide, shortcuts to tick them --
+  const boxes = () => [...pending.querySelectorAll('input[type="checkbox"][name="id"]')];
+  const cardOf = (box) => box.closest("li.card");
+  const countSelected = () => {
+    const chosen = boxes().filter((box) => box.checked).length;
+    selectedCount.textContent = chosen ? `${chosen} selected` : "";
+  };
+  let shortcuts = null;  // what the shortcut buttons were built from, to rebuild only on change
+  const shortcut = (kind, value, label, name) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.select = kind;
+    button.dataset.value = value;
+    const code = document.createElement("code");
+    code.textContent = name;  // the server's rendering of the name: visible, as text
+    button.append(label, code);
+    return button;
+  };
+  // The shortcuts follow the cards as they come and go; new cards are never ticked.
+  const refreshBatch = () => {
+    const cards = boxes().map(cardOf);
+    batch.hidden = cards.length === 0;
+    const functions = new Map(), runs = new Map();
+    for (const card of cards) {
+      functions.set(card.dataset.function, card.querySelector("h3 code").textContent);
+      if (card.dataset.run !== undefined) runs.set(card.dataset.run, card.querySelector(".run").textContent);
+    }
+    const key = JSON.stringify([[...functions.keys()], [...runs.keys()]]);
+    if (key !== shortcuts) {
+      shortcuts = key;
+      selectBy.querySelectorAll('button[data-select="function"], button[data-select="run"]')
+        .forEach((button) => button.remove());
+      const clear = selectBy.querySelector('button[data-select="none"]');
+      for (const [value, name] of functions) clear.before(shortcut("function", value, "Select all of ", name));
+      for (const [value, name] of runs) clear.before(shortcut("run", value, "Select all of run ", name));
+    }
+    selectBy.hidden = false;
+    countSelected();
+  };
+  const selecting = (button) => (box) => {
+    const card = cardOf(box);
+    if (button.dataset.select === "function") return card.dataset.function === button.dataset.value;
+    if (button.dataset.select === "run") return card.dataset.run === button.dataset.value;
+    return false;
+  };
+  selectBy.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-select]");
+    if (!button) return;
+    if (button.dataset.select === "none") {
+      boxes().forEach((box) => { box.checked = false; });
+    } else {
+      boxes().filter(selecting(button)).forEach((box) => { box.checked = true; });
+    }
+    countSelected();
+  });
+  pending.addEventListener("change", (event) => {
+    if (event.target.matches('input[type="checkbox"][name="id"]')) countSelected();
+  });
 
   const duration = (seconds) => {
     seconds = Math.max(0, Math.floor(seconds));
@@ -43,6 +106,7 @@
     if (document.getElementById(`req-${id}`) || document.getElementById(`dec-${id}`)) return false;
     pending.append(element(html));
     refreshEmpty();
+    refreshBatch();
     return true;
   };
   const addDecided = (id, html) => {
@@ -51,6 +115,7 @@
     history.prepend(element(html));
     while (history.children.length > HISTORY) history.lastElementChild.remove();
     refreshEmpty();
+    refreshBatch();
   };
 
   const source = new EventSource(document.body.dataset.events);
@@ -61,13 +126,16 @@
     const typing = new Map(
       [...pending.querySelectorAll("input[name], textarea")].map((field) => [field.id, field.value]),
     );
+    const chosen = new Set(boxes().filter((box) => box.checked).map((box) => box.value));
     pending.innerHTML = data.pending;
     history.innerHTML = data.history;
     for (const [id, value] of typing) {
       const field = document.getElementById(id);
       if (field) field.value = value;
     }
+    for (const box of boxes()) box.checked = chosen.has(box.value);  // only what was ticked
     refreshEmpty();
+    refreshBatch();
     tick();
   });
   source.addEventListener("requested", (event) => {
@@ -81,7 +149,81 @@
     say(data.summary);
   });
 
+  // A batch: the ticked requests, each decided on its own; what each came to, listed.
+  const OUTCOMES = {
+    decided: "decided",
+    counted: "vote counted",
+    already_decided: "not decided",
+    not_an_approver: "not decided",
+    unknown: "not decided",
+    not_decidable: "not decided",
+  };
+  const showResults = (result, results, names) => {
+    result.replaceChildren();
+    const decided = results.filter((item) => item.status === "decided").length;
+    const summary = document.createElement("p");
+    summary.textContent = `${decided} of ${results.length} decided`;
+    const list = document.createElement("ul");
+    list.className = "batch-results";
+    for (const item of results) {
+      const line = document.createElement("li");
+      line.className = `result-${item.status}`;
+      const what = names.get(item.id) || item.id.slice(0, 8);
+      line.textContent = `${what}: ${OUTCOMES[item.status] || item.status}: ${item.message}`;
+      list.append(line);
+    }
+    result.append(summary, list);
+    say(summary.textContent);
+  };
+  const submitBatch = async (form, submitter) => {
+    const body = new URLSearchParams(new FormData(form));  // the ticked boxes are the form's
+    body.set("action", submitter ? submitter.value : "approve");
+    const result = form.querySelector(".result");
+    const comment = form.querySelector("textarea[name=comment]");
+    const refuse = (text, field) => {
+      result.classList.add("error");
+      result.textContent = text;
+      say(text);
+      if (field) field.focus();
+    };
+    result.classList.remove("error");
+    if (!body.has("id")) return refuse("select the requests to decide first");
+    if (body.get("action") === "deny" && !body.get("comment").trim()) {
+      return refuse("give the reason for denying them in the comment", comment);
+    }
+    const ticked = boxes().filter((box) => box.checked);
+    const names = new Map(ticked.map((box) => [box.value, cardOf(box).querySelector("h3 code").textContent]));
+    const buttons = form.querySelectorAll('button[type="submit"]');
+    buttons.forEach((button) => { button.disabled = true; });
+    result.textContent = "sending…";
+    try {
+      const response = await fetch(form.getAttribute("action"), {
+        method: "POST",
+        body,
+        credentials: "same-origin",
+        headers: { Accept: "application/json", "X-CSRF-Token": csrf },
+      });
+      const type = response.headers.get("content-type") || "";
+      if (response.ok && type.includes("json")) {
+        showResults(result, (await response.json()).results, names);
+        ticked.forEach((box) => { box.checked = false; });  // decided (their cards go), or reported
+        comment.value = "";
+        countSelected();
+      } else {
+        refuse(await response.text());
+      }
+    } catch (error) {
+      refuse("could not reach the console; try again");
+    }
+    buttons.forEach((button) => { button.disabled = false; });
+  };
+
   document.addEventListener("submit", async (event) => {
+    if (event.target.closest("form.batch")) {
+      event.preventDefault();
+      await submitBatch(event.target, event.submitter);
+      return;
+    }
     const form = event.target.closest("form.decide");
     if (!form) return;
     event.preventDefault();
@@ -112,6 +254,7 @@
   });
 
   refreshEmpty();
+  refreshBatch();
   tick();
   setInterval(tick, 1000);
 })();
