@@ -112,6 +112,12 @@ class Decisions:
         if edits is not None and request.decision is None:
             if not approved:
                 raise InvalidEdit(request_id, "", "edits go with an approval, not a denial")
+            if request.editable and not request.takes_edits:
+                raise InvalidEdit(
+                    request_id,
+                    "",
+                    "it needs several approvals: the others would approve a call they did not see",
+                )
             check_edits(request_id, edits, request.editable or {}, request.kwargs)
             edits = dict(edits)
         now = datetime.now(UTC)

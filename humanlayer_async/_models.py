@@ -197,6 +197,13 @@ class ApprovalRequest:
         return Status.PENDING if self.decision is None else self.decision.status
 
     @property
+    def takes_edits(self) -> bool:
+        """Whether an approver may change arguments as they approve: the tool made some
+        editable, and one approval decides it. (With several, the approvers before or after
+        an edit would approve a call they did not see.)"""
+        return bool(self.editable) and self.approvals == 1 and self.kind == "approval"
+
+    @property
     def short_id(self) -> str:
         """The first eight characters of the id: enough to tell pending requests apart."""
         return self.id[:8]

@@ -222,14 +222,12 @@ def slack_view_submission(
     modal: Literal["deny", "answer", "full", "edit"] = "deny",
     user: str = "U0TESTER",
     values: Mapping[str, str | None] | None = None,
-    private_metadata: str | None = None,
 ) -> dict[str, Any]:
     """The ``view_submission`` payload of ``SlackChannel``'s deny-reason, answer, full-call or
     edit modal.
 
     For ``modal="edit"``, ``values`` is the text in each argument's box (``None``: emptied),
-    as Slack sends every box, changed or not; ``text`` is the comment. ``private_metadata``
-    is the opened view's (default: the request id).
+    as Slack sends every box, changed or not; ``text`` is the comment.
     """
     callback_id = {
         "deny": slack_blocks.DENY_VIEW,
@@ -252,7 +250,7 @@ def slack_view_submission(
             "id": "V0TEST",
             "type": "modal",
             "callback_id": callback_id,
-            "private_metadata": request_id if private_metadata is None else private_metadata,
+            "private_metadata": request_id,
             "state": {"values": state},
         },
     }

@@ -69,7 +69,7 @@ def _sections(request: ApprovalRequest) -> tuple[str, str, list[tuple[str, _Rows
         sections.append(("Context", _rows(dict(request.context))))
     sections.append(("", [expiry, ("Request", request.id)]))
     how = ANSWER_HELP
-    if request.editable:  # no grammar of its own here: where to change them
+    if request.takes_edits and request.editable:  # no grammar of its own here: where to change them
         names = ", ".join(visible(name) for name in request.editable)
         how += (
             f"\nTo change {names} before approving, approve in the web console or with\n"

@@ -338,7 +338,7 @@ def request_message(
             buttons.insert(0, _button(texts, "Approve", APPROVE, request, "primary"))
         elif viewable:
             buttons.insert(0, _button(texts, "Show the full call", FULL, request, "primary"))
-        if modals and request.editable and edit_view(request) is not None:
+        if modals and request.takes_edits and edit_view(request) is not None:
             buttons.insert(-1, _button(texts, "Edit", EDIT, request))
         tail.append({"type": "actions", "elements": buttons})
     if not mentions:
@@ -472,17 +472,16 @@ def _edit_box(texts: _Texts, name: str, text: str, schema: Mapping[str, Any]) ->
     }
 
 
-def edit_view(request: ApprovalRequest, message: tuple[str, str] | None = None) -> Block | None:
+def edit_view(request: ApprovalRequest) -> Block | None:
     """The modal Edit opens: a text box per editable argument, prefilled with its value, and an
     optional comment; it approves with the arguments whose box changed.
 
     An argument no box can hold whole (masked, too long) gets none, and the modal says why.
     Above the boxes: the call in one line when its message showed all of it, else the whole
     call as ``full_view`` shows it. ``None`` when nothing can be edited here, or it all takes
-    more than a modal holds. ``message`` (channel, ts) is the clicked message, for the
-    modal's submission to update.
+    more than a modal holds.
     """
-    if request.kind != "approval" or not request.editable:
+    if not request.takes_edits or request.editable is None:
         return None
     texts = _Texts()
     boxes: list[Block] = []
@@ -508,9 +507,8 @@ def edit_view(request: ApprovalRequest, message: tuple[str, str] | None = None) 
     shown.append({"type": "context", "elements": [texts.plain(said)]})
     if len(shown) + len(boxes) + 1 > _VIEW_BLOCKS:  # and the comment
         return None
-    metadata = " ".join((request.id, *(message or ())))
     labels = ("Edit and approve", "Approve", "Cancel", "Comment (optional)")
-    return _modal(texts, request, EDIT_VIEW, labels, [*shown, *boxes], optional=True, metadata=metadata)
+    return _modal(texts, request, EDIT_VIEW, labels, [*shown, *boxes], optional=True)
 
 
 def notice_view(text: Mrkdwn) -> Block:
@@ -532,17 +530,13 @@ def _modal(
     shown: list[Block],
     *,
     optional: bool,
-    metadata: str | None = None,
 ) -> Block:
-    """A modal showing ``shown`` over a text input; ``labels``: title, submit, close, input.
-
-    ``private_metadata`` is ``metadata``, by default the request id.
-    """
+    """A modal showing ``shown`` over a text input; ``labels``: title, submit, close, input."""
     title, submit, close, label = labels
     return {
         "type": "modal",
         "callback_id": callback_id,
-        "private_metadata": request.id if metadata is None else metadata,
+        "private_metadata": request.id,
         "title": texts.plain(title, 24),
         "submit": texts.plain(submit, 24),
         "close": texts.plain(close, 24),

@@ -121,7 +121,7 @@ def _decide_form(request: ApprovalRequest, *, action: str, csrf: str) -> str:
 
 
 def _editable(request: ApprovalRequest) -> bool:
-    return request.kind == "approval" and bool(request.editable) and request.decision is None
+    return request.takes_edits and request.decision is None
 
 
 def _choices(schema: Mapping[str, Any]) -> list[Any] | None:

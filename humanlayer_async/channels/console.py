@@ -279,7 +279,7 @@ def describe(request: ApprovalRequest) -> list[str]:
         lines.append(f"  approvers: {', '.join(visible(a) for a in request.approvers)}")
     if request.approvals > 1:
         lines.append(f"  needs {describe_votes(request.votes, request.approvals)}")
-    if request.editable:
+    if request.takes_edits and request.editable:
         names = ", ".join(visible(name) for name in request.editable)
         lines.append(f"  editable: {names}  (e {short} <name>=<value> approves with changes)")
     if cut or any(shortened for _, _, shortened in context):

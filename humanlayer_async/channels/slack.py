@@ -82,7 +82,6 @@ NOT_EDITABLE = blocks.markup(
     "or the call is too large to show): approve or deny it as it is, or edit it in another approval channel."
 )
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what a request id may look like
-_MESSAGE = re.compile(r"[0-9A-Za-z]{1,32} [0-9]{1,20}\.[0-9]{1,20}")  # a channel id and a message ts
 _BOLT_ACTIONS = re.compile(
     "^(?:"
     + "|".join(
@@ -164,7 +163,6 @@ class _Submission:
     user: str
     text: str | None
     boxes: Mapping[str, str] | None = None  # the edit modal's boxes: argument → the text in it
-    message: tuple[str, str] | None = None  # the edit modal's message: channel, ts
 
 
 @dataclass(frozen=True, slots=True)
@@ -795,10 +793,9 @@ class SlackChannel(BaseChannel):
         """The Edit button: the editable arguments in a modal that approves with what changed."""
         if self._webhook_url is not None:
             raise _BadPayload("Edit through an incoming webhook, which opens no modals")
-        if not request.editable:
-            raise _BadPayload("Edit on a request with no editable arguments")
-        message = (click.channel, click.message_ts) if click.channel and click.message_ts else None
-        view = blocks.edit_view(request, message)
+        if not request.takes_edits:
+            raise _BadPayload("Edit on a request that takes no edits")
+        view = blocks.edit_view(request)
         if view is None:
             logger.warning("slack.not_editable", request_id=request.id, user=click.user)
             return _Reply(NOT_EDITABLE)
@@ -827,9 +824,7 @@ class SlackChannel(BaseChannel):
                 reply = await self._decide(request, who, True, comment=submission.text)
             elif submission.view == blocks.EDIT_VIEW and request.kind == "approval":
                 edits = _changed(request, submission.boxes or {})
-                reply = await self._decide(
-                    request, who, True, comment=submission.text, edits=edits, message=submission.message
-                )
+                reply = await self._decide(request, who, True, comment=submission.text, edits=edits)
             elif submission.view == blocks.ANSWER_VIEW and request.kind == "question" and submission.text:
                 reply = await self._decide(request, who, True, answer=submission.text)
             else:
@@ -963,21 +958,13 @@ def _parse_click(payload: Mapping[str, Any]) -> _Click:
 def _parse_submission(payload: Mapping[str, Any]) -> _Submission:
     view = payload.get("view")
     callback_id, metadata = _text(view, "callback_id"), _text(view, "private_metadata")
-    boxes, message = None, None
-    if callback_id == blocks.EDIT_VIEW:
-        metadata, _, where = metadata.partition(" ")
-        if where and not _MESSAGE.fullmatch(where):
-            raise _BadPayload("malformed message in private_metadata")
-        channel, _, ts = where.partition(" ")
-        message = (channel, ts) if where else None
-        boxes = _edit_boxes(dig(view, "state", "values"))
+    boxes = _edit_boxes(dig(view, "state", "values")) if callback_id == blocks.EDIT_VIEW else None
     return _Submission(
         view=callback_id,
         request_id=_request_id(metadata),
         user=_text(payload, "user", "id"),
         text=_optional(view, "state", "values", blocks.TEXT_BLOCK, blocks.TEXT_ACTION, "value"),
         boxes=boxes,
-        message=message,
     )
 
 
