@@ -295,3 +295,35 @@ async def test_two_email_replies_make_a_quorum_and_the_same_sender_twice_counts_
             decided = await post_mailgun(client, to=reply_to[BOB], sender=BOB, text="approve")
             assert decided.json() == {"status": "approved"}
         assert results == ["closed acme"]
+
+
+async def test_votes_from_several_processes_at_once_count_once_each(store_url: str) -> None:
+    # Three approvers, each voting twice at the same instant from their own CLI process,
+    # while the call waits here: one decision, made of exactly the three, and one run.
+    async with HumanLayer([], store=store_url, listen=None) as hl:
+        runs: list[str] = []
+
+        @hl.require_approval(approvals=3)
+        async def rotate_root_keys() -> str:
+            runs.append("rotated")
+            return "rotated"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(rotate_root_keys)
+            [request] = await wait_for_pending(hl)
+            codes: list[int] = []
+
+            async def vote(voter: str) -> None:
+                code, _, _ = await run_cli("approve", request.id, "--by", voter, "--store", store_url)
+                codes.append(code)
+
+            async with anyio.create_task_group() as voters:
+                for voter in ("ann", "ben", "cat") * 2:
+                    voters.start_soon(vote, voter)
+        decision = (await hl.get(request.id)).decision
+        assert decision is not None and decision.status is Status.APPROVED
+        assert sorted(v.by for v in decision.votes) == ["ann", "ben", "cat"]
+        assert runs == ["rotated"]
+        assert set(codes) <= {0, 1}  # a vote after the third is told who decided (exit 1)
+        voted = [e for e in await hl.store.history(request_id=request.id) if e.event == "approval.voted"]
+        assert sorted(e.fields["approvals"] for e in voted) == [1, 2, 3]
