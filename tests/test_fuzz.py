@@ -407,6 +407,48 @@ async def test_web_console_forms(
 
 @FUZZ
 @given(
+    request_ids=st.lists(ids, max_size=5),
+    headers=extra_headers,
+    header_csrf=st.one_of(st.none(), st.sampled_from([REAL_CSRF, "", REAL_CSRF + "x", "forged"])),
+    genuine_action=st.booleans(),
+    action=not_an_action,
+    csrf_field=st.sampled_from(["", "forged", REAL_CSRF + "x"]),
+    extra=st.dictionaries(st.text(max_size=12), st.text(max_size=40), max_size=3),
+    method=st.sampled_from(["POST", "POST", "GET", "PUT"]),
+)
+async def test_web_console_batch(
+    site: Site,
+    client: httpx.AsyncClient,
+    csrf: str,
+    request_ids: list[str],
+    headers: dict[str, str],
+    header_csrf: str | None,
+    genuine_action: bool,
+    action: str,
+    csrf_field: str,
+    extra: dict[str, str],
+    method: str,
+) -> None:
+    # A genuine action comes with a forged CSRF token only: with the real one it would decide.
+    headers.pop("cookie", None)
+    fields = [("id", real(request_id, site)) for request_id in request_ids]
+    if genuine_action:
+        fields += [("action", "approve"), ("csrf", real(csrf_field, site, csrf))]
+        headers.pop("x-csrf-token", None)
+    else:
+        fields += [("action", action), ("csrf", csrf)]
+        if header_csrf is not None:
+            headers["x-csrf-token"] = real(header_csrf, site, csrf)
+    fields += list(extra.items())
+    body = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in fields).encode()
+    headers["content-type"] = "application/x-www-form-urlencoded"
+    response = await send(client, method, "/approvals/batch", content=body, headers=headers)
+    assert response.status_code in (400, 403, 404, 405, 409, 415), response.text[:200]
+    await still_untouched(site)
+
+
+@FUZZ
+@given(
     path=st.text(max_size=60),
     query=st.dictionaries(st.text(max_size=10), st.text(max_size=40), max_size=3),
     method=st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE"]),
