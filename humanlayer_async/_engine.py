@@ -71,6 +71,15 @@ _UNDELIVERED: dict[int, str | None] = {}
 """The (never written) delivery record of a call with no channel: saves each one a dict."""
 
 
+@dataclass
+class _Delivered:
+    """Where a request that needs several approvals was delivered, and the count shown there."""
+
+    channels: Sequence[Channel]
+    refs: dict[int, str | None]
+    shown: int = 0
+
+
 class Decisions:
     """Decides requests that exist: through a store, waking the calls waiting in ``registry``."""
 
@@ -172,9 +181,14 @@ class Decisions:
         tally = await self.store.vote(request.id, vote, request.approvals)
         if tally.decision is not None:
             self.registry.resolve(tally.decision)
+        else:
+            await self._voted(request.id)
         self._changed()
         stands = tally.decision is None or tally.decided_now
         return Answered(tally.decision, stands, tally.votes, request.approvals)
+
+    async def _voted(self, request_id: str) -> None:
+        """A vote counted and the request still waits: the engine shows the count where it sent it."""
 
     async def _check_approver(
         self, request_id: str, by: str | Principal, via: str, *, question: bool = False
@@ -219,6 +233,9 @@ class Engine(Decisions):
         self.max_pending = max_pending
         self.default_run = default_run
         self._asking = 0  # calls between ask() and their decision: what max_pending bounds
+        # Requests waited for here that need several approvals: where they were delivered,
+        # so that each vote's count is shown there (kept for these only: it costs memory).
+        self._counted: dict[str, _Delivered] = {}
 
     def run(self) -> Run | None:
         """The run the current task's calls belong to."""
@@ -303,6 +320,8 @@ class Engine(Decisions):
             try:
                 if deliver and channels:
                     await self._deliver(request, channels, refs)
+                if request.approvals > 1 and refs:
+                    self._counted[request.id] = _Delivered(channels, refs)
                 outcome = await future
                 if outcome is CLOSED:
                     raise self._stopped()
@@ -329,6 +348,7 @@ class Engine(Decisions):
                 raise
             finally:
                 registry.discard(request.id, future)
+                self._counted.pop(request.id, None)
             if refs:  # tell the channels that delivered it; none did: nothing to update
                 self.runtime.spawn(self._update, replace(request, decision=decision), channels, refs)
             return decision
@@ -409,14 +429,31 @@ class Engine(Decisions):
         if decision.status is Status.FAILED:
             raise ChannelError(f"no channel could deliver the request for {request.function}: {reason}")
 
+    async def _voted(self, request_id: str) -> None:
+        if request_id in self._counted:
+            self.runtime.spawn(self._show_count, request_id)
+
+    async def _show_count(self, request_id: str) -> None:
+        """Show a waiting request's votes so far where it was delivered (``Channel.progress``)."""
+        found = self._counted.get(request_id)
+        if found is None:
+            return
+        request = await self.store.get(request_id)
+        if request.decision is None and len(request.votes) != found.shown:  # a store also tells its own votes
+            found.shown = len(request.votes)
+            await self._update(request, found.channels, found.refs)
+
     async def _update(
         self, request: ApprovalRequest, channels: Sequence[Channel], refs: Mapping[int, str | None]
     ) -> None:
-        """Tell every channel that delivered the request how it ended."""
+        """Tell every channel that delivered the request how it ended (or, pending, its count)."""
 
         async def update(channel: Channel, ref: str | None) -> None:
             try:
-                await channel.update(request, ref)
+                if request.decision is not None:
+                    await channel.update(request, ref)
+                elif (progress := getattr(channel, "progress", None)) is not None:
+                    await progress(request, ref)
             except Exception as exc:
                 logger.warning(
                     "approval.update_failed", request_id=request.id, channel=channel.name, error=str(exc)
@@ -481,6 +518,8 @@ class Engine(Decisions):
                     self._changed()
                     if event.kind == "resync":
                         await self._resync()
+                    elif event.kind == "voted":
+                        await self._voted(event.request_id)
                     elif event.kind == "decided" and event.request_id in self.registry:
                         request = await self.store.get(event.request_id)
                         if request.decision is not None:

@@ -327,3 +327,41 @@ async def test_votes_from_several_processes_at_once_count_once_each(store_url: s
         assert set(codes) <= {0, 1}  # a vote after the third is told who decided (exit 1)
         voted = [e for e in await hl.store.history(request_id=request.id) if e.event == "approval.voted"]
         assert sorted(e.fields["approvals"] for e in voted) == [1, 2, 3]
+
+
+async def test_a_vote_cast_anywhere_shows_its_count_where_the_request_was_sent(
+    slack: FakeSlack, tmp_path: Path
+) -> None:
+    # Cast through Python here and from a CLI process: the waiting process updates its message.
+    url = f"sqlite:///{tmp_path / 'hl.db'}"
+    channel = SlackChannel(
+        bot_token=BOT_TOKEN, signing_secret=SECRET, channel="C0APPROVALS", base_url=slack.api_url
+    )
+    async with HumanLayer([channel], store=url, listen=None) as hl:
+
+        @hl.require_approval(approvals=3)
+        async def failover(region: str) -> str:
+            return f"failed over {region}"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(failover, "eu-west-1")
+            [request] = await wait_for_pending(hl)
+            await slack.wait_calls("chat.postMessage")
+            assert await hl.decide(request.id, True, by="ann") is None
+            await slack.wait_for(lambda: shown(slack, "1 of 3 approvals: ann"))
+            code, _, _ = await run_cli("approve", request.id, "--by", "ben", "--store", url)
+            assert code == 0
+            await slack.wait_for(lambda: shown(slack, "2 of 3 approvals: ann, ben"))
+            assert await hl.decide(request.id, True, by="cat") is not None
+        await slack.wait_for(
+            lambda: [c for c in slack.received("chat.update") if "approved by cat" in c.data["text"]]
+        )
+        counts = [c for c in slack.received("chat.update") if "approvals:" in json.dumps(c.data["blocks"])]
+        assert (
+            len(counts) == 2
+        )  # each count shown once, though the store also tells this process its own vote
+
+
+def shown(slack: FakeSlack, text: str) -> list[Any]:
+    """The message updates that show ``text``."""
+    return [call for call in slack.received("chat.update") if text in json.dumps(call.data["blocks"])]

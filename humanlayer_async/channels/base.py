@@ -138,6 +138,11 @@ class BaseChannel:
     async def update(self, request: ApprovalRequest, ref: str | None) -> None:
         return None
 
+    async def progress(self, request: ApprovalRequest, ref: str | None) -> None:
+        """A request that needs several approvals got a vote and still waits: show the count
+        (``request.votes``) where it was delivered. Optional: the engine calls it on channels
+        that have it."""
+
     def routes(self) -> Sequence[BaseRoute]:
         return ()
 

@@ -113,6 +113,9 @@ class ConsoleChannel(BaseChannel):
         if request.decision is not None:
             self._say(_outcome(request, request.decision))
 
+    async def progress(self, request: ApprovalRequest, ref: str | None) -> None:
+        self._say(f"[{request.short_id}] {describe_votes(request.votes, request.approvals)}")
+
     async def run(self, decider: Decider, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
         self._decider = decider
         source = sys.stdin if self._input is None else self._input

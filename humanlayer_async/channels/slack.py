@@ -151,7 +151,6 @@ class _Click:
     channel: str | None
     response_url: str | None
     thread_ts: str | None = None  # the thread the clicked message is in
-    message_ts: str | None = None  # the clicked message
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,6 +491,17 @@ class SlackChannel(BaseChannel):
         ref = f"{response['channel']}:{response['ts']}"
         return ref if where.thread_ts is None else f"{ref}:{where.thread_ts}"
 
+    async def progress(self, request: ApprovalRequest, ref: str | None) -> None:
+        """A vote counted on a request that needs several: its message shows the count."""
+        if self._webhook_url is not None or ref is None:
+            return  # an incoming webhook's message changes only through a click's response_url
+        web = self._running()
+        channel, ts, *_ = ref.split(":")
+        async with self._update_slots:
+            shown = blocks.request_message(request, self._allowed(request), modals=True)
+            update = functools.partial(web.chat_update, channel=channel, ts=ts, **shown)
+            await self._retrying("chat.update", update, time.monotonic() + _UPDATE_WINDOW)
+
     async def update(self, request: ApprovalRequest, ref: str | None) -> None:
         web = self._running()
         response_url = None
@@ -771,8 +781,7 @@ class SlackChannel(BaseChannel):
             return await self._decide(request, who, True, answer=click.text)
         if click.action == blocks.ANSWER:
             raise _BadPayload("an Answer button in webhook mode")
-        message = (click.channel, click.message_ts) if click.channel and click.message_ts else None
-        return await self._decide(request, who, click.action == blocks.APPROVE, message=message)
+        return await self._decide(request, who, click.action == blocks.APPROVE)
 
     async def _show_full_call(self, click: _Click, web: AsyncWebClient | None) -> _Reply:
         """The "Show the full call" button: the whole call in a modal, which approves it."""
@@ -843,14 +852,13 @@ class SlackChannel(BaseChannel):
         *,
         comment: str | None = None,
         answer: str | None = None,
-        message: tuple[str, str] | None = None,
         edits: Mapping[str, Any] | None = None,
     ) -> _Reply:
         """Store the decision before the callback is acknowledged; say who won if not us.
 
         A vote that leaves the request waiting for more approvals is confirmed to whoever
-        cast it, and the clicked ``message`` (channel, ts) shows the count (and the edited
-        call, when it edited). An edit that may not be made is said under its argument's box.
+        cast it (the message shows the count once the waiting process has it: ``progress``).
+        An edit that may not be made is said under its argument's box.
         """
         assert self._decider is not None
         try:
@@ -870,11 +878,6 @@ class SlackChannel(BaseChannel):
         except UnknownRequest:
             raise _unknown(request.id) from None
         if answered.decision is None:  # a vote: the request waits for more
-            if message is not None and self._webhook_url is None and self._web is not None:
-                counted = await self._decider.get(request.id)
-                shown = blocks.request_message(counted, self._allowed(counted), modals=True)
-                update = functools.partial(self._web.chat_update, channel=message[0], ts=message[1], **shown)
-                self._later("chat.update", update)
             progress = describe_votes(answered.votes, answered.needed)
             return _Reply(
                 blocks.markup("Your approval is counted: {}", blocks.escape(progress)), counted=True
@@ -951,7 +954,6 @@ def _parse_click(payload: Mapping[str, Any]) -> _Click:
         channel=_optional(payload, "container", "channel_id") or _optional(payload, "channel", "id"),
         response_url=_optional(payload, "response_url"),
         thread_ts=_optional(payload, "container", "thread_ts"),
-        message_ts=_optional(payload, "container", "message_ts"),
     )
 
 
