@@ -144,6 +144,19 @@ async def fake_slack() -> AsyncIterator[FakeSlack]:
         yield fake
 
 
+@pytest.fixture
+def no_slack_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Slack setting of the developer's shell reaches the channels under test."""
+    for variable in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN", "SLACK_APPROVAL_CHANNEL"):
+        monkeypatch.delenv(variable, raising=False)
+
+
+@pytest.fixture
+def slack(fake_slack: FakeSlack, no_slack_environment: None) -> FakeSlack:
+    """The fake Slack, with no Slack setting from the environment."""
+    return fake_slack
+
+
 # -- requests and decisions made directly, as a store holds them --------------------------
 
 

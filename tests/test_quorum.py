@@ -4,7 +4,6 @@ person is one vote whatever the channel; the votes are shown and recorded."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,16 +37,10 @@ from .conftest import Inbox, make_channel, post_mailgun
 from .durable_helpers import run_cli
 from .fake_slack import BOT_TOKEN, FakeSlack
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_slack_environment")]
 
 ALICE, BOB, CAROL = "alice@company.com", "bob@company.com", "carol@company.com"
 SECRET = "quorum-signing-secret-0123456789"
-
-
-@pytest.fixture(autouse=True)
-def _no_slack_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APPROVAL_CHANNEL", "SLACK_APP_TOKEN"):
-        monkeypatch.delenv(variable, raising=False)
 
 
 async def test_two_distinct_approvers_are_needed_and_the_same_person_counts_once() -> None:
@@ -154,10 +147,9 @@ def test_approvals_must_be_a_count_of_people() -> None:
 
 
 @pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack() as fake:
-        fake.users.update({"U0ALICE": ALICE, "U0BOB": BOB})
-        yield fake
+def slack(slack: FakeSlack) -> FakeSlack:
+    slack.users.update({"U0ALICE": ALICE, "U0BOB": BOB})
+    return slack
 
 
 async def click(client: httpx.AsyncClient, request_id: str, user: str) -> httpx.Response:

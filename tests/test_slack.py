@@ -7,7 +7,6 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,24 +41,12 @@ from humanlayer_async.testing import (
 from .conftest import LateDecider, make_request, serving
 from .fake_slack import APP_TOKEN, BOT_TOKEN, Call, FakeSlack
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_slack_environment")]
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 CHANNEL = "C0APPROVALS"
 ALICE, BOB, MALLORY = "U0ALICE", "U0BOB", "U0MALLORY"
 NOT_AN_APPROVER = "you are not an approver for this request"
-
-
-@pytest.fixture(autouse=True)
-def _no_slack_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN"):
-        monkeypatch.delenv(variable, raising=False)
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack() as fake:
-        yield fake
 
 
 def web_api(slack: FakeSlack, **options: Any) -> SlackChannel:

@@ -37,23 +37,11 @@ from humanlayer_async.testing import (
 
 from .fake_slack import APP_TOKEN, BOT_TOKEN, FakeSlack
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_slack_environment")]
 
 SECRET = "bolt-app-signing-secret-0123456789"
 CHANNEL = "C0APPROVALS"
 ALICE, MALLORY = "U0ALICE", "U0MALLORY"
-
-
-@pytest.fixture(autouse=True)
-def _no_slack_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN"):
-        monkeypatch.delenv(variable, raising=False)
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack() as fake:
-        yield fake
 
 
 def bolt_app(slack: FakeSlack, **options: Any) -> AsyncApp:

@@ -4,7 +4,6 @@ signed as Slack signs them (over HTTP to the listener, or through an attach()ed 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -19,23 +18,11 @@ from .fake_slack import Call, FakeSlack
 from .test_slack import CHANNEL, SECRET, assert_inert, buttons, click, text_objects, web_api
 from .test_slack_bolt import attached, bolt_app, post, served
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_slack_environment")]
 
 ALICE, BOB, MALLORY = "U0ALICE", "U0BOB", "U0MALLORY"
 NOT_AN_APPROVER = "you are not an approver for this request"
 PINGS = "<!channel> <@U123> <https://evil/|Click to approve>"
-
-
-@pytest.fixture(autouse=True)
-def _no_slack_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN"):
-        monkeypatch.delenv(variable, raising=False)
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack() as fake:
-        yield fake
 
 
 def labels(call: Call) -> list[str]:

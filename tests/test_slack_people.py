@@ -31,7 +31,7 @@ from humanlayer_async.testing import sign_slack_body, slack_block_actions, slack
 
 from .fake_slack import BOT_TOKEN, SCOPES, Call, FakeSlack
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_slack_environment")]
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 CHANNEL = "C0APPROVALS"
@@ -52,18 +52,11 @@ YOUR_OWN = "you requested this call, so someone else must decide it"
 Tool = Callable[..., Awaitable[str]]
 
 
-@pytest.fixture(autouse=True)
-def _no_slack_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN"):
-        monkeypatch.delenv(variable, raising=False)
-
-
 @pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack() as fake:
-        fake.users.update(PEOPLE)
-        fake.groups[FINANCE] = [ALICE, CAROL]
-        yield fake
+def slack(slack: FakeSlack) -> FakeSlack:
+    slack.users.update(PEOPLE)
+    slack.groups[FINANCE] = [ALICE, CAROL]
+    return slack
 
 
 def slack_channel(slack: FakeSlack, channel: str = CHANNEL, **options: Any) -> SlackChannel:

@@ -37,7 +37,7 @@ from humanlayer_async.testing import slack_block_actions
 
 from .fake_slack import APP_TOKEN, BOT_TOKEN, Call, FakeSlack
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_slack_environment")]
 
 T = TypeVar("T")
 
@@ -74,12 +74,6 @@ async def workers(request: pytest.FixtureRequest) -> AsyncIterator[Workers]:
             yield Workers("anyio")
         finally:
             limiter.total_tokens = tokens
-
-
-@pytest.fixture(autouse=True)
-def _no_slack_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN"):
-        monkeypatch.delenv(variable, raising=False)
 
 
 async def approve_waiting_calls(
