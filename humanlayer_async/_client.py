@@ -372,6 +372,7 @@ class HumanLayer:
         approvers: Iterable[str] | str | None = None,
         approvals: int = 1,
         editable: bool | Sequence[str] = False,
+        remind_every: float | timedelta | None = None,
         timeout: float | timedelta | None = None,
         on_reject: Literal["raise"] | None = None,
         render: Render | None = None,
@@ -389,6 +390,7 @@ class HumanLayer:
         approvers: Iterable[str] | str | None = None,
         approvals: int = 1,
         editable: bool | Sequence[str] = False,
+        remind_every: float | timedelta | None = None,
         timeout: float | timedelta | None = None,
         on_reject: Literal["return"],
         render: Render | None = None,
@@ -405,6 +407,7 @@ class HumanLayer:
         approvers: Iterable[str] | str | None = None,
         approvals: int = 1,
         editable: bool | Sequence[str] = False,
+        remind_every: float | timedelta | None = None,
         timeout: float | timedelta | None = None,
         on_reject: OnReject | None = None,
         render: Render | None = None,
@@ -430,6 +433,10 @@ class HumanLayer:
         those arguments as they approve (``hl.decide(..., edits={"amount": 5000})``); each
         needs a type hint with an exact JSON form, checked here (``ConfigurationError``).
 
+        ``remind_every`` (seconds or a ``timedelta``) reminds the approvers where the request
+        was delivered, at that interval, until it is decided or times out; with a shared store,
+        each reminder is sent by one process of the fleet.
+
         ``approvals=2`` (or more) needs that many distinct approvers to approve a call,
         whatever channels they answer through; one denial denies it. The same person
         approving twice counts once; the votes so far are on ``hl.get(id).votes``.
@@ -451,6 +458,7 @@ class HumanLayer:
             "approvers": _approver_tuple(approvers),
             "approvals": _check_approvals(approvals),
             "editable": editable,
+            "remind_every": None if remind_every is None else _seconds(remind_every, "remind_every"),
             "timeout": None if timeout is None else _seconds(timeout, "timeout"),
             "on_reject": self._on_reject if on_reject is None else _check_on_reject(on_reject),
         }

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
@@ -317,11 +317,15 @@ class Engine(Decisions):
                 if isinstance(attached, Decision):
                     return attached
                 request, future, refs = stored, *attached
+            reminders = None
             try:
                 if deliver and channels:
                     await self._deliver(request, channels, refs)
                 if request.approvals > 1 and refs:
                     self._counted[request.id] = _Delivered(channels, refs)
+                if tool.remind_every is not None and refs:
+                    reminders = anyio.CancelScope()
+                    self.runtime.spawn(self._remind, reminders, request, channels, refs, tool.remind_every)
                 outcome = await future
                 if outcome is CLOSED:
                     raise self._stopped()
@@ -349,6 +353,8 @@ class Engine(Decisions):
             finally:
                 registry.discard(request.id, future)
                 self._counted.pop(request.id, None)
+                if reminders is not None:
+                    reminders.cancel()
             if refs:  # tell the channels that delivered it; none did: nothing to update
                 self.runtime.spawn(self._update, replace(request, decision=decision), channels, refs)
             return decision
@@ -429,6 +435,36 @@ class Engine(Decisions):
         if decision.status is Status.FAILED:
             raise ChannelError(f"no channel could deliver the request for {request.function}: {reason}")
 
+    async def _remind(
+        self,
+        scope: anyio.CancelScope,
+        request: ApprovalRequest,
+        channels: Sequence[Channel],
+        refs: Mapping[int, str | None],
+        every: float,
+    ) -> None:
+        """Remind the approvers where ``request`` was delivered, every ``every`` seconds from
+        its creation, until the waiting call ends (``scope`` is cancelled then).
+
+        Reminder ``n`` is claimed in the store first, so that of the processes waiting for the
+        request (a fleet, a restarted one) exactly one sends it; one that starts late sends
+        only those still to come.
+        """
+        with scope:
+            elapsed = (datetime.now(UTC) - request.created_at).total_seconds()
+            number = int(elapsed // every)
+            while True:
+                number += 1
+                due = request.created_at + timedelta(seconds=every * number)
+                await anyio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
+                if not await self.claim(f"remind:{request.id}:{number}", due + timedelta(seconds=every)):
+                    continue
+                current = await self.store.get(request.id)
+                if current.decision is not None:
+                    return
+                logger.info("approval.reminded", request_id=request.id, reminder=number)
+                await self._each(current, channels, refs, "remind")
+
     async def _voted(self, request_id: str) -> None:
         if request_id in self._counted:
             self.runtime.spawn(self._show_count, request_id)
@@ -448,20 +484,31 @@ class Engine(Decisions):
     ) -> None:
         """Tell every channel that delivered the request how it ended (or, pending, its count)."""
 
-        async def update(channel: Channel, ref: str | None) -> None:
+        await self._each(request, channels, refs, "update" if request.decision is not None else "progress")
+
+    async def _each(
+        self,
+        request: ApprovalRequest,
+        channels: Sequence[Channel],
+        refs: Mapping[int, str | None],
+        method: Literal["update", "progress", "remind"],
+    ) -> None:
+        """Call ``method`` on every channel that delivered ``request`` and has it, at once."""
+
+        async def call(channel: Channel, ref: str | None) -> None:
+            act = getattr(channel, method, None)
+            if act is None:  # progress and remind are optional
+                return
             try:
-                if request.decision is not None:
-                    await channel.update(request, ref)
-                elif (progress := getattr(channel, "progress", None)) is not None:
-                    await progress(request, ref)
+                await act(request, ref)
             except Exception as exc:
                 logger.warning(
-                    "approval.update_failed", request_id=request.id, channel=channel.name, error=str(exc)
+                    f"approval.{method}_failed", request_id=request.id, channel=channel.name, error=str(exc)
                 )
 
         async with anyio.create_task_group() as task_group:
             for index, ref in refs.items():
-                task_group.start_soon(update, channels[index], ref)
+                task_group.start_soon(call, channels[index], ref)
 
     async def begin_execution(
         self, decision: Decision, tool: ToolSpec, kwargs: Mapping[str, Any]

@@ -62,6 +62,8 @@ class ToolSpec:
     """How many distinct approvers must approve a call."""
     editable: Mapping[str, Any] | None = None
     """The JSON Schema of each argument an approver may change (``None``: none)."""
+    remind_every: float | None = None
+    """Seconds between reminders while a request waits (``None``: no reminders)."""
 
 
 class Asker(Protocol):
@@ -256,6 +258,7 @@ def gate(
     approvers: tuple[str, ...],
     approvals: int,
     editable: bool | Sequence[str],
+    remind_every: float | None,
     timeout: float | None,
     on_reject: OnReject,
 ) -> Callable[..., Any]:
@@ -296,7 +299,9 @@ def gate(
         return described if isinstance(described, Mapping) else {"context": described}
 
     schemas = editable_schemas(func, editable) or None
-    tool = ToolSpec("approval", name, approvers, timeout, channels, doc, qualname, approvals, schemas)
+    tool = ToolSpec(
+        "approval", name, approvers, timeout, channels, doc, qualname, approvals, schemas, remind_every
+    )
 
     def edited_call(decision: Decision, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The tool's keyword arguments with the approver's edits (editable ones are keywords)."""

@@ -18,7 +18,15 @@ from .._models import ApprovalRequest, Decision
 from .._render import describe_decision, format_value, full_call, shorten, summarize, visible
 from ._mail_reply import ANSWER_HELP, QUESTION_HELP, utf8_safe
 
-__all__ = ["compose", "follow_up_text", "full_call_attachment", "help_text", "request_bodies", "subject"]
+__all__ = [
+    "compose",
+    "follow_up_text",
+    "full_call_attachment",
+    "help_text",
+    "reminder_text",
+    "request_bodies",
+    "subject",
+]
 
 SHORTENED = "(shortened: the full call is attached)"
 """Said next to each value the body shows shortened."""
@@ -116,6 +124,12 @@ def help_text(request: ApprovalRequest) -> str:
     if request.kind == "question":
         return f"Your reply had no answer above the quoted message.\n\n{QUESTION_HELP}\n"
     return f"Your reply did not approve or deny {summarize(request)}.\n\n{ANSWER_HELP}\n"
+
+
+def reminder_text(request: ApprovalRequest) -> str:
+    """A reminder that the request still waits, answered as the request is."""
+    how = QUESTION_HELP if request.kind == "question" else ANSWER_HELP
+    return f"Reminder: this still waits for your decision.\n\n{summarize(request)}\n\n{how}\n"
 
 
 def follow_up_text(request: ApprovalRequest, decision: Decision) -> str:

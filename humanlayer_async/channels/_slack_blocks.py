@@ -59,6 +59,7 @@ __all__ = [
     "markup",
     "notice_view",
     "outcome_message",
+    "reminder",
     "request_message",
     "slack_describe",
 ]
@@ -365,6 +366,12 @@ def _shortened(request: ApprovalRequest, viewable: bool, modals: bool) -> str:
         f"{said}, and the whole {what} {why}: see it and {decide} in another approval channel "
         "(the web console, email or the terminal)."
     )
+
+
+def reminder(request: ApprovalRequest, mentions: Sequence[Mrkdwn]) -> Mrkdwn:
+    """A reminder that ``request`` still waits, mentioning ``mentions`` (its approvers)."""
+    lead = markup("{} ", Mrkdwn(" ".join(mentions))) if mentions else markup("")
+    return markup("{}Reminder: this still waits for a decision: {}", lead, _notification(request))
 
 
 def outcome_message(request: ApprovalRequest) -> dict[str, Any]:

@@ -143,6 +143,10 @@ class BaseChannel:
         (``request.votes``) where it was delivered. Optional: the engine calls it on channels
         that have it."""
 
+    async def remind(self, request: ApprovalRequest, ref: str | None) -> None:
+        """The request still waits (``remind_every=``): remind its approvers where it was
+        delivered. Optional, as ``progress``."""
+
     def routes(self) -> Sequence[BaseRoute]:
         return ()
 

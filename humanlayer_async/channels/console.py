@@ -113,6 +113,9 @@ class ConsoleChannel(BaseChannel):
         if request.decision is not None:
             self._say(_outcome(request, request.decision))
 
+    async def remind(self, request: ApprovalRequest, ref: str | None) -> None:
+        self._say(f"reminder: [{request.short_id}] still waits: {summarize(request)}")
+
     async def progress(self, request: ApprovalRequest, ref: str | None) -> None:
         self._say(f"[{request.short_id}] {describe_votes(request.votes, request.approvals)}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import time
 from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import getaddresses
@@ -26,7 +27,15 @@ from .._refused import Refused
 from .._render import describe_decision, describe_votes
 from .._retry import Backoff
 from ._inbound_mail import PROVIDERS, InboundMail, Provider, ReplayGuard, read_mail
-from ._mail_compose import compose, follow_up_text, full_call_attachment, help_text, request_bodies, subject
+from ._mail_compose import (
+    compose,
+    follow_up_text,
+    full_call_attachment,
+    help_text,
+    reminder_text,
+    request_bodies,
+    subject,
+)
 from ._mail_reply import parse_answer
 from ._reply_token import TOKEN_LENGTH, ReplyTokens
 from .base import BaseChannel, Decider
@@ -239,9 +248,21 @@ class EmailChannel(BaseChannel):
     async def update(self, request: ApprovalRequest, ref: str | None) -> None:
         """Reply in each recipient's thread with who decided, how and when."""
         self._helped.discard(request.id)
-        if request.decision is None or not ref:
-            return
-        decision = request.decision
+        if request.decision is not None and ref:
+            text = follow_up_text(request, request.decision)
+            await self._in_thread(request, ref, text, f".{request.decision.status.value}", answerable=False)
+
+    async def remind(self, request: ApprovalRequest, ref: str | None) -> None:
+        """Reply in each recipient's thread that the request still waits; a reply to it answers."""
+        if request.decision is None and ref:
+            stamp = f".remind.{int(time.time())}"
+            await self._in_thread(request, ref, reminder_text(request), stamp, answerable=True)
+
+    async def _in_thread(
+        self, request: ApprovalRequest, ref: str, text: str, suffix: str, *, answerable: bool
+    ) -> None:
+        """Mail ``text`` to each recipient in the thread of the request mailed to them (``ref``);
+        ``answerable``: with the request's reply address, so that replying to it decides."""
         messages = []
         for match in _MESSAGE_ID.finditer(ref):
             index = int(match.group(2))
@@ -252,8 +273,9 @@ class EmailChannel(BaseChannel):
                     sender=self.sender,
                     to=self.to[index],
                     subject=f"Re: {subject(request)}",
-                    text=follow_up_text(request, decision),
-                    message_id=self._message_id(request.id, index, f".{decision.status.value}"),
+                    text=text,
+                    message_id=self._message_id(request.id, index, suffix),
+                    reply_to=self._reply_address(request.id, index) if answerable else None,
                     in_reply_to=match.group(0),
                     references=[match.group(0)],
                 )

@@ -491,6 +491,20 @@ class SlackChannel(BaseChannel):
         ref = f"{response['channel']}:{response['ts']}"
         return ref if where.thread_ts is None else f"{ref}:{where.thread_ts}"
 
+    async def remind(self, request: ApprovalRequest, ref: str | None) -> None:
+        """A reply under the request's message (in its conversation's thread, when it is in
+        one) that mentions its approvers, so that Slack notifies them again."""
+        if self._webhook_url is not None or ref is None:
+            return  # an incoming webhook posts to its channel only: no thread to remind in
+        web = self._running()
+        channel, ts, *thread = ref.split(":")
+        mentions = [m for m in [await self._people.mention(a) for a in self._allowed(request)] if m]
+        text = blocks.reminder(request, mentions)
+        post = functools.partial(
+            web.chat_postMessage, channel=channel, thread_ts=thread[0] if thread else ts, text=text
+        )
+        await self._retrying("chat.postMessage", post, time.monotonic() + _UPDATE_WINDOW)
+
     async def progress(self, request: ApprovalRequest, ref: str | None) -> None:
         """A vote counted on a request that needs several: its message shows the count."""
         if self._webhook_url is not None or ref is None:
