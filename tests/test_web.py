@@ -1568,3 +1568,29 @@ def test_hostile_tool_names_and_run_ids_in_the_batch_controls_are_inert() -> Non
     assert "Select all of run <code>&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;\\u202e</code>" in html
     unselectable = _web_page.card(request, action="/a", csrf="c", now=datetime.now(UTC))
     assert batch_boxes(unselectable) == [] and "data-run" not in unselectable
+
+
+async def test_browser_redraws_a_cards_count_live_keeping_its_tick(browser_page: Any) -> None:
+    page = browser_page
+    web = WebChannel()
+    async with HumanLayer([web], listen="127.0.0.1:0") as hl:
+
+        @hl.require_approval(approvals=2)
+        async def failover(region: str) -> str:
+            return f"failed over {region}"
+
+        await page.goto(web.login_url())
+        await page.evaluate("window.notReloaded = true")
+        await page.locator("#connection", has_text="on").wait_for()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(failover, "eu-west-1")
+            [request] = await wait_for_pending(hl)
+            card = page.locator(f"#req-{request.id}")
+            await card.wait_for()
+            await card.get_by_role("checkbox").check()
+            assert await hl.decide(request.id, True, by="ann") is None  # cast elsewhere
+            await card.get_by_text("1 of 2 approvals: ann").wait_for()
+            assert await card.get_by_role("checkbox").is_checked()  # the tick survives the redraw
+            assert await page.evaluate("window.notReloaded") is True
+            await hl.decide(request.id, True, by="ben")
+            await page.locator(f"#req-{request.id}").wait_for(state="detached")

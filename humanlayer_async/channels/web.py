@@ -118,7 +118,7 @@ _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
-EventKind = Literal["requested", "decided"]
+EventKind = Literal["requested", "counted", "decided"]
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -370,6 +370,10 @@ class WebChannel(BaseChannel):
     async def update(self, request: ApprovalRequest, ref: str | None) -> None:
         self._remember(request)
         self._publish("decided", request)
+
+    async def progress(self, request: ApprovalRequest, ref: str | None) -> None:
+        """A vote counted: open pages redraw the request's card with the count."""
+        self._publish("counted", request)
 
     def routes(self) -> Sequence[BaseRoute]:
         base = self.base_path
@@ -629,7 +633,7 @@ class WebChannel(BaseChannel):
                                 return
                         if idle.cancelled_caught:
                             yield ": keepalive\n\n"
-                        elif kind == "requested":
+                        elif kind in ("requested", "counted"):
                             html = _web_page.card(
                                 item,
                                 action=f"{base}/requests/{item.id}",
@@ -637,7 +641,10 @@ class WebChannel(BaseChannel):
                                 now=datetime.now(UTC),
                                 selectable=self._selectable(item, session),
                             )
-                            yield event(kind, {"id": item.id, "html": html, "summary": summarize(item)})
+                            said = summarize(item)
+                            if kind == "counted":
+                                said = f"{said}: {describe_votes(item.votes, item.approvals)}"
+                            yield event(kind, {"id": item.id, "html": html, "summary": said})
                         else:
                             outcome = "" if item.decision is None else describe_decision(item.decision)
                             html = _web_page.history_item(item)

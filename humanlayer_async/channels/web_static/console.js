@@ -143,6 +143,26 @@
     if (addPending(data.id, data.html)) say(`New request: ${data.summary}`);
     tick();
   });
+  source.addEventListener("counted", (event) => {
+    // A vote on a request that needs several approvals: its card, redrawn with the count,
+    // keeping what was ticked or typed in it.
+    const data = JSON.parse(event.data);
+    const old = document.getElementById(`req-${data.id}`);
+    if (!old) return;
+    const fresh = element(data.html);
+    for (const field of old.querySelectorAll("input[name], textarea, select")) {
+      if (!field.id || field.type === "hidden" || field.type === "checkbox") continue;
+      const twin = fresh.querySelector(`#${CSS.escape(field.id)}`);
+      if (twin) twin.value = field.value;
+    }
+    const ticked = old.querySelector("input[type=checkbox]");
+    const box = fresh.querySelector("input[type=checkbox]");
+    if (ticked && box) box.checked = ticked.checked;
+    old.replaceWith(fresh);
+    refreshBatch();
+    say(data.summary);
+    tick();
+  });
   source.addEventListener("decided", (event) => {
     const data = JSON.parse(event.data);
     addDecided(data.id, data.html);
