@@ -33,7 +33,7 @@ from humanlayer_async.testing import (
     wait_for_pending,
 )
 
-from .conftest import Inbox, make_channel, post_mailgun
+from .conftest import Inbox, make_channel, post_mailgun, text_of
 from .durable_helpers import run_cli
 from .fake_slack import BOT_TOKEN, FakeSlack
 
@@ -284,6 +284,10 @@ async def test_two_email_replies_make_a_quorum_and_the_same_sender_twice_counts_
                 counted = await post_mailgun(client, to=reply_to[ALICE], sender=ALICE, text="approve")
                 assert counted.json() == {"status": "voted"}
             assert [v.by for v in (await hl.get(request.id)).votes] == [ALICE]
+            told = (await inbox.wait(3))[2]  # the voter is told, in the thread
+            assert told["To"] == ALICE and f"Your approval is counted: 1 of 2 approvals: {ALICE}." in text_of(
+                told
+            )
             decided = await post_mailgun(client, to=reply_to[BOB], sender=BOB, text="approve")
             assert decided.json() == {"status": "approved"}
         assert results == ["closed acme"]

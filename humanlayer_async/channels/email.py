@@ -438,9 +438,11 @@ class EmailChannel(BaseChannel):
                 answered = await decider.decide(request_id, approved, by=by, comment=reason, via=self.name)
         except NotAnApprover:
             raise Refused(403, "the sender is not an approver of this request", **who) from None
-        if answered.decision is None:  # a vote: the request waits for more
-            logger.info(
-                "email.voted", request_id=request_id, progress=describe_votes(answered.votes, answered.needed)
+        if answered.decision is None:  # a vote: the request waits for more, and the voter is told
+            progress = describe_votes(answered.votes, answered.needed)
+            logger.info("email.voted", request_id=request_id, progress=progress)
+            self._reply(
+                request, index, mail, f"Your approval is counted: {progress}.\n", f".voted.{time.time_ns()}"
             )
             return None
         if not answered.stands:  # someone decided first (or it expired): say who
@@ -449,25 +451,32 @@ class EmailChannel(BaseChannel):
 
     def _offer_help(self, request: ApprovalRequest, index: int, mail: InboundMail) -> None:
         """Explain the accepted answers to an approver, once per request, in the background."""
-        if request.id in self._helped or self._task_group is None:
+        if request.id in self._helped:
             return
         self._helped.add(request.id)
+        self._reply(request, index, mail, help_text(request), ".help")
+
+    def _reply(self, request: ApprovalRequest, index: int, mail: InboundMail, text: str, suffix: str) -> None:
+        """Answer the reply ``mail`` from ``to[index]`` in its thread, in the background
+        (answerable, as the request is)."""
+        if self._task_group is None:
+            return
         original = self._message_id(request.id, index)
         message = compose(
             sender=self.sender,
             to=self.to[index],
             subject=f"Re: {subject(request)}",
-            text=help_text(request),
-            message_id=self._message_id(request.id, index, ".help"),
+            text=text,
+            message_id=self._message_id(request.id, index, suffix),
             reply_to=self._reply_address(request.id, index),
             in_reply_to=mail.message_id or original,
             references=[original, *([mail.message_id] if mail.message_id else [])],
             auto_submitted="auto-replied",
         )
-        self._task_group.start_soon(self._send_help, request.id, message)
+        self._task_group.start_soon(self._send_reply, request.id, message)
 
-    async def _send_help(self, request_id: str, message: EmailMessage) -> None:
+    async def _send_reply(self, request_id: str, message: EmailMessage) -> None:
         try:
             await self._deliver([message])
         except ChannelError as exc:
-            logger.warning("email.help_failed", request_id=request_id, error=str(exc))
+            logger.warning("email.reply_failed", request_id=request_id, error=str(exc))
