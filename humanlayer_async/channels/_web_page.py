@@ -333,18 +333,25 @@ def history_list(requests: Iterable[ApprovalRequest]) -> str:
     return "".join(history_item(r) for r in requests)
 
 
-def page(*, user: str, csrf: str, base: str, pending: str, history: str, selectors: str = "") -> str:
-    """The whole console (``selectors``: the batch form's shortcuts, from ``selectors()``)."""
+def _head(title: str, base: str, extra: str = "") -> str:
+    """A console page's start: its title (our own text), the stylesheet, and ``extra`` markup."""
     return f"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="csrf-token" content="{escape(csrf)}">
-<title>Approvals · humanlayer-async</title>
+{extra}<title>{escape(title)}</title>
 <link rel="stylesheet" href="{escape(base)}/static/console.css">
-<script src="{escape(base)}/static/console.js" defer></script>
-</head>
+</head>"""
+
+
+def page(*, user: str, csrf: str, base: str, pending: str, history: str, selectors: str = "") -> str:
+    """The whole console (``selectors``: the batch form's shortcuts, from ``selectors()``)."""
+    extra = (
+        f'<meta name="csrf-token" content="{escape(csrf)}">\n'
+        f'<script src="{escape(base)}/static/console.js" defer></script>\n'
+    )
+    return f"""{_head("Approvals · humanlayer-async", base, extra)}
 <body data-events="{escape(base)}/events">
 <a class="skip" href="#pending-heading">Skip to pending requests</a>
 <header>
@@ -385,14 +392,7 @@ def detail_page(
     else:
         footer = f'<p class="notice">{_text(user)} is not an approver of this request.</p>'
     title = "Question" if request.kind == "question" else "Approval needed"
-    return f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · Approvals · humanlayer-async</title>
-<link rel="stylesheet" href="{escape(base)}/static/console.css">
-</head>
+    return f"""{_head(f"{title} · Approvals · humanlayer-async", base)}
 <body>
 <header>
 <h1>{title}</h1>
@@ -450,14 +450,7 @@ def batch_page(results: Sequence[BatchResult], *, user: str, base: str, approved
             f"{escape(_OUTCOMES.get(result.status, result.status))}</span> "
             f'<span class="what">{what}</span> <span class="outcome">{_text(result.message)}</span></li>'
         )
-    return f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Batch decision · Approvals · humanlayer-async</title>
-<link rel="stylesheet" href="{escape(base)}/static/console.css">
-</head>
+    return f"""{_head("Batch decision · Approvals · humanlayer-async", base)}
 <body>
 <header>
 <h1>{verb} {decided} of {len(results)} selected</h1>
@@ -488,14 +481,7 @@ def message_page(title: str, text: str, *, link: tuple[str, str] | None = None) 
 def sign_in_page(*, base: str, message: str | None = None) -> str:
     """The form that signs in with a key (posted, so the key never goes in a URL)."""
     note = f'<p class="notice" role="alert">{escape(message)}</p>' if message else ""
-    return f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Sign in · Approvals · humanlayer-async</title>
-<link rel="stylesheet" href="{escape(base)}/static/console.css">
-</head>
+    return f"""{_head("Sign in · Approvals · humanlayer-async", base)}
 <body>
 <header><h1>Approvals</h1></header>
 <main class="sign-in">
