@@ -195,6 +195,14 @@
     result.append(summary, list);
     say(summary.textContent);
   };
+  // A form's fields, posted to its action as the console's page (its session and CSRF token).
+  const post = (form, body) => fetch(form.getAttribute("action"), {
+    method: "POST",
+    body,
+    credentials: "same-origin",
+    headers: { Accept: "application/json", "X-CSRF-Token": csrf },
+  });
+
   const submitBatch = async (form, submitter) => {
     const body = new URLSearchParams(new FormData(form));  // the ticked boxes are the form's
     body.set("action", submitter ? submitter.value : "approve");
@@ -217,12 +225,7 @@
     buttons.forEach((button) => { button.disabled = true; });
     result.textContent = "sending…";
     try {
-      const response = await fetch(form.getAttribute("action"), {
-        method: "POST",
-        body,
-        credentials: "same-origin",
-        headers: { Accept: "application/json", "X-CSRF-Token": csrf },
-      });
+      const response = await post(form, body);
       const type = response.headers.get("content-type") || "";
       if (response.ok && type.includes("json")) {
         showResults(result, (await response.json()).results, names);
@@ -255,12 +258,7 @@
     result.classList.remove("error");
     result.textContent = "sending…";
     try {
-      const response = await fetch(form.getAttribute("action"), {
-        method: "POST",
-        body,
-        credentials: "same-origin",
-        headers: { Accept: "application/json", "X-CSRF-Token": csrf },
-      });
+      const response = await post(form, body);
       const type = response.headers.get("content-type") || "";
       const text = type.includes("json") ? (await response.json()).message : await response.text();
       result.textContent = text;
