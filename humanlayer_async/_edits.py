@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, Union
 
 from ._exceptions import ConfigurationError, InvalidEdit
+from ._render import MASK, visible
 
 __all__ = ["check_edits", "describe_type", "edit_text", "editable_schemas", "parse_edit"]
 
@@ -112,14 +113,12 @@ def check_edits(
     ``shown`` are the request's arguments as stored: one a ``render`` hook masked cannot be
     edited (nobody saw its value).
     """
-    from ._render import MASK
-
     if not edits:
         raise InvalidEdit(request_id, "", "an edit names at least one argument")
     for name, value in edits.items():
         if name not in schemas:
             raise InvalidEdit(request_id, name, "it is not an editable argument of this call")
-        if _masked(shown.get(name), MASK):
+        if _masked(shown.get(name)):
             raise InvalidEdit(
                 request_id, name, "it is masked (or holds a masked value), so nobody saw all it would replace"
             )
@@ -136,8 +135,6 @@ def edit_text(value: Any, schema: Schema | None) -> str | None:
     line breaks; anything else as JSON, control and bidi characters (then every non-ASCII
     one) as ``\\u`` escapes, lists and objects indented.
     """
-    from ._render import visible
-
     plain = isinstance(value, str) and all(visible(line) == line for line in value.split("\n"))
     if plain and parse_edit(value, schema) == value:
         return str(value)
@@ -171,14 +168,14 @@ def describe_type(schema: Mapping[str, Any]) -> str:
     return _TYPES.get(str(schema.get("type")), "JSON")
 
 
-def _masked(value: Any, mask: str) -> bool:
+def _masked(value: Any) -> bool:
     """Whether ``value`` is, or holds at any depth, the ``render`` hook's mask."""
-    if value == mask:
+    if value == MASK:
         return True
     if isinstance(value, Mapping):
-        return any(_masked(item, mask) for item in value.values())
+        return any(_masked(item) for item in value.values())
     if isinstance(value, list | tuple):
-        return any(_masked(item, mask) for item in value)
+        return any(_masked(item) for item in value)
     return False
 
 

@@ -213,10 +213,12 @@ class ApprovalRequest:
         whoever requested it."""
         if self.is_requester(by):
             return False  # nobody approves what they asked for
-        principal = by if isinstance(by, Principal) else Principal(by)
-        return not self.approvers or principal.matches(self.approvers)
+        if not self.approvers:
+            return True
+        return (by if isinstance(by, Principal) else Principal(by)).matches(self.approvers)
 
     def is_requester(self, by: str | Principal) -> bool:
         """Whether ``by`` is who requested this call (and so may not decide it)."""
-        principal = by if isinstance(by, Principal) else Principal(by)
-        return self.requested_by is not None and same_name(self.requested_by) in principal.names
+        if self.requested_by is None:
+            return False
+        return same_name(self.requested_by) in (by if isinstance(by, Principal) else Principal(by)).names

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
 from humanlayer_async import ConfigurationError, HumanLayer
@@ -121,8 +120,7 @@ async def test_an_email_reminder_is_answered_like_the_request(inbox: Inbox) -> N
             assert reminder["In-Reply-To"] == request_mail["Message-ID"]
             assert reminder["Reply-To"] == request_mail["Reply-To"]  # replying to it decides
             assert "Reminder: this still waits for your decision." in text_of(reminder)
-            async with httpx.AsyncClient(base_url=str(hl.url)):
-                await hl.decide(request.id, True, by=ALICE)
+            await hl.decide(request.id, True, by=ALICE)
 
 
 def test_remind_every_must_be_a_positive_duration() -> None:

@@ -101,7 +101,8 @@ class MemoryStore:
         standing = self._decision(request, expire=decision.status in _HUMAN)
         if standing is not None:
             return standing
-        self._requests[request.id] = edited(request, decision.edits)
+        if decision.edits:
+            self._requests[request.id] = edited(request, decision.edits)
         return self._store(request.id, decision)
 
     async def vote(self, request_id: str, vote: Vote, needed: int) -> Tally:
@@ -111,7 +112,8 @@ class MemoryStore:
         if standing is not None:
             return Tally(standing, votes, False)
         after, decision = tally(request_id, votes, vote, needed)
-        self._requests[request_id] = edited(request, vote.edits)
+        if vote.edits:
+            self._requests[request_id] = edited(request, vote.edits)
         if after is not votes:
             self._votes[request_id] = after
             self.audit_log.append(vote_entry(request_id, vote, sum(v.approved for v in after), needed))
