@@ -23,11 +23,13 @@ from ._exceptions import (
     OutcomeUnknown,
     StoreError,
     TooManyPending,
+    UnknownGrant,
     UnknownRequest,
 )
 from ._gate import current_decision
-from ._models import ApprovalRequest, Decision, Principal, Status, Vote
+from ._models import ApprovalRequest, Decision, Grant, Principal, Status, Vote
 from ._render import mask_secrets
+from ._schedule import Escalation
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,8 @@ __all__ = [
     "ChannelError",
     "ConfigurationError",
     "Decision",
+    "Escalation",
+    "Grant",
     "HumanLayer",
     "HumanLayerError",
     "InvalidEdit",
@@ -50,6 +54,7 @@ __all__ = [
     "Status",
     "StoreError",
     "TooManyPending",
+    "UnknownGrant",
     "UnknownRequest",
     "Vote",
     "__version__",

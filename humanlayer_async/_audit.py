@@ -13,6 +13,12 @@ Events, each with ``request_id`` bound:
 - ``approval.failed``     no channel could deliver it
 - ``approval.reattached`` a replayed call of a run found its earlier request (durable stores)
 - ``approval.outcome_unknown``  a replayed call found its tool started and never finished
+- ``approval.reminded``   the approvers were reminded where it was delivered (reminder number)
+- ``approval.escalated``  more approvers may decide it, and it went to more channels
+- ``grant.given``         a grant was given (or proposed, when it needs more granters); keyed
+  by the grant's id, like ``grant.confirmed`` and ``grant.revoked``
+
+A call a grant approved is ``approval.decided`` with ``via="grant"`` and the grant's id.
 
 The library never configures logging: events go through ``structlog.get_logger()`` and
 appear however the application has set structlog up.
@@ -41,6 +47,11 @@ AuditEvent = Literal[
     "approval.failed",
     "approval.reattached",
     "approval.outcome_unknown",
+    "approval.reminded",
+    "approval.escalated",
+    "grant.given",
+    "grant.confirmed",
+    "grant.revoked",
 ]
 
 logger = structlog.get_logger("humanlayer_async")

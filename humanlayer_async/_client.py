@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import math
+import secrets
 import sys
 from collections.abc import (
     AsyncIterator,
@@ -24,7 +25,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Self, TypeVar, cast, overload
 
@@ -34,8 +35,9 @@ from anyio.abc import TaskStatus
 
 from ._audit import logger
 from ._bridge import Bridge
+from ._codec import to_json
 from ._engine import Engine, Run, current_run
-from ._exceptions import ConfigurationError, HumanLayerError
+from ._exceptions import ConfigurationError, HumanLayerError, NotAnApprover, StoreError
 from ._gate import (
     Condition,
     ContextHook,
@@ -45,10 +47,12 @@ from ._gate import (
     ToolSpec,
     gate,
     refusal,
+    tool_spec,
 )
-from ._models import ApprovalRequest, Decision, Kind, Principal, acting_for
+from ._models import ApprovalRequest, Decision, Grant, Kind, Principal, acting_for
 from ._render import Render, mask_secrets
 from ._runtime import Runtime
+from ._schedule import Escalation
 from .channels.base import Answered, Channel, ListenerAware
 from .stores.base import Store
 from .stores.memory import MemoryStore
@@ -113,6 +117,21 @@ def _standing(answered: Answered) -> Decision:
     """The decision an answer that is not a vote (an answer to a question, a cancellation) left."""
     assert answered.decision is not None, "only a vote leaves a request pending"
     return answered.decision
+
+
+def _check_where(where: Mapping[str, Any], parameters: frozenset[str] | None, tool: str) -> dict[str, Any]:
+    """A grant's ``where``: argument names of the tool, each with a JSON value."""
+    if not isinstance(where, Mapping):
+        raise ConfigurationError(f"where must be a mapping of argument names to values, not {where!r}")
+    for name, value in where.items():
+        if parameters is not None and name not in parameters:
+            known = ", ".join(sorted(parameters)) or "none"
+            raise ConfigurationError(f"where names {name!r}, which is not an argument of {tool} ({known})")
+        try:
+            to_json(value, f"where value {name!r}")
+        except StoreError as exc:
+            raise ConfigurationError(str(exc)) from None
+    return dict(where)
 
 
 def _check_approvals(approvals: int) -> int:
@@ -373,6 +392,7 @@ class HumanLayer:
         approvals: int = 1,
         editable: bool | Sequence[str] = False,
         remind_every: float | timedelta | None = None,
+        escalate: Sequence[Escalation] = (),
         timeout: float | timedelta | None = None,
         on_reject: Literal["raise"] | None = None,
         render: Render | None = None,
@@ -391,6 +411,7 @@ class HumanLayer:
         approvals: int = 1,
         editable: bool | Sequence[str] = False,
         remind_every: float | timedelta | None = None,
+        escalate: Sequence[Escalation] = (),
         timeout: float | timedelta | None = None,
         on_reject: Literal["return"],
         render: Render | None = None,
@@ -408,6 +429,7 @@ class HumanLayer:
         approvals: int = 1,
         editable: bool | Sequence[str] = False,
         remind_every: float | timedelta | None = None,
+        escalate: Sequence[Escalation] = (),
         timeout: float | timedelta | None = None,
         on_reject: OnReject | None = None,
         render: Render | None = None,
@@ -437,6 +459,12 @@ class HumanLayer:
         was delivered, at that interval, until it is decided or times out; with a shared store,
         each reminder is sent by one process of the fleet.
 
+        ``escalate=[Escalation(after=..., channels=[...], approvers=[...])]``: a request still
+        pending that long after it was made goes to those channels too, and those approvers
+        may decide it as well (stored first, so every process honours it). Reminders and
+        escalations are scheduled in the store: with a shared store one process of the fleet
+        carries out each, and a restarted one carries on where they were.
+
         ``approvals=2`` (or more) needs that many distinct approvers to approve a call,
         whatever channels they answer through; one denial denies it. The same person
         approving twice counts once; the votes so far are on ``hl.get(id).votes``.
@@ -459,6 +487,7 @@ class HumanLayer:
             "approvals": _check_approvals(approvals),
             "editable": editable,
             "remind_every": None if remind_every is None else _seconds(remind_every, "remind_every"),
+            "escalate": self._check_escalations(escalate),
             "timeout": None if timeout is None else _seconds(timeout, "timeout"),
             "on_reject": self._on_reject if on_reject is None else _check_on_reject(on_reject),
         }
@@ -467,6 +496,14 @@ class HumanLayer:
             return gate(self._asker, func, **options)
 
         return cast(Gated, decorate) if tool is None else decorate(tool)
+
+    def _check_escalations(self, escalate: Sequence[Escalation]) -> tuple[Escalation, ...]:
+        escalations = tuple(escalate)
+        for escalation in escalations:
+            if not isinstance(escalation, Escalation):
+                raise ConfigurationError(f"escalate takes Escalation(...) objects, not {escalation!r}")
+            self._register(*_check_channels(escalation.channels))
+        return tuple(sorted(escalations, key=lambda e: e.after))
 
     def human_as_tool(
         self,
@@ -528,6 +565,7 @@ class HumanLayer:
         comment: str | None = None,
         via: str = "api",
         edits: Mapping[str, Any] | None = None,
+        grant: float | timedelta | None = None,
     ) -> Decision | None:
         """Approve or deny a request; returns the decision that stands.
 
@@ -540,11 +578,80 @@ class HumanLayer:
         ``edits`` change arguments the tool made editable (``editable=``) with the approval:
         the tool runs with them. An edit of an argument that is not editable or is masked,
         or of the wrong type, raises ``InvalidEdit`` naming it; nothing is decided.
+
+        ``grant`` (seconds or a ``timedelta``) approves and allows the same call (every
+        unmasked argument equal) for that long without asking: a grant, as ``grant()`` gives.
+        On a request that needs several approvals, the grant is given when every approval
+        that decides it asked for one (for the shortest time asked).
         """
+        seconds = None if grant is None else _seconds(grant, "grant")
         answered = await self._engine.decide(
-            request_id, approved, by=by, comment=comment, via=via, edits=edits
+            request_id, approved, by=by, comment=comment, via=via, edits=edits, grant=seconds
         )
         return answered.decision
+
+    async def grant(
+        self,
+        tool: Callable[..., Any],
+        *,
+        by: str | Principal,
+        expires_in: float | timedelta,
+        where: Mapping[str, Any] | None = None,
+        max_uses: int | None = None,
+    ) -> Grant:
+        """Let calls of the gated ``tool`` run without asking, until the grant expires, is used
+        ``max_uses`` times, or is revoked; returns the ``Grant``.
+
+        ``where`` limits it to calls whose arguments (as approvers see them: masked ones
+        never match) equal each of its values; ``None`` covers every call of the tool. Only
+        one who may approve the tool may grant it (``NotAnApprover`` otherwise), and a grant
+        needs what a decision would: on a tool that needs two approvals, a second approver
+        confirms it (``confirm_grant``) before it covers anything. It never covers a call
+        made on behalf of one of its granters. Each covered call is decided ``via="grant"``
+        and audited with the grant's id (``current_decision().grant``).
+        """
+        spec = tool_spec(tool)
+        if spec is None or spec.qualname is None:
+            raise ConfigurationError(f"grant() takes a tool gated by require_approval, not {tool!r}")
+        who = by if isinstance(by, Principal) else Principal(by)
+        if spec.approvers and not who.matches(spec.approvers):
+            logger.warning("grant.not_an_approver", function=spec.qualname, by=who.id)
+            raise NotAnApprover(spec.qualname, who.id, subject="grant")
+        checked_where = None if where is None else _check_where(where, spec.parameters, spec.function)
+        if max_uses is not None and (
+            isinstance(max_uses, bool) or not isinstance(max_uses, int) or max_uses < 1
+        ):
+            raise ConfigurationError(f"max_uses must be a positive integer or None, not {max_uses!r}")
+        now = datetime.now(UTC)
+        return await self._engine.give_grant(
+            Grant(
+                id=secrets.token_hex(16),
+                function=spec.qualname,
+                where=checked_where,
+                by=(who.id,),
+                created_at=now,
+                expires_at=now + timedelta(seconds=_seconds(expires_in, "expires_in")),
+                max_uses=max_uses,
+                approvals=spec.approvals,
+                approvers=spec.approvers,
+                users=(who.user,),
+            )
+        )
+
+    async def confirm_grant(self, grant_id: str, *, by: str | Principal) -> Grant:
+        """Give a grant that needs several approvers (``approvals=``) as one more of them; the
+        same person counts once. Raises ``UnknownGrant`` and ``NotAnApprover``."""
+        return await self._engine.confirm_grant(grant_id, by=by)
+
+    async def revoke_grant(self, grant_id: str, *, by: str | Principal) -> Grant:
+        """Revoke a grant: calls it covered ask a human again, in every process at once.
+        ``by`` must be one who may approve its tool. Raises ``UnknownGrant``."""
+        return await self._engine.revoke_grant(grant_id, by=by)
+
+    async def grants(self, *, active: bool = True) -> list[Grant]:
+        """The live grants (and those waiting for more granters), oldest first; with
+        ``active=False`` also the expired, used-up and revoked ones the store keeps."""
+        return await self._engine.grants(active=active)
 
     async def respond(self, request_id: str, text: str, *, by: str | Principal, via: str = "api") -> Decision:
         """Answer a question from ``human_as_tool``; returns the decision that stands."""

@@ -1,5 +1,5 @@
 """The operator commands of ``humanlayer-async``: serve, console-link, pending, show, approve, deny,
-cancel, answer, audit, prune.
+cancel, answer, grants (and grants revoke, grants confirm), audit, prune.
 
 Each works against the store named by ``--store`` or ``HUMANLAYER_STORE``, opened and never
 created (a mistyped path or schema is "no store at ..."), and decides through the engine's
@@ -8,8 +8,9 @@ no runtime, channels or listener), as
 ``--by`` (default: the OS user), ``via="cli"``. Tables for people, JSON with ``--json``.
 Everything printed for people goes through ``_terminal.write_lines``, so no stored value can
 redraw the operator's screen. Exit status: 0 done, 1 refused (unknown id, not an approver,
-already decided otherwise), 2 bad usage or configuration (no store there included), 141
-(as a process killed by SIGPIPE) when the reader of the output went away, as ``| head`` does.
+already decided otherwise, a grant already revoked or no longer live), 2 bad usage or
+configuration (no store there included), 141 (as a process killed by SIGPIPE) when the
+reader of the output went away, as ``| head`` does.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from ._codec import to_json
 from ._edits import parse_edit
 from ._engine import Decisions
 from ._exceptions import ConfigurationError, HumanLayerError, UnknownRequest
-from ._models import ApprovalRequest
-from ._render import describe_decision, describe_votes, format_value, full_call, summarize
+from ._models import ApprovalRequest, Grant, same_name
+from ._render import describe_decision, describe_votes, format_kwargs, format_value, full_call, summarize
 from ._terminal import MIN_PREFIX, log_to_terminal, table, write_lines
 from .channels.base import Answered
 from .channels.web import TOKEN_ENV, WebChannel
@@ -56,6 +57,7 @@ COMMANDS = (
     "deny",
     "cancel",
     "answer",
+    "grants",
     "audit",
     "prune",
 )
@@ -93,15 +95,27 @@ def _since(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def add_commands(commands: Any) -> None:
-    """Add the operator subcommands to the ``humanlayer-async`` parser's subparsers."""
-    store = argparse.ArgumentParser(add_help=False)
-    store.add_argument(
+def _store_options(*, nested: bool = False) -> argparse.ArgumentParser:
+    """``--store`` and ``--json``. ``nested``: for a sub-subcommand (``grants revoke``), whose
+    defaults would otherwise overwrite what was given before it (``grants --store URL revoke``)."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
         "--store",
-        default=os.environ.get("HUMANLAYER_STORE"),
+        default=argparse.SUPPRESS if nested else os.environ.get("HUMANLAYER_STORE"),
         help="sqlite:///path/to/file.db or postgresql://... (default: $HUMANLAYER_STORE)",
     )
-    store.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    options.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if nested else False,
+        help="print JSON instead of a table",
+    )
+    return options
+
+
+def add_commands(commands: Any) -> None:
+    """Add the operator subcommands to the ``humanlayer-async`` parser's subparsers."""
+    store = _store_options()
     by = argparse.ArgumentParser(add_help=False)
     by.add_argument("--by", default=getpass.getuser(), help="who decides (default: the OS user)")
 
@@ -171,6 +185,8 @@ def add_commands(commands: Any) -> None:
     answer.add_argument("id", help="the request id (or a unique prefix of a pending one)")
     answer.add_argument("text", help="the answer")
 
+    _add_grants(commands, store, by)
+
     audit = commands.add_parser("audit", parents=[store], help="print the audit trail")
     audit.add_argument("--since", type=_since, help="a duration back (15m, 2h, 7d) or an ISO 8601 time")
     audit.add_argument("--request", help="only the entries of this request id")
@@ -179,6 +195,48 @@ def add_commands(commands: Any) -> None:
     prune.add_argument(
         "--older-than", type=_duration, help="decided longer ago than this (default: the store's retention)"
     )
+
+
+def _add_grants(commands: Any, store: argparse.ArgumentParser, by: argparse.ArgumentParser) -> None:
+    """``grants`` (the list), ``grants revoke ID`` and ``grants confirm ID``."""
+    grants = commands.add_parser(
+        "grants",
+        parents=[store],
+        help="list the grants (calls of a tool allowed without asking); revoke or confirm one",
+        description="A grant lets calls of a gated tool run without asking, for a while. Without a"
+        " subcommand: the live grants, each with its full id (what revoke and confirm take), its tool,"
+        " the arguments a call must have (WHERE; any call when none), who gave it, when it expires"
+        " (UTC), how many calls it covered of the most it may (USES; - when no limit), and its state:"
+        " active, or waiting for more approvers (its tool needs several: see confirm)."
+        " --all adds the expired, used-up and revoked ones.",
+    )
+    grants.add_argument(
+        "--all", action="store_true", help="also the expired, used-up and revoked grants the store keeps"
+    )
+    actions = grants.add_subparsers(dest="grant_action", title="subcommands", metavar="{revoke,confirm}")
+    nested = _store_options(nested=True)
+    revoke = actions.add_parser(
+        "revoke",
+        parents=[nested, by],
+        help="end a grant: the calls it covered ask a human again",
+        description="Revoke a grant as --by, one who may approve its tool. The calls it covered"
+        " ask a human again, in every process, from now on.",
+    )
+    revoke.add_argument("id", help="the grant's full id, as humanlayer-async grants lists it")
+    confirm = actions.add_parser(
+        "confirm",
+        parents=[nested, by],
+        help="give a grant that needs several approvers as one more of them",
+        description="Add --by to a live grant's approvers. A grant of a tool that needs several"
+        " approvals covers calls once that many distinct approvers gave it; one person counts once.",
+    )
+    confirm.add_argument("id", help="the grant's full id, as humanlayer-async grants lists it")
+
+
+def _name(args: argparse.Namespace) -> str:
+    """The command as typed, for messages: ``grants revoke``, ``approve``."""
+    action = getattr(args, "grant_action", None)
+    return f"{args.command} {action}" if action else str(args.command)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -203,10 +261,10 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     except ConfigurationError as exc:
-        write_lines([f"humanlayer-async {args.command}: {exc}"], sys.stderr)
+        write_lines([f"humanlayer-async {_name(args)}: {exc}"], sys.stderr)
         return 2
     except (_Refused, HumanLayerError) as exc:
-        write_lines([f"humanlayer-async {args.command}: {exc}"], sys.stderr)
+        write_lines([f"humanlayer-async {_name(args)}: {exc}"], sys.stderr)
         return 1
 
 
@@ -433,6 +491,91 @@ async def _answer(engine: Decisions, args: argparse.Namespace) -> Answered:
     return _show_decision(args, await engine.respond(request_id, args.text, by=args.by, via="cli"))
 
 
+def _utc(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _grant_state(grant: Grant, now: datetime) -> tuple[str, str]:
+    """The grant's state as a word for JSON (active, waiting, expired, used up, revoked)
+    and as a phrase for people (``waiting for 1 more approver``, ``revoked by ann at ...``)."""
+    if grant.revoked_at is not None:
+        return "revoked", f"revoked by {grant.revoked_by} at {_utc(grant.revoked_at)}"
+    if now >= grant.expires_at:
+        return "expired", "expired"
+    if grant.max_uses is not None and grant.uses >= grant.max_uses:
+        return "used up", "used up"
+    missing = grant.approvals - len(grant.by)
+    if missing > 0:
+        return "waiting", f"waiting for {missing} more approver{'' if missing == 1 else 's'}"
+    return "active", "active"
+
+
+def _grant_data(grant: Grant, now: datetime) -> dict[str, Any]:
+    return {**dataclasses.asdict(grant), "state": _grant_state(grant, now)[0]}
+
+
+def _print_grant(args: argparse.Namespace, grant: Grant, line: str) -> None:
+    if args.json:
+        _print(args, _grant_data(grant, datetime.now(UTC)), (), [])
+    else:
+        write_lines([line])
+
+
+async def _grants(engine: Decisions, args: argparse.Namespace) -> None:
+    if args.grant_action == "revoke":
+        await _revoke_grant(engine, args)
+    elif args.grant_action == "confirm":
+        await _confirm_grant(engine, args)
+    else:
+        await _list_grants(engine, args)
+
+
+async def _list_grants(engine: Decisions, args: argparse.Namespace) -> None:
+    grants = await engine.grants(active=not args.all)
+    now = datetime.now(UTC)
+    rows = [
+        (
+            grant.id,
+            grant.function,
+            format_kwargs(grant.where, 60) if grant.where else "any call",
+            ", ".join(grant.by),
+            f"{grant.expires_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+            f"{grant.uses}/{'-' if grant.max_uses is None else grant.max_uses}",
+            _grant_state(grant, now)[1],
+        )
+        for grant in grants
+    ]
+    _print(
+        args,
+        [_grant_data(grant, now) for grant in grants],
+        ("ID", "TOOL", "WHERE", "BY", "EXPIRES AT (UTC)", "USES", "STATE"),
+        rows,
+    )
+    if not args.json and not grants:
+        write_lines(["no grants" if args.all else "no live grants (--all lists the ended ones too)"])
+
+
+async def _revoke_grant(engine: Decisions, args: argparse.Namespace) -> None:
+    grant = await engine.revoke_grant(args.id, by=args.by)
+    assert grant.revoked_at is not None and grant.revoked_by is not None  # the store revoked it
+    revoked = f"by {grant.revoked_by} at {_utc(grant.revoked_at)}"
+    if same_name(grant.revoked_by) != same_name(args.by):  # someone else did, first
+        raise _Refused(f"grant {grant.id} of tool {grant.function} was already revoked {revoked}")
+    _print_grant(
+        args, grant, f"revoked grant {grant.id} of tool {grant.function} {revoked}: its calls ask again"
+    )
+
+
+async def _confirm_grant(engine: Decisions, args: argparse.Namespace) -> None:
+    grant = await engine.confirm_grant(args.id, by=args.by)
+    given = f"grant {grant.id} of tool {grant.function} given by {', '.join(grant.by)}"
+    if grant.confirmed:
+        line = f"confirmed {given}: active until {_utc(grant.expires_at)}"
+    else:
+        line = f"counted: {given}; {_grant_state(grant, datetime.now(UTC))[1]}"
+    _print_grant(args, grant, line)
+
+
 async def _audit(engine: Decisions, args: argparse.Namespace) -> None:
     entries: list[AuditEntry] = await engine.store.history(request_id=args.request, since=args.since)
     rows = [
@@ -467,6 +610,7 @@ _HANDLERS: dict[str, Callable[[Decisions, argparse.Namespace], Awaitable[Any]]] 
     "deny": _deny,
     "cancel": _cancel,
     "answer": _answer,
+    "grants": _grants,
     "audit": _audit,
     "prune": _prune,
 }

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, Union
 
 from ._exceptions import ConfigurationError, InvalidEdit
-from ._render import MASK, visible
+from ._render import masked, visible
 
 __all__ = ["check_edits", "describe_type", "edit_text", "editable_schemas", "parse_edit"]
 
@@ -118,7 +118,7 @@ def check_edits(
     for name, value in edits.items():
         if name not in schemas:
             raise InvalidEdit(request_id, name, "it is not an editable argument of this call")
-        if _masked(shown.get(name)):
+        if masked(shown.get(name)):
             raise InvalidEdit(
                 request_id, name, "it is masked (or holds a masked value), so nobody saw all it would replace"
             )
@@ -166,17 +166,6 @@ def describe_type(schema: Mapping[str, Any]) -> str:
     if isinstance(schema.get("enum"), list):
         return "one of " + ", ".join(json.dumps(option, ensure_ascii=False) for option in schema["enum"])
     return _TYPES.get(str(schema.get("type")), "JSON")
-
-
-def _masked(value: Any) -> bool:
-    """Whether ``value`` is, or holds at any depth, the ``render`` hook's mask."""
-    if value == MASK:
-        return True
-    if isinstance(value, Mapping):
-        return any(_masked(item) for item in value.values())
-    if isinstance(value, list | tuple):
-        return any(_masked(item) for item in value)
-    return False
 
 
 def parse_edit(text: str, schema: Schema | None) -> Any:

@@ -38,14 +38,27 @@ from ._exceptions import (
     OutcomeUnknown,
     StoreError,
     TooManyPending,
+    UnknownGrant,
 )
 from ._gate import ToolSpec
-from ._models import ApprovalRequest, Decision, Execution, Kind, Principal, Status, Vote, current_requester
+from ._models import (
+    ApprovalRequest,
+    Decision,
+    Execution,
+    Grant,
+    Kind,
+    Principal,
+    Status,
+    Vote,
+    current_requester,
+)
 from ._registry import CLOSED, EXPIRED, Outcome, Registry
+from ._render import masked
 from ._retry import Backoff
 from ._runtime import Runtime
+from ._schedule import LEASE, REMIND, escalation_step, next_reminder, planned, ready_at
 from .channels.base import Answered, Channel
-from .stores.base import Store
+from .stores.base import Step, Store
 
 __all__ = ["Decisions", "Engine", "Run", "current_run"]
 
@@ -87,6 +100,9 @@ class Decisions:
         self.store = store
         self.registry = Registry() if registry is None else registry
         self._change_events: list[anyio.Event] = []
+        # The tools that may have a live grant (loaded when following the store, kept up to
+        # date by its "granted" events): only their calls look for one in the store.
+        self._granted: set[str] = set()
 
     def next_change(self) -> anyio.Event:
         """An event set at the next request stored or decision recorded (here, or seen from
@@ -110,14 +126,24 @@ class Decisions:
         comment: str | None = None,
         via: str,
         edits: Mapping[str, Any] | None = None,
+        grant: float | None = None,
     ) -> Answered:
         """Approve or deny as ``by``: the decision that stands, and whether it is this one.
 
         On a request that needs several approvals this is a vote: it decides once enough
         distinct approvers approved, or at the first denial. ``edits`` change editable
         arguments with the approval (``InvalidEdit`` when they may not: nothing decided).
+        ``grant`` (seconds) also allows the same call for that long once this approval
+        decides (with several approvals: once every counted approval asked for one).
         """
         request, who = await self._check_approver(request_id, by, via)
+        if grant is not None and request.decision is None:
+            if not approved:
+                raise HumanLayerError(f"a grant goes with an approval, not a denial (request {request_id!r})")
+            if request.tool is None or request.kind != "approval":
+                raise HumanLayerError(
+                    f"request {request_id!r} names no tool to grant: approve it without a grant"
+                )
         if edits is not None and request.decision is None:
             if not approved:
                 raise InvalidEdit(request_id, "", "edits go with an approval, not a denial")
@@ -131,10 +157,56 @@ class Decisions:
             edits = dict(edits)
         now = datetime.now(UTC)
         if request.approvals > 1:
-            return await self._vote(request, Vote(who.id, approved, via, comment, now, who.user, edits))
-        status = Status.APPROVED if approved else Status.DENIED
-        return await self._record(
-            Decision(request_id, approved, status, who.id, via, comment, now, None, who.user, (), edits)
+            answered = await self._vote(
+                request, Vote(who.id, approved, via, comment, now, who.user, edits, grant)
+            )
+        else:
+            status = Status.APPROVED if approved else Status.DENIED
+            decision = Decision(
+                request_id, approved, status, who.id, via, comment, now, None, who.user, (), edits
+            )
+            answered = await self._record(decision)
+        if grant is not None and answered.stands and answered.decision is not None:
+            await self._grant_from(
+                request, answered.decision, (who,) if request.approvals == 1 else None, grant
+            )
+        return answered
+
+    async def _grant_from(
+        self,
+        request: ApprovalRequest,
+        decision: Decision,
+        granters: tuple[Principal, ...] | None,
+        seconds: float,
+    ) -> None:
+        """Allow the same call as the approved ``request`` for ``seconds``: every argument
+        approvers saw unmasked must be equal. With several approvals (``granters`` ``None``),
+        only when every vote that made the decision asked for a grant, for the shortest."""
+        if not decision.approved or request.tool is None:
+            return
+        if granters is None:
+            asked = [vote.grant for vote in decision.votes]
+            if not all(asked):
+                logger.info(
+                    "grant.not_given", request_id=request.id, reason="not every approver asked for it"
+                )
+                return
+            seconds = min(a for a in asked if a is not None)
+            granters = tuple(Principal(vote.by, vote.user) for vote in decision.votes)
+        kwargs = {**request.kwargs, **(decision.edits or {})}
+        now = datetime.now(UTC)
+        await self.give_grant(
+            Grant(
+                id=secrets.token_hex(16),
+                function=request.tool,
+                where={name: value for name, value in kwargs.items() if not masked(value)},
+                by=tuple(p.id for p in granters),
+                created_at=now,
+                expires_at=now + timedelta(seconds=seconds),
+                approvals=request.approvals,
+                approvers=request.approvers,
+                users=tuple(p.user for p in granters),
+            )
         )
 
     async def respond(self, request_id: str, text: str, *, by: str | Principal, via: str) -> Answered:
@@ -170,6 +242,47 @@ class Decisions:
 
     async def claim(self, key: str, expires_at: datetime) -> bool:
         return await self.store.claim(key, expires_at)
+
+    # -- grants ---------------------------------------------------------------------------
+
+    async def give_grant(self, grant: Grant) -> Grant:
+        """Store ``grant`` (its granters checked by the caller); calls of its tool look for it."""
+        await self.store.add_grant(grant)
+        self._granted.add(grant.function)
+        self._changed()
+        return grant
+
+    async def confirm_grant(self, grant_id: str, *, by: str | Principal) -> Grant:
+        """Give a grant that needs several approvers as one more of them."""
+        grant, who = await self._check_granter(grant_id, by)
+        if not grant.live(datetime.now(UTC)):
+            raise HumanLayerError(
+                f"grant {grant_id!r} is expired, used up or revoked: it cannot be confirmed"
+            )
+        confirmed = await self.store.confirm_grant(grant_id, who)
+        self._granted.add(confirmed.function)
+        return confirmed
+
+    async def revoke_grant(self, grant_id: str, *, by: str | Principal) -> Grant:
+        """Revoke a grant as ``by`` (one who may give it): calls ask again from now on."""
+        _, who = await self._check_granter(grant_id, by)
+        return await self.store.revoke_grant(grant_id, who.id)
+
+    async def grants(self, *, active: bool = True) -> list[Grant]:
+        return await self.store.grants(active=active)
+
+    async def _check_granter(self, grant_id: str, by: str | Principal) -> tuple[Grant, Principal]:
+        who = by if isinstance(by, Principal) else Principal(by)
+        grant = next((g for g in await self.store.grants(active=False) if g.id == grant_id), None)
+        if grant is None:
+            raise UnknownGrant(grant_id)
+        if grant.approvers and not who.matches(grant.approvers):
+            logger.warning("grant.not_an_approver", grant_id=grant_id, by=who.id)
+            raise NotAnApprover(grant_id, who.id, subject="grant")
+        return grant, who
+
+    async def _load_grants(self) -> None:
+        self._granted = {grant.function for grant in await self.store.grants()}
 
     async def _record(self, decision: Decision) -> Answered:
         standing = await self.store.decide(decision)
@@ -299,6 +412,7 @@ class Engine(Decisions):
                 requested_by=current_requester.get(),
                 approvals=tool.approvals,
                 editable=tool.editable,
+                tool=tool.qualname if tool.kind == "approval" else None,
             )
             registry = self.registry
             # Wait before storing: another process may decide as soon as the request is stored.
@@ -309,23 +423,31 @@ class Engine(Decisions):
                 registry.discard(request.id)
                 raise
             self._changed()
-            refs = {} if channels else _UNDELIVERED  # where it was delivered: channel index → ref
+            # The tool's own channels, then its escalations' (refs index into this list).
+            targets = (
+                [*channels, *(c for e in tool.escalations for c in e.channels)]
+                if tool.escalations
+                else channels
+            )
+            refs = {} if channels else _UNDELIVERED  # where it was delivered: target index → ref
             deliver = stored.id == request.id
             if not deliver:  # re-attached: wait for the stored request instead
                 registry.discard(request.id)
-                attached = await self._attach(stored, channels)
+                attached = await self._attach(stored, targets)
                 if isinstance(attached, Decision):
                     return attached
                 request, future, refs = stored, *attached
-            reminders = None
+            elif request.tool in self._granted and await self._use_grant(request):
+                deliver = False  # a grant decided it: nobody is asked
+            steps = None
             try:
                 if deliver and channels:
                     await self._deliver(request, channels, refs)
                 if request.approvals > 1 and refs:
-                    self._counted[request.id] = _Delivered(channels, refs)
-                if tool.remind_every is not None and refs:
-                    reminders = anyio.CancelScope()
-                    self.runtime.spawn(self._remind, reminders, request, channels, refs, tool.remind_every)
+                    self._counted[request.id] = _Delivered(targets, refs)
+                if (tool.remind_every is not None or tool.escalations) and refs:
+                    steps = anyio.CancelScope()
+                    self.runtime.spawn(self._carry_out, steps, request, tool, targets, refs)
                 outcome = await future
                 if outcome is CLOSED:
                     raise self._stopped()
@@ -348,15 +470,15 @@ class Engine(Decisions):
                         comment="the waiting call was cancelled" if cancelled else str(exc),
                     )
                     if refs:
-                        self.runtime.spawn(self._update, replace(request, decision=decision), channels, refs)
+                        self.runtime.spawn(self._update, replace(request, decision=decision), targets, refs)
                 raise
             finally:
                 registry.discard(request.id, future)
                 self._counted.pop(request.id, None)
-                if reminders is not None:
-                    reminders.cancel()
+                if steps is not None:
+                    steps.cancel()
             if refs:  # tell the channels that delivered it; none did: nothing to update
-                self.runtime.spawn(self._update, replace(request, decision=decision), channels, refs)
+                self.runtime.spawn(self._update, replace(request, decision=decision), targets, refs)
             return decision
         finally:
             self._asking -= 1
@@ -404,10 +526,48 @@ class Engine(Decisions):
             return HumanLayerError(f"this call waited for a human when {error}")
         return HumanLayerError("the HumanLayer closed while this call waited for a human")
 
+    async def _use_grant(self, request: ApprovalRequest) -> bool:
+        """Decide a new request by a grant that covers it, if one does (counting its use)."""
+        assert request.tool is not None
+        grant = await self.store.use_grant(request.tool, request.kwargs, request.requested_by)
+        if grant is None:
+            return False
+        given = ", ".join(grant.by)
+        decision = Decision(
+            request.id,
+            True,
+            Status.APPROVED,
+            grant.by[0],
+            "grant",
+            f"allowed by grant {grant.id} given by {given}",
+            datetime.now(UTC),
+            user=grant.users[0] if grant.users else None,
+            grant=grant.id,
+        )
+        await self._record(decision)
+        return True
+
     async def _deliver(
         self, request: ApprovalRequest, channels: Sequence[Channel], refs: dict[int, str | None]
     ) -> None:
         """Send to every channel (at least one) at once; fail closed when none delivered."""
+        errors = await self._send(request, channels, refs)
+        if refs:
+            return
+        reason = "; ".join(errors)
+        decision = await self.settle(request.id, Status.FAILED, via="delivery", comment=reason)
+        if decision.status is Status.FAILED:
+            raise ChannelError(f"no channel could deliver the request for {request.function}: {reason}")
+
+    async def _send(
+        self,
+        request: ApprovalRequest,
+        channels: Sequence[Channel],
+        refs: dict[int, str | None],
+        first: int = 0,
+    ) -> list[str]:
+        """Send to ``channels`` at once, recording each delivery in ``refs`` under its index
+        from ``first``; the errors of those that failed."""
         errors: list[str] = []
 
         async def send(index: int, channel: Channel) -> None:
@@ -423,47 +583,132 @@ class Engine(Decisions):
             await self._audit("approval.delivered", request.id, channel=channel.name, ref=ref)
 
         if len(channels) == 1:
-            await send(0, channels[0])
+            await send(first, channels[0])
         else:
             async with anyio.create_task_group() as task_group:
-                for index, channel in enumerate(channels):
+                for index, channel in enumerate(channels, first):
                     task_group.start_soon(send, index, channel)
-        if refs:
-            return
-        reason = "; ".join(errors)
-        decision = await self.settle(request.id, Status.FAILED, via="delivery", comment=reason)
-        if decision.status is Status.FAILED:
-            raise ChannelError(f"no channel could deliver the request for {request.function}: {reason}")
+        return errors
 
-    async def _remind(
+    async def _carry_out(
         self,
         scope: anyio.CancelScope,
         request: ApprovalRequest,
-        channels: Sequence[Channel],
-        refs: Mapping[int, str | None],
-        every: float,
+        tool: ToolSpec,
+        targets: Sequence[Channel],
+        refs: dict[int, str | None],
     ) -> None:
-        """Remind the approvers where ``request`` was delivered, every ``every`` seconds from
-        its creation, until the waiting call ends (``scope`` is cancelled then).
-
-        Reminder ``n`` is claimed in the store first, so that of the processes waiting for the
-        request (a fleet, a restarted one) exactly one sends it; one that starts late sends
-        only those still to come.
-        """
+        """Carry out ``request``'s reminders and escalations as they fall due, until the
+        waiting call ends (``scope`` is cancelled then). See ``_schedule``. A store that
+        fails meanwhile is tried again after a ``Backoff`` pause."""
+        backoff = Backoff(first=0.5, cap=30.0)
         with scope:
-            elapsed = (datetime.now(UTC) - request.created_at).total_seconds()
-            number = int(elapsed // every)
+            scheduled = False
             while True:
-                number += 1
-                due = request.created_at + timedelta(seconds=every * number)
-                await anyio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
-                if not await self.claim(f"remind:{request.id}:{number}", due + timedelta(seconds=every)):
+                try:
+                    if not scheduled:
+                        steps = planned(request.created_at, tool.remind_every, tool.escalations)
+                        await self.store.schedule(request.id, steps)
+                        scheduled = True
+                    if not await self._due_steps(request.id, tool, targets, refs):
+                        return
+                    backoff.reset()
+                except StoreError as exc:
+                    pause = backoff.next() or 30.0
+                    logger.warning(
+                        "approval.schedule_failed", request_id=request.id, error=str(exc), retry_in=pause
+                    )
+                    await anyio.sleep(pause)
+
+    async def _due_steps(
+        self, request_id: str, tool: ToolSpec, targets: Sequence[Channel], refs: dict[int, str | None]
+    ) -> bool:
+        """Wait for the next step to fall due, or carry out those due; ``False`` when none is
+        left or a decision stands."""
+        steps = [step for step in await self.store.steps(request_id) if step.due_at is not None]
+        if not steps:
+            return False
+        now = datetime.now(UTC)
+        ready = [step for step in steps if ready_at(step) <= now]
+        if not ready:
+            await anyio.sleep((min(map(ready_at, steps)) - now).total_seconds())
+            return True
+        taken = False
+        for step in ready:
+            # Once taken, a step is carried out and marked done even if the call stops
+            # waiting meanwhile: left half done, its lease would hold the others back.
+            with anyio.CancelScope(shield=True):
+                number = await self.store.take(request_id, step.name, LEASE)
+                if number is None:
                     continue
-                current = await self.store.get(request.id)
-                if current.decision is not None:
-                    return
-                logger.info("approval.reminded", request_id=request.id, reminder=number)
-                await self._each(current, channels, refs, "remind")
+                taken = True
+                if not await self._step(request_id, step, number, tool, targets, refs):
+                    return False
+        if not taken:  # another process holds them, or the store's clock is behind ours
+            await anyio.sleep(0.05)
+        return True
+
+    async def _step(
+        self,
+        request_id: str,
+        step: Step,
+        number: int,
+        tool: ToolSpec,
+        targets: Sequence[Channel],
+        refs: dict[int, str | None],
+    ) -> bool:
+        """Carry out taken ``step`` and mark it done; ``False`` once a decision stands."""
+        current = await self.store.get(request_id)
+        if current.decision is not None:
+            return False
+        assert step.due_at is not None
+        next_due = None
+        if step.name == REMIND:
+            if tool.remind_every is not None:  # else scheduled by another version of the tool: ends
+                await self._remind(current, targets, refs, number)
+                next_due = next_reminder(step.due_at, tool.remind_every, datetime.now(UTC))
+        else:
+            await self._escalate(current, tool, targets, refs, escalation_step(step.name))
+        await self.store.done(request_id, step.name, number, next_due)
+        return True
+
+    async def _remind(
+        self,
+        request: ApprovalRequest,
+        targets: Sequence[Channel],
+        refs: Mapping[int, str | None],
+        number: int,
+    ) -> None:
+        await self._audit("approval.reminded", request.id, reminder=number + 1)
+        await self._each(request, targets, refs, "remind")
+
+    async def _escalate(
+        self,
+        request: ApprovalRequest,
+        tool: ToolSpec,
+        targets: Sequence[Channel],
+        refs: dict[int, str | None],
+        number: int | None,
+    ) -> None:
+        """Widen who may decide ``request`` (stored first), then deliver it to more channels."""
+        if number is None or number >= len(tool.escalations):
+            return  # a step this process's tool does not have (another version of it scheduled it)
+        escalation = tool.escalations[number]
+        entry = make_entry(
+            "approval.escalated",
+            request.id,
+            escalation=number,
+            approvers=list(escalation.approvers),
+            channels=[channel.name for channel in escalation.channels],
+        )
+        widened = await self.store.escalate(request.id, escalation.approvers, entry)
+        if widened.decision is not None or not escalation.channels:
+            return
+        await self._prepare(escalation.channels)
+        first = len(targets) - sum(len(e.channels) for e in tool.escalations[number:])
+        errors = await self._send(widened, escalation.channels, refs, first)
+        if len(errors) == len(escalation.channels):
+            logger.warning("approval.escalation_undelivered", request_id=request.id, errors=errors)
 
     async def _voted(self, request_id: str) -> None:
         if request_id in self._counted:
@@ -555,7 +800,9 @@ class Engine(Decisions):
         here, so a lost notification delays a wake-up and never loses it. A store that
         fails (an outage outlasting its own reconnects) is followed again after a
         ``Backoff`` pause, and re-read then too; the calls waiting here carry on meanwhile.
+        ``"granted"`` events (and resyncs) reload which tools may have a live grant.
         """
+        await self._load_grants()
         task_status.started()
         backoff = Backoff(first=0.5, cap=30.0)
         while True:
@@ -567,6 +814,8 @@ class Engine(Decisions):
                         await self._resync()
                     elif event.kind == "voted":
                         await self._voted(event.request_id)
+                    elif event.kind == "granted":
+                        await self._load_grants()
                     elif event.kind == "decided" and event.request_id in self.registry:
                         request = await self.store.get(event.request_id)
                         if request.decision is not None:
@@ -583,6 +832,7 @@ class Engine(Decisions):
 
     async def _resync(self) -> None:
         """Re-read every request waited for here; wake those decided meanwhile."""
+        await self._load_grants()
         for request_id in self.registry.waiting():
             request = await self.store.get(request_id)
             if request.decision is not None:

@@ -41,6 +41,7 @@ __all__ = [
     "OutcomeUnknown",
     "StoreError",
     "TooManyPending",
+    "UnknownGrant",
     "UnknownRequest",
 ]
 
@@ -73,18 +74,29 @@ class UnknownRequest(HumanLayerError, LookupError):
         self.request_id = request_id
 
 
+class UnknownGrant(HumanLayerError, LookupError):
+    """No grant has the given id."""
+
+    def __init__(self, grant_id: str) -> None:
+        super().__init__(f"no grant with id {grant_id!r}")
+        self.grant_id = grant_id
+
+
 class NotAnApprover(HumanLayerError, PermissionError):
     """The person deciding is not among the request's approvers, or requested the call.
 
     ``requester`` is true when they are the one who caused the call: nobody approves
-    their own request.
+    their own request. ``subject`` is ``"grant"`` when it was a grant they may not give,
+    confirm or revoke (``request_id`` is then the tool's or the grant's id).
     """
 
-    def __init__(self, request_id: str, by: str, *, requester: bool = False) -> None:
+    def __init__(
+        self, request_id: str, by: str, *, requester: bool = False, subject: str = "request"
+    ) -> None:
         if requester:
-            message = f"{by!r} requested request {request_id!r} and may not decide it"
+            message = f"{by!r} requested {subject} {request_id!r} and may not decide it"
         else:
-            message = f"{by!r} is not an approver for request {request_id!r}"
+            message = f"{by!r} is not an approver for {subject} {request_id!r}"
         super().__init__(message)
         self.request_id = request_id
         self.by = by

@@ -20,6 +20,7 @@ from ._models import Decision, Execution, Kind, Status
 from ._render import Render
 
 if TYPE_CHECKING:
+    from ._schedule import Escalation
     from .channels.base import Channel
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "ToolSpec",
     "current_decision",
     "refusal",
+    "tool_spec",
 ]
 
 P = ParamSpec("P")
@@ -64,6 +66,10 @@ class ToolSpec:
     """The JSON Schema of each argument an approver may change (``None``: none)."""
     remind_every: float | None = None
     """Seconds between reminders while a request waits (``None``: no reminders)."""
+    escalations: tuple[Escalation, ...] = ()
+    """What happens to a request still pending after a while, in order."""
+    parameters: frozenset[str] | None = None
+    """The names a grant's ``where`` may use (``None``: any, for a tool taking ``**kwargs``)."""
 
 
 class Asker(Protocol):
@@ -122,6 +128,12 @@ def current_decision() -> Decision | None:
     ``None`` outside a gated tool, and in a call whose condition did not require approval.
     """
     return _current_decision.get()
+
+
+def tool_spec(func: object) -> ToolSpec | None:
+    """The spec of a function ``require_approval`` gated (``None`` for any other)."""
+    spec = getattr(func, "__humanlayer_tool__", None)
+    return spec if isinstance(spec, ToolSpec) else None
 
 
 def refusal(function: str, decision: Decision) -> ApprovalDenied:
@@ -259,6 +271,7 @@ def gate(
     approvals: int,
     editable: bool | Sequence[str],
     remind_every: float | None,
+    escalate: tuple[Escalation, ...],
     timeout: float | None,
     on_reject: OnReject,
 ) -> Callable[..., Any]:
@@ -300,7 +313,18 @@ def gate(
 
     schemas = editable_schemas(func, editable) or None
     tool = ToolSpec(
-        "approval", name, approvers, timeout, channels, doc, qualname, approvals, schemas, remind_every
+        "approval",
+        name,
+        approvers,
+        timeout,
+        channels,
+        doc,
+        qualname,
+        approvals,
+        schemas,
+        remind_every,
+        escalate,
+        None if spread is not None else frozenset(signature.parameters),
     )
 
     def edited_call(decision: Decision, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -359,6 +383,7 @@ def gate(
             await asker.finish_execution(decision, tool, None, result)
             return result
 
+        gated.__humanlayer_tool__ = tool  # type: ignore[attr-defined]  # what tool_spec() reads
         return gated
 
     async def approve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Decision | _Done | None:
@@ -383,4 +408,5 @@ def gate(
         asker.block(functools.partial(asker.finish_execution, decision, tool, None, result))
         return result
 
+    gated_sync.__humanlayer_tool__ = tool  # type: ignore[attr-defined]
     return gated_sync

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from ._exceptions import ConfigurationError
+from ._codec import dumps
+from ._exceptions import ConfigurationError, StoreError
 
 __all__ = [
     "ApprovalRequest",
     "Decision",
     "Execution",
+    "Grant",
     "Kind",
     "Principal",
     "Status",
@@ -76,6 +78,9 @@ class Vote:
     user: str | None = None
     edits: Mapping[str, Any] | None = None
     """The arguments this approval changed; the votes cast before it were for another call."""
+    grant: float | None = None
+    """Seconds for which this approver also allows the same call (a grant: every counted
+    approval must ask for one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,9 @@ class Decision:
     """Every vote that made this decision, for a request that needed several approvals."""
     edits: Mapping[str, Any] | None = None
     """The arguments the approver changed before approving: the call ran with them."""
+    grant: str | None = None
+    """The id of the grant that approved this call without asking (``via == "grant"``);
+    ``by`` is then who gave it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +198,8 @@ class ApprovalRequest:
     """The votes cast so far, while a request that needs several approvals is pending."""
     editable: Mapping[str, Any] | None = None
     """The JSON Schema of each argument an approver may change before approving."""
+    tool: str | None = None
+    """The gated function's ``module.qualname``: what a grant given from this request covers."""
 
     @property
     def status(self) -> Status:
@@ -222,3 +232,69 @@ class ApprovalRequest:
         if self.requested_by is None:
             return False
         return same_name(self.requested_by) in (by if isinstance(by, Principal) else Principal(by)).names
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Calls of one gated tool that may run without asking, for a while (``hl.grant``).
+
+    ``function`` is the tool's ``module.qualname``. A call is covered while the grant is
+    ``active``: given by ``approvals`` distinct approvers (``by``, in order; ``users`` their
+    channel ids, when they have one), not expired, used fewer than ``max_uses`` times (no
+    limit when ``None``), not revoked, and its arguments equal every value in ``where``
+    (``None``: any call). It never covers a call made on behalf of one of its granters.
+    """
+
+    id: str
+    function: str
+    where: Mapping[str, Any] | None
+    by: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime
+    max_uses: int | None = None
+    uses: int = 0
+    approvals: int = 1
+    approvers: tuple[str, ...] = ()
+    """Who may give, confirm and revoke it: the tool's approvers (anyone when empty)."""
+    users: tuple[str | None, ...] = ()
+    """Each granter's channel id (a Slack user id), in the order of ``by``; ``None`` where none."""
+    revoked_by: str | None = None
+    revoked_at: datetime | None = None
+
+    @property
+    def confirmed(self) -> bool:
+        """Whether enough distinct approvers gave it."""
+        return len(self.by) >= self.approvals
+
+    def live(self, now: datetime) -> bool:
+        """Whether, at ``now``, it is not expired, used up, or revoked (confirmed or not)."""
+        return (
+            self.revoked_at is None
+            and now < self.expires_at
+            and (self.max_uses is None or self.uses < self.max_uses)
+        )
+
+    def active(self, now: datetime) -> bool:
+        """Whether it covers calls at ``now`` (their arguments and requester aside)."""
+        return self.confirmed and self.live(now)
+
+    def covers(self, kwargs: Mapping[str, Any], requested_by: str | None, now: datetime) -> bool:
+        """Whether this grant lets a call with ``kwargs`` (as shown to people), made for
+        ``requested_by``, run at ``now`` without asking. Values compare by their JSON text:
+        ``1``, ``1.0`` and ``True`` are three values, and a value without one matches nothing."""
+        if not self.active(now) or (requested_by is not None and self.granted_by(requested_by)):
+            return False
+        for name, value in (self.where or {}).items():
+            if name not in kwargs:
+                return False
+            try:
+                if dumps(kwargs[name], name) != dumps(value, name):
+                    return False
+            except StoreError:
+                return False
+        return True
+
+    def granted_by(self, person: str) -> bool:
+        """Whether ``person`` (any of their names) is one of the granters."""
+        name = same_name(person)
+        return any(name == same_name(n) for n in (*self.by, *(u for u in self.users if u is not None)))

@@ -35,6 +35,7 @@ __all__ = [
     "full_call",
     "is_secret_name",
     "mask_secrets",
+    "masked",
     "shorten",
     "shorten_kwargs",
     "summarize",
@@ -173,6 +174,17 @@ def _spell(match: re.Match[str]) -> str:
     if code < 0x100:
         return f"\\x{code:02x}"
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def masked(value: Any) -> bool:
+    """Whether ``value`` is, or holds at any depth, the ``render`` hook's mask."""
+    if value == MASK:
+        return True
+    if isinstance(value, Mapping):
+        return any(masked(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(masked(item) for item in value)
+    return False
 
 
 def visible(text: str) -> str:

@@ -38,7 +38,7 @@ from humanlayer_async.stores import (
     StoreEvent,
     store_from_url,
 )
-from humanlayer_async.stores.base import Tally
+from humanlayer_async.stores.base import Step, Tally
 from humanlayer_async.testing import AutoChannel
 
 from .conftest import decision, make_request
@@ -809,14 +809,43 @@ async def test_a_store_without_the_edits_columns_gains_them_and_keeps_its_reques
         await again.aclose()
 
 
+async def test_a_store_without_grants_gains_them_and_keeps_its_requests(store_url: str) -> None:
+    """The release before grants and schedules: its database gains the two tables and the two
+    request columns (additive: the schema version unchanged); its requests read back as before."""
+    store = store_from_url(store_url)
+    await store.create(make_request("old-pending"))
+    await store.aclose()
+    await drop_the_grants(store)
+    assert {"tool", "decided_grant"}.isdisjoint(await request_columns(store))
+    reopened = store_from_url(store_url)
+    try:
+        [pending] = await reopened.list_pending()
+        assert (pending.id, pending.tool) == ("old-pending", None)
+        await reopened.schedule("old-pending", [Step("remind", datetime.now(UTC))])
+        assert await reopened.take("old-pending", "remind", timedelta(seconds=5)) == 0
+        assert await reopened.grants() == []
+    finally:
+        await reopened.aclose()
+    assert {"tool", "decided_grant"} <= await request_columns(reopened)
+    assert await schema_version(reopened) == 1
+
+
 async def run_sql(store: DurableStore, statement: str) -> None:
-    """Run ``statement`` on ``store``'s database; ``{additions}``, ``{claims}`` and ``{requests}``
-    name its tables."""
+    """Run ``statement`` on ``store``'s database; ``{additions}``, ``{claims}``, ``{requests}``,
+    ``{grants}`` and ``{schedule}`` name its tables."""
     if isinstance(store, SQLiteStore):
         import sqlite3
 
         with contextlib.closing(sqlite3.connect(store.path)) as db, db:
-            db.execute(statement.format(additions="hl_additions", claims="hl_claims", requests="hl_requests"))
+            db.execute(
+                statement.format(
+                    additions="hl_additions",
+                    claims="hl_claims",
+                    requests="hl_requests",
+                    grants="hl_grants",
+                    schedule="hl_schedule",
+                )
+            )
         return
     assert isinstance(store, PostgresStore)
     pg = await asyncpg.connect(store._dsn)
@@ -826,6 +855,8 @@ async def run_sql(store: DurableStore, statement: str) -> None:
                 additions=f"{store.schema}.additions",
                 claims=f"{store.schema}.claims",
                 requests=f"{store.schema}.requests",
+                grants=f"{store.schema}.grants",
+                schedule=f"{store.schema}.schedule",
             )
         )
     finally:
@@ -868,10 +899,11 @@ async def schema_version(store: DurableStore) -> int:
 
 async def downgrade_to_the_previous_release(store: DurableStore) -> None:
     """Make ``store``'s database look as the release before additions left it: no claims, no
-    principal, quorum or edits columns, no additions."""
+    principal, quorum, edits or grant columns, no grants or schedule, no additions."""
     await drop_the_principal_columns(store)
     await drop_the_quorum_columns(store)
     await drop_the_edits_columns(store)
+    await drop_the_grants(store)
     await run_sql(store, "DROP TABLE {claims}")
     await run_sql(store, "DROP TABLE {additions}")
 
@@ -896,6 +928,15 @@ async def drop_the_edits_columns(store: DurableStore) -> None:
     await run_sql(store, "ALTER TABLE {requests} DROP COLUMN editable")
     await run_sql(store, "ALTER TABLE {requests} DROP COLUMN decided_edits")
     await run_sql(store, "DELETE FROM {additions} WHERE name = 'edits'")
+
+
+async def drop_the_grants(store: DurableStore) -> None:
+    """Make ``store``'s database look as the release before grants and schedules left it."""
+    await run_sql(store, "DROP TABLE {grants}")
+    await run_sql(store, "DROP TABLE {schedule}")
+    await run_sql(store, "ALTER TABLE {requests} DROP COLUMN tool")
+    await run_sql(store, "ALTER TABLE {requests} DROP COLUMN decided_grant")
+    await run_sql(store, "DELETE FROM {additions} WHERE name IN ('grants', 'schedule', 'grant_columns')")
 
 
 # -- issue 13: store URLs the CLI documents, and stores that are only opened, never created ------

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-from .._models import ApprovalRequest, Decision, Kind, Principal, Vote
+from .._models import ApprovalRequest, Decision, Grant, Kind, Principal, Vote
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -54,8 +54,11 @@ class Decider(Protocol):
         comment: str | None = None,
         via: str,
         edits: Mapping[str, Any] | None = None,
+        grant: float | None = None,
     ) -> Answered:
-        """Decide a request: the decision that stands, and whether it is this one."""
+        """Decide a request: the decision that stands, and whether it is this one.
+
+        ``grant`` (seconds) with an approval also allows the same call for that long."""
         ...
 
     async def respond(self, request_id: str, text: str, *, by: str | Principal, via: str) -> Answered:
@@ -72,6 +75,18 @@ class Decider(Protocol):
 
     async def claim(self, key: str, expires_at: datetime) -> bool:
         """Claim ``key`` in the store until ``expires_at``: ``True`` once, in the whole fleet."""
+        ...
+
+    async def grants(self, *, active: bool = True) -> list[Grant]:
+        """The live grants (``active=False``: every one the store keeps)."""
+        ...
+
+    async def confirm_grant(self, grant_id: str, *, by: str | Principal) -> Grant:
+        """Give a grant that needs several approvers as one more of them."""
+        ...
+
+    async def revoke_grant(self, grant_id: str, *, by: str | Principal) -> Grant:
+        """Revoke a grant as ``by`` (one who may approve its tool)."""
         ...
 
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol, cast
 from .._audit import AuditEntry, AuditEvent
 from .._codec import digest, dumps, dumps_mapping, loads
 from .._exceptions import ArgumentsChanged
-from .._models import ApprovalRequest, Decision, Execution, Kind, Status, Vote, same_name
+from .._models import ApprovalRequest, Decision, Execution, Grant, Kind, Principal, Status, Vote, same_name
 
 __all__ = [
     "DEFAULT_RETENTION",
@@ -30,10 +30,13 @@ __all__ = [
     "epoch",
     "execution_so_far",
     "expired_decision",
+    "grant_row",
+    "joined",
     "request_row",
     "retention_seconds",
     "tally",
     "to_entry",
+    "to_grant",
     "to_request",
     "to_votes",
     "votes_text",
@@ -83,6 +86,7 @@ def request_row(request: ApprovalRequest) -> dict[str, Any]:
         "requested_by": request.requested_by,
         "approvals": request.approvals,
         "editable": None if request.editable is None else json.dumps(request.editable),
+        "tool": request.tool,
     }
 
 
@@ -97,6 +101,7 @@ def decision_row(decision: Decision) -> dict[str, Any]:
         "answer": decision.answer,
         "decided_user": decision.user,
         "decided_edits": None if decision.edits is None else dumps_mapping(decision.edits, "edit"),
+        "decided_grant": decision.grant,
     }
 
 
@@ -168,6 +173,7 @@ def votes_text(votes: tuple[Vote, ...]) -> str:
                 "at": v.at.isoformat(),
                 "user": v.user,
                 "edits": None if v.edits is None else json.loads(dumps_mapping(v.edits, "edit")),
+                "grant": v.grant,
             }
             for v in votes
         ]
@@ -187,6 +193,7 @@ def to_votes(text: str | None) -> tuple[Vote, ...]:
             datetime.fromisoformat(v["at"]),
             v.get("user"),
             v.get("edits"),
+            v.get("grant"),
         )
         for v in json.loads(text)
     )
@@ -222,6 +229,7 @@ def to_request(row: Row, when: ToDatetime) -> ApprovalRequest:
             user=row["decided_user"],
             votes=votes if status in (Status.APPROVED, Status.DENIED) else (),
             edits=None if row["decided_edits"] is None else loads(row["decided_edits"]),
+            grant=row["decided_grant"],
         )
     execution = None
     if row["exec_state"] is not None:
@@ -246,7 +254,49 @@ def to_request(row: Row, when: ToDatetime) -> ApprovalRequest:
         approvals=row["approvals"],
         votes=votes,
         editable=None if row["editable"] is None else loads(row["editable"]),
+        tool=row["tool"],
     )
+
+
+def grant_row(grant: Grant) -> dict[str, Any]:
+    """The columns of a grant (timestamps excepted)."""
+    return {
+        "id": grant.id,
+        "function": grant.function,
+        "where_": None if grant.where is None else dumps_mapping(grant.where, "where value"),
+        "granted_by": json.dumps(list(grant.by)),
+        "users": json.dumps(list(grant.users)),
+        "approvers": json.dumps(list(grant.approvers)),
+        "approvals": grant.approvals,
+        "max_uses": grant.max_uses,
+        "uses": grant.uses,
+        "revoked_by": grant.revoked_by,
+    }
+
+
+def to_grant(row: Row, when: ToDatetime) -> Grant:
+    return Grant(
+        id=row["id"],
+        function=row["function"],
+        where=None if row["where_"] is None else loads(row["where_"]),
+        by=tuple(json.loads(row["granted_by"])),
+        created_at=when(row["created_at"]),
+        expires_at=when(row["expires_at"]),
+        max_uses=row["max_uses"],
+        uses=row["uses"],
+        approvals=row["approvals"],
+        approvers=tuple(json.loads(row["approvers"])),
+        users=tuple(json.loads(row["users"])),
+        revoked_by=row["revoked_by"],
+        revoked_at=None if row["revoked_at"] is None else when(row["revoked_at"]),
+    )
+
+
+def joined(grant: Grant, by: Principal) -> Grant:
+    """``grant`` with ``by`` among its granters (unchanged when they are already: one person counts once)."""
+    if grant.granted_by(by.id) or (by.user is not None and grant.granted_by(by.user)):
+        return grant
+    return replace(grant, by=(*grant.by, by.id), users=(*grant.users, by.user))
 
 
 def audit_row(entry: AuditEntry) -> tuple[str, str, str]:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from .._audit import AuditEntry, AuditEvent, make_entry
-from .._models import ApprovalRequest, Decision, Execution, Kind, Status, Vote
+from .._models import ApprovalRequest, Decision, Execution, Grant, Kind, Principal, Status, Vote
 
-__all__ = ["DurableStore", "Store", "StoreEvent", "Tally", "decision_entry", "requested_entry", "vote_entry"]
+__all__ = [
+    "DurableStore",
+    "Step",
+    "Store",
+    "StoreEvent",
+    "Tally",
+    "decision_entry",
+    "given_entry",
+    "grant_entry",
+    "requested_entry",
+    "vote_entry",
+]
 
 _FINAL_EVENTS: dict[Status, AuditEvent] = {
     Status.APPROVED: "approval.decided",
@@ -32,6 +43,20 @@ class Tally:
 
 
 @dataclass(frozen=True, slots=True)
+class Step:
+    """One scheduled step of a pending request (a reminder series, an escalation).
+
+    ``due_at`` is when it is next due (``None``: done); ``number`` counts the times it was
+    carried out; ``lease_until`` is set while a process carries it out (``take``).
+    """
+
+    name: str
+    due_at: datetime | None
+    number: int = 0
+    lease_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StoreEvent:
     """A change written to the store: a new request, a vote counted, or a decision that now stands.
 
@@ -39,8 +64,9 @@ class StoreEvent:
     reconnected and could not replay them): a consumer re-reads every request it waits for.
     """
 
-    kind: Literal["requested", "voted", "decided", "resync"]
+    kind: Literal["requested", "voted", "decided", "granted", "resync"]
     request_id: str
+    """The request's id; for ``"granted"`` (a grant given, confirmed or revoked) the grant's."""
 
 
 @runtime_checkable
@@ -136,6 +162,71 @@ class Store(Protocol):
         """
         ...
 
+    async def schedule(self, request_id: str, steps: Sequence[Step]) -> None:
+        """Store ``request_id``'s steps, each unless a step of that name is stored already (a
+        re-attaching process schedules the same steps again: the stored ones carry on).
+        Raises ``UnknownRequest`` for an id the store does not hold."""
+        ...
+
+    async def steps(self, request_id: str) -> list[Step]:
+        """The request's scheduled steps, by name."""
+        ...
+
+    async def take(self, request_id: str, step: str, lease: timedelta) -> int | None:
+        """Lease a due step for ``lease``: its ``number`` when this caller may carry it out,
+        ``None`` when it is not due, is done, or another caller's lease has not expired.
+
+        Atomic across every handle on the store: of a fleet's processes one takes it. A
+        caller that dies before ``done`` lets the lease expire, and the step is taken again.
+        """
+        ...
+
+    async def done(self, request_id: str, step: str, number: int, next_due: datetime | None) -> None:
+        """Mark taken step ``number`` carried out: due again at ``next_due`` (``None``: done)."""
+        ...
+
+    async def escalate(
+        self, request_id: str, approvers: tuple[str, ...], entry: AuditEntry
+    ) -> ApprovalRequest:
+        """Widen a pending request's approvers by ``approvers`` (once each) and append
+        ``entry``, together; returns the request (unchanged once decided, or when it had no
+        approver list: then anyone may decide it already)."""
+        ...
+
+    async def add_grant(self, grant: Grant) -> None:
+        """Store a new grant (its id is new) with its ``grant.given`` audit entry."""
+        ...
+
+    async def confirm_grant(self, grant_id: str, by: Principal) -> Grant:
+        """Add ``by`` to the grant's granters (once: the same person counts once); returns it.
+
+        Raises ``UnknownGrant``. The store does not check ``by`` may grant: callers do.
+        """
+        ...
+
+    async def use_grant(
+        self, function: str, kwargs: Mapping[str, Any], requested_by: str | None
+    ) -> Grant | None:
+        """Count one use of an active grant of ``function`` that covers a call with ``kwargs``
+        (as shown to people) made for ``requested_by``; ``None`` when none does.
+
+        Atomic across every handle on the store: concurrent uses never exceed ``max_uses``.
+        A use is no ``"granted"`` event: the decision it makes is announced as any other.
+        """
+        ...
+
+    async def revoke_grant(self, grant_id: str, by: str) -> Grant:
+        """Revoke a grant (a revoked one stays revoked, by whoever did it first). Raises
+        ``UnknownGrant``."""
+        ...
+
+    async def grants(self, *, function: str | None = None, active: bool = True) -> list[Grant]:
+        """Grants, oldest first: the live ones (``Grant.live``: active, or waiting for more
+        granters), or with ``active=False`` every one the store keeps.
+
+        ``prune`` deletes grants expired longer ago than the retention."""
+        ...
+
     async def prune(self, older_than: float | timedelta | None = None) -> int:
         """Delete requests decided longer ago than ``older_than`` (default: the store's
         retention); returns how many. The audit trail is kept."""
@@ -174,10 +265,12 @@ def requested_entry(request: ApprovalRequest) -> AuditEntry:
 
 def decision_entry(decision: Decision) -> AuditEntry:
     """The audit entry (and log line) of a decision that now stands (with the edits it made:
-    the request's entry has the values they replaced)."""
+    the request's entry has the values they replaced; and the grant that made it, if one did)."""
     more: dict[str, Any] = {} if decision.user is None else {"user": decision.user}
     if decision.edits:
         more["edits"] = dict(decision.edits)
+    if decision.grant is not None:
+        more["grant"] = decision.grant
     return make_entry(
         _FINAL_EVENTS[decision.status],
         decision.request_id,
@@ -202,3 +295,21 @@ def vote_entry(request_id: str, vote: Vote, count: int, needed: int) -> AuditEnt
     if vote.edits:
         fields["edits"] = dict(vote.edits)
     return make_entry("approval.voted", request_id, **fields, approvals=count, needed=needed)
+
+
+def grant_entry(event: AuditEvent, grant: Grant, by: str, **fields: Any) -> AuditEntry:
+    """The audit entry (and log line) of a grant given, confirmed or revoked (keyed by its id)."""
+    return make_entry(event, grant.id, function=grant.function, by=by, **fields)
+
+
+def given_entry(grant: Grant) -> AuditEntry:
+    """The audit entry of a grant given (or proposed, when it needs more granters): its terms."""
+    return grant_entry(
+        "grant.given",
+        grant,
+        grant.by[0],
+        where=None if grant.where is None else dict(grant.where),
+        expires_at=grant.expires_at.isoformat(),
+        max_uses=grant.max_uses,
+        approvals=grant.approvals,
+    )

@@ -5,17 +5,27 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 
 from .._audit import AuditEntry
-from .._exceptions import StoreError, UnknownRequest
-from .._models import ApprovalRequest, Decision, Execution, Kind, Status, Vote
-from ._rows import edited, execution_so_far, expired_decision, retention_seconds, tally
-from .base import StoreEvent, Tally, decision_entry, requested_entry, vote_entry
+from .._exceptions import StoreError, UnknownGrant, UnknownRequest
+from .._models import ApprovalRequest, Decision, Execution, Grant, Kind, Principal, Status, Vote
+from ._rows import edited, execution_so_far, expired_decision, joined, retention_seconds, tally
+from .base import (
+    Step,
+    StoreEvent,
+    Tally,
+    decision_entry,
+    given_entry,
+    grant_entry,
+    requested_entry,
+    vote_entry,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -45,6 +55,8 @@ class MemoryStore:
         self._decided: deque[tuple[float, str]] = deque()
         self._claims: dict[str, datetime] = {}
         self._claim_expiries: list[tuple[datetime, str]] = []  # a heap, soonest first
+        self._steps: dict[str, dict[str, Step]] = {}  # of requests with reminders or escalations
+        self._grants: dict[str, Grant] = {}
         self._closed = anyio.Event()
         self.audit_log: deque[AuditEntry] = deque(maxlen=audit_size)
 
@@ -137,6 +149,7 @@ class MemoryStore:
             self._decisions.pop(request_id, None)
             self._executions.pop(request_id, None)
             self._votes.pop(request_id, None)
+            self._steps.pop(request_id, None)
             if request is not None and request.key is not None:
                 self._keys.pop(request.key, None)
             dropped += request is not None
@@ -192,8 +205,92 @@ class MemoryStore:
         heapq.heappush(self._claim_expiries, (expires_at, key))
         return True
 
+    async def schedule(self, request_id: str, steps: Sequence[Step]) -> None:
+        self._request(request_id)
+        stored = self._steps.setdefault(request_id, {})
+        for step in steps:
+            stored.setdefault(step.name, step)
+
+    async def steps(self, request_id: str) -> list[Step]:
+        return sorted(self._steps.get(request_id, {}).values(), key=lambda step: step.name)
+
+    async def take(self, request_id: str, step: str, lease: timedelta) -> int | None:
+        now = datetime.now(UTC)
+        stored = self._steps.get(request_id, {}).get(step)
+        if stored is None or stored.due_at is None or stored.due_at > now:
+            return None
+        if stored.lease_until is not None and stored.lease_until > now:
+            return None
+        self._steps[request_id][step] = replace(stored, lease_until=now + lease)
+        return stored.number
+
+    async def done(self, request_id: str, step: str, number: int, next_due: datetime | None) -> None:
+        stored = self._steps.get(request_id, {}).get(step)
+        if stored is not None and stored.number == number:
+            self._steps[request_id][step] = Step(step, next_due, number + 1)
+
+    async def escalate(
+        self, request_id: str, approvers: tuple[str, ...], entry: AuditEntry
+    ) -> ApprovalRequest:
+        request = await self.get(request_id)
+        if request.decision is not None:
+            return request
+        if request.approvers:
+            added = tuple(a for a in dict.fromkeys(approvers) if a not in request.approvers)
+            self._requests[request_id] = replace(
+                self._requests[request_id], approvers=request.approvers + added
+            )
+        self.audit_log.append(entry)
+        return await self.get(request_id)
+
+    async def add_grant(self, grant: Grant) -> None:
+        self._grants[grant.id] = grant
+        self.audit_log.append(given_entry(grant))
+
+    async def confirm_grant(self, grant_id: str, by: Principal) -> Grant:
+        grant = self._grant(grant_id)
+        after = joined(grant, by)
+        if after is not grant:
+            self._grants[grant_id] = after
+            self.audit_log.append(grant_entry("grant.confirmed", after, by.id, granters=len(after.by)))
+        return after
+
+    async def use_grant(
+        self, function: str, kwargs: Mapping[str, Any], requested_by: str | None
+    ) -> Grant | None:
+        now = datetime.now(UTC)
+        for grant in self._grants.values():
+            if grant.function == function and grant.covers(kwargs, requested_by, now):
+                used = self._grants[grant.id] = replace(grant, uses=grant.uses + 1)
+                return used
+        return None
+
+    async def revoke_grant(self, grant_id: str, by: str) -> Grant:
+        grant = self._grant(grant_id)
+        if grant.revoked_at is None:
+            grant = self._grants[grant_id] = replace(grant, revoked_by=by, revoked_at=datetime.now(UTC))
+            self.audit_log.append(grant_entry("grant.revoked", grant, by))
+        return grant
+
+    async def grants(self, *, function: str | None = None, active: bool = True) -> list[Grant]:
+        now = datetime.now(UTC)
+        return [
+            grant
+            for grant in self._grants.values()
+            if (function is None or grant.function == function) and (not active or grant.live(now))
+        ]
+
+    def _grant(self, grant_id: str) -> Grant:
+        try:
+            return self._grants[grant_id]
+        except KeyError:
+            raise UnknownGrant(grant_id) from None
+
     async def prune(self, older_than: float | timedelta | None = None) -> int:
         age = self._retention if older_than is None else retention_seconds(older_than)
+        horizon = datetime.now(UTC) - timedelta(seconds=age)
+        for grant in [g for g in self._grants.values() if g.expires_at <= horizon]:
+            del self._grants[grant.id]
         return self._prune(time.monotonic() - age)
 
     async def watch(self) -> AsyncIterator[StoreEvent]:

@@ -6,7 +6,11 @@ the row ``FOR UPDATE`` when the approver edited the arguments): across processes
 decision wins. ``vote`` locks the request's row (``FOR UPDATE``), so the votes of many
 processes count one after another. Every new request and decision appends to the event
 log, whose sequence numbers follow commit order (writers take a transaction advisory lock
-just before appending), and sends ``NOTIFY`` with ids only.
+just before appending), and sends ``NOTIFY`` with ids only; so does every grant given,
+confirmed or revoked (a ``granted`` event with the grant's id). ``take`` leases a due
+step with one conditional ``UPDATE``, and ``use_grant`` counts a use with one per
+candidate grant (re-checking the uses left, after waiting for the row), so neither holds
+a lock across anything else and concurrent uses never exceed a grant's ``max_uses``.
 
 The schema is named by ``schema=`` or by the DSN's ``?schema=`` parameter (the form the
 ``humanlayer-async`` command takes), which the store removes before asyncpg sees the DSN,
@@ -31,9 +35,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
@@ -41,8 +47,8 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 import anyio
 
 from .._audit import AuditEntry, logger
-from .._exceptions import ConfigurationError, StoreError, UnknownRequest
-from .._models import ApprovalRequest, Decision, Execution, Kind, Status, Vote
+from .._exceptions import ConfigurationError, StoreError, UnknownGrant, UnknownRequest
+from .._models import ApprovalRequest, Decision, Execution, Grant, Kind, Principal, Status, Vote
 from .._retry import Backoff
 from ._rows import (
     DEFAULT_RETENTION,
@@ -52,14 +58,26 @@ from ._rows import (
     edited,
     execution_so_far,
     expired_decision,
+    grant_row,
+    joined,
     request_row,
     retention_seconds,
     tally,
     to_entry,
+    to_grant,
     to_request,
     votes_text,
 )
-from .base import StoreEvent, Tally, decision_entry, requested_entry, vote_entry
+from .base import (
+    Step,
+    StoreEvent,
+    Tally,
+    decision_entry,
+    given_entry,
+    grant_entry,
+    requested_entry,
+    vote_entry,
+)
 from .url import POSTGRES_FORM, redacted
 
 if TYPE_CHECKING:
@@ -149,7 +167,44 @@ def _additions(schema: str) -> dict[str, tuple[str, ...]]:
             f"ALTER TABLE {schema}.requests ADD COLUMN editable text",  # JSON Schema by argument; NULL: none
             f"ALTER TABLE {schema}.requests ADD COLUMN decided_edits text",  # JSON; NULL: approved as asked
         ),
+        "grants": (
+            # where_ is JSON as text, not jsonb: jsonb renormalises numbers, and grants compare JSON text.
+            f"""CREATE TABLE {schema}.grants (
+                id text PRIMARY KEY,
+                function text NOT NULL,
+                where_ text,
+                granted_by text NOT NULL,
+                users text NOT NULL,
+                approvers text NOT NULL,
+                approvals integer NOT NULL,
+                created_at timestamptz NOT NULL,
+                expires_at timestamptz NOT NULL,
+                max_uses integer,
+                uses integer NOT NULL DEFAULT 0,
+                revoked_by text,
+                revoked_at timestamptz
+            )""",
+            f"CREATE INDEX grants_function ON {schema}.grants (function)",
+        ),
+        "schedule": (
+            f"""CREATE TABLE {schema}.schedule (
+                request_id text,
+                name text,
+                due_at timestamptz NULL,
+                number integer NOT NULL DEFAULT 0,
+                lease_until timestamptz NULL,
+                PRIMARY KEY (request_id, name)
+            )""",
+        ),
+        "grant_columns": (
+            f"ALTER TABLE {schema}.requests ADD COLUMN tool text",  # the gated function's module.qualname
+            f"ALTER TABLE {schema}.requests ADD COLUMN decided_grant text",  # the grant that approved it
+        ),
     }
+
+
+_LIVE = "revoked_at IS NULL AND expires_at > now() AND (max_uses IS NULL OR uses < max_uses)"
+"""``Grant.live`` in SQL, by the database's clock: what ``grants()`` lists and a use re-checks."""
 
 
 def _asyncpg() -> Any:
@@ -689,6 +744,178 @@ class PostgresStore:
 
         return await self._transact(claim)
 
+    async def schedule(self, request_id: str, steps: Sequence[Step]) -> None:
+        async def schedule(conn: Connection) -> None:
+            if await conn.fetchval(f"SELECT 1 FROM {self.schema}.requests WHERE id = $1", request_id) is None:
+                raise UnknownRequest(request_id)
+            await conn.executemany(
+                f"INSERT INTO {self.schema}.schedule (request_id, name, due_at, number, lease_until)"
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id, name) DO NOTHING",
+                [(request_id, step.name, step.due_at, step.number, step.lease_until) for step in steps],
+            )
+
+        await self._transact(schedule)
+
+    async def steps(self, request_id: str) -> list[Step]:
+        async def steps(conn: Connection) -> list[Step]:
+            rows = await conn.fetch(
+                f"SELECT name, due_at, number, lease_until FROM {self.schema}.schedule"
+                " WHERE request_id = $1 ORDER BY name",
+                request_id,
+            )
+            return [Step(row["name"], row["due_at"], row["number"], row["lease_until"]) for row in rows]
+
+        return await self._transact(steps)
+
+    async def take(self, request_id: str, step: str, lease: timedelta) -> int | None:
+        async def take(conn: Connection) -> int | None:
+            # One statement, no lock held past it: of many takers the row lock lets one through.
+            number: int | None = await conn.fetchval(
+                f"UPDATE {self.schema}.schedule SET lease_until = now() + make_interval(secs => $3)"
+                " WHERE request_id = $1 AND name = $2 AND due_at <= now()"
+                " AND (lease_until IS NULL OR lease_until <= now()) RETURNING number",
+                request_id,
+                step,
+                lease.total_seconds(),
+            )
+            return number
+
+        return await self._transact(take)
+
+    async def done(self, request_id: str, step: str, number: int, next_due: datetime | None) -> None:
+        async def done(conn: Connection) -> None:
+            await conn.execute(
+                f"UPDATE {self.schema}.schedule SET due_at = $4, number = number + 1, lease_until = NULL"
+                " WHERE request_id = $1 AND name = $2 AND number = $3",
+                request_id,
+                step,
+                number,
+                next_due,
+            )
+
+        await self._transact(done)
+
+    async def escalate(
+        self, request_id: str, approvers: tuple[str, ...], entry: AuditEntry
+    ) -> ApprovalRequest:
+        async def escalate(conn: Connection) -> ApprovalRequest:
+            await conn.execute(f"SELECT 1 FROM {self.schema}.requests WHERE id = $1 FOR UPDATE", request_id)
+            request = await self._fetch(conn, request_id)  # past the expiry: the timeout stored first
+            if request.decision is not None:
+                return request
+            added = tuple(a for a in dict.fromkeys(approvers) if a not in request.approvers)
+            if request.approvers and added:  # (an empty list lets anyone decide already)
+                request = replace(request, approvers=(*request.approvers, *added))
+                await conn.execute(
+                    f"UPDATE {self.schema}.requests SET approvers = $2 WHERE id = $1",
+                    request_id,
+                    json.dumps(list(request.approvers)),
+                )
+            await self._insert_audit(conn, entry)
+            return request
+
+        return await self._transact(escalate)
+
+    async def add_grant(self, grant: Grant) -> None:
+        values = {
+            **grant_row(grant),
+            "created_at": grant.created_at,
+            "expires_at": grant.expires_at,
+            "revoked_at": grant.revoked_at,
+        }
+        columns = ", ".join(values)
+        marks = ", ".join(f"${index}" for index in range(1, len(values) + 1))
+
+        async def add(conn: Connection) -> None:
+            await conn.execute(
+                f"INSERT INTO {self.schema}.grants ({columns}) VALUES ({marks})", *values.values()
+            )
+            await self._announce(conn, "granted", grant.id)
+            await self._insert_audit(conn, given_entry(grant))
+
+        await self._transact(add)
+
+    async def confirm_grant(self, grant_id: str, by: Principal) -> Grant:
+        async def confirm(conn: Connection) -> Grant:
+            row = await conn.fetchrow(
+                f"SELECT * FROM {self.schema}.grants WHERE id = $1 FOR UPDATE", grant_id
+            )
+            if row is None:
+                raise UnknownGrant(grant_id)
+            grant = to_grant(row, _same)
+            after = joined(grant, by)
+            if after is grant:
+                return grant
+            values = grant_row(after)
+            await conn.execute(
+                f"UPDATE {self.schema}.grants SET granted_by = $2, users = $3 WHERE id = $1",
+                grant_id,
+                values["granted_by"],
+                values["users"],
+            )
+            await self._announce(conn, "granted", grant_id)
+            await self._insert_audit(
+                conn, grant_entry("grant.confirmed", after, by.id, granters=len(after.by))
+            )
+            return after
+
+        return await self._transact(confirm)
+
+    async def use_grant(
+        self, function: str, kwargs: Mapping[str, Any], requested_by: str | None
+    ) -> Grant | None:
+        async def use(conn: Connection) -> Grant | None:
+            candidates = await conn.fetch(
+                f"SELECT *, now() AS now_ FROM {self.schema}.grants WHERE function = $1 AND {_LIVE}"
+                " ORDER BY created_at, id",
+                function,
+            )
+            for row in candidates:
+                if not to_grant(row, _same).covers(kwargs, requested_by, row["now_"]):
+                    continue
+                # The row lock orders concurrent uses, and each re-checks the count it waited for.
+                used = await conn.fetchrow(
+                    f"UPDATE {self.schema}.grants SET uses = uses + 1 WHERE id = $1 AND {_LIVE} RETURNING *",
+                    row["id"],
+                )
+                if used is not None:  # (else another process took its last use, or revoked it)
+                    return to_grant(used, _same)
+            return None
+
+        return await self._transact(use)
+
+    async def revoke_grant(self, grant_id: str, by: str) -> Grant:
+        async def revoke(conn: Connection) -> Grant:
+            row = await conn.fetchrow(
+                f"UPDATE {self.schema}.grants SET revoked_by = $2, revoked_at = now()"
+                " WHERE id = $1 AND revoked_at IS NULL RETURNING *",
+                grant_id,
+                by,
+            )
+            if row is None:  # revoked already (it stays so, by whoever did it first), or unknown
+                row = await conn.fetchrow(f"SELECT * FROM {self.schema}.grants WHERE id = $1", grant_id)
+                if row is None:
+                    raise UnknownGrant(grant_id)
+                return to_grant(row, _same)
+            grant = to_grant(row, _same)
+            await self._announce(conn, "granted", grant_id)
+            await self._insert_audit(conn, grant_entry("grant.revoked", grant, by))
+            return grant
+
+        return await self._transact(revoke)
+
+    async def grants(self, *, function: str | None = None, active: bool = True) -> list[Grant]:
+        async def grants(conn: Connection) -> list[Grant]:
+            rows = await conn.fetch(
+                f"SELECT * FROM {self.schema}.grants WHERE ($1::text IS NULL OR function = $1)"
+                f" AND (NOT $2 OR ({_LIVE})) ORDER BY created_at, id",
+                function,
+                active,
+            )
+            return [to_grant(row, _same) for row in rows]
+
+        return await self._transact(grants)
+
     async def watch(self) -> AsyncIterator[StoreEvent]:
         await self._ready()
         subscriber = _Subscriber()
@@ -806,10 +1033,18 @@ class PostgresStore:
             await conn.execute(
                 f"DELETE FROM {self.schema}.events WHERE at < now() - make_interval(secs => $1)", seconds
             )
+            await conn.execute(
+                f"DELETE FROM {self.schema}.grants WHERE expires_at <= now() - make_interval(secs => $1)",
+                seconds,
+            )
             deleted = await conn.fetch(
                 f"DELETE FROM {self.schema}.requests WHERE status <> 'pending'"
                 " AND decided_at < now() - make_interval(secs => $1) RETURNING id",
                 seconds,
+            )
+            await conn.execute(
+                f"DELETE FROM {self.schema}.schedule WHERE request_id = ANY($1::text[])",
+                [row["id"] for row in deleted],
             )
             return len(deleted)
 

@@ -7,15 +7,21 @@ mode: several processes on one machine may share it (an agent, the operator's
 other processes' writes by reading ``PRAGMA data_version`` at most every 250 ms, the
 one polling this SDK does. With ``create=False`` the store only opens a file that holds
 its tables, and never creates a file or a directory.
+
+A write that depends on what it reads is one ``BEGIN IMMEDIATE`` transaction: the
+processes sharing the file take turns, so a vote counts once, a scheduled step is taken
+by one of them, and a grant's uses never exceed its limit.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from os import PathLike
 from pathlib import Path
@@ -25,8 +31,8 @@ import anyio
 
 from .. import _threads
 from .._audit import AuditEntry
-from .._exceptions import ConfigurationError, StoreError, UnknownRequest
-from .._models import ApprovalRequest, Decision, Execution, Kind, Status, Vote
+from .._exceptions import ConfigurationError, StoreError, UnknownGrant, UnknownRequest
+from .._models import ApprovalRequest, Decision, Execution, Grant, Kind, Principal, Status, Vote
 from ._rows import (
     DEFAULT_RETENTION,
     SCHEMA_VERSION,
@@ -36,14 +42,26 @@ from ._rows import (
     epoch,
     execution_so_far,
     expired_decision,
+    grant_row,
+    joined,
     request_row,
     retention_seconds,
     tally,
     to_entry,
+    to_grant,
     to_request,
     votes_text,
 )
-from .base import StoreEvent, Tally, decision_entry, requested_entry, vote_entry
+from .base import (
+    Step,
+    StoreEvent,
+    Tally,
+    decision_entry,
+    given_entry,
+    grant_entry,
+    requested_entry,
+    vote_entry,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -115,8 +133,43 @@ _ADDITIONS: dict[str, tuple[str, ...]] = {
         "ALTER TABLE hl_requests ADD COLUMN editable TEXT",  # JSON Schema by argument; NULL: none
         "ALTER TABLE hl_requests ADD COLUMN decided_edits TEXT",  # JSON; NULL: approved as asked
     ),
+    "grants": (
+        """CREATE TABLE hl_grants (
+            id TEXT PRIMARY KEY,
+            function TEXT NOT NULL,
+            where_ TEXT,
+            granted_by TEXT NOT NULL,
+            users TEXT NOT NULL,
+            approvers TEXT NOT NULL,
+            approvals INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            max_uses INTEGER,
+            uses INTEGER NOT NULL DEFAULT 0,
+            revoked_by TEXT,
+            revoked_at REAL
+        )""",
+        "CREATE INDEX hl_grants_function ON hl_grants (function)",
+    ),
+    "schedule": (
+        """CREATE TABLE hl_schedule (
+            request_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            due_at REAL,
+            number INTEGER NOT NULL DEFAULT 0,
+            lease_until REAL,
+            PRIMARY KEY (request_id, name)
+        )""",
+    ),
+    "grant_columns": (
+        "ALTER TABLE hl_requests ADD COLUMN tool TEXT",  # module.qualname; NULL: not a gated call
+        "ALTER TABLE hl_requests ADD COLUMN decided_grant TEXT",  # the grant that approved it
+    ),
 }
 """Name → the statements of an additive change (see ``SCHEMA_VERSION``), in order."""
+
+_LIVE = "revoked_at IS NULL AND expires_at > :now AND (max_uses IS NULL OR uses < max_uses)"
+"""``Grant.live`` at ``:now`` as SQL, so that reads skip dead grants (keep the two alike)."""
 
 
 class SQLiteStore:
@@ -348,6 +401,162 @@ class SQLiteStore:
 
         return await self._run(claim)
 
+    async def schedule(self, request_id: str, steps: Sequence[Step]) -> None:
+        rows = [(request_id, s.name, _seconds(s.due_at), s.number, _seconds(s.lease_until)) for s in steps]
+
+        def schedule(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                if conn.execute("SELECT 1 FROM hl_requests WHERE id = ?", (request_id,)).fetchone() is None:
+                    raise UnknownRequest(request_id)
+                conn.executemany(
+                    "INSERT INTO hl_schedule (request_id, name, due_at, number, lease_until)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id, name) DO NOTHING",
+                    rows,
+                )
+
+        await self._run(schedule)
+
+    async def steps(self, request_id: str) -> list[Step]:
+        def steps(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            return conn.execute(
+                "SELECT * FROM hl_schedule WHERE request_id = ? ORDER BY name", (request_id,)
+            ).fetchall()
+
+        return [
+            Step(row["name"], _datetime(row["due_at"]), row["number"], _datetime(row["lease_until"]))
+            for row in await self._run(steps)
+        ]
+
+    async def take(self, request_id: str, step: str, lease: timedelta) -> int | None:
+        def take(conn: sqlite3.Connection) -> int | None:
+            with _transaction(conn):
+                now = time.time()
+                key = {"request_id": request_id, "name": step}
+                leased = conn.execute(
+                    "UPDATE hl_schedule SET lease_until = :until WHERE request_id = :request_id"
+                    " AND name = :name AND due_at <= :now AND (lease_until IS NULL OR lease_until <= :now)",
+                    {**key, "now": now, "until": now + lease.total_seconds()},
+                ).rowcount
+                if not leased:
+                    return None
+                row = conn.execute(
+                    "SELECT number FROM hl_schedule WHERE request_id = :request_id AND name = :name", key
+                ).fetchone()
+                return int(row["number"])
+
+        return await self._run(take)
+
+    async def done(self, request_id: str, step: str, number: int, next_due: datetime | None) -> None:
+        def done(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE hl_schedule SET due_at = ?, number = number + 1, lease_until = NULL"
+                " WHERE request_id = ? AND name = ? AND number = ?",
+                (_seconds(next_due), request_id, step, number),
+            )
+
+        await self._run(done)
+
+    async def escalate(
+        self, request_id: str, approvers: tuple[str, ...], entry: AuditEntry
+    ) -> ApprovalRequest:
+        def escalate(conn: sqlite3.Connection) -> ApprovalRequest:
+            with _transaction(conn):
+                request = self._fetch(conn, request_id)  # past the expiry, the timeout stored first
+                if request.decision is not None:
+                    return request
+                added = tuple(dict.fromkeys(a for a in approvers if a not in request.approvers))
+                if request.approvers and added:  # no approver list: anyone may decide it already
+                    widened = request.approvers + added
+                    conn.execute(
+                        "UPDATE hl_requests SET approvers = ? WHERE id = ?",
+                        (json.dumps(list(widened)), request_id),
+                    )
+                    request = replace(request, approvers=widened)
+                _audit(conn, entry)
+                return request
+
+        return await self._run(escalate)
+
+    async def add_grant(self, grant: Grant) -> None:
+        values = grant_row(grant)  # encodes in the caller's task: errors name the value
+        values["created_at"] = grant.created_at.timestamp()
+        values["expires_at"] = grant.expires_at.timestamp()
+        values["revoked_at"] = _seconds(grant.revoked_at)
+        columns = ", ".join(values)
+        marks = ", ".join(f":{name}" for name in values)
+
+        def add(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(f"INSERT INTO hl_grants ({columns}) VALUES ({marks})", values)
+                _audit(conn, given_entry(grant))
+                _event(conn, "granted", grant.id)
+
+        await self._run(add)
+
+    async def confirm_grant(self, grant_id: str, by: Principal) -> Grant:
+        def confirm(conn: sqlite3.Connection) -> Grant:
+            with _transaction(conn):
+                grant = _grant(conn, grant_id)
+                after = joined(grant, by)
+                if after is not grant:
+                    conn.execute(
+                        "UPDATE hl_grants SET granted_by = :granted_by, users = :users WHERE id = :id",
+                        grant_row(after),
+                    )
+                    _audit(conn, grant_entry("grant.confirmed", after, by.id, granters=len(after.by)))
+                    _event(conn, "granted", grant_id)
+                return after
+
+        return await self._run(confirm)
+
+    async def use_grant(
+        self, function: str, kwargs: Mapping[str, Any], requested_by: str | None
+    ) -> Grant | None:
+        def use(conn: sqlite3.Connection) -> Grant | None:
+            # BEGIN IMMEDIATE before the read: other processes' uses wait, so none sees a use
+            # this one counts, and together they never exceed max_uses.
+            with _transaction(conn):
+                now = time.time()
+                rows = conn.execute(
+                    f"SELECT * FROM hl_grants WHERE function = :function AND {_LIVE}"
+                    " ORDER BY created_at, rowid",
+                    {"function": function, "now": now},
+                ).fetchall()
+                for row in rows:
+                    grant = to_grant(row, epoch)
+                    if grant.covers(kwargs, requested_by, epoch(now)):
+                        conn.execute("UPDATE hl_grants SET uses = uses + 1 WHERE id = ?", (grant.id,))
+                        return replace(grant, uses=grant.uses + 1)
+                return None
+
+        return await self._run(use)
+
+    async def revoke_grant(self, grant_id: str, by: str) -> Grant:
+        def revoke(conn: sqlite3.Connection) -> Grant:
+            with _transaction(conn):
+                revoked = conn.execute(
+                    "UPDATE hl_grants SET revoked_by = ?, revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                    (by, time.time(), grant_id),
+                ).rowcount
+                grant = _grant(conn, grant_id)
+                if revoked:  # the first time only: whoever revoked it first stays
+                    _audit(conn, grant_entry("grant.revoked", grant, by))
+                    _event(conn, "granted", grant_id)
+                return grant
+
+        return await self._run(revoke)
+
+    async def grants(self, *, function: str | None = None, active: bool = True) -> list[Grant]:
+        def grants(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            return conn.execute(
+                "SELECT * FROM hl_grants WHERE (:function IS NULL OR function = :function)"
+                + (f" AND {_LIVE}" if active else "")
+                + " ORDER BY created_at, rowid",
+                {"function": function, "now": time.time()},
+            ).fetchall()
+
+        return [to_grant(row, epoch) for row in await self._run(grants)]
+
     async def watch(self) -> AsyncIterator[StoreEvent]:
         def start(conn: sqlite3.Connection) -> tuple[int, int]:
             return _max_seq(conn), _data_version(conn)
@@ -426,9 +635,15 @@ class SQLiteStore:
         def prune(conn: sqlite3.Connection) -> int:
             with _transaction(conn):
                 conn.execute("DELETE FROM hl_events WHERE at < ?", (horizon,))
-                return conn.execute(
+                conn.execute("DELETE FROM hl_grants WHERE expires_at <= ?", (horizon,))
+                pruned = conn.execute(
                     "DELETE FROM hl_requests WHERE status != 'pending' AND decided_at < ?", (horizon,)
                 ).rowcount
+                conn.execute(
+                    "DELETE FROM hl_schedule WHERE NOT EXISTS"
+                    " (SELECT 1 FROM hl_requests WHERE hl_requests.id = hl_schedule.request_id)"
+                )
+                return pruned
 
         return await self._run(prune)
 
@@ -475,6 +690,23 @@ def _expire(conn: sqlite3.Connection, request_id: str | None) -> None:
         conn.execute(f"UPDATE hl_requests SET {assignments} WHERE id = :id", {**values, "id": row["id"]})
         _audit(conn, decision_entry(decision))
         _event(conn, "decided", decision.request_id)
+
+
+def _grant(conn: sqlite3.Connection, grant_id: str) -> Grant:
+    row = conn.execute("SELECT * FROM hl_grants WHERE id = ?", (grant_id,)).fetchone()
+    if row is None:
+        raise UnknownGrant(grant_id)
+    return to_grant(row, epoch)
+
+
+def _seconds(value: datetime | None) -> float | None:
+    """A timestamp column's value: epoch seconds (``NULL`` for ``None``)."""
+    return None if value is None else value.timestamp()
+
+
+def _datetime(value: float | None) -> datetime | None:
+    """A timestamp column back as an aware datetime (``None`` for ``NULL``)."""
+    return None if value is None else epoch(value)
 
 
 def _arguments(request: ApprovalRequest) -> dict[str, Any]:
