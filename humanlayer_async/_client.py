@@ -566,6 +566,7 @@ class HumanLayer:
         via: str = "api",
         edits: Mapping[str, Any] | None = None,
         grant: float | timedelta | None = None,
+        seen: str | None = None,
     ) -> Decision | None:
         """Approve or deny a request; returns the decision that stands.
 
@@ -576,7 +577,10 @@ class HumanLayer:
         ``None`` while the request still waits for more (``hl.get(id).votes`` has them).
 
         ``edits`` change arguments the tool made editable (``editable=``) with the approval:
-        the tool runs with them. An edit of an argument that is not editable or is masked,
+        the tool runs with them. On a request that needs several approvals, an edit starts
+        the count again (the others approved another call); pass ``seen=request.fingerprint``
+        of the version you looked at, and an answer to a call edited since raises
+        ``ArgumentsEdited`` instead of counting. An edit of an argument that is not editable or is masked,
         or of the wrong type, raises ``InvalidEdit`` naming it; nothing is decided.
 
         ``grant`` (seconds or a ``timedelta``) approves and allows the same call (every
@@ -586,7 +590,7 @@ class HumanLayer:
         """
         seconds = None if grant is None else _seconds(grant, "grant")
         answered = await self._engine.decide(
-            request_id, approved, by=by, comment=comment, via=via, edits=edits, grant=seconds
+            request_id, approved, by=by, comment=comment, via=via, edits=edits, grant=seconds, seen=seen
         )
         return answered.decision
 

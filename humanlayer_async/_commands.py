@@ -37,7 +37,7 @@ from ._client import HumanLayer
 from ._codec import to_json
 from ._edits import parse_edit
 from ._engine import Decisions
-from ._exceptions import ConfigurationError, HumanLayerError, UnknownRequest
+from ._exceptions import ArgumentsEdited, ConfigurationError, HumanLayerError, UnknownRequest
 from ._models import ApprovalRequest, Grant, same_name
 from ._render import describe_decision, describe_votes, format_kwargs, format_value, full_call, summarize
 from ._terminal import MIN_PREFIX, log_to_terminal, table, write_lines
@@ -446,12 +446,23 @@ async def _batch(engine: Decisions, args: argparse.Namespace, approved: bool) ->
             write_lines(["nothing decided"])
             return None
     refused: Answered | None = None
+    edited: list[str] = []
     comment = args.comment if approved else args.reason
     for request in requests:
-        answered = await engine.decide(request.id, approved, by=args.by, comment=comment, via="cli")
+        try:  # the call as listed: one edited since was not what the operator confirmed
+            answered = await engine.decide(
+                request.id, approved, by=args.by, comment=comment, via="cli", seen=request.fingerprint
+            )
+        except ArgumentsEdited:
+            edited.append(request.short_id)
+            continue
         _show_decision(args, answered)
         if answered.decision is not None and not answered.stands:
             refused = answered
+    if edited:
+        raise _Refused(
+            f"not decided, edited after the list was printed: {', '.join(edited)}; list them again"
+        )
     return refused  # the first one someone else had decided: exits 1, naming it
 
 

@@ -31,6 +31,7 @@ from ._codec import digest, dumps
 from ._edits import check_edits
 from ._exceptions import (
     AlreadyExecuted,
+    ArgumentsEdited,
     ChannelError,
     HumanLayerError,
     InvalidEdit,
@@ -86,11 +87,12 @@ _UNDELIVERED: dict[int, str | None] = {}
 
 @dataclass
 class _Delivered:
-    """Where a request that needs several approvals was delivered, and the count shown there."""
+    """Where a request that needs several approvals was delivered, and what is shown there."""
 
     channels: Sequence[Channel]
     refs: dict[int, str | None]
-    shown: int = 0
+    shown: tuple[int, str] = (0, "")
+    """The count of votes and the call's fingerprint shown there last."""
 
 
 class Decisions:
@@ -127,6 +129,7 @@ class Decisions:
         via: str,
         edits: Mapping[str, Any] | None = None,
         grant: float | None = None,
+        seen: str | None = None,
     ) -> Answered:
         """Approve or deny as ``by``: the decision that stands, and whether it is this one.
 
@@ -135,8 +138,12 @@ class Decisions:
         arguments with the approval (``InvalidEdit`` when they may not: nothing decided).
         ``grant`` (seconds) also allows the same call for that long once this approval
         decides (with several approvals: once every counted approval asked for one).
+        ``seen`` is the ``fingerprint`` of the call the approver saw: an answer to another
+        version of it (edited meanwhile) raises ``ArgumentsEdited``, nothing decided.
         """
         request, who = await self._check_approver(request_id, by, via)
+        if seen is not None and request.decision is None and seen != request.fingerprint:
+            raise ArgumentsEdited(request_id, request.function)
         if grant is not None and request.decision is None:
             if not approved:
                 raise HumanLayerError(f"a grant goes with an approval, not a denial (request {request_id!r})")
@@ -147,18 +154,12 @@ class Decisions:
         if edits is not None and request.decision is None:
             if not approved:
                 raise InvalidEdit(request_id, "", "edits go with an approval, not a denial")
-            if request.editable and not request.takes_edits:
-                raise InvalidEdit(
-                    request_id,
-                    "",
-                    "it needs several approvals: the others would approve a call they did not see",
-                )
             check_edits(request_id, edits, request.editable or {}, request.kwargs)
             edits = dict(edits)
         now = datetime.now(UTC)
         if request.approvals > 1:
             answered = await self._vote(
-                request, Vote(who.id, approved, via, comment, now, who.user, edits, grant)
+                request, Vote(who.id, approved, via, comment, now, who.user, edits, grant, seen)
             )
         else:
             status = Status.APPROVED if approved else Status.DENIED
@@ -720,8 +721,9 @@ class Engine(Decisions):
         if found is None:
             return
         request = await self.store.get(request_id)
-        if request.decision is None and len(request.votes) != found.shown:  # a store also tells its own votes
-            found.shown = len(request.votes)
+        now = (len(request.votes), request.fingerprint)  # an edit restarts the count: 1 vote again
+        if request.decision is None and now != found.shown:  # a store also tells its own votes
+            found.shown = now
             await self._update(request, found.channels, found.refs)
 
     async def _update(

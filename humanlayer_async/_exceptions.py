@@ -33,6 +33,7 @@ __all__ = [
     "ApprovalDenied",
     "ApprovalTimeout",
     "ArgumentsChanged",
+    "ArgumentsEdited",
     "ChannelError",
     "ConfigurationError",
     "HumanLayerError",
@@ -165,6 +166,18 @@ class ArgumentsChanged(HumanLayerError):
         super().__init__(
             f"request {request_id!r} was approved for other arguments than this call of {function}; "
             "it did not run"
+        )
+        self.request_id = request_id
+
+
+class ArgumentsEdited(HumanLayerError):
+    """The call was edited after the approver saw it (``seen=`` is an earlier ``fingerprint``):
+    their answer would decide a call they did not see. Nothing was decided."""
+
+    def __init__(self, request_id: str, function: str) -> None:
+        super().__init__(
+            f"the arguments of request {request_id!r} ({function}) were edited after you saw them: "
+            "look at the call again before you decide"
         )
         self.request_id = request_id
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from ._codec import dumps
+from ._codec import digest, dumps
 from ._exceptions import ConfigurationError, StoreError
 
 __all__ = [
@@ -81,6 +82,9 @@ class Vote:
     grant: float | None = None
     """Seconds for which this approver also allows the same call (a grant: every counted
     approval must ask for one)."""
+    seen: str | None = field(default=None, compare=False)
+    """The ``fingerprint`` of the call the voter saw: the vote counts only while it is the
+    request's (an edit in between changed the call). Not stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,9 +213,21 @@ class ApprovalRequest:
     @property
     def takes_edits(self) -> bool:
         """Whether an approver may change arguments as they approve: the tool made some
-        editable, and one approval decides it. (With several, the approvers before or after
-        an edit would approve a call they did not see.)"""
-        return bool(self.editable) and self.approvals == 1 and self.kind == "approval"
+        editable. With several approvals, an edit starts the count again, and an answer
+        given on an earlier version of the call (``fingerprint``) no longer counts."""
+        return bool(self.editable) and self.kind == "approval"
+
+    @property
+    def fingerprint(self) -> str:
+        """A short digest of the arguments as they stand now. A channel shows it with its
+        buttons and sends it back with the answer (``seen=``), so that an answer applies only
+        to the version of the call its approver saw: an edit changes it."""
+        if self.digest is not None:
+            return self.digest[:16]
+        try:
+            return digest(self.kwargs)[:16]
+        except StoreError:  # arguments without a JSON form (a MemoryStore keeps them as rendered)
+            return hashlib.sha256(repr(sorted(self.kwargs.items())).encode()).hexdigest()[:16]
 
     @property
     def short_id(self) -> str:

@@ -220,7 +220,14 @@ class LateDecider:
         self.answers: list[tuple[str, str, str]] = []  # (request id, by, via) of each answer given
 
     async def decide(
-        self, request_id: str, approved: bool, *, by: str | Principal, comment: str | None = None, via: str
+        self,
+        request_id: str,
+        approved: bool,
+        *,
+        by: str | Principal,
+        comment: str | None = None,
+        via: str,
+        **more: object,  # edits, grant, seen: the answer loses the race whatever they say
     ) -> Answered:
         self.answers.append((request_id, by.id if isinstance(by, Principal) else by, via))
         return Answered(self.standing, stands=False)

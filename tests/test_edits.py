@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from humanlayer_async import (
+    ArgumentsEdited,
     ConfigurationError,
     Decision,
     HumanLayer,
@@ -23,8 +24,11 @@ from humanlayer_async import (
 from humanlayer_async._render import describe_decision
 from humanlayer_async.testing import wait_for_pending
 
+from . import test_stores
 from .conftest import ALICE, Inbox, make_channel, text_of
 from .durable_helpers import run_cli
+
+any_store_url = test_stores.any_store_url
 
 pytestmark = pytest.mark.anyio
 
@@ -159,11 +163,14 @@ async def test_a_sync_tool_and_its_spread_keywords_run_edited() -> None:
         assert ran == [(12, {"team": "core"})]
 
 
-async def test_a_request_needing_several_approvals_takes_no_edits() -> None:
-    # The approvers before or after an edit would approve a call they did not see.
-    async with HumanLayer([], listen=None) as hl:
+async def test_an_edit_on_a_quorum_starts_the_count_again_and_stale_answers_do_not_count(
+    any_store_url: str | None,
+) -> None:
+    # Alice approved 9000; Bob edits to 4000: Alice's approval was for another call, so the
+    # count starts again, and an answer given on the 9000 version (its fingerprint) is refused.
+    async with HumanLayer([], store=any_store_url, listen=None) as hl:
 
-        @hl.require_approval(approvals=2, editable=["amount"])
+        @hl.require_approval(approvals=2, approvers=["alice", "bob", "carol"], editable=["amount"])
         async def wire(amount: int) -> int:
             return amount
 
@@ -175,13 +182,27 @@ async def test_a_request_needing_several_approvals_takes_no_edits() -> None:
 
             tg.start_soon(call)
             [request] = await wait_for_pending(hl)
-            assert not request.takes_edits
-            assert await hl.decide(request.id, True, by="alice") is None
-            with pytest.raises(InvalidEdit, match="several approvals"):
-                await hl.decide(request.id, True, by="bob", edits={"amount": 4000})
-            assert [v.by for v in (await hl.get(request.id)).votes] == ["alice"]
-            await hl.decide(request.id, True, by="bob")
-        assert results == [9000]
+            assert request.takes_edits
+            shown = request.fingerprint
+            assert await hl.decide(request.id, True, by="alice", seen=shown) is None
+            assert await hl.decide(request.id, True, by="bob", edits={"amount": 4000}, seen=shown) is None
+            edited = await hl.get(request.id)
+            assert edited.kwargs["amount"] == 4000 and edited.fingerprint != shown
+            assert [(v.by, v.edits) for v in edited.votes] == [("bob", {"amount": 4000})]
+            for stale in (True, False):  # neither an approval nor a veto of the 9000 call counts
+                with pytest.raises(ArgumentsEdited, match="edited after you saw them"):
+                    await hl.decide(request.id, stale, by="carol", seen=shown)
+            assert [v.by for v in (await hl.get(request.id)).votes] == ["bob"]
+            decision = await hl.decide(request.id, True, by="alice", seen=edited.fingerprint)
+            assert decision is not None and decision.edits == {"amount": 4000}
+            assert [v.by for v in decision.votes] == ["bob", "alice"]
+        assert results == [4000]
+        entries = await hl.store.history(request_id=request.id)
+        assert [e.fields.get("edits") for e in entries if e.event == "approval.voted"] == [
+            None,
+            {"amount": 4000},
+            None,
+        ]
 
 
 async def test_the_cli_approves_with_edits_typed_as_the_argument_wants(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ def test_top_level_names() -> None:
         "ApprovalRequest",
         "ApprovalTimeout",
         "ArgumentsChanged",
+        "ArgumentsEdited",
         "AuditEntry",
         "ChannelError",
         "ConfigurationError",

@@ -55,10 +55,14 @@ class Decider(Protocol):
         via: str,
         edits: Mapping[str, Any] | None = None,
         grant: float | None = None,
+        seen: str | None = None,
     ) -> Answered:
         """Decide a request: the decision that stands, and whether it is this one.
 
-        ``grant`` (seconds) with an approval also allows the same call for that long."""
+        ``grant`` (seconds) with an approval also allows the same call for that long.
+        ``seen``: the ``fingerprint`` of the request as the channel showed it (with its
+        buttons, in its form): an answer to a call edited since raises ``ArgumentsEdited``.
+        Channels that show a call pass it."""
         ...
 
     async def respond(self, request_id: str, text: str, *, by: str | Principal, via: str) -> Answered:

@@ -117,6 +117,12 @@ class ConsoleChannel(BaseChannel):
         self._say(f"reminder: [{request.short_id}] still waits: {summarize(request)}")
 
     async def progress(self, request: ApprovalRequest, ref: str | None) -> None:
+        shown = self._waiting.get(request.id)
+        if shown is not None and shown.fingerprint != request.fingerprint:  # edited: show the new call
+            self._waiting[request.id] = request
+            self._say(
+                f"[{request.short_id}] was edited: the votes start again on this call", *describe(request)
+            )
         self._say(f"[{request.short_id}] {describe_votes(request.votes, request.approvals)}")
 
     async def run(self, decider: Decider, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
@@ -200,6 +206,8 @@ class ConsoleChannel(BaseChannel):
         assert self._decider is not None
         if verb == "v":
             self._say(*full_call(request).splitlines())
+            if request.id in self._waiting:  # seen now, as it stands
+                self._waiting[request.id] = request
             return
         if request.decision is not None:
             self._say(_outcome(request, request.decision, already=True))
@@ -207,6 +215,8 @@ class ConsoleChannel(BaseChannel):
         if verb in ("n", "r", "e") and not text:
             self._say(f"nothing decided: type {_FORMS[verb].replace('<id>', request.short_id)}")
             return
+        # The answer is to the call as this terminal showed it: one edited since does not take it.
+        seen = self._waiting.get(request.id, request).fingerprint
         if verb == "r":
             answered = await self._decider.respond(request.id, text, by=self.user, via=self.name)
         elif verb == "e":
@@ -214,10 +224,12 @@ class ConsoleChannel(BaseChannel):
             if edits is None:
                 self._say(f"nothing decided: type {_FORMS['e'].replace('<id>', request.short_id)}")
                 return
-            answered = await self._decider.decide(request.id, True, by=self.user, via=self.name, edits=edits)
+            answered = await self._decider.decide(
+                request.id, True, by=self.user, via=self.name, edits=edits, seen=seen
+            )
         else:
             answered = await self._decider.decide(
-                request.id, verb == "y", by=self.user, comment=text or None, via=self.name
+                request.id, verb == "y", by=self.user, comment=text or None, via=self.name, seen=seen
             )
         if answered.decision is None:  # a vote: the request waits for more
             self._say(f"{request.short_id}: counted, {describe_votes(answered.votes, answered.needed)}")

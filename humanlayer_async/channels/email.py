@@ -24,7 +24,7 @@ from .._audit import logger
 from .._exceptions import ChannelError, ConfigurationError, NotAnApprover, StoreError, UnknownRequest
 from .._models import ApprovalRequest, Decision
 from .._refused import Refused
-from .._render import describe_decision, describe_votes
+from .._render import describe_decision, describe_votes, summarize
 from .._retry import Backoff
 from ._inbound_mail import PROVIDERS, InboundMail, Provider, ReplayGuard, read_mail
 from ._mail_compose import (
@@ -435,6 +435,15 @@ class EmailChannel(BaseChannel):
                     self._offer_help(request, index, mail)
                     raise Refused(422, "not a clear answer: reply 'approve' or 'deny: <reason>'", **who)
                 approved, reason = answer
+                if request.votes and request.votes[0].edits:  # the mail shows the call before the edit
+                    text = (
+                        "This call was edited after this mail was sent, so your answer was not counted.\n"
+                        f"It now reads: {summarize(request)}\n"
+                        "Decide it where the edited call is shown: the web console, Slack, or\n"
+                        f"humanlayer-async show {request.id}\n"
+                    )
+                    self._reply(request, index, mail, text, f".edited.{time.time_ns()}")
+                    raise Refused(409, "the call was edited after this mail was sent", **who)
                 answered = await decider.decide(request_id, approved, by=by, comment=reason, via=self.name)
         except NotAnApprover:
             raise Refused(403, "the sender is not an approver of this request", **who) from None

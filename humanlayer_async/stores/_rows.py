@@ -17,7 +17,7 @@ from typing import Any, Protocol, cast
 
 from .._audit import AuditEntry, AuditEvent
 from .._codec import digest, dumps, dumps_mapping, loads
-from .._exceptions import ArgumentsChanged
+from .._exceptions import ArgumentsChanged, ArgumentsEdited
 from .._models import ApprovalRequest, Decision, Execution, Grant, Kind, Principal, Status, Vote, same_name
 
 __all__ = [
@@ -111,17 +111,23 @@ def expired_decision(request_id: str, at: datetime) -> Decision:
 
 
 def tally(
-    request_id: str, votes: tuple[Vote, ...], vote: Vote, needed: int
+    request: ApprovalRequest, votes: tuple[Vote, ...], vote: Vote, needed: int
 ) -> tuple[tuple[Vote, ...], Decision | None]:
-    """What ``vote`` does to a pending request that needs ``needed`` approvals and has ``votes``:
-    the votes then (unchanged when it does not count), and the decision it makes, if any.
+    """What ``vote`` does to pending ``request`` (as read in the store's transaction) that
+    needs ``needed`` approvals and has ``votes``: the votes then (unchanged when it does not
+    count), and the decision it makes, if any.
 
+    A vote cast on another version of the call (``vote.seen`` is not the request's
+    ``fingerprint``: it was edited meanwhile) raises ``ArgumentsEdited``: nothing is written.
     A denial denies at once (a veto). An approval by someone who approved already counts
     once. An approval with edits starts the count again: the votes before it approved
     another call. The approval that brings the distinct approvers to ``needed`` approves.
     The decision carries every vote that made it (and the edits they approved), and is the
     last voter's. The store applies a vote's edits to the request's arguments (``edited``).
     """
+    if vote.seen is not None and vote.seen != request.fingerprint:
+        raise ArgumentsEdited(request.id, request.function)
+    request_id = request.id
     if vote.edits:  # the votes before were for another call; the edits before still hold
         earlier = votes[0].edits if votes else None  # the first vote carries every edit so far
         vote = replace(vote, edits={**(earlier or {}), **vote.edits})

@@ -123,7 +123,7 @@ class MemoryStore:
         standing = self._decision(request, expire=True)
         if standing is not None:
             return Tally(standing, votes, False)
-        after, decision = tally(request_id, votes, vote, needed)
+        after, decision = tally(request, votes, vote, needed)
         if vote.edits:
             self._requests[request_id] = edited(request, vote.edits)
         if after is not votes:

@@ -349,7 +349,7 @@ class SQLiteStore:
                 request = self._fetch(conn, request_id)  # past the expiry, the timeout stored first
                 if request.decision is not None:
                     return Tally(request.decision, request.votes, False)
-                after, decision = tally(request_id, request.votes, vote, needed)
+                after, decision = tally(request, request.votes, vote, needed)
                 if after is request.votes:
                     return Tally(None, after, False)
                 values: dict[str, Any] = {"votes": votes_text(after)}
