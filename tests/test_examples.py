@@ -119,6 +119,20 @@ async def test_devops(runs: Runs) -> None:
     assert "replicas now: {'checkout': 8, 'search': 2}" in out
 
 
+async def test_finance_ops(runs: Runs) -> None:
+    out = await run_example(runs, "finance_ops")
+    lines = out.splitlines()
+    # Nobody answered the support lead's channel: the escalation's manager decided.
+    assert "refunded 180.0 on A-1001 (approved by manager@company.com)" in lines
+    assert "paid INV-7 to acme via api" in lines  # the controller approved, with a grant
+    assert "paid INV-7 to acme via grant" in lines  # the same call: run without asking
+    edited = "wire edited by the CFO: now {'amount': 40000, 'iban': 'DE44 5001 0517 5407 3249 31'}"
+    assert f"{edited}, 1 of 2 approvals" in lines
+    assert "wired 40000 to DE44 5001 0517 5407 3249 31" in lines
+    [grant] = [line for line in lines if line.startswith("grant ")]
+    assert "__main__.pay_invoice where {'supplier': 'acme', 'invoice': 'INV-7'}, used 1 time(s)" in grant
+
+
 async def test_agent_loop(runs: Runs) -> None:
     out = await run_example(runs, "agent_loop")
     assert "40 look-ups done while 6 refunds waited for a human" in out
