@@ -168,8 +168,9 @@ class Decisions:
             )
             answered = await self._record(decision)
         if grant is not None and answered.stands and answered.decision is not None:
-            await self._grant_from(
-                request, answered.decision, (who,) if request.approvals == 1 else None, grant
+            granters = (who,) if request.approvals == 1 else None
+            return replace(
+                answered, grant=await self._grant_from(request, answered.decision, granters, grant)
             )
         return answered
 
@@ -179,24 +180,25 @@ class Decisions:
         decision: Decision,
         granters: tuple[Principal, ...] | None,
         seconds: float,
-    ) -> None:
+    ) -> Grant | None:
         """Allow the same call as the approved ``request`` for ``seconds``: every argument
-        approvers saw unmasked must be equal. With several approvals (``granters`` ``None``),
-        only when every vote that made the decision asked for a grant, for the shortest."""
+        approvers saw unmasked must be equal; the grant, or ``None`` when none is given. With
+        several approvals (``granters`` ``None``), only when every vote that made the
+        decision asked for a grant, for the shortest."""
         if not decision.approved or request.tool is None:
-            return
+            return None
         if granters is None:
             asked = [vote.grant for vote in decision.votes]
             if not all(asked):
                 logger.info(
                     "grant.not_given", request_id=request.id, reason="not every approver asked for it"
                 )
-                return
+                return None
             seconds = min(a for a in asked if a is not None)
             granters = tuple(Principal(vote.by, vote.user) for vote in decision.votes)
         kwargs = {**request.kwargs, **(decision.edits or {})}
         now = datetime.now(UTC)
-        await self.give_grant(
+        return await self.give_grant(
             Grant(
                 id=secrets.token_hex(16),
                 function=request.tool,

@@ -164,7 +164,7 @@ def slack_form_body(payload: Mapping[str, Any]) -> bytes:
 
 def slack_block_actions(
     request_id: str,
-    action: Literal["approve", "deny", "answer", "full", "edit"] = "approve",
+    action: Literal["approve", "deny", "answer", "full", "edit", "grant"] = "approve",
     *,
     user: str = "U0TESTER",
     text: str | None = None,
@@ -173,13 +173,16 @@ def slack_block_actions(
     response_url: str | None = None,
     trigger_id: str = "1700000000.1.test",
     thread_ts: str | None = None,
+    seen: str | None = None,
+    seconds: float = 3600.0,
 ) -> dict[str, Any]:
     """The ``block_actions`` payload of a click on a ``SlackChannel`` message.
 
-    ``action`` names the button (``"full"``: Show the full call, ``"edit"``: Edit);
-    ``"answer"`` with ``text`` is instead the answer box of a webhook-mode question,
-    submitted with Enter.
-    ``thread_ts`` is the thread the message is in, if any.
+    ``action`` names the button (``"full"``: Show the full call, ``"edit"``: Edit,
+    ``"grant"``: Approve, and allow the same for ``seconds``); ``"answer"`` with ``text`` is
+    instead the answer box of a webhook-mode question, submitted with Enter.
+    ``thread_ts`` is the thread the message is in, if any. ``seen`` is the call's
+    ``fingerprint`` as the message showed it (as the channel's buttons carry it).
     """
     if action == "answer" and text is not None:
         element = {"type": "plain_text_input", "action_id": slack_blocks.ANSWER_INLINE, "value": text}
@@ -192,11 +195,12 @@ def slack_block_actions(
             "full": slack_blocks.FULL,
             "edit": slack_blocks.EDIT,
         }
+        value = request_id if action != "grant" else f"{request_id} {seconds!r}"
         element = {
             "type": "button",
-            "action_id": action_id[action],
+            "action_id": slack_blocks.GRANTS[0] if action == "grant" else action_id[action],
             "block_id": "actions",
-            "value": request_id,
+            "value": value if seen is None else f"{value} {seen}",
         }
     payload: dict[str, Any] = {
         "type": "block_actions",
@@ -222,12 +226,14 @@ def slack_view_submission(
     modal: Literal["deny", "answer", "full", "edit"] = "deny",
     user: str = "U0TESTER",
     values: Mapping[str, str | None] | None = None,
+    seen: str | None = None,
 ) -> dict[str, Any]:
     """The ``view_submission`` payload of ``SlackChannel``'s deny-reason, answer, full-call or
     edit modal.
 
     For ``modal="edit"``, ``values`` is the text in each argument's box (``None``: emptied),
-    as Slack sends every box, changed or not; ``text`` is the comment.
+    as Slack sends every box, changed or not; ``text`` is the comment. ``seen`` is the call's
+    ``fingerprint`` as the modal showed it.
     """
     callback_id = {
         "deny": slack_blocks.DENY_VIEW,
@@ -250,7 +256,7 @@ def slack_view_submission(
             "id": "V0TEST",
             "type": "modal",
             "callback_id": callback_id,
-            "private_metadata": request_id,
+            "private_metadata": request_id if seen is None else f"{request_id} {seen}",
             "state": {"values": state},
         },
     }

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from humanlayer_async import HumanLayer
+from humanlayer_async.channels import WebChannel
 from humanlayer_async.testing import wait_for_pending
 
 from .conftest import ALICE, BOB, Inbox, make_channel, post_mailgun, text_of
@@ -73,3 +74,67 @@ async def test_an_email_reply_to_the_call_before_an_edit_is_refused_and_told_why
             assert "edited after this mail was sent, so your answer was not counted" in text
             assert "amount=4000" in text
             await hl.decide(request.id, False, by=ALICE, comment="checked elsewhere")
+
+
+async def test_the_web_console_decides_only_the_call_its_page_showed() -> None:
+    keys = {"alice": "alice-key-0123456789", "bob": "bob-key-0123456789ab", "carol": "carol-key-0123456789"}
+    web = WebChannel(users=keys)
+    async with (
+        HumanLayer([web], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(base_url=str(hl.url)) as client,
+    ):
+
+        @hl.require_approval(approvals=2, editable=["amount"], on_reject="return")
+        async def wire(amount: int) -> str:
+            return f"wired {amount}"
+
+        def as_user(user: str) -> dict[str, str]:
+            return {"authorization": f"Bearer {keys[user]}", "accept": "application/json"}
+
+        results: list[str] = []
+
+        async def call() -> None:
+            results.append(await wire(9000))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            [request] = await wait_for_pending(hl)
+            page = (await client.get(str(web.url), headers=as_user("carol"))).text
+            shown = request.fingerprint
+            assert f'name="seen" value="{shown}"' in page  # the form says which call it shows
+            assert f'value="{request.id} {shown}"' in page  # and so does the batch checkbox
+
+            edit = {"action": "approve", "edit.amount": "4000", "seen": shown}
+            edited = await client.post(
+                f"{web.url}/requests/{request.id}", data=edit, headers=as_user("alice")
+            )
+            assert edited.json()["status"] == "pending"  # counted, the count started again
+            now = (await hl.get(request.id)).fingerprint
+
+            stale = {"action": "approve", "seen": shown}
+            refused = await client.post(
+                f"{web.url}/requests/{request.id}", data=stale, headers=as_user("carol")
+            )
+            assert refused.status_code == 409 and "edited after this page showed it" in refused.text
+            batch = {"action": "deny", "comment": "no", "id": [f"{request.id} {shown}"]}
+            reported = await client.post(f"{web.url}/batch", data=batch, headers=as_user("carol"))
+            [result] = reported.json()["results"]
+            assert (
+                result["status"] == "not_decidable"
+                and "edited after this page showed it" in result["message"]
+            )
+            for forged in ("XYZ", shown.upper(), f"{shown}0"):
+                bad = await client.post(
+                    f"{web.url}/requests/{request.id}",
+                    data={**stale, "seen": forged},
+                    headers=as_user("carol"),
+                )
+                assert bad.status_code == 400
+            assert [v.by for v in (await hl.get(request.id)).votes] == ["alice"]
+
+            fresh = {"action": "approve", "seen": now}
+            approved = await client.post(
+                f"{web.url}/requests/{request.id}", data=fresh, headers=as_user("carol")
+            )
+            assert approved.json()["status"] == "approved"
+        assert results == ["wired 4000"]

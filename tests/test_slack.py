@@ -111,13 +111,18 @@ async def test_approve_posts_the_request_and_a_click_runs_the_tool(slack: FakeSl
             fields = [field for block in blocks_of(post) for field in block.get("fields", [])]
             [subject] = [field for field in fields if field["text"] == "hi <!channel>"]
             assert subject["type"] == "plain_text"  # an argument cannot ping the channel
-            approve, deny = buttons(post)
+            approve, grant, deny = buttons(post)
+            shown = f"{request.id} {request.fingerprint}"  # the id, and the call as this message shows it
+            assert (grant["action_id"], grant["value"]) == (
+                "hl_grant.1",
+                f"{request.id} 3600.0 {request.fingerprint}",
+            )
             assert (approve["text"]["text"], approve["style"], approve["value"]) == (
                 "Approve",
                 "primary",
-                request.id,
+                shown,
             )
-            assert (deny["text"]["text"], deny["style"], deny["value"]) == ("Deny", "danger", request.id)
+            assert (deny["text"]["text"], deny["style"], deny["value"]) == ("Deny", "danger", shown)
             ts = (await slack.wait_for(lambda: list(slack.messages)))[0][1]
 
             response = await click(client, slack_block_actions(request.id, user=ALICE, message_ts=ts))
@@ -167,7 +172,9 @@ async def test_deny_opens_a_modal_whose_reason_is_the_refusal(slack: FakeSlack) 
             [opened] = await slack.wait_calls("views.open")
             assert opened.data["trigger_id"] == "13345224609.738474920.8088"
             view = opened.data["view"]
-            assert view["private_metadata"] == request.id and view["type"] == "modal"
+            assert (
+                view["private_metadata"] == f"{request.id} {request.fingerprint}" and view["type"] == "modal"
+            )
             assert (await hl.get(request.id)).status is Status.PENDING  # the modal decides, not the click
 
             response = await click(client, slack_view_submission(request.id, "too risky", user=BOB))
@@ -195,12 +202,15 @@ async def test_a_question_is_answered_through_the_answer_modal(slack: FakeSlack)
             [request] = await hl.pending()
             assert "Which region should I deploy to?" in json.dumps(post.data["blocks"])
             [answer] = buttons(post)
-            assert (answer["text"]["text"], answer["value"]) == ("Answer", request.id)
+            assert (answer["text"]["text"], answer["value"]) == (
+                "Answer",
+                f"{request.id} {request.fingerprint}",
+            )
             assert (
                 await click(client, slack_block_actions(request.id, "answer", user=ALICE))
             ).status_code == 200
             [opened] = await slack.wait_calls("views.open")
-            assert opened.data["view"]["private_metadata"] == request.id
+            assert opened.data["view"]["private_metadata"] == f"{request.id} {request.fingerprint}"
             submission = slack_view_submission(request.id, "eu-west-1", modal="answer", user=ALICE)
             assert (await click(client, submission)).status_code == 200
         assert answers == ["eu-west-1"]
@@ -233,7 +243,12 @@ async def test_webhook_mode_denies_without_a_modal_and_updates_through_response_
             tg.start_soon(gated)
             [post] = await slack.wait_calls("webhook")
             [request] = await hl.pending()
-            assert [b["value"] for b in buttons(post)] == [request.id, request.id]
+            shown = f"{request.id} {request.fingerprint}"
+            assert [b["value"] for b in buttons(post)] == [
+                shown,
+                f"{request.id} 3600.0 {request.fingerprint}",
+                shown,
+            ]
             response_url = slack.response_url("deny-1")
             response = await click(
                 client, slack_block_actions(request.id, "deny", user=BOB, response_url=response_url)
@@ -927,7 +942,7 @@ async def test_a_shortened_call_offers_the_full_call_in_a_modal_that_approves_it
             view = opened.data["view"]
             assert (view["callback_id"], view["private_metadata"], view["submit"]["text"]) == (
                 "hl_full_call",
-                request.id,
+                f"{request.id} {request.fingerprint}",
                 "Approve",
             )
             shown = "".join(
@@ -1030,7 +1045,11 @@ async def test_webhook_mode_offers_approve_only_for_a_call_its_message_shows_who
             tg.start_soon(migrate, ELEVEN[:2], {"a": 1}, "SELECT 1")
             [_, whole] = await slack.wait_calls("webhook", 2)
             [request] = await wait_for_pending(hl, within=5)
-            assert button_ids(whole) == [("Approve", "hl_approve"), ("Deny", "hl_deny")]
+            assert button_ids(whole) == [
+                ("Approve", "hl_approve"),
+                ("Approve, and allow the same for 1 hour", "hl_grant.1"),
+                ("Deny", "hl_deny"),
+            ]
             assert "shortened" not in json.dumps(whole.data)
             assert (await click(client, slack_block_actions(request.id, user=ALICE))).status_code == 200
         assert ran == ["SELECT 1"]

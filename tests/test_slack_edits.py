@@ -10,7 +10,7 @@ import anyio
 import httpx
 import pytest
 
-from humanlayer_async import HumanLayer, InvalidEdit, Status
+from humanlayer_async import HumanLayer, Status
 from humanlayer_async.channels import SlackChannel
 from humanlayer_async.testing import slack_block_actions, slack_view_submission, wait_for_pending
 
@@ -77,8 +77,9 @@ def transfer_tool(
 
 
 async def test_edit_is_offered_only_for_editable_requests_and_only_with_the_web_api(slack: FakeSlack) -> None:
-    webhook = SlackChannel(webhook_url=slack.webhook_url, signing_secret=SECRET)
-    for channel in (web_api(slack), webhook):
+    # Grants aside (tests/test_slack_grants.py): Approve, Edit, Deny.
+    webhook = SlackChannel(webhook_url=slack.webhook_url, signing_secret=SECRET, grant_durations=())
+    for channel in (web_api(slack, grant_durations=()), webhook):
         async with (
             HumanLayer([channel], listen="127.0.0.1:0") as hl,
             httpx.AsyncClient(base_url=str(hl.url)) as client,
@@ -122,7 +123,7 @@ async def test_edit_is_offered_only_for_editable_requests_and_only_with_the_web_
                     [edit] = [b for b in buttons(by_id[editable.id]) if b["text"]["text"] == "Edit"]
                     assert (edit["action_id"], edit["value"], "style" in edit) == (
                         "hl_edit",
-                        editable.id,
+                        f"{editable.id} {editable.fingerprint}",
                         False,
                     )
                     assert labels(by_id[plain.id]) == ["Approve", "Deny"]
@@ -163,7 +164,10 @@ async def test_the_edit_modal_approves_with_the_changed_values_and_the_tool_runs
             edit = slack_block_actions(request.id, "edit", user=ALICE, channel=CHANNEL, message_ts=ts)
             assert (await click(client, edit)).text == ""
             view = await opened_view(slack)
-            assert (view["callback_id"], view["private_metadata"]) == ("hl_edit", request.id)
+            assert (view["callback_id"], view["private_metadata"]) == (
+                "hl_edit",
+                f"{request.id} {request.fingerprint}",
+            )
             assert (view["title"]["text"], view["submit"]["text"]) == ("Edit and approve", "Approve")
             tags = '[\n  "q3",\n  "ops"\n]'  # JSON, indented, as the web console's form shows it
             assert prefilled(view) == {"amount": "12000.0", "tags": tags, "memo": "null"}
@@ -269,10 +273,12 @@ async def test_an_invalid_value_is_shown_under_its_box_and_decides_nothing(slack
         )
 
 
-async def test_a_request_needing_two_approvals_offers_no_edit_and_refuses_a_forged_one(
+async def test_an_edit_on_a_quorum_restarts_the_count_and_a_click_on_the_old_message_does_not_count(
     slack: FakeSlack,
 ) -> None:
-    # With several approvers, an edit would leave the others approving a call they did not see.
+    # Alice edits the amount as she approves: her vote starts the count again, the message is
+    # redrawn with the edited call, and Bob's click on the message as it was (12000) is
+    # refused, while his click on the redrawn message (5000) approves.
     ran: list[tuple[Any, ...]] = []
     async with (
         HumanLayer([web_api(slack)], listen="127.0.0.1:0") as hl,
@@ -283,15 +289,38 @@ async def test_a_request_needing_two_approvals_offers_no_edit_and_refuses_a_forg
             tg.start_soon(transfer, "acme", 12000.0, ["q3"])
             [request] = await wait_for_pending(hl)
             [posted] = await slack.wait_calls("chat.postMessage")
-            assert "Edit" not in labels(posted)
-            forged = await click(client, slack_block_actions(request.id, "edit", user=ALICE, channel=CHANNEL))
-            assert forged.status_code == 400
-            assert slack.received("views.open", status=None) == []
-            with pytest.raises(InvalidEdit, match="several approvals"):
-                await hl.decide(request.id, True, by=ALICE, edits={"amount": 5000})
-            for user in (ALICE, BOB):
-                await click(client, slack_block_actions(request.id, user=user, channel=CHANNEL))
-        assert ran == [("acme", 12000.0, ["q3"], None)]
+            assert "Edit" in labels(posted)
+            old = request.fingerprint
+            edit = slack_block_actions(request.id, "edit", user=ALICE, channel=CHANNEL, seen=old)
+            assert (await click(client, edit)).text == ""
+            view = await opened_view(slack)
+            values = {**prefilled(view), "amount": "5000"}
+            submitted = slack_view_submission(
+                request.id, modal="edit", user=ALICE, values=values, seen=view["private_metadata"].split()[1]
+            )
+            assert (await click(client, submitted)).json()["response_action"] == "update"  # counted
+            edited = await hl.get(request.id)
+            assert (edited.kwargs["amount"], [v.by for v in edited.votes]) == (5000, [ALICE])
+
+            for forged in ("ZZZZ", old.upper(), old + "0", "<!channel>"):
+                bad = slack_block_actions(request.id, user=BOB, channel=CHANNEL, seen=forged)
+                assert (await click(client, bad)).status_code == 400
+            stale = await click(client, slack_block_actions(request.id, user=BOB, channel=CHANNEL, seen=old))
+            assert stale.status_code == 200
+            [told] = await slack.wait_calls("chat.postEphemeral")
+            assert "edited after the message you answered showed it" in told.data["text"]
+            assert [v.by for v in (await hl.get(request.id)).votes] == [ALICE]
+
+            redrawn = await slack.wait_for(
+                lambda: (
+                    [c for c in slack.received("chat.update") if edited.fingerprint in json.dumps(c.data)]
+                    or None
+                )
+            )
+            assert "5000" in json.dumps(redrawn[-1].data["blocks"])
+            fresh = slack_block_actions(request.id, user=BOB, channel=CHANNEL, seen=edited.fingerprint)
+            assert (await click(client, fresh)).status_code == 200
+        assert ran == [("acme", 5000, ["q3"], None)]
 
 
 async def test_hostile_and_long_values_reach_slack_inert_and_within_its_limits(slack: FakeSlack) -> None:

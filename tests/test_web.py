@@ -741,7 +741,7 @@ async def test_browser_approves_denies_and_answers_live(browser_page: Any) -> No
 
             email = page.locator(f"#req-{pending['send_email'].id}")
             await email.get_by_text("jane@example.com").wait_for()
-            await email.get_by_role("button", name="Approve").click()
+            await email.get_by_role("button", name="Approve", exact=True).click()
 
             transfer = page.locator(f"#req-{pending['transfer_money'].id}")
             await transfer.get_by_label("Comment (the reason, when denying)").fill("vendor not verified")
@@ -871,7 +871,7 @@ async def test_browser_detail_view_shows_the_whole_call_and_the_card_says_where_
             assert "<script>window.pwned = 1</script>" in full and "\\u202eevil\\u202c" in full
             assert await page.evaluate("window.pwned") is None
             assert await page.locator("#injected").count() == 0
-            await page.get_by_role("button", name="Approve").click()
+            await page.get_by_role("button", name="Approve", exact=True).click()
             await page.wait_for_url(str(web.url))
         assert results == ["ran"]
 
@@ -912,7 +912,7 @@ async def test_the_demo_answered_from_the_browser_and_the_terminal(browser_page:
         await cards.nth(2).wait_for()
         for function in ("send_email", "delete_database_records"):
             card = page.locator(f"#pending > li.card[data-id^='{ids[function]}']")
-            await card.get_by_role("button", name="Approve").click()
+            await card.get_by_role("button", name="Approve", exact=True).click()
             await card.wait_for(state="detached")
         await process.stdin.send(f"n {ids['transfer_money']} vendor not verified\n".encode())
         user = getpass.getuser()
@@ -1286,13 +1286,19 @@ async def test_browser_edits_an_amount_and_approves_and_the_tool_runs_with_it(br
 # -- batch decisions -----------------------------------------------------------------------
 
 
-def batch_boxes(html: str) -> list[str]:
-    """The request ids the console's page offers to decide at once: its cards' checkboxes."""
+def batch_values(html: str) -> list[str]:
+    """What the console's page offers to decide at once, as its cards' checkboxes post it: each
+    request's id and, after a space, the fingerprint of the call as the card shows it."""
     return [
         str(attrs["value"])
         for tag, attrs in Elements(html).named("id")
         if tag == "input" and attrs.get("type") == "checkbox" and attrs.get("form") == "batch"
     ]
+
+
+def batch_boxes(html: str) -> list[str]:
+    """The request ids the console's page offers to decide at once."""
+    return [value.split()[0] for value in batch_values(html)]
 
 
 async def test_a_batch_decides_exactly_the_requests_sent_each_with_its_own_audit_entry() -> None:
@@ -1322,7 +1328,7 @@ async def test_a_batch_decides_exactly_the_requests_sent_each_with_its_own_audit
             [late] = [r for r in await wait_for_pending(hl, 4, within=5) if r.kwargs["n"] == 4]
             answer = await client.post(
                 f"{web.url}/batch",
-                data={"csrf": csrf, "action": "approve", "comment": "refunds ok", "id": chosen},
+                data={"csrf": csrf, "action": "approve", "comment": "refunds ok", "id": batch_values(page)},
                 headers={"accept": "application/json"},
             )
             with anyio.fail_after(5):

@@ -11,7 +11,9 @@ Texts are shortened to Slack's limits where they must be, and say so where they 
 offers the full call in a modal (which approves), or, where no modal can show it, says
 where to see and approve it. A request with editable arguments gets an Edit button too,
 whose modal holds one text box per argument it can show whole, and approves with what
-changed. The identifiers below are what Slack sends back.
+changed. A request for a tool gets "Approve, and allow the same for 1 hour" next to
+Approve, one button per duration offered, behind a confirmation dialog. The identifiers
+below are what Slack sends back.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any, NewType, TypeVar
 
 from .._edits import describe_type, edit_text
@@ -33,6 +36,7 @@ from .._render import (
     summarize,
     visible,
 )
+from ._grant_offer import MAX_GRANT_DURATIONS, describe_duration
 
 __all__ = [
     "ANSWER",
@@ -47,6 +51,7 @@ __all__ = [
     "EDIT_VIEW",
     "FULL",
     "FULL_VIEW",
+    "GRANTS",
     "TEXT_ACTION",
     "TEXT_BLOCK",
     "Mrkdwn",
@@ -65,9 +70,10 @@ __all__ = [
 ]
 
 APPROVE = "hl_approve"
-"""``action_id`` of the Approve button; its ``value`` is the request id."""
+"""``action_id`` of the Approve button; its ``value`` is the request id, a space and the call's
+``fingerprint`` as the message shows it (every button's value starts so)."""
 DENY = "hl_deny"
-"""``action_id`` of the Deny button; its ``value`` is the request id."""
+"""``action_id`` of the Deny button; its ``value`` as Approve's."""
 FULL = "hl_full"
 """``action_id`` of the "Show the full call" button (opens the full view); its ``value``
 is the request id."""
@@ -77,21 +83,27 @@ ANSWER_INLINE = "hl_answer_inline"
 """``action_id`` of the answer box in webhook messages (no modals there); its
 ``block_id`` is the request id and its ``value`` the answer."""
 DENY_VIEW = "hl_deny_reason"
-"""``callback_id`` of the modal that asks why; ``private_metadata`` is the request id."""
+"""``callback_id`` of the modal that asks why; ``private_metadata`` is the request id, a space
+and the call's ``fingerprint`` as the modal shows it (every modal's is so)."""
 ANSWER_VIEW = "hl_answer_text"
-"""``callback_id`` of the modal that takes an answer; ``private_metadata`` is the request id."""
+"""``callback_id`` of the modal that takes an answer; ``private_metadata`` as the others'."""
 FULL_VIEW = "hl_full_call"
 """``callback_id`` of the modal that shows the full call and approves it; ``private_metadata``
-is the request id."""
+as the others'."""
 EDIT = "hl_edit"
-"""``action_id`` of the Edit button (opens the edit modal); its ``value`` is the request id."""
+"""``action_id`` of the Edit button (opens the edit modal); its ``value`` as Approve's."""
 EDIT_VIEW = "hl_edit"
-"""``callback_id`` of the modal that edits arguments and approves; ``private_metadata`` is the
-request id, then the channel and ``ts`` of the clicked message when known (space-separated)."""
+"""``callback_id`` of the modal that edits arguments and approves; ``private_metadata`` as the
+others'."""
 EDIT_BLOCK = "hl_edit."
 """``block_id`` prefix of the edit modal's text inputs: ``hl_edit.amount`` edits ``amount``."""
 EDIT_INPUT = "hl_edit_value"
 """``action_id`` of each text input of the edit modal."""
+GRANTS = tuple(f"hl_grant.{n}" for n in range(1, MAX_GRANT_DURATIONS + 1))
+"""``action_id`` of each "Approve, and allow the same for ..." button, in the order of the
+durations offered (Slack wants the ids of one block distinct); its ``value`` is the request
+id, the seconds and the fingerprint, space-separated: ``<id> 3600.0 <fingerprint>``. As many
+as a channel may offer."""
 TEXT_BLOCK = "hl_text"
 """``block_id`` of the text input in every modal."""
 TEXT_ACTION = "hl_text_input"
@@ -117,6 +129,7 @@ _ICONS = {
     Status.CANCELLED: ":no_entry_sign:",
     Status.FAILED: ":warning:",
 }
+
 
 Block = dict[str, Any]
 S = TypeVar("S", bound=str)
@@ -272,8 +285,34 @@ def _expiry(request: ApprovalRequest) -> Mrkdwn:
 def _button(
     texts: _Texts, text: str, action_id: str, request: ApprovalRequest, style: str | None = None
 ) -> Block:
-    button = {"type": "button", "text": texts.plain(text, 75), "action_id": action_id, "value": request.id}
+    value = f"{request.id} {request.fingerprint}"  # the answer is to the call as shown here
+    button = {"type": "button", "text": texts.plain(text, 75), "action_id": action_id, "value": value}
     return button if style is None else {**button, "style": style}
+
+
+def _grant_button(texts: _Texts, request: ApprovalRequest, action_id: str, seconds: float) -> Block:
+    """Approve, and allow the same call for ``seconds``: asked again in a confirmation dialog."""
+    how_long = describe_duration(seconds)
+    tool = _fit(request.function, 80, visible)[0]
+    said = (
+        f"Approve and allow the same calls of {tool} for {how_long}? "
+        "Calls with these same arguments then run without asking until it ends."
+    )
+    if request.approvals > 1:
+        said += (
+            f" This call needs {request.approvals} approvals: the same calls are allowed only "
+            "when every approver asks for it."
+        )
+    return {
+        **_button(texts, f"Approve, and allow the same for {how_long}", action_id, request),
+        "value": f"{request.id} {seconds!r} {request.fingerprint}",
+        "confirm": {
+            "title": texts.plain("Allow the same calls?", 100),
+            "text": texts.plain(said, 300),
+            "confirm": texts.plain("Approve and allow", 30),
+            "deny": texts.plain("Cancel", 30),
+        },
+    }
 
 
 def _answer_box(texts: _Texts, request: ApprovalRequest) -> Block:
@@ -298,18 +337,24 @@ def approvable(request: ApprovalRequest) -> bool:
 
 
 def request_message(
-    request: ApprovalRequest, approvers: Sequence[str], *, modals: bool, mentions: Sequence[Mrkdwn] = ()
+    request: ApprovalRequest,
+    approvers: Sequence[str],
+    *,
+    modals: bool,
+    mentions: Sequence[Mrkdwn] = (),
+    grants: Sequence[float] = (),
 ) -> dict[str, Any]:
     """A new request as ``text`` (the notification) and ``blocks``.
 
     ``approvers`` are who may answer; ``modals`` says whether the buttons may open
     modals (the Web API) or not (an incoming webhook: questions get an answer box).
     ``mentions`` (``<@U...>``, ``<!subteam^S...>``) lead the message, so Slack notifies them.
-    A request the message shows whole gets Approve (or an answer box). One it shortened
-    gets "Show the full call" when a modal can show all of it, which approves, and
-    otherwise a note saying where to see and approve it; Deny is always there. A
-    question's Answer modal shows the whole question, and is offered when it can. An
-    approval with editable arguments gets Edit when ``edit_view`` has something to edit.
+    A request the message shows whole gets Approve (or an answer box), and, when it names
+    its tool, "Approve, and allow the same for ..." for each of ``grants`` (seconds). One
+    it shortened gets "Show the full call" when a modal can show all of it, which
+    approves, and otherwise a note saying where to see and approve it; Deny is always
+    there. A question's Answer modal shows the whole question, and is offered when it can.
+    An approval with editable arguments gets Edit when ``edit_view`` has something to edit.
     """
     texts = _Texts()
     body = texts.body(request)
@@ -334,13 +379,18 @@ def request_message(
         elif whole and not modals:
             tail.append(_answer_box(texts, request))
     else:
-        buttons = [_button(texts, "Deny", DENY, request, "danger")]
+        buttons: list[Block] = []
         if whole:
-            buttons.insert(0, _button(texts, "Approve", APPROVE, request, "primary"))
+            buttons.append(_button(texts, "Approve", APPROVE, request, "primary"))
+            if request.tool is not None:
+                buttons += [
+                    _grant_button(texts, request, *offer) for offer in zip(GRANTS, grants, strict=False)
+                ]
         elif viewable:
-            buttons.insert(0, _button(texts, "Show the full call", FULL, request, "primary"))
+            buttons.append(_button(texts, "Show the full call", FULL, request, "primary"))
         if modals and request.takes_edits and edit_view(request) is not None:
-            buttons.insert(-1, _button(texts, "Edit", EDIT, request))
+            buttons.append(_button(texts, "Edit", EDIT, request))
+        buttons.append(_button(texts, "Deny", DENY, request, "danger"))
         tail.append({"type": "actions", "elements": buttons})
     if not mentions:
         return _message(_notification(request), [*body, footer, *tail])
@@ -374,18 +424,45 @@ def reminder(request: ApprovalRequest, mentions: Sequence[Mrkdwn]) -> Mrkdwn:
     return markup("{}Reminder: this still waits for a decision: {}", lead, _notification(request))
 
 
-def outcome_message(request: ApprovalRequest) -> dict[str, Any]:
-    """A decided request: the same body, no buttons, and who decided, how and when."""
+def outcome_message(request: ApprovalRequest, *, granted: float | None = None) -> dict[str, Any]:
+    """A decided request: the same body, no buttons, and who decided, how and when, and
+    whether the same call is allowed for a while (``granted``: the seconds its one approver
+    asked for; a request that needed several approvals has them in its votes)."""
     decision = request.decision
     assert decision is not None, "outcome_message needs a decided request"
     icon = ":speech_balloon:" if decision.answer is not None else _ICONS[decision.status]
+    grant = _grant_outcome(decision, granted)
     blocks = [
         *_Texts().body(request),
-        {"type": "section", "text": _mrkdwn(markup(icon + " {}", slack_describe(decision)))},
+        {"type": "section", "text": _mrkdwn(markup(icon + " {}{}", slack_describe(decision), grant))},
         {"type": "context", "elements": [_mrkdwn(markup("Request `{}`", escape(request.short_id)))]},
     ]
     outcome = _fit(describe_decision(decision), 1000, escape)[0]
-    return _message(markup("{}: {}", _notification(request), outcome), blocks)
+    return _message(markup("{}: {}{}", _notification(request), outcome, grant), blocks)
+
+
+def _grant_outcome(decision: Decision, granted: float | None) -> Mrkdwn:
+    """``, allowing the same for 1 hour (until 14:05 UTC)`` when the approval gave a grant
+    (with several approvals: when every vote asked for one, for the shortest); why not,
+    when some approvers asked and the others did not; else nothing."""
+    if not decision.approved:
+        return markup("")
+    if decision.votes:
+        asked = [vote.grant for vote in decision.votes]
+        if not any(asked):
+            return markup("")
+        if not all(asked):
+            return markup(", without allowing the same: that needs every approver to ask for it")
+        granted = min(seconds for seconds in asked if seconds is not None)
+    if granted is None:
+        return markup("")
+    until = decision.decided_at + timedelta(seconds=granted)
+    form = "%H:%M UTC" if until.date() == decision.decided_at.date() else "%Y-%m-%d %H:%M UTC"
+    return markup(
+        ", allowing the same for {} (until {})",
+        escape(describe_duration(granted)),
+        escape(until.strftime(form)),
+    )
 
 
 def _chunks(text: str, size: int) -> list[str]:
@@ -543,7 +620,7 @@ def _modal(
     return {
         "type": "modal",
         "callback_id": callback_id,
-        "private_metadata": request.id,
+        "private_metadata": f"{request.id} {request.fingerprint}",
         "title": texts.plain(title, 24),
         "submit": texts.plain(submit, 24),
         "close": texts.plain(close, 24),

@@ -1,5 +1,5 @@
 """The web console's HTML: the page, a pending request's card, a line of history, the
-full view of one request, a batch decision's outcomes, the sign-in form.
+full view of one request, a batch decision's outcomes, the live grants, the sign-in form.
 
 Everything is rendered on the server and escaped here; the page's script only inserts
 these fragments as they arrive over server-sent events. Caller text goes through
@@ -18,15 +18,29 @@ from html import escape
 from typing import Any
 
 from .._edits import describe_type, edit_text
-from .._models import ApprovalRequest
-from .._render import MASK, describe_decision, describe_votes, full_call, shorten, summarize, visible
+from .._models import ApprovalRequest, Grant
+from .._render import (
+    MASK,
+    describe_decision,
+    describe_votes,
+    full_call,
+    masked,
+    shorten,
+    summarize,
+    visible,
+)
+from ._grant_offer import describe_duration
 
 __all__ = [
+    "GRANT_QUORUM",
     "BatchResult",
     "batch_page",
     "card",
     "detail_page",
     "duration",
+    "grant_outcome",
+    "grant_value",
+    "grants_page",
     "history_item",
     "history_list",
     "message_page",
@@ -48,6 +62,11 @@ def duration(seconds: float) -> str:
         hours, minutes = divmod(seconds // 60, 60)
         return f"{hours} h {minutes} min" if minutes else f"{hours} h"
     return f"{seconds // 86400} d"
+
+
+def grant_value(seconds: float) -> str:
+    """The ``grant`` field's value for a duration: its seconds (``3600``), as the form posts it."""
+    return str(int(seconds)) if float(seconds).is_integer() else repr(float(seconds))
 
 
 LONG_SPACES = 8
@@ -91,8 +110,41 @@ def _fields(values: Mapping[str, Any], css: str, label: str) -> tuple[str, bool]
     return f'<dl class="{css}" aria-label="{label}">{"".join(rows)}</dl>', cut
 
 
-def _decide_form(request: ApprovalRequest, *, action: str, csrf: str) -> str:
-    """The form that approves, denies or answers ``request`` (posted to ``action``)."""
+def _grantable(request: ApprovalRequest) -> bool:
+    """Whether approving ``request`` may also allow the same call: a pending tool call."""
+    return request.kind == "approval" and request.tool is not None and request.decision is None
+
+
+def _grant_buttons(request: ApprovalRequest, grants: Sequence[float]) -> tuple[str, str]:
+    """The buttons that approve ``request`` and allow the same call for a while (one per
+    duration in ``grants``), and the hint saying what "the same" is; empty when not offered."""
+    if not grants or not _grantable(request):
+        return "", ""
+    buttons = "".join(
+        f'<button type="submit" name="grant" value="{grant_value(seconds)}" class="approve grant"'
+        f' aria-describedby="gh-{escape(request.id)}">'
+        f"Approve, and allow the same for {describe_duration(seconds)}</button>"
+        for seconds in grants
+    )
+    same = "every argument equal"
+    if masked(request.kwargs):
+        same += " (masked ones, ***, are not compared)"
+    quorum = (
+        f" It needs {request.approvals} approvals: the grant is given only when every approver asks for it."
+        if request.approvals > 1
+        else ""
+    )
+    hint = (
+        f'<p class="hint" id="gh-{escape(request.id)}">"Allow the same": calls of this tool with {same}'
+        " then run without asking anyone, until the grant expires or is revoked (on the Grants"
+        f" page).{quorum}</p>"
+    )
+    return buttons, hint
+
+
+def _decide_form(request: ApprovalRequest, *, action: str, csrf: str, grants: Sequence[float] = ()) -> str:
+    """The form that approves, denies or answers ``request`` (posted to ``action``); with
+    ``grants`` (seconds), a button per duration that also allows the same call that long."""
     rid = escape(request.id)
     if request.kind == "question":
         fields = (
@@ -104,20 +156,27 @@ def _decide_form(request: ApprovalRequest, *, action: str, csrf: str) -> str:
             "</div>"
         )
     else:
+        grant_buttons, hint = _grant_buttons(request, grants)
         fields = (
             f'<label for="c-{rid}">Comment (the reason, when denying)</label>'
             # A textarea: Enter adds a line instead of submitting with the first button (Approve).
             f'<textarea id="c-{rid}" name="comment" rows="2" maxlength="2000"></textarea>'
             '<div class="buttons">'
             '<button type="submit" name="action" value="approve" class="approve">Approve</button>'
+            f"{grant_buttons}"
             '<button type="submit" name="action" value="deny" class="deny">Deny</button>'
-            "</div>"
+            f"</div>{hint}"
         )
     return (
         f'<form class="decide" method="post" action="{escape(action)}">'
-        f'<input type="hidden" name="csrf" value="{escape(csrf)}">{fields}'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">{_seen(request)}{fields}'
         '<p class="result" role="status"></p></form>'
     )
+
+
+def _seen(request: ApprovalRequest) -> str:
+    """The call's fingerprint as this page shows it: the answer is to that call only."""
+    return f'<input type="hidden" name="seen" value="{escape(request.fingerprint)}">'
 
 
 def _editable(request: ApprovalRequest) -> bool:
@@ -181,7 +240,7 @@ def _edit_form(request: ApprovalRequest, *, action: str, csrf: str) -> str:
         " you type is read as JSON when that fits the argument (<code>5000</code>,"
         ' <code>["a", "b"]</code>, <code>null</code>), else as text. Fields left as they are stay'
         " unchanged.</p>"
-        f'<input type="hidden" name="csrf" value="{escape(csrf)}">{fields}'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">{_seen(request)}{fields}'
         f'<label for="ec-{rid}">Comment</label>'
         f'<textarea id="ec-{rid}" name="comment" rows="2" maxlength="2000"></textarea>'
         '<div class="buttons">'
@@ -195,19 +254,30 @@ def _select_box(request: ApprovalRequest) -> str:
     """The checkbox that puts ``request`` in the batch form (``form="batch"``: the card's own
     form cannot hold it, and without JavaScript the batch form still posts it)."""
     return (
-        f'<label class="select"><input type="checkbox" name="id" value="{escape(request.id)}"'
+        # The id, and the call as this card shows it: an edited call is not decided unseen.
+        f'<label class="select"><input type="checkbox" name="id"'
+        f' value="{escape(request.id)} {escape(request.fingerprint)}"'
         ' form="batch"> Select<span class="visually-hidden"> '
         f"{_text(request.function)} {escape(request.short_id)}</span></label>"
     )
 
 
-def card(request: ApprovalRequest, *, action: str, csrf: str, now: datetime, selectable: bool = False) -> str:
+def card(
+    request: ApprovalRequest,
+    *,
+    action: str,
+    csrf: str,
+    now: datetime,
+    selectable: bool = False,
+    grants: Sequence[float] = (),
+) -> str:
     """One pending request: what it is, for how long it waits, and the form to decide it.
 
     Arguments and context are shortened as ``format_value`` shortens, saying so where it
     does; "Show the full call" links to the request's full view, at ``action`` too. A
     ``selectable`` approval (one the signed-in user may decide) has a checkbox for the
-    batch form, never ticked: what arrives after the user chose is not chosen.
+    batch form, never ticked: what arrives after the user chose is not chosen. ``grants``:
+    the durations (seconds) offered as "Approve, and allow the same for …".
     """
     rid = escape(request.id)
     created = request.created_at.isoformat()
@@ -245,7 +315,7 @@ def card(request: ApprovalRequest, *, action: str, csrf: str, now: datetime, sel
         f'<li class="card {request.kind}" id="req-{rid}" data-id="{rid}"{data}>'
         f'<article aria-labelledby="t-{rid}">{select}'
         f'<h3 id="t-{rid}"><span class="kind">{title}</span> <code>{_text(request.function)}</code></h3>'
-        f"{body}{full}{meta}{_decide_form(request, action=action, csrf=csrf)}"
+        f"{body}{full}{meta}{_decide_form(request, action=action, csrf=csrf, grants=grants)}"
         "</article></li>"
     )
 
@@ -271,11 +341,14 @@ def pending_list(
     csrf: str,
     now: datetime,
     selectable: Callable[[ApprovalRequest], bool] = lambda request: False,
+    grants: Sequence[float] = (),
 ) -> str:
     """The cards of every pending request (``action_for(request)`` is each form's URL;
-    ``selectable(request)``, whether its card has a batch checkbox)."""
+    ``selectable(request)``, whether its card has a batch checkbox; ``grants``, the
+    durations offered with an approval)."""
     return "".join(
-        card(r, action=action_for(r), csrf=csrf, now=now, selectable=selectable(r)) for r in requests
+        card(r, action=action_for(r), csrf=csrf, now=now, selectable=selectable(r), grants=grants)
+        for r in requests
     )
 
 
@@ -356,12 +429,13 @@ def page(*, user: str, csrf: str, base: str, pending: str, history: str, selecto
 <a class="skip" href="#pending-heading">Skip to pending requests</a>
 <header>
 <h1>Approvals</h1>
-<p>Signed in as <strong>{escape(user)}</strong> ·
+<p>Signed in as <strong>{escape(user)}</strong> · <a href="{escape(base)}/grants">Grants</a> ·
 <span id="connection" role="status">live updates: connecting…</span></p>
 </header>
 <main>
 <section aria-labelledby="pending-heading">
 <h2 id="pending-heading">Waiting for you</h2>
+<p class="outcome-notice" id="outcome" hidden></p>
 <p class="empty" id="pending-empty">Nothing is waiting for a decision.</p>
 {_batch_form(base=base, csrf=csrf, selectors=selectors)}
 <ol id="pending" class="cards">{pending}</ol>
@@ -378,13 +452,21 @@ def page(*, user: str, csrf: str, base: str, pending: str, history: str, selecto
 
 
 def detail_page(
-    request: ApprovalRequest, *, user: str, csrf: str, base: str, action: str, may_decide: bool
+    request: ApprovalRequest,
+    *,
+    user: str,
+    csrf: str,
+    base: str,
+    action: str,
+    may_decide: bool,
+    grants: Sequence[float] = (),
 ) -> str:
-    """One request in full (``full_call``, untruncated), with the form to decide it while pending."""
+    """One request in full (``full_call``, untruncated), with the form to decide it while
+    pending (``grants``: the durations offered with an approval)."""
     if request.decision is not None:
         footer = f'<p class="outcome-full">{escape(describe_decision(request.decision))}</p>'
     elif may_decide:
-        footer = _decide_form(request, action=action, csrf=csrf)
+        footer = _decide_form(request, action=action, csrf=csrf, grants=grants)
         if _editable(request):
             footer = (
                 f"<h2>Approve or deny it as it is</h2>{footer}{_edit_form(request, action=action, csrf=csrf)}"
@@ -396,7 +478,8 @@ def detail_page(
 <body>
 <header>
 <h1>{title}</h1>
-<p>Signed in as <strong>{_text(user)}</strong> · <a href="{escape(base)}">All requests</a></p>
+<p>Signed in as <strong>{_text(user)}</strong> · <a href="{escape(base)}">All requests</a> ·
+<a href="{escape(base)}/grants">Grants</a></p>
 </header>
 <main>
 <h2>The full call</h2>
@@ -465,10 +548,132 @@ def batch_page(results: Sequence[BatchResult], *, user: str, base: str, approved
 """
 
 
-def message_page(title: str, text: str, *, link: tuple[str, str] | None = None) -> str:
-    """A small page: for people who reach the console without signing in, or a refused form
-    (``link``: the URL and text of the way back)."""
-    back = "" if link is None else f'<p><a href="{escape(link[0])}">{escape(link[1])}</a></p>'
+GRANT_QUORUM = "the grant is given only when every approver asks for it"
+"""Why a grant asked for with one approval of several may not come (said with the vote)."""
+
+
+def grant_outcome(grant: Grant | None, *, approvals: int) -> str:
+    """What asking for a grant with an approval came to: the grant given and until when,
+    or why none was (with several ``approvals``: not every approver asked for one)."""
+    if grant is not None:
+        seconds = (grant.expires_at - grant.created_at).total_seconds()
+        return (
+            f"allowed the same for {describe_duration(seconds)},"
+            f" until {grant.expires_at:%Y-%m-%d %H:%M:%S} UTC (grant {grant.id})"
+        )
+    return f"no grant was given: {GRANT_QUORUM}" if approvals > 1 else "no grant was given"
+
+
+def _grant_item(grant: Grant, *, base: str, csrf: str, now: datetime, may_change: bool, gave: bool) -> str:
+    """One live grant: what it allows, who gave it, until when, how often it was used, and
+    the forms that confirm it (while it waits for approvers) and revoke it."""
+    gid = escape(grant.id)
+    action = f"{escape(base)}/grants/{gid}"
+    function = _text(grant.function)
+    if grant.where:
+        where, cut = _fields(grant.where, "where", "the arguments it allows")
+        shortened = (
+            '<p class="meta">Some values above are shortened, and say where: the grant compares them'
+            " in full.</p>"
+            if cut
+            else ""
+        )
+        scope = (
+            '<p class="meta">Calls whose arguments equal these (any other argument may be anything):</p>'
+            f"{where}{shortened}"
+        )
+    else:
+        scope = '<p class="meta">Every call of this tool, whatever its arguments.</p>'
+    uses = (
+        f"{grant.uses:,} of {grant.max_uses:,}"
+        if grant.max_uses is not None
+        else f"{grant.uses:,} (no limit)"
+    )
+    expires = (
+        f'<time datetime="{grant.expires_at.isoformat()}">{grant.expires_at:%Y-%m-%d %H:%M:%S} UTC</time>'
+        f" (in {duration((grant.expires_at - now).total_seconds())})"
+    )
+    facts = [
+        ("Given by", ", ".join(_text(name) for name in grant.by)),
+        ("Expires", expires),
+        ("Uses", uses),
+    ]
+    if grant.approvers:
+        facts.append(("Approvers", ", ".join(_text(name) for name in grant.approvers)))
+    facts.append(("Id", f"<code>{gid}</code>"))
+    rows = "".join(f"<div><dt>{name}</dt><dd>{value}</dd></div>" for name, value in facts)
+    status, forms = "Allowed", ""
+    if not grant.confirmed:
+        status = "Waiting for approvers"
+        more = grant.approvals - len(grant.by)
+        forms += (
+            f'<p class="notice">Not active yet: needs {more} more approver{"" if more == 1 else "s"}'
+            f" ({len(grant.by)} of {grant.approvals} gave it).</p>"
+        )
+    hidden = f'<span class="visually-hidden"> the grant for {function}</span>'
+    if not may_change:
+        forms += '<p class="hint">Only the approvers of its tool may confirm or revoke it.</p>'
+    else:
+        if not grant.confirmed and gave:
+            forms += '<p class="hint">You gave it: another approver confirms it.</p>'
+        elif not grant.confirmed:
+            forms += (
+                f'<form class="grant-action" method="post" action="{action}/confirm">'
+                f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+                f'<button type="submit" class="approve">Confirm{hidden}</button></form>'
+            )
+        forms += (
+            f'<form class="grant-action" method="post" action="{action}/revoke">'
+            f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+            f'<button type="submit" class="deny">Revoke{hidden}</button></form>'
+        )
+    return (
+        f'<li class="card grant" id="grant-{gid}" data-id="{gid}"><article aria-labelledby="g-{gid}">'
+        f'<h3 id="g-{gid}"><span class="kind">{status}</span> <code>{function}</code></h3>'
+        f'{scope}<dl class="facts" aria-label="about the grant">{rows}</dl>'
+        f'<div class="buttons">{forms}</div></article></li>'
+    )
+
+
+def grants_page(
+    grants: Sequence[Grant],
+    *,
+    user: str,
+    csrf: str,
+    base: str,
+    now: datetime,
+    may_change: Callable[[Grant], bool],
+    gave: Callable[[Grant], bool],
+) -> str:
+    """The live grants, each with its forms (``may_change(grant)``: whether the user may
+    confirm or revoke it; ``gave(grant)``: whether they are one of its granters)."""
+    items = "".join(
+        _grant_item(grant, base=base, csrf=csrf, now=now, may_change=may_change(grant), gave=gave(grant))
+        for grant in grants
+    )
+    listing = f'<ol class="cards grants">{items}</ol>' if items else '<p class="empty">No grant is live.</p>'
+    return f"""{_head("Grants · Approvals · humanlayer-async", base)}
+<body>
+<header>
+<h1>Grants</h1>
+<p>Signed in as <strong>{_text(user)}</strong> · <a href="{escape(base)}">All requests</a></p>
+</header>
+<main>
+<p class="meta">A grant lets the calls it covers run without asking anyone, until it expires, is used
+up or is revoked: revoked, those calls ask a human again at once. One that needs several approvers
+covers nothing until enough of them gave or confirmed it.</p>
+{listing}
+</main>
+</body>
+</html>
+"""
+
+
+def message_page(title: str, text: str, *, links: Sequence[tuple[str, str]] = ()) -> str:
+    """A small page: for people who reach the console without signing in, a refused form,
+    or an outcome to read (``links``: the URL and text of each way on)."""
+    back = " · ".join(f'<a href="{escape(url)}">{escape(label)}</a>' for url, label in links)
+    back = f"<p>{back}</p>" if back else ""
     return f"""<!doctype html>
 <html lang="en">
 <head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

@@ -33,6 +33,8 @@ class Answered:
     stands: bool
     votes: tuple[Vote, ...] = ()
     needed: int = 1
+    grant: Grant | None = None
+    """The grant this answer gave (``decide(..., grant=)``), when it gave one."""
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -40,13 +40,21 @@ from starlette.routing import BaseRoute, Route
 
 from .._audit import logger
 from .._edits import edit_text, parse_edit
-from .._exceptions import ChannelError, ConfigurationError, InvalidEdit, NotAnApprover, UnknownRequest
+from .._exceptions import (
+    ArgumentsEdited,
+    ChannelError,
+    ConfigurationError,
+    InvalidEdit,
+    NotAnApprover,
+    UnknownRequest,
+)
 from .._models import ApprovalRequest, Decision, Principal, acting_for, same_name
 from .._refused import Refused
 from .._render import describe_votes
 from .._retry import Backoff
 from . import _dns
 from . import _slack_blocks as blocks
+from ._grant_offer import GRANT_DURATIONS, check_grant_durations, describe_duration
 from ._slack_people import People, dig
 from .base import BaseChannel, Decider
 
@@ -66,6 +74,7 @@ _UPDATE_WINDOW = 300.0  # seconds a message update or notice may keep retrying o
 _LOOKUP_WINDOW = 2.0  # seconds a look-up of who someone is may take, retries included
 _CONNECT_TIMEOUT = 15.0  # seconds for the Socket Mode connection at start
 _UPDATES_AT_ONCE = 4  # message updates in flight at once (Slack allows chat.update ~50/min)
+_ASKED_KEPT = timedelta(seconds=_UPDATE_WINDOW)  # how long a grant asked for waits for its message update
 NOT_AN_APPROVER = blocks.markup("you are not an approver for this request")
 YOUR_OWN = blocks.markup("you requested this call, so someone else must decide it")
 UNKNOWN_REQUEST = blocks.markup("unknown request")
@@ -77,17 +86,34 @@ SHORTENED = blocks.markup(
 TOO_LARGE = blocks.markup(
     "This request is too large to show in Slack: see it and decide it in another approval channel."
 )
+NOT_OFFERED = blocks.markup(
+    "That is not one of the durations this channel offers, so nothing was decided: "
+    "approve, or approve and allow the same with a button of the current message."
+)
+EDITED_SINCE = blocks.markup(
+    "This call was edited after the message you answered showed it, so your answer did not count: "
+    "look at the call as it is now, and decide again."
+)
 NOT_EDITABLE = blocks.markup(
     "Slack cannot edit this call (its editable arguments are masked or too long for a text box, "
     "or the call is too large to show): approve or deny it as it is, or edit it in another approval channel."
 )
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what a request id may look like
+_FINGERPRINT = re.compile(r"[0-9a-f]{16}")  # ApprovalRequest.fingerprint
 _BOLT_ACTIONS = re.compile(
     "^(?:"
     + "|".join(
         map(
             re.escape,
-            (blocks.APPROVE, blocks.DENY, blocks.FULL, blocks.EDIT, blocks.ANSWER, blocks.ANSWER_INLINE),
+            (
+                blocks.APPROVE,
+                *blocks.GRANTS,
+                blocks.DENY,
+                blocks.FULL,
+                blocks.EDIT,
+                blocks.ANSWER,
+                blocks.ANSWER_INLINE,
+            ),
         )
     )
     + ")$"
@@ -151,6 +177,16 @@ class _Click:
     channel: str | None
     response_url: str | None
     thread_ts: str | None = None  # the thread the clicked message is in
+    seconds: str | None = None  # how long a grant button allows the same call, as its value says
+    seen: str | None = None  # the call's fingerprint as the clicked message showed it
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """A grant asked for with a request's one approval: its message's update says so."""
+
+    seconds: float
+    at: datetime  # before the decision: one made earlier (a double click) gave no grant
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +198,7 @@ class _Submission:
     user: str
     text: str | None
     boxes: Mapping[str, str] | None = None  # the edit modal's boxes: argument → the text in it
+    seen: str | None = None  # the call's fingerprint as the modal showed it
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +259,10 @@ class SlackChannel(BaseChannel):
             must be on both. Default: anyone who can click (or the decorator's list).
         mention_approvers: Mention the approvers (``<@U...>``, ``<!subteam^S...>``) in
             each request, so that Slack notifies them.
+        grant_durations: The durations (seconds or ``timedelta``, at most three) offered next
+            to Approve as "Approve, and allow the same for 1 hour": approve, and let calls of
+            the same tool with the same arguments run without asking for that long (each
+            button asks to confirm). ``()`` offers none.
 
     Raises:
         ConfigurationError: naming what is missing or contradictory.
@@ -240,6 +281,7 @@ class SlackChannel(BaseChannel):
         base_url: str = "https://slack.com/api/",
         approvers: Iterable[str] | str | None = None,
         mention_approvers: bool = False,
+        grant_durations: Sequence[float | timedelta] = GRANT_DURATIONS,
     ) -> None:
         if channel and webhook_url:
             raise ConfigurationError(
@@ -270,6 +312,7 @@ class SlackChannel(BaseChannel):
         self.channel = channel
         self.approvers = _approvers(approvers)
         self.mention_approvers = mention_approvers
+        self.grant_durations = check_grant_durations(grant_durations)
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self._bot_token = token
         self._webhook_url = webhook_url
@@ -285,6 +328,7 @@ class SlackChannel(BaseChannel):
         self._send_lock = anyio.Lock()
         self._update_slots = anyio.Semaphore(_UPDATES_AT_ONCE)
         self._response_urls: dict[str, str] = {}  # webhook mode: request id → a click's response_url
+        self._asked: dict[tuple[str, str], _Asked] = {}  # (request id, approver) → the grant they asked for
         self._decider: Decider | None = None
         self._web: AsyncWebClient | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -470,7 +514,11 @@ class SlackChannel(BaseChannel):
             else []
         )
         message = blocks.request_message(
-            request, approvers, modals=self.channel is not None, mentions=mentions
+            request,
+            approvers,
+            modals=self.channel is not None,
+            mentions=mentions,
+            grants=self.grant_durations,
         )
         deadline = time.monotonic() + (request.expires_at - datetime.now(UTC)).total_seconds()
         if self._webhook_url is not None:
@@ -512,12 +560,15 @@ class SlackChannel(BaseChannel):
         web = self._running()
         channel, ts, *_ = ref.split(":")
         async with self._update_slots:
-            shown = blocks.request_message(request, self._allowed(request), modals=True)
+            shown = blocks.request_message(
+                request, self._allowed(request), modals=True, grants=self.grant_durations
+            )
             update = functools.partial(web.chat_update, channel=channel, ts=ts, **shown)
             await self._retrying("chat.update", update, time.monotonic() + _UPDATE_WINDOW)
 
     async def update(self, request: ApprovalRequest, ref: str | None) -> None:
         web = self._running()
+        granted = self._granted(request)
         response_url = None
         if self._webhook_url is not None or ref is None:
             response_url = self._response_urls.pop(request.id, None)
@@ -526,7 +577,7 @@ class SlackChannel(BaseChannel):
                 logger.info("slack.update_skipped", request_id=request.id, reason="no click on it yet")
                 return
         async with self._update_slots:  # a few at a time: a burst of decisions trickles out
-            message = blocks.outcome_message(request)
+            message = blocks.outcome_message(request, granted=granted)
             deadline = time.monotonic() + _UPDATE_WINDOW
             if response_url is not None:
                 replace = {"replace_original": True, **message}
@@ -544,6 +595,22 @@ class SlackChannel(BaseChannel):
                         web.chat_postMessage, channel=channel, thread_ts=thread[0], **text
                     )
                     await self._retrying("chat.postMessage", post, deadline)
+
+    def _granted(self, request: ApprovalRequest) -> float | None:
+        """The seconds a grant given with the request's one approval allows the same call for,
+        when that approval was a click here on "Approve, and allow the same"."""
+        decision = request.decision
+        if decision is None or decision.by is None:
+            return None
+        asked = self._asked.pop((request.id, decision.by), None)
+        if (
+            asked is None
+            or not decision.approved
+            or decision.via != self.name
+            or decision.decided_at < asked.at
+        ):
+            return None
+        return asked.seconds
 
     def _running(self) -> AsyncWebClient:
         if self._web is None:
@@ -773,13 +840,19 @@ class SlackChannel(BaseChannel):
     async def _click(self, click: _Click, web: AsyncWebClient | None) -> _Reply:
         if click.action == blocks.FULL:  # anyone may look: looking decides nothing
             return await self._show_full_call(click, web)
+        seconds = None if click.seconds is None else self._offered(click.seconds)
+        if click.seconds is not None and seconds is None:
+            logger.warning(
+                "slack.grant_not_offered", request_id=click.request_id, user=click.user, seconds=click.seconds
+            )
+            return _Reply(NOT_OFFERED)
         found = await self._pending(click.request_id, click.user)
         if isinstance(found, _Reply):
             return found
         (request, who), modals = found, self._webhook_url is None
         if click.action not in _ACTIONS[request.kind]:
             raise _BadPayload(f"action {click.action!r} on a {request.kind}")
-        if click.action == blocks.APPROVE and not blocks.approvable(request):
+        if click.action in (blocks.APPROVE, *blocks.GRANTS) and not blocks.approvable(request):
             logger.warning("slack.shortened", request_id=request.id, user=click.user)
             return _Reply(SHORTENED)
         if click.action == blocks.EDIT:
@@ -795,7 +868,42 @@ class SlackChannel(BaseChannel):
             return await self._decide(request, who, True, answer=click.text)
         if click.action == blocks.ANSWER:
             raise _BadPayload("an Answer button in webhook mode")
-        return await self._decide(request, who, click.action == blocks.APPROVE)
+        if seconds is not None:
+            return await self._grant(request, who, seconds, click.seen)
+        return await self._decide(request, who, click.action == blocks.APPROVE, seen=click.seen)
+
+    def _offered(self, text: str) -> float | None:
+        """The seconds a grant button's value names, if they are one of the durations offered."""
+        try:
+            seconds = float(text)
+        except ValueError:
+            return None
+        return seconds if seconds in self.grant_durations else None
+
+    async def _grant(
+        self, request: ApprovalRequest, who: Principal, seconds: float, seen: str | None
+    ) -> _Reply:
+        """Approve, and allow the same call for ``seconds``: the updated message says until when.
+
+        With several approvals each vote carries it, and the message reads it in the votes;
+        with one, the update reads it here (a grant given elsewhere in a fleet is not shown).
+        """
+        if request.tool is None:
+            raise _BadPayload("a grant on a request that names no tool")
+        if request.approvals > 1:
+            return await self._decide(request, who, True, grant=seconds, seen=seen)
+        now = datetime.now(UTC)
+        self._asked = {key: a for key, a in self._asked.items() if now - a.at < _ASKED_KEPT}
+        key = (request.id, who.id)
+        self._asked[key] = _Asked(seconds, now)
+        try:
+            reply = await self._decide(request, who, True, grant=seconds, seen=seen)
+        except BaseException:
+            self._asked.pop(key, None)
+            raise
+        if reply.text:  # not this approval's decision: no grant
+            self._asked.pop(key, None)
+        return reply
 
     async def _show_full_call(self, click: _Click, web: AsyncWebClient | None) -> _Reply:
         """The "Show the full call" button: the whole call in a modal, which approves it."""
@@ -842,12 +950,14 @@ class SlackChannel(BaseChannel):
         else:
             request, who = found
             if submission.view == blocks.DENY_VIEW and request.kind == "approval":
-                reply = await self._decide(request, who, False, comment=submission.text)
+                reply = await self._decide(request, who, False, comment=submission.text, seen=submission.seen)
             elif submission.view == blocks.FULL_VIEW and request.kind == "approval":
-                reply = await self._decide(request, who, True, comment=submission.text)
+                reply = await self._decide(request, who, True, comment=submission.text, seen=submission.seen)
             elif submission.view == blocks.EDIT_VIEW and request.kind == "approval":
                 edits = _changed(request, submission.boxes or {})
-                reply = await self._decide(request, who, True, comment=submission.text, edits=edits)
+                reply = await self._decide(
+                    request, who, True, comment=submission.text, edits=edits, seen=submission.seen
+                )
             elif submission.view == blocks.ANSWER_VIEW and request.kind == "question" and submission.text:
                 reply = await self._decide(request, who, True, answer=submission.text)
             else:
@@ -867,24 +977,35 @@ class SlackChannel(BaseChannel):
         comment: str | None = None,
         answer: str | None = None,
         edits: Mapping[str, Any] | None = None,
+        grant: float | None = None,
+        seen: str | None = None,
     ) -> _Reply:
         """Store the decision before the callback is acknowledged; say who won if not us.
 
         A vote that leaves the request waiting for more approvals is confirmed to whoever
-        cast it (the message shows the count once the waiting process has it: ``progress``).
-        An edit that may not be made is said under its argument's box.
+        cast it (the message shows the count once the waiting process has it: ``progress``),
+        and, when it asks for a grant (``grant`` seconds), that the grant needs every approver
+        to ask for it. An edit that may not be made is said under its argument's box.
         """
         assert self._decider is not None
         try:
             if answer is not None:
                 answered = await self._decider.respond(request.id, answer, by=who, via=self.name)
             else:
-                edited = {} if edits is None else {"edits": edits}  # a Decider from before edits still works
+                # A Decider from before edits and grants still works.
+                extra: dict[str, Any] = {} if edits is None else {"edits": edits}
+                if grant is not None:
+                    extra["grant"] = grant
+                if seen is not None:
+                    extra["seen"] = seen
                 answered = await self._decider.decide(
-                    request.id, approved, by=who, comment=comment or None, via=self.name, **edited
+                    request.id, approved, by=who, comment=comment or None, via=self.name, **extra
                 )
         except NotAnApprover as refusal:
             return _Reply(YOUR_OWN if refusal.requester else NOT_AN_APPROVER)
+        except ArgumentsEdited:
+            logger.info("slack.edited_since_shown", request_id=request.id, by=who.id)
+            return _Reply(EDITED_SINCE)
         except InvalidEdit as refusal:
             logger.info("slack.invalid_edit", request_id=request.id, argument=refusal.argument, by=who.id)
             under = blocks.EDIT_BLOCK + refusal.argument if refusal.argument else blocks.TEXT_BLOCK
@@ -892,17 +1013,24 @@ class SlackChannel(BaseChannel):
         except UnknownRequest:
             raise _unknown(request.id) from None
         if answered.decision is None:  # a vote: the request waits for more
-            progress = describe_votes(answered.votes, answered.needed)
-            return _Reply(
-                blocks.markup("Your approval is counted: {}", blocks.escape(progress)), counted=True
+            progress = blocks.escape(describe_votes(answered.votes, answered.needed))
+            if grant is None:
+                return _Reply(blocks.markup("Your approval is counted: {}", progress), counted=True)
+            how_long = blocks.escape(describe_duration(grant))
+            text = blocks.markup(
+                "Your approval is counted: {}. The same calls are allowed for {} only when every "
+                "approver asks for it.",
+                progress,
+                how_long,
             )
+            return _Reply(text, counted=True)
         if not answered.stands:  # someone decided first (or it expired): say who
             return self._already(answered.decision)
         return _Reply()
 
 
 _ACTIONS = {
-    "approval": (blocks.APPROVE, blocks.DENY, blocks.EDIT),
+    "approval": (blocks.APPROVE, *blocks.GRANTS, blocks.DENY, blocks.EDIT),
     "question": (blocks.ANSWER, blocks.ANSWER_INLINE),
 }
 
@@ -947,16 +1075,38 @@ def _request_id(text: str) -> str:
     return text
 
 
+def _with_fingerprint(value: str) -> tuple[str, str | None]:
+    """A button value or a modal's metadata: the request id, and the fingerprint of the call as
+    shown (``None`` in messages sent before fingerprints: their answers are not checked)."""
+    request_id, _, fingerprint = value.partition(" ")
+    return request_id, _fingerprint(fingerprint)
+
+
+def _fingerprint(text: str) -> str | None:
+    if not text:
+        return None
+    if not _FINGERPRINT.fullmatch(text):
+        raise _BadPayload("malformed fingerprint")
+    return text
+
+
 def _parse_click(payload: Mapping[str, Any]) -> _Click:
     actions = payload.get("actions")
     if not isinstance(actions, list) or not actions or not isinstance(actions[0], dict):
         raise _BadPayload("no actions")
     action = actions[0]
     action_id = _text(action, "action_id")
+    seconds = seen = None
     if action_id == blocks.ANSWER_INLINE:
         request_id, typed = _text(action, "block_id"), _optional(action, "value")
     elif action_id in (blocks.APPROVE, blocks.DENY, blocks.ANSWER, blocks.FULL, blocks.EDIT):
-        request_id, typed = _text(action, "value"), None
+        (request_id, seen), typed = _with_fingerprint(_text(action, "value")), None
+    elif action_id in blocks.GRANTS:
+        request_id, space, asked = _text(action, "value").partition(" ")
+        if not space:
+            raise _BadPayload("malformed grant value")
+        asked, _, fingerprint = asked.partition(" ")
+        typed, seconds, seen = None, asked[:40], _fingerprint(fingerprint)
     else:
         raise _BadPayload(f"action {action_id!r}")
     return _Click(
@@ -968,6 +1118,8 @@ def _parse_click(payload: Mapping[str, Any]) -> _Click:
         channel=_optional(payload, "container", "channel_id") or _optional(payload, "channel", "id"),
         response_url=_optional(payload, "response_url"),
         thread_ts=_optional(payload, "container", "thread_ts"),
+        seconds=seconds,
+        seen=seen,
     )
 
 
@@ -975,12 +1127,14 @@ def _parse_submission(payload: Mapping[str, Any]) -> _Submission:
     view = payload.get("view")
     callback_id, metadata = _text(view, "callback_id"), _text(view, "private_metadata")
     boxes = _edit_boxes(dig(view, "state", "values")) if callback_id == blocks.EDIT_VIEW else None
+    request_id, seen = _with_fingerprint(metadata)
     return _Submission(
         view=callback_id,
-        request_id=_request_id(metadata),
+        request_id=_request_id(request_id),
         user=_text(payload, "user", "id"),
         text=_optional(view, "state", "values", blocks.TEXT_BLOCK, blocks.TEXT_ACTION, "value"),
         boxes=boxes,
+        seen=seen,
     )
 
 

@@ -10,9 +10,13 @@ Routes, under ``base_path`` (``/approvals`` by default):
 - ``GET /approvals/events``   server-sent events: new requests and decisions, live
 - ``GET /approvals/requests/{id}``   one request in full (untruncated), with its form
 - ``POST /approvals/requests/{id}``  approve (with edited arguments, ``edit.<argument>``
-  fields), deny or answer (CSRF-protected)
+  fields; with ``grant=<seconds>``, also allowing the same call that long), deny or answer
+  (CSRF-protected)
 - ``POST /approvals/batch``   approve or deny several requests, one ``id`` field each
   (CSRF-protected): one decision per request, the outcome of each in the answer
+- ``GET /approvals/grants``   the live grants, each with its Revoke (and Confirm) form
+- ``POST /approvals/grants/{id}/revoke``, ``…/confirm``  revoke a grant, or confirm one that
+  waits for more approvers, as the signed-in user (CSRF-protected)
 - ``GET /approvals/static/…``  the page's CSS and JavaScript, shipped in the package
 
 Keys travel only in that form or an ``Authorization: Bearer`` header, never in a URL
@@ -55,18 +59,21 @@ from starlette.routing import BaseRoute, Route
 from .._audit import logger
 from .._edits import edit_text, parse_edit
 from .._exceptions import (
+    ArgumentsEdited,
     ConfigurationError,
     HumanLayerError,
     InvalidEdit,
     NotAnApprover,
     StoreError,
+    UnknownGrant,
     UnknownRequest,
 )
-from .._models import ApprovalRequest, Principal
+from .._models import ApprovalRequest, Grant, Principal
 from .._refused import Refused
-from .._render import describe_decision, describe_votes, summarize
+from .._render import describe_decision, describe_votes, summarize, visible
 from ..listener import client_is_local
 from . import _web_page
+from ._grant_offer import GRANT_DURATIONS, check_grant_durations, describe_duration
 from ._web_auth import Credentials, Session
 from .base import Answered, BaseChannel, Decider
 
@@ -101,6 +108,9 @@ MAX_BATCH = 200
 """Requests one batch decision may name (``id`` fields)."""
 
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{8,128}")
+_FINGERPRINT = re.compile(r"[0-9a-f]{16}")  # ApprovalRequest.fingerprint
+EDITED_SINCE = "The call was edited after this page showed it: reload the page, look at it again, and decide."
+"""A request's or a grant's id, as routes take it."""
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _ACTIONS = frozenset({"approve", "deny", "answer"})
 _BATCH_ACTIONS = frozenset({"approve", "deny"})
@@ -142,6 +152,16 @@ def _refusal(
             status, reason, body=body, media_type="application/json", headers=_SECURITY_HEADERS, **fields
         )
     return Refused(status, reason, body=text, headers=_SECURITY_HEADERS, **fields)
+
+
+def _seen(value: str | None) -> str | None:
+    """A posted fingerprint of the call as the page showed it (``None``: none sent, as from a
+    script that saw no page); a malformed one is a 400."""
+    if not value:
+        return None
+    if not _FINGERPRINT.fullmatch(value):
+        raise _refusal(400, "malformed fingerprint", "seen must be the fingerprint the page showed")
+    return value
 
 
 def _wants_json(request: Request) -> bool:
@@ -221,6 +241,21 @@ def _check_emails(emails: Mapping[str, str], users: set[str]) -> dict[str, str]:
     return {user: email.lower() for user, email in emails.items()}
 
 
+def _grant_json(grant: Grant) -> dict[str, object]:
+    """What a script is told of a grant."""
+    return {
+        "id": grant.id,
+        "function": grant.function,
+        "by": list(grant.by),
+        "expires_at": grant.expires_at.isoformat(),
+        "uses": grant.uses,
+        "max_uses": grant.max_uses,
+        "approvals": grant.approvals,
+        "confirmed": grant.confirmed,
+        "revoked": grant.revoked_at is not None,
+    }
+
+
 def _check_base_path(base_path: str) -> str:
     stripped = base_path.rstrip("/")
     if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", stripped):
@@ -255,6 +290,11 @@ class WebChannel(BaseChannel):
         allow_remote: Serve clients other than loopback ones. Off by default, since the
             listener may be public for Slack and email callbacks.
         code_lifetime: Seconds a sign-in link from ``login_url()`` stays valid (it works once).
+        grant_durations: The durations (seconds or ``timedelta``, at most 3) offered next to
+            Approve on a pending tool call as "Approve, and allow the same for 1 hour": the
+            approval also lets the same call (every unmasked argument equal) run without
+            asking for that long. ``()`` offers none. The live grants are listed, to revoke,
+            at ``{base_path}/grants``.
     """
 
     name = "web"
@@ -268,6 +308,7 @@ class WebChannel(BaseChannel):
         base_path: str = "/approvals",
         allow_remote: bool = False,
         code_lifetime: float | timedelta = CODE_SECONDS,
+        grant_durations: Sequence[float | timedelta] = GRANT_DURATIONS,
     ) -> None:
         self._generated: str | None = None
         if token is None and users is None:
@@ -298,6 +339,9 @@ class WebChannel(BaseChannel):
                 f"code_lifetime must be a positive number of seconds, not {code_lifetime!r}"
             )
         self.code_lifetime = float(lifetime)
+        self.grant_durations = check_grant_durations(grant_durations)
+        """The durations offered with an approval, in seconds."""
+        self._grant_values = {_web_page.grant_value(seconds): seconds for seconds in self.grant_durations}
         self.base_path = _check_base_path(base_path)
         self.allow_remote = allow_remote
         self._listener_url: str | None = None
@@ -388,6 +432,17 @@ class WebChannel(BaseChannel):
                 methods=_ALL_METHODS,
             ),
             Route(f"{base}/batch", self._guard(self._batch, {"POST"}), methods=_ALL_METHODS),
+            Route(f"{base}/grants", self._guard(self._grants, {"GET"}), methods=_ALL_METHODS),
+            Route(
+                f"{base}/grants/{{grant_id}}/revoke",
+                self._guard(self._revoke, {"POST"}),
+                methods=_ALL_METHODS,
+            ),
+            Route(
+                f"{base}/grants/{{grant_id}}/confirm",
+                self._guard(self._confirm, {"POST"}),
+                methods=_ALL_METHODS,
+            ),
             Route(f"{base}/static/{{name}}", self._guard(self._static, {"GET"}), methods=_ALL_METHODS),
             Route(f"{base}/{{rest:path}}", self._guard(self._not_found, set()), methods=_ALL_METHODS),
         ]
@@ -601,6 +656,7 @@ class WebChannel(BaseChannel):
             csrf=session.csrf or "",
             now=datetime.now(UTC),
             selectable=lambda r: self._selectable(r, session),
+            grants=self.grant_durations,
         )
         return pending, _web_page.history_list(reversed(self._history.values()))
 
@@ -640,6 +696,7 @@ class WebChannel(BaseChannel):
                                 csrf=session.csrf or "",
                                 now=datetime.now(UTC),
                                 selectable=self._selectable(item, session),
+                                grants=self.grant_durations,
                             )
                             said = summarize(item)
                             if kind == "counted":
@@ -678,6 +735,7 @@ class WebChannel(BaseChannel):
             base=base,
             action=f"{base}/requests/{shown.id}",
             may_decide=shown.may_decide(self._who(session.user)),
+            grants=self.grant_durations,
         )
         return HTMLResponse(html, headers=_SECURITY_HEADERS)
 
@@ -689,20 +747,25 @@ class WebChannel(BaseChannel):
         ``edit.<argument>`` per argument to change: its new value, read as JSON when that fits
         the argument's type, else as text (``edit.amount=5000``, ``edit.tags=["a","b"]``,
         ``edit.memo=two words``). A field whose value is the current one is no edit.
-        Browsers send the session's ``csrf``; scripts send ``Authorization: Bearer <key>``
-        and, for JSON answers, ``Accept: application/json``. An edit the request does not
-        allow (an argument that is not editable or is masked, a value of the wrong type) is a
-        400 naming the argument, ``{"error": ..., "argument": ...}`` in JSON, and decides
-        nothing.
+        ``grant=<seconds>`` (one of ``grant_durations``; it implies ``action=approve``) also
+        allows the same call for that long. Browsers send the session's ``csrf``; scripts
+        send ``Authorization: Bearer <key>`` and, for JSON answers, ``Accept:
+        application/json``. An edit the request does not allow (an argument that is not
+        editable or is masked, a value of the wrong type) is a 400 naming the argument,
+        ``{"error": ..., "argument": ...}`` in JSON, and decides nothing; so is a grant
+        duration that is not offered.
         """
         session = self._session(request)
         form = await self._form(request)
         self._check_csrf(request, session, form)
         decider = self._running()
         request_id = request.path_params["request_id"]
-        action = form.get("action", "")
+        grant = self._grant_field(form)
+        action = form.get("action", "approve" if grant is not None else "")
         if action not in _ACTIONS:
             raise _refusal(400, "unknown action", "action must be approve, deny or answer")
+        if grant is not None and action != "approve":
+            raise _refusal(400, "grant without approval", "a grant goes with an approval")
         comment = form.get("comment", "").strip() or None
         answer = form.get("answer", "").strip()
         if (comment and len(comment) > MAX_COMMENT) or len(answer) > MAX_ANSWER:
@@ -712,20 +775,27 @@ class WebChannel(BaseChannel):
         typed = _edit_fields(form)
         if not _REQUEST_ID.fullmatch(request_id):
             raise _refusal(404, "unknown request", "no such request")
+        seen = _seen(form.get("seen"))
         who = self._who(session.user)
         try:
             edits = _edits(await decider.get(request_id), typed) if typed else {}
             approved = action == "approve"
             if edits and action == "answer":
                 raise InvalidEdit(request_id, "", "edits go with an approval, not an answer")
+            # edits= and grant= only when given: a Decider written before them takes neither.
+            extra: dict[str, Any] = {}
+            if edits:
+                extra["edits"] = edits
+            if grant is not None:
+                extra["grant"] = grant
+            if seen is not None:
+                extra["seen"] = seen
             if action == "answer":
                 answered = await decider.respond(request_id, answer, by=who, via=self.name)
-            elif edits:  # only then: a Decider written before edits takes no edits=
-                answered = await decider.decide(
-                    request_id, approved, by=who, comment=comment, via=self.name, edits=edits
-                )
             else:
-                answered = await decider.decide(request_id, approved, by=who, comment=comment, via=self.name)
+                answered = await decider.decide(
+                    request_id, approved, by=who, comment=comment, via=self.name, **extra
+                )
         except UnknownRequest as exc:
             raise _refusal(404, "unknown request", "no such request") from exc
         except NotAnApprover as exc:
@@ -733,9 +803,26 @@ class WebChannel(BaseChannel):
             raise _refusal(403, "not an approver", f"{session.user} {why}") from exc
         except InvalidEdit as exc:
             raise self._invalid_edit(request, exc) from exc
+        except ArgumentsEdited as exc:
+            raise _refusal(409, "edited since shown", f"{EDITED_SINCE} Nothing was decided.") from exc
         except HumanLayerError as exc:
             raise _refusal(409, "not decidable", str(exc)) from exc
-        return await self._decided(request, decider, answered, session)
+        return await self._decided(request, decider, answered, session, grant)
+
+    def _grant_field(self, form: Mapping[str, str]) -> float | None:
+        """The seconds of the posted ``grant`` field, one of ``grant_durations`` (``None``
+        when not posted); any other value is a 400 that decides nothing."""
+        text = form.get("grant")
+        if text is None:
+            return None
+        seconds = self._grant_values.get(text)
+        if seconds is None:
+            offered = ", ".join(
+                f"{value} ({describe_duration(s)})" for value, s in self._grant_values.items()
+            )
+            why = f"grant must be one of the offered durations, in seconds: {offered}" if offered else ""
+            raise _refusal(400, "grant not offered", why or "this console offers no grants")
+        return seconds
 
     async def _batch(self, request: Request) -> Response:
         """Approve or deny several requests at once: each an individual, audited decision.
@@ -766,16 +853,20 @@ class WebChannel(BaseChannel):
             raise _refusal(
                 400, "edits in a batch", "a batch approves as they are: edit on the request's page"
             )
+        if "grant" in form:
+            raise _refusal(400, "grant in a batch", "a batch gives no grants: grant from the request's card")
         if not ids:
             raise _refusal(400, "no requests", "select the requests to decide")
         if len(ids) > MAX_BATCH:
             raise _refusal(400, "too many requests", f"at most {MAX_BATCH} requests at once")
-        if not all(_REQUEST_ID.fullmatch(request_id) for request_id in ids):
+        # Each "<request id> <fingerprint>" (or just the id, from a script that saw nothing).
+        shown = {request_id: _seen(seen) for request_id, _, seen in (value.partition(" ") for value in ids)}
+        if not all(_REQUEST_ID.fullmatch(request_id) for request_id in shown):
             raise _refusal(400, "malformed request id", "each id must be a request's id")
         approved = action == "approve"
         results = [
-            await self._decide_one(decider, request_id, approved, comment, session)
-            for request_id in dict.fromkeys(ids)  # each once, in the order sent
+            await self._decide_one(decider, request_id, approved, comment, session, seen)
+            for request_id, seen in shown.items()  # each once, in the order sent
         ]
         logger.info(
             "web.batch",
@@ -791,7 +882,13 @@ class WebChannel(BaseChannel):
         return HTMLResponse(html, headers=_SECURITY_HEADERS)
 
     async def _decide_one(
-        self, decider: Decider, request_id: str, approved: bool, comment: str | None, session: Session
+        self,
+        decider: Decider,
+        request_id: str,
+        approved: bool,
+        comment: str | None,
+        session: Session,
+        seen: str | None,
     ) -> _web_page.BatchResult:
         """One request of a batch, decided as ``_decide`` decides it; what that came to."""
         what = ""
@@ -802,14 +899,17 @@ class WebChannel(BaseChannel):
                 return _web_page.BatchResult(
                     request_id, "not_decidable", "a question: answer it on its own", what
                 )
+            extra: dict[str, Any] = {} if seen is None else {"seen": seen}
             answered = await decider.decide(
-                request_id, approved, by=self._who(session.user), comment=comment, via=self.name
+                request_id, approved, by=self._who(session.user), comment=comment, via=self.name, **extra
             )
         except UnknownRequest:
             return _web_page.BatchResult(request_id, "unknown", "no such request")
         except NotAnApprover as exc:
             why = "requested this call and may not decide it" if exc.requester else "is not an approver of it"
             return _web_page.BatchResult(request_id, "not_an_approver", f"{session.user} {why}", what)
+        except ArgumentsEdited:
+            return _web_page.BatchResult(request_id, "not_decidable", EDITED_SINCE, what)
         except HumanLayerError as exc:
             return _web_page.BatchResult(request_id, "not_decidable", str(exc), what)
         decision = answered.decision
@@ -836,7 +936,7 @@ class WebChannel(BaseChannel):
         page = _web_page.message_page(
             "Not approved: an edit was refused",
             f"{exc}. Nothing was decided: the request is still pending.",
-            link=(back, "Back to the request"),
+            links=[(back, "Back to the request")],
         )
         return _refusal(400, reason, page=page, argument=argument)
 
@@ -846,31 +946,143 @@ class WebChannel(BaseChannel):
         return user if email is None else Principal(email, user)
 
     async def _decided(
-        self, request: Request, decider: Decider, answered: Answered, session: Session
+        self,
+        request: Request,
+        decider: Decider,
+        answered: Answered,
+        session: Session,
+        grant: float | None = None,
     ) -> Response:
+        """What a decision came to (``grant``: the seconds of the grant asked for with it)."""
         decision, mine = answered.decision, answered.stands
         if decision is None:  # a vote: the request waits for more
             progress = f"counted: {describe_votes(answered.votes, answered.needed)}"
-            if _wants_json(request):
-                body = {"status": "pending", "message": progress, "mine": True}
-                return JSONResponse(body, headers=_SECURITY_HEADERS)
-            return RedirectResponse(self._base(request), status_code=303, headers=_SECURITY_HEADERS)
+            if grant is not None:
+                asked = describe_duration(grant)
+                progress += f"; you asked to allow the same for {asked}: {_web_page.GRANT_QUORUM}"
+            return self._outcome(request, "Vote counted", progress, "pending", grant=grant)
+        given = None
         if mine:
             # Shown at once, also when the request was not delivered through this channel.
             decided = await decider.get(decision.request_id)
             self._remember(decided)
             self._publish("decided", decided)
+            message = describe_decision(decision)
+            if grant is not None:
+                given = answered.grant
+                message += f"; {_web_page.grant_outcome(given, approvals=decided.approvals)}"
         else:
             logger.info("web.already_decided", request_id=decision.request_id, by=session.user)
-        message = describe_decision(decision) if mine else f"already {describe_decision(decision)}"
-        if _wants_json(request):
-            body = {"status": decision.status.value, "message": message, "mine": mine}
-            return JSONResponse(body, status_code=200 if mine else 409, headers=_SECURITY_HEADERS)
-        if mine:
-            return RedirectResponse(self._base(request), status_code=303, headers=_SECURITY_HEADERS)
-        return HTMLResponse(
-            _web_page.message_page("Already decided", message), status_code=409, headers=_SECURITY_HEADERS
+            message = f"already {describe_decision(decision)}"
+            if grant is not None:
+                message += "; no grant was given"
+        title = "Decided" if mine else "Already decided"
+        if given is not None:
+            title = "Approved, and allowed the same"
+        return self._outcome(
+            request, title, message, decision.status.value, grant=grant, given=given, mine=mine
         )
+
+    def _outcome(
+        self,
+        request: Request,
+        title: str,
+        message: str,
+        status: str,
+        *,
+        grant: float | None,
+        given: Grant | None = None,
+        mine: bool = True,
+    ) -> Response:
+        """A decision's answer: JSON (with ``grant`` asked for, the grant given or ``null``);
+        else a redirect to the console, or a page saying what came of it when it did not
+        stand or a grant was asked for. 409 when it did not stand."""
+        code = 200 if mine else 409
+        base = self._base(request)
+        if _wants_json(request):
+            body: dict[str, object] = {"status": status, "message": message, "mine": mine}
+            if grant is not None:
+                body["grant"] = None if given is None else _grant_json(given)
+            return JSONResponse(body, status_code=code, headers=_SECURITY_HEADERS)
+        if mine and grant is None:
+            return RedirectResponse(base, status_code=303, headers=_SECURITY_HEADERS)
+        page = _web_page.message_page(
+            title, message, links=[(base, "All requests"), (f"{base}/grants", "Grants")]
+        )
+        return HTMLResponse(page, status_code=code, headers=_SECURITY_HEADERS)
+
+    # -- grants --------------------------------------------------------------------------
+
+    async def _grants(self, request: Request) -> Response:
+        """The live grants, each with the forms its user may use (revoke; confirm one that
+        waits for more approvers)."""
+        session = self._session(request, page=True)
+        decider = self._running()
+        try:
+            live = await decider.grants()
+        except StoreError as exc:
+            raise _refusal(503, "store unavailable", "the store is unavailable: try again") from exc
+        who = self._who(session.user)
+        person = who if isinstance(who, Principal) else Principal(who)
+        html = _web_page.grants_page(
+            live,
+            user=session.user,
+            csrf=session.csrf or "",
+            base=self._base(request),
+            now=datetime.now(UTC),
+            may_change=lambda grant: not grant.approvers or person.matches(grant.approvers),
+            gave=lambda grant: any(grant.granted_by(name) for name in person.names),
+        )
+        return HTMLResponse(html, headers=_SECURITY_HEADERS)
+
+    async def _revoke(self, request: Request) -> Response:
+        return await self._change_grant(request, "revoke")
+
+    async def _confirm(self, request: Request) -> Response:
+        return await self._change_grant(request, "confirm")
+
+    async def _change_grant(self, request: Request, change: Literal["revoke", "confirm"]) -> Response:
+        """Revoke or confirm a grant as the signed-in user, from the grants page's forms or a
+        script (the checks of a decision: session or Bearer key, CSRF, same origin).
+
+        An unknown grant is a 404, one the user may not change (not an approver of its
+        tool) a 403, confirming one expired, used up or revoked a 409: each decides nothing.
+        The answer is a redirect to the grants page, or, for ``Accept: application/json``,
+        ``{"status": "revoked" | "confirmed" | "pending", "message": ..., "grant": {...}}``.
+        """
+        session = self._session(request)
+        form = await self._form(request) if await request.body() else {}  # a script needs no fields
+        self._check_csrf(request, session, form)
+        decider = self._running()
+        grant_id = request.path_params["grant_id"]
+        if not _REQUEST_ID.fullmatch(grant_id):
+            raise _refusal(404, "unknown grant", "no such grant")
+        act = decider.revoke_grant if change == "revoke" else decider.confirm_grant
+        try:
+            grant = await act(grant_id, by=self._who(session.user))
+        except UnknownGrant as exc:
+            raise _refusal(404, "unknown grant", "no such grant", grant_id=grant_id) from exc
+        except NotAnApprover as exc:
+            why = f"{session.user} is not an approver of this grant's tool"
+            raise _refusal(403, "not an approver", why, grant_id=grant_id) from exc
+        except StoreError as exc:
+            raise _refusal(503, "store unavailable", "the store is unavailable: try again") from exc
+        except HumanLayerError as exc:
+            raise _refusal(409, f"grant not {change}able", str(exc), grant_id=grant_id) from exc
+        if grant.revoked_at is not None:
+            status = "revoked"
+            message = f"revoked by {visible(grant.revoked_by or '')} at {grant.revoked_at:%H:%M:%S} UTC"
+        elif grant.confirmed:
+            status = "confirmed"
+            message = f"confirmed: it allows calls until {grant.expires_at:%Y-%m-%d %H:%M:%S} UTC"
+        else:
+            status = "pending"
+            more = grant.approvals - len(grant.by)
+            message = f"not active yet: needs {more} more approver{'' if more == 1 else 's'}"
+        if _wants_json(request):
+            body = {"status": status, "message": message, "grant": _grant_json(grant)}
+            return JSONResponse(body, headers=_SECURITY_HEADERS)
+        return RedirectResponse(f"{self._base(request)}/grants", status_code=303, headers=_SECURITY_HEADERS)
 
     async def _static(self, request: Request) -> Response:
         name = request.path_params["name"]

@@ -9,6 +9,7 @@
   const empty = document.getElementById("pending-empty");
   const connection = document.getElementById("connection");
   const announce = document.getElementById("announce");
+  const outcome = document.getElementById("outcome");
   const batch = document.getElementById("batch");
   const selectBy = batch.querySelector(".select-by");
   const selectedCount = batch.querySelector(".selected-count");
@@ -220,7 +221,8 @@
       return refuse("give the reason for denying them in the comment", comment);
     }
     const ticked = boxes().filter((box) => box.checked);
-    const names = new Map(ticked.map((box) => [box.value, cardOf(box).querySelector("h3 code").textContent]));
+    // A box's value is the request id, a space and the call's fingerprint; results name the id.
+    const names = new Map(ticked.map((box) => [box.value.split(" ")[0], cardOf(box).querySelector("h3 code").textContent]));
     const buttons = form.querySelectorAll('button[type="submit"]');
     buttons.forEach((button) => { button.disabled = true; });
     result.textContent = "sending…";
@@ -251,7 +253,14 @@
     if (!form) return;
     event.preventDefault();
     const body = new URLSearchParams(new FormData(form));
-    body.set("action", event.submitter ? event.submitter.value : "approve");
+    const submitter = event.submitter;
+    if (submitter && submitter.name === "grant") {
+      // "Approve, and allow the same for …": an approval that asks for a grant.
+      body.set("action", "approve");
+      body.set("grant", submitter.value);
+    } else {
+      body.set("action", submitter ? submitter.value : "approve");
+    }
     const result = form.querySelector(".result");
     const buttons = form.querySelectorAll("button");
     buttons.forEach((button) => { button.disabled = true; });
@@ -260,8 +269,15 @@
     try {
       const response = await post(form, body);
       const type = response.headers.get("content-type") || "";
-      const text = type.includes("json") ? (await response.json()).message : await response.text();
+      const data = type.includes("json") ? await response.json() : null;
+      const text = data ? data.message : await response.text();
       result.textContent = text;
+      if (data && "grant" in data) {
+        // The card goes once decided: what came of the grant stays above the list.
+        outcome.textContent = text;
+        outcome.hidden = false;
+        say(text);
+      }
       if (!response.ok) result.classList.add("error");
       if (response.ok || response.status === 409 || response.status === 404) return;
     } catch (error) {
