@@ -37,10 +37,10 @@ WINDOW = 1.0
 
 
 def request_ids(blocks: Any) -> Iterator[str]:
-    """The request ids a message's buttons carry (their ``value``s)."""
+    """The request ids a message's buttons carry (the first word of their ``value``s)."""
     if isinstance(blocks, dict):
         if isinstance(blocks.get("value"), str):
-            yield blocks["value"]
+            yield blocks["value"].split(" ")[0]
         for value in blocks.values():
             yield from request_ids(value)
     elif isinstance(blocks, list):

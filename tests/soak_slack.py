@@ -91,7 +91,7 @@ _CALL = re.compile(r"pay\(n=(\d+)\)")
 def _request_id(message: dict[str, Any]) -> str:
     """The request id in a posted message's Approve button."""
     return next(
-        str(element["value"])
+        str(element["value"]).split()[0]  # the request id, then the call's fingerprint
         for block in message["blocks"]
         if block["type"] == "actions"
         for element in block["elements"]

@@ -306,7 +306,7 @@ async def test_slack_bolt_agent(tmp_path: Path) -> None:
                         ]
                     )
                     [request_id] = [
-                        element["value"]
+                        element["value"].split()[0]  # the request id, then the call's fingerprint
                         for block in asked["blocks"]
                         if block["type"] == "actions"
                         for element in block["elements"]

@@ -9,16 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 from humanlayer_async import ConfigurationError, HumanLayer
-from humanlayer_async.channels import SlackChannel
+from humanlayer_async.channels import SlackChannel, WebChannel
 from humanlayer_async.stores import SQLiteStore
 from humanlayer_async.testing import wait_for_pending
 
 from .conftest import ALICE, Inbox, make_channel, text_of
 from .fake_slack import BOT_TOKEN, FakeSlack
 from .test_console import Terminal
+from .test_web import KEY, signed_in, sse_events
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_slack_environment")]
 
@@ -129,3 +131,37 @@ def test_remind_every_must_be_a_positive_duration() -> None:
     for wrong in (0, -1, float("inf"), "10m"):
         with pytest.raises(ConfigurationError, match="remind_every"):
             hl.require_approval(remind_every=wrong)
+
+
+async def test_the_web_console_marks_a_reminded_request_live() -> None:
+    web = WebChannel(token=KEY)
+    async with (
+        HumanLayer([web], listen="127.0.0.1:0") as hl,
+        httpx.AsyncClient(timeout=30) as client,
+        anyio.create_task_group() as tg,
+    ):
+        await signed_in(client, web)
+
+        @hl.require_approval(remind_every=EVERY)
+        async def purge(queue: str) -> str:
+            return f"purged {queue}"
+
+        seen: list[tuple[str, dict[str, str]]] = []
+
+        async def follow() -> None:
+            async with client.stream("GET", f"{web.url}/events") as response:
+                async for event in sse_events(response):
+                    seen.append(event)
+
+        tg.start_soon(follow)
+        tg.start_soon(purge, "<b>jobs</b>")
+        [request] = await wait_for_pending(hl)
+        with anyio.fail_after(10):
+            while "reminded" not in [kind for kind, _ in seen]:
+                await anyio.sleep(0.01)
+        [(_, reminded), *_] = [(kind, data) for kind, data in seen if kind == "reminded"]
+        assert reminded["id"] == request.id
+        assert reminded["summary"].startswith("Reminder: purge(queue='<b>jobs</b>') still waits")
+        assert "html" not in reminded  # the page marks the card itself; nothing to inject
+        await hl.decide(request.id, True, by="ops")
+        tg.cancel_scope.cancel()

@@ -122,7 +122,7 @@ def request_id_of(post: Call) -> str:
     for block in json.loads(blocks) if isinstance(blocks, str) else blocks:
         for element in block.get("elements", []):
             if "value" in element:
-                return str(element["value"])
+                return str(element["value"]).split()[0]  # the id, then the call's fingerprint
     raise AssertionError(f"no button in {blocks!r}")
 
 

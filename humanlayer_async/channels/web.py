@@ -128,7 +128,7 @@ _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
-EventKind = Literal["requested", "counted", "decided"]
+EventKind = Literal["requested", "counted", "reminded", "decided"]
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -419,6 +419,10 @@ class WebChannel(BaseChannel):
         """A vote counted: open pages redraw the request's card with the count."""
         self._publish("counted", request)
 
+    async def remind(self, request: ApprovalRequest, ref: str | None) -> None:
+        """The request still waits (``remind_every=``): open pages mark its card and say so."""
+        self._publish("reminded", request)
+
     def routes(self) -> Sequence[BaseRoute]:
         base = self.base_path
         # Every method reaches the guard, so a wrong one is refused (and logged) there.
@@ -702,6 +706,9 @@ class WebChannel(BaseChannel):
                             if kind == "counted":
                                 said = f"{said}: {describe_votes(item.votes, item.approvals)}"
                             yield event(kind, {"id": item.id, "html": html, "summary": said})
+                        elif kind == "reminded":
+                            said = f"Reminder: {summarize(item)} still waits for a decision"
+                            yield event(kind, {"id": item.id, "summary": said})
                         else:
                             outcome = "" if item.decision is None else describe_decision(item.decision)
                             html = _web_page.history_item(item)

@@ -158,11 +158,26 @@
     }
     const ticked = old.querySelector("input[type=checkbox]");
     const box = fresh.querySelector("input[type=checkbox]");
-    if (ticked && box) box.checked = ticked.checked;
+    // The tick stays only on the same call: an edited one (another fingerprint) is chosen anew.
+    if (ticked && box && box.value === ticked.value) box.checked = ticked.checked;
     old.replaceWith(fresh);
     refreshBatch();
     say(data.summary);
     tick();
+  });
+  source.addEventListener("reminded", (event) => {
+    // The request still waits: its card is marked, and the reminder said aloud.
+    const data = JSON.parse(event.data);
+    const card = document.getElementById(`req-${data.id}`);
+    if (!card) return;
+    card.classList.add("reminded");
+    if (!card.querySelector(".reminder")) {
+      const note = document.createElement("p");
+      note.className = "reminder";
+      note.textContent = "Reminder: this still waits for a decision";
+      card.querySelector("h3").after(note);
+    }
+    say(data.summary);
   });
   source.addEventListener("decided", (event) => {
     const data = JSON.parse(event.data);
