@@ -14,7 +14,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from humanlayer_async import ConfigurationError, Decision, HumanLayer, current_decision
-from humanlayer_async.channels import WebChannel, _web_page
+from humanlayer_async.channels import WebChannel
+from humanlayer_async.channels._grant_offer import describe_duration
 from humanlayer_async.stores import store_from_url
 from humanlayer_async.testing import wait_for_pending
 
@@ -54,7 +55,7 @@ def test_grant_durations_are_offered_in_words_and_bad_ones_are_refused_by_name()
     assert WebChannel(token=KEY).grant_durations == (3600.0,)
     web = WebChannel(token=KEY, grant_durations=(timedelta(minutes=30), 8 * 3600, timedelta(days=1)))
     assert web.grant_durations == (1800.0, 28800.0, 86400.0)
-    worded = [_web_page.describe_duration(s) for s in (*web.grant_durations, 5400, 3600, 1, 0.5)]
+    worded = [describe_duration(s) for s in (*web.grant_durations, 5400, 3600, 1, 0.5)]
     assert worded == ["30 minutes", "8 hours", "1 day", "90 minutes", "1 hour", "1 second", "0.5 seconds"]
     assert WebChannel(token=KEY, grant_durations=()).grant_durations == ()
     for bad, named in (
