@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import math
 import secrets
 import sys
 from collections.abc import (
@@ -36,6 +35,7 @@ from anyio.abc import TaskStatus
 from ._audit import logger
 from ._bridge import Bridge
 from ._codec import to_json
+from ._durations import seconds
 from ._engine import Engine, Run, current_run
 from ._exceptions import ConfigurationError, HumanLayerError, NotAnApprover, StoreError
 from ._gate import (
@@ -67,20 +67,6 @@ __all__ = ["HumanLayer"]
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
-
-
-def _seconds(value: float | timedelta, what: str) -> float:
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        seconds = math.nan
-    if not (0 < seconds < math.inf):
-        raise ConfigurationError(
-            f"{what} must be a positive, finite number of seconds or a timedelta, not {value!r}"
-        )
-    return seconds
 
 
 def _check_callable(hook: T | None, what: str) -> T | None:
@@ -258,7 +244,7 @@ class HumanLayer:
         if store is not None and not isinstance(store, Store):
             raise ConfigurationError(f"{store!r} is not a Store (see humanlayer_async.stores.base)")
         self._store: Store = MemoryStore() if store is None else store
-        self._timeout = _seconds(timeout, "timeout")
+        self._timeout = seconds(timeout, "timeout")
         self._on_reject = _check_on_reject(on_reject)
         self._listen = _parse_listen(listen)
         self._always_listen = False
@@ -486,9 +472,9 @@ class HumanLayer:
             "approvers": _approver_tuple(approvers),
             "approvals": _check_approvals(approvals),
             "editable": editable,
-            "remind_every": None if remind_every is None else _seconds(remind_every, "remind_every"),
+            "remind_every": None if remind_every is None else seconds(remind_every, "remind_every"),
             "escalate": self._check_escalations(escalate),
-            "timeout": None if timeout is None else _seconds(timeout, "timeout"),
+            "timeout": None if timeout is None else seconds(timeout, "timeout"),
             "on_reject": self._on_reject if on_reject is None else _check_on_reject(on_reject),
         }
 
@@ -520,9 +506,9 @@ class HumanLayer:
         """
         checked = None if channels is None else self._register(*_check_channels(channels))
         allowed = _approver_tuple(approvers)
-        seconds = None if timeout is None else _seconds(timeout, "timeout")
+        limit = None if timeout is None else seconds(timeout, "timeout")
 
-        tool = ToolSpec("question", "contact_human", allowed, seconds, checked)
+        tool = ToolSpec("question", "contact_human", allowed, limit, checked)
 
         async def contact_human(message: str) -> str:
             """Ask a human a free-form question and wait for their answer.
@@ -588,9 +574,9 @@ class HumanLayer:
         On a request that needs several approvals, the grant is given when every approval
         that decides it asked for one (for the shortest time asked).
         """
-        seconds = None if grant is None else _seconds(grant, "grant")
+        allowed = None if grant is None else seconds(grant, "grant")
         answered = await self._engine.decide(
-            request_id, approved, by=by, comment=comment, via=via, edits=edits, grant=seconds, seen=seen
+            request_id, approved, by=by, comment=comment, via=via, edits=edits, grant=allowed, seen=seen
         )
         return answered.decision
 
@@ -634,7 +620,7 @@ class HumanLayer:
                 where=checked_where,
                 by=(who.id,),
                 created_at=now,
-                expires_at=now + timedelta(seconds=_seconds(expires_in, "expires_in")),
+                expires_at=now + timedelta(seconds=seconds(expires_in, "expires_in")),
                 max_uses=max_uses,
                 approvals=spec.approvals,
                 approvers=spec.approvers,

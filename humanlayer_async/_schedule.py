@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from ._durations import seconds
 from ._exceptions import ConfigurationError
 from .stores.base import Step
 
@@ -43,16 +44,11 @@ class Escalation:
     def __init__(
         self, after: float | timedelta, channels: Iterable[Channel] = (), approvers: Iterable[str] | str = ()
     ) -> None:
-        seconds = after.total_seconds() if isinstance(after, timedelta) else after
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds < math.inf:
-            raise ConfigurationError(
-                "Escalation(after=...) must be a positive, finite number of seconds "
-                f"or a timedelta, not {after!r}"
-            )
+        counted = seconds(after, "Escalation(after=...)")
         named = (approvers,) if isinstance(approvers, str) else tuple(approvers)
         if not all(isinstance(a, str) and a for a in named):
             raise ConfigurationError(f"Escalation approvers must be non-empty strings, not {approvers!r}")
-        self.after = float(seconds)
+        self.after = counted
         self.channels: tuple[Channel, ...] = tuple(channels)
         self.approvers: tuple[str, ...] = named
         if not self.channels and not self.approvers:

@@ -5,10 +5,10 @@ The channels' ``grant_durations=`` option, checked once here, and the words for 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from datetime import timedelta
 
+from .._durations import seconds as duration_seconds
 from .._exceptions import ConfigurationError
 
 __all__ = ["GRANT_DURATIONS", "MAX_GRANT_DURATIONS", "check_grant_durations", "describe_duration"]
@@ -29,17 +29,7 @@ def check_grant_durations(durations: Sequence[float | timedelta]) -> tuple[float
         )
     offered: list[float] = []
     for value in durations:
-        if isinstance(value, timedelta):
-            seconds = value.total_seconds()
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            seconds = float(value)
-        else:
-            seconds = math.nan
-        if not 0 < seconds < math.inf:
-            raise ConfigurationError(
-                f"grant_durations: each must be a positive, finite number of seconds or a timedelta,"
-                f" not {value!r}"
-            )
+        seconds = duration_seconds(value, "grant_durations: each")
         if seconds in offered:
             raise ConfigurationError(f"grant_durations offers {value!r} ({describe_duration(seconds)}) twice")
         offered.append(seconds)
