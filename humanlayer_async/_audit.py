@@ -15,6 +15,7 @@ Events, each with ``request_id`` bound:
 - ``approval.outcome_unknown``  a replayed call found its tool started and never finished
 - ``approval.reminded``   the approvers were reminded where it was delivered (reminder number)
 - ``approval.escalated``  more approvers may decide it, and it went to more channels
+- ``approval.shadowed``   a tool in shadow mode would have asked (function, kwargs): it ran
 - ``grant.given``         a grant was given (or proposed, when it needs more granters); keyed
   by the grant's id, like ``grant.confirmed`` and ``grant.revoked``
 
@@ -49,6 +50,7 @@ AuditEvent = Literal[
     "approval.outcome_unknown",
     "approval.reminded",
     "approval.escalated",
+    "approval.shadowed",
     "grant.given",
     "grant.confirmed",
     "grant.revoked",

@@ -50,6 +50,7 @@ from ._gate import (
     tool_spec,
 )
 from ._models import ApprovalRequest, Decision, Grant, Kind, Principal, acting_for
+from ._observe import Observer, Observers
 from ._render import Render, mask_secrets
 from ._runtime import Runtime
 from ._schedule import Escalation
@@ -60,6 +61,7 @@ from .stores.memory import MemoryStore
 if TYPE_CHECKING:  # the listener (starlette, uvicorn) is imported once it is built or served
     from starlette.applications import Starlette
 
+    from ._metrics import Metrics
     from .listener import IPNetwork, Listener
 
 __all__ = ["HumanLayer"]
@@ -154,7 +156,9 @@ class _GateHandle:
 
     def __init__(self, hl: HumanLayer) -> None:
         self._hl = hl
-        self.ask = hl._engine.ask
+        engine = hl._engine
+        self.ask = engine.ask if engine.observer is None else engine.observed_ask
+        self.shadow = engine.shadow
         self.begin_execution = hl._engine.begin_execution
         self.finish_execution = hl._engine.finish_execution
 
@@ -231,6 +235,9 @@ class HumanLayer:
         render: Render = mask_secrets,
         max_pending: int | None = None,
         trusted_proxies: Sequence[str] = (),
+        tracing: bool | Any = False,
+        metrics: bool | Any = False,
+        metrics_token: str | None = None,
     ) -> None:
         if max_pending is not None and (isinstance(max_pending, bool) or max_pending < 1):
             raise ConfigurationError(f"max_pending must be a positive number or None, not {max_pending!r}")
@@ -269,6 +276,10 @@ class HumanLayer:
             max_pending=max_pending,
             default_run=None if run_id is None else Run(run_id),
         )
+        self._metrics = _metrics(metrics, metrics_token)
+        observers = [*_tracing(tracing), *([] if self._metrics is None else [self._metrics])]
+        if observers:
+            self._engine.observer = observers[0] if len(observers) == 1 else Observers(observers)
         self._asker = _GateHandle(self)
 
     def __repr__(self) -> str:
@@ -334,9 +345,16 @@ class HumanLayer:
         if self._app is None:
             from .listener import build_app
 
+            routes = [route for c in self._all_channels.values() for route in c.routes()]
+            if self._metrics is not None:
+                from starlette.routing import Route
+
+                routes.append(Route("/metrics", self._metrics.endpoint, methods=["GET"]))
+            observer = self._engine.observer
             self._app = build_app(
-                [route for c in self._all_channels.values() for route in c.routes()],
+                routes,
                 trusted_proxies=self._trusted_proxies,
+                on_refused=None if observer is None else observer.refused,
             )
         return self._app
 
@@ -379,6 +397,7 @@ class HumanLayer:
         editable: bool | Sequence[str] = False,
         remind_every: float | timedelta | None = None,
         escalate: Sequence[Escalation] = (),
+        mode: Literal["enforce", "shadow"] = "enforce",
         timeout: float | timedelta | None = None,
         on_reject: Literal["raise"] | None = None,
         render: Render | None = None,
@@ -398,6 +417,7 @@ class HumanLayer:
         editable: bool | Sequence[str] = False,
         remind_every: float | timedelta | None = None,
         escalate: Sequence[Escalation] = (),
+        mode: Literal["enforce", "shadow"] = "enforce",
         timeout: float | timedelta | None = None,
         on_reject: Literal["return"],
         render: Render | None = None,
@@ -416,6 +436,7 @@ class HumanLayer:
         editable: bool | Sequence[str] = False,
         remind_every: float | timedelta | None = None,
         escalate: Sequence[Escalation] = (),
+        mode: Literal["enforce", "shadow"] = "enforce",
         timeout: float | timedelta | None = None,
         on_reject: OnReject | None = None,
         render: Render | None = None,
@@ -451,6 +472,10 @@ class HumanLayer:
         escalations are scheduled in the store: with a shared store one process of the fleet
         carries out each, and a restarted one carries on where they were.
 
+        ``mode="shadow"`` rolls a gate out: a call that would ask runs at once, and what would
+        have been asked is recorded (``approval.shadowed`` in the audit trail, counted by
+        ``humanlayer-async stats``). It never waits and never fails because of a channel.
+
         ``approvals=2`` (or more) needs that many distinct approvers to approve a call,
         whatever channels they answer through; one denial denies it. The same person
         approving twice counts once; the votes so far are on ``hl.get(id).votes``.
@@ -474,6 +499,7 @@ class HumanLayer:
             "editable": editable,
             "remind_every": None if remind_every is None else seconds(remind_every, "remind_every"),
             "escalate": self._check_escalations(escalate),
+            "shadow": _check_mode(mode),
             "timeout": None if timeout is None else seconds(timeout, "timeout"),
             "on_reject": self._on_reject if on_reject is None else _check_on_reject(on_reject),
         }
@@ -516,7 +542,7 @@ class HumanLayer:
             Use it when you need a judgement, a missing fact or a clarification only a
             person can give. The return value is the human's answer, as text.
             """
-            decision = await self._engine.ask(tool, {"message": message}, {}, message)
+            decision = await self._asker.ask(tool, {"message": message}, {}, message)
             if decision.answer is not None:
                 return decision.answer
             refused = refusal("contact_human", decision)
@@ -718,7 +744,9 @@ class HumanLayer:
         for channel in list(self._all_channels.values()):
             await self._start_channel(channel)
         if self._listen is not None and (
-            self._always_listen or any(c.routes() for c in self._all_channels.values())
+            self._always_listen
+            or self._metrics is not None
+            or any(c.routes() for c in self._all_channels.values())
         ):
             from .listener import Listener
 
@@ -746,6 +774,45 @@ class HumanLayer:
     def _wake(self) -> int:
         """Wake every waiting call: a part died, or this ``HumanLayer`` closes."""
         return self._engine.registry.close()
+
+
+def _tracing(tracing: bool | Any) -> list[Observer]:
+    """``tracing=``: no observer (``False``), spans through the global tracer provider
+    (``True``), or through the given one."""
+    if tracing is False or tracing is None:
+        return []
+    try:
+        from ._tracing import Tracing
+    except ImportError as exc:
+        raise ConfigurationError(
+            "tracing needs opentelemetry-api: pip install 'humanlayer-async[otel]'"
+        ) from exc
+    return [Tracing(None if tracing is True else tracing)]
+
+
+def _metrics(metrics: bool | Any, token: str | None) -> Metrics | None:
+    """``metrics=``: none (``False``), a registry of this ``HumanLayer``'s own (``True``), or
+    the given ``CollectorRegistry``."""
+    if metrics is False or metrics is None:
+        if token is not None:
+            raise ConfigurationError("metrics_token= needs metrics=True (or a CollectorRegistry)")
+        return None
+    if token is not None and (not isinstance(token, str) or len(token) < 16):
+        raise ConfigurationError("metrics_token must be a string of at least 16 characters")
+    try:
+        from ._metrics import Metrics
+    except ImportError as exc:
+        raise ConfigurationError(
+            "metrics need prometheus-client: pip install 'humanlayer-async[metrics]'"
+        ) from exc
+    return Metrics(None if metrics is True else metrics, token=token)
+
+
+def _check_mode(mode: str) -> bool:
+    """``mode=``: whether the gate is in shadow mode."""
+    if mode not in ("enforce", "shadow"):
+        raise ConfigurationError(f'mode must be "enforce" or "shadow", not {mode!r}')
+    return mode == "shadow"
 
 
 def _check_on_reject(on_reject: str) -> OnReject:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import secrets
 from collections import Counter
@@ -26,7 +27,7 @@ import anyio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-from ._audit import AuditEvent, logger, make_entry
+from ._audit import AuditEntry, AuditEvent, logger, make_entry
 from ._codec import digest, dumps
 from ._edits import check_edits
 from ._exceptions import (
@@ -53,6 +54,7 @@ from ._models import (
     Vote,
     current_requester,
 )
+from ._observe import Observer
 from ._registry import CLOSED, EXPIRED, Outcome, Registry
 from ._render import masked
 from ._retry import Backoff
@@ -101,6 +103,8 @@ class Decisions:
     def __init__(self, store: Store, registry: Registry | None = None) -> None:
         self.store = store
         self.registry = Registry() if registry is None else registry
+        self.observer: Observer | None = None
+        """Told of each step (traces, metrics); ``None``: nothing to tell, nothing spent."""
         self._change_events: list[anyio.Event] = []
         # The tools that may have a live grant (loaded when following the store, kept up to
         # date by its "granted" events): only their calls look for one in the store.
@@ -166,7 +170,7 @@ class Decisions:
             decision = Decision(
                 request_id, approved, status, who.id, via, comment, now, None, who.user, (), edits
             )
-            answered = await self._record(decision)
+            answered = await self._record(decision, request.function)
         if grant is not None and answered.stands and answered.decision is not None:
             granters = (who,) if request.approvals == 1 else None
             return replace(
@@ -214,26 +218,28 @@ class Decisions:
 
     async def respond(self, request_id: str, text: str, *, by: str | Principal, via: str) -> Answered:
         """Answer a question as ``by``: the decision that stands, and whether it is this answer."""
-        _, who = await self._check_approver(request_id, by, via, question=True)
+        request, who = await self._check_approver(request_id, by, via, question=True)
         return await self._record(
-            Decision(request_id, True, Status.APPROVED, who.id, via, None, datetime.now(UTC), text, who.user)
+            Decision(request_id, True, Status.APPROVED, who.id, via, None, datetime.now(UTC), text, who.user),
+            request.function,
         )
 
     async def cancel(self, request_id: str, *, by: str | Principal, reason: str | None, via: str) -> Answered:
         """Withdraw a pending request as ``by`` (an approver, as for any decision)."""
-        _, who = await self._check_approver(request_id, by, via)
+        request, who = await self._check_approver(request_id, by, via)
         return await self._record(
             Decision(
                 request_id, False, Status.CANCELLED, who.id, via, reason, datetime.now(UTC), None, who.user
-            )
+            ),
+            request.function,
         )
 
     async def settle(
-        self, request_id: str, status: Status, *, via: str, comment: str | None = None
+        self, request: ApprovalRequest, status: Status, *, via: str, comment: str | None = None
     ) -> Decision:
         """Store a closing decision nobody made (timeout, the caller's cancellation, failure)."""
-        decision = Decision(request_id, False, status, None, via, comment, datetime.now(UTC))
-        standing = (await self._record(decision)).decision
+        decision = Decision(request.id, False, status, None, via, comment, datetime.now(UTC))
+        standing = (await self._record(decision, request.function)).decision
         assert standing is not None  # a decision, not a vote: something stands
         return standing
 
@@ -274,6 +280,10 @@ class Decisions:
     async def grants(self, *, active: bool = True) -> list[Grant]:
         return await self.store.grants(active=active)
 
+    async def history(self, *, since: datetime | None = None) -> list[AuditEntry]:
+        """The audit trail from ``since`` on, oldest first (what the stats are read from)."""
+        return await self.store.history(since=since)
+
     async def _check_granter(self, grant_id: str, by: str | Principal) -> tuple[Grant, Principal]:
         who = by if isinstance(by, Principal) else Principal(by)
         grant = next((g for g in await self.store.grants(active=False) if g.id == grant_id), None)
@@ -287,16 +297,21 @@ class Decisions:
     async def _load_grants(self) -> None:
         self._granted = {grant.function for grant in await self.store.grants()}
 
-    async def _record(self, decision: Decision) -> Answered:
+    async def _record(self, decision: Decision, function: str) -> Answered:
+        """Store ``decision`` (of a request of ``function``) unless one stands; wake its waiters."""
         standing = await self.store.decide(decision)
         self.registry.resolve(standing)
         self._changed()
+        if standing is decision and self.observer is not None:  # stored here: counted once, here
+            self.observer.decided(function, decision)
         return Answered(standing, standing is decision or standing == decision)
 
     async def _vote(self, request: ApprovalRequest, vote: Vote) -> Answered:
         tally = await self.store.vote(request.id, vote, request.approvals)
         if tally.decision is not None:
             self.registry.resolve(tally.decision)
+            if tally.decided_now and self.observer is not None:
+                self.observer.decided(request.function, tally.decision)
         else:
             await self._voted(request.id)
         self._changed()
@@ -426,6 +441,8 @@ class Engine(Decisions):
                 registry.discard(request.id)
                 raise
             self._changed()
+            if self.observer is not None:
+                self.observer.requested(stored, channels, attached=stored.id != request.id)
             # The tool's own channels, then its escalations' (refs index into this list).
             targets = (
                 [*channels, *(c for e in tool.escalations for c in e.channels)]
@@ -455,7 +472,7 @@ class Engine(Decisions):
                 if outcome is CLOSED:
                     raise self._stopped()
                 if outcome is EXPIRED:
-                    outcome = await self.settle(request.id, Status.TIMED_OUT, via="timeout")
+                    outcome = await self.settle(request, Status.TIMED_OUT, via="timeout")
                 decision = outcome
             except ChannelError:
                 raise
@@ -467,7 +484,7 @@ class Engine(Decisions):
                 cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
                 with self.runtime.working(), anyio.CancelScope(shield=True):
                     decision = await self.settle(
-                        request.id,
+                        request,
                         Status.CANCELLED,
                         via="caller" if cancelled else "shutdown",
                         comment="the waiting call was cancelled" if cancelled else str(exc),
@@ -485,6 +502,17 @@ class Engine(Decisions):
             return decision
         finally:
             self._asking -= 1
+
+    async def observed_ask(
+        self,
+        tool: ToolSpec,
+        kwargs: Mapping[str, Any],
+        context: Mapping[str, Any],
+        message: str | None = None,
+    ) -> Decision:
+        """``ask``, inside the observer's ``asking`` (the gate's asker when there is an observer)."""
+        assert self.observer is not None
+        return await self.observer.asking(tool, functools.partial(self.ask, tool, kwargs, context, message))
 
     async def _attach(
         self, stored: ApprovalRequest, channels: Sequence[Channel]
@@ -547,7 +575,9 @@ class Engine(Decisions):
             user=grant.users[0] if grant.users else None,
             grant=grant.id,
         )
-        await self._record(decision)
+        await self._record(decision, request.function)
+        if self.observer is not None:
+            self.observer.granted(request.function)
         return True
 
     async def _deliver(
@@ -558,7 +588,7 @@ class Engine(Decisions):
         if refs:
             return
         reason = "; ".join(errors)
-        decision = await self.settle(request.id, Status.FAILED, via="delivery", comment=reason)
+        decision = await self.settle(request, Status.FAILED, via="delivery", comment=reason)
         if decision.status is Status.FAILED:
             raise ChannelError(f"no channel could deliver the request for {request.function}: {reason}")
 
@@ -575,7 +605,11 @@ class Engine(Decisions):
 
         async def send(index: int, channel: Channel) -> None:
             try:
-                ref = await channel.send(request)
+                if self.observer is None:
+                    ref = await channel.send(request)
+                else:
+                    with self.observer.delivering(request, channel):
+                        ref = await channel.send(request)
             except Exception as exc:
                 errors.append(f"{channel.name}: {exc}")
                 logger.warning(
@@ -759,6 +793,18 @@ class Engine(Decisions):
             for index, ref in refs.items():
                 task_group.start_soon(call, channels[index], ref)
 
+    async def shadow(self, tool: ToolSpec, kwargs: Mapping[str, Any], context: Mapping[str, Any]) -> None:
+        """A call of a tool in shadow mode would have asked: recorded as ``approval.shadowed``
+        (with the arguments as approvers would have seen them) under an id of its own. The call
+        runs whatever happens here: a store that fails is logged, never raised."""
+        entry = make_entry(
+            "approval.shadowed", secrets.token_hex(16), function=tool.function, kwargs=dict(kwargs)
+        )
+        try:
+            await self.store.record(entry)
+        except Exception as exc:
+            logger.warning("approval.shadow_not_recorded", function=tool.function, error=str(exc))
+
     async def begin_execution(
         self, decision: Decision, tool: ToolSpec, kwargs: Mapping[str, Any]
     ) -> Execution | None:
@@ -778,6 +824,8 @@ class Engine(Decisions):
                 raise AlreadyExecuted(decision.request_id, tool.function, earlier.outcome)
             return earlier
         await self._audit("approval.executing", decision.request_id, function=tool.function)
+        if self.observer is not None:
+            self.observer.executing(tool.function, decision)
         return None
 
     async def finish_execution(
@@ -793,6 +841,8 @@ class Engine(Decisions):
                     recorded = dumps(result, "result")
             await self.store.finish_execution(decision.request_id, outcome, recorded)
         await self._audit("approval.executed", decision.request_id, function=tool.function, outcome=outcome)
+        if self.observer is not None:
+            self.observer.executed(tool.function, decision, error)
 
     # -- the store follower ---------------------------------------------------------------
 

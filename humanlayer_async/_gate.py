@@ -70,6 +70,8 @@ class ToolSpec:
     """What happens to a request still pending after a while, in order."""
     parameters: frozenset[str] | None = None
     """The names a grant's ``where`` may use (``None``: any, for a tool taking ``**kwargs``)."""
+    shadow: bool = False
+    """Shadow mode: record what would have been asked, and run the call at once."""
 
 
 class Asker(Protocol):
@@ -87,6 +89,10 @@ class Asker(Protocol):
         message: str | None = None,
     ) -> Decision:
         """Open a request for one call of ``tool`` (its arguments as shown) and wait for the decision."""
+        ...
+
+    async def shadow(self, tool: ToolSpec, kwargs: Mapping[str, Any], context: Mapping[str, Any]) -> None:
+        """Record that a call of a tool in shadow mode would have asked; never raises."""
         ...
 
     async def begin_execution(
@@ -274,6 +280,7 @@ def gate(
     escalate: tuple[Escalation, ...],
     timeout: float | None,
     on_reject: OnReject,
+    shadow: bool = False,
 ) -> Callable[..., Any]:
     """Wrap ``func`` so that a call runs only after a human approves it (when ``condition`` holds).
 
@@ -325,6 +332,7 @@ def gate(
         remind_every,
         escalate,
         None if spread is not None else frozenset(signature.parameters),
+        shadow,
     )
 
     def edited_call(decision: Decision, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -365,6 +373,9 @@ def gate(
             call = await prepare(args, kwargs)
             if call is None:
                 return await func(*args, **kwargs)
+            if shadow:  # what would have been asked is recorded; the call runs as it is
+                await asker.shadow(tool, *call)
+                return await func(*args, **kwargs)
             decision = await permit(await asker.ask(tool, *call), call[0])
             if isinstance(decision, _Done):
                 return decision.value
@@ -388,7 +399,12 @@ def gate(
 
     async def approve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Decision | _Done | None:
         call = await prepare(args, kwargs)
-        return None if call is None else await permit(await asker.ask(tool, *call), call[0])
+        if call is None:
+            return None
+        if shadow:
+            await asker.shadow(tool, *call)
+            return None
+        return await permit(await asker.ask(tool, *call), call[0])
 
     @functools.wraps(func)
     def gated_sync(*args: Any, **kwargs: Any) -> Any:

@@ -159,12 +159,16 @@ async def _healthz(request: Request) -> Response:
 
 
 def _answer_refusal(refused: Refused, scope: Scope) -> Response:
-    """The answer to a refused request, logged as ``listener.refused``: the one place both
-    happen, for the routes' refusals and the listener's own."""
+    """The answer to a refused request, logged as ``listener.refused`` and told to the app's
+    ``on_refused`` (metrics) with its route's template: the one place all of it happens, for
+    the routes' refusals and the listener's own (which no route matched yet: ``other``)."""
     client = scope.get("client")
     refused.log(
         path=scope.get("path"), method=scope.get("method"), client=None if client is None else client[0]
     )
+    on_refused = getattr(getattr(scope.get("app"), "state", None), "on_refused", None)
+    if on_refused is not None:
+        on_refused(getattr(scope.get("route"), "path", "other"), refused.status)
     return Response(
         refused.body, status_code=refused.status, media_type=refused.media_type, headers=refused.headers
     )
@@ -310,14 +314,17 @@ def build_app(
     max_body: int = MAX_BODY,
     read_timeout: float = READ_TIMEOUT,
     trusted_proxies: tuple[IPNetwork, ...] = (),
+    on_refused: Callable[[str, int], None] | None = None,
 ) -> Starlette:
     """The listener's app: ``GET /healthz`` and the given channel routes, behind ``BodyLimit``;
     ``client_is_local`` believes the forwarding headers of ``trusted_proxies`` only. A route
-    that raises ``Refused`` gets its answer, and its log line, from one handler."""
+    that raises ``Refused`` gets its answer, and its log line, from one handler, which tells
+    ``on_refused`` the route's template and the status too."""
     app = Starlette(
         routes=[Route("/healthz", _healthz, methods=["GET"]), *routes],
         exception_handlers={Refused: _refused, Exception: _server_error},
     )
+    app.state.on_refused = on_refused
     app.add_middleware(BodyLimit, max_body=max_body, read_timeout=read_timeout)
     app.add_middleware(_TrustedProxies, networks=trusted_proxies)
     return app
