@@ -1,5 +1,6 @@
 """The operator commands of ``humanlayer-async``: serve, console-link, pending, show, approve, deny,
-cancel, answer, grants (and grants revoke, grants confirm), audit, prune.
+cancel, answer, grants (and grants revoke, grants confirm), stats, audit (and audit verify, audit
+export), prune.
 
 Each works against the store named by ``--store`` or ``HUMANLAYER_STORE``, opened and never
 created (a mistyped path or schema is "no store at ..."), and decides through the engine's
@@ -8,7 +9,8 @@ no runtime, channels or listener), as
 ``--by`` (default: the OS user), ``via="cli"``. Tables for people, JSON with ``--json``.
 Everything printed for people goes through ``_terminal.write_lines``, so no stored value can
 redraw the operator's screen. Exit status: 0 done, 1 refused (unknown id, not an approver,
-already decided otherwise, a grant already revoked or no longer live), 2 bad usage or
+already decided otherwise, a grant already revoked or no longer live, an audit trail that does
+not verify), 2 bad usage or
 configuration (no store there included), 141 (as a process killed by SIGPIPE) when the
 reader of the output went away, as ``| head`` does.
 """
@@ -22,10 +24,9 @@ import importlib
 import json
 import logging
 import os
-import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,14 +36,26 @@ import anyio.to_thread
 from ._audit import AuditEntry
 from ._client import HumanLayer
 from ._codec import to_json
+from ._durations import parse_duration, parse_since
 from ._edits import parse_edit
 from ._engine import Decisions
 from ._exceptions import ArgumentsEdited, ConfigurationError, HumanLayerError, UnknownRequest
 from ._models import ApprovalRequest, Grant, same_name
 from ._render import describe_decision, describe_votes, format_kwargs, format_value, full_call, summarize
+from ._stats import DEFAULT_SINCE, HEADERS, cells, tool_stats
 from ._terminal import MIN_PREFIX, log_to_terminal, table, write_lines
 from .channels.base import Answered
 from .channels.web import TOKEN_ENV, WebChannel
+from .stores._chain import (
+    AUDIT_KEY_ENV,
+    Head,
+    Verdict,
+    Verifier,
+    chain_source,
+    environment_key,
+    read_export,
+    verify_store,
+)
 from .stores.base import Store
 from .stores.url import store_from_url
 
@@ -58,6 +71,7 @@ COMMANDS = (
     "cancel",
     "answer",
     "grants",
+    "stats",
     "audit",
     "prune",
 )
@@ -65,34 +79,26 @@ COMMANDS = (
 _SIGPIPE_STATUS = 141
 """128 + SIGPIPE (13): the status a shell shows for a process that SIGPIPE ended."""
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
 
 class _Refused(Exception):
     """The command ran and the store said no: exit status 1."""
 
 
 def _duration(text: str) -> timedelta:
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 15m, 2h or 7d")
-    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    """``90s``, ``15m``, ``2h``, ``7d`` (``_durations.parse_duration``), for argparse."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _since(text: str) -> datetime:
-    """A duration back from now (``2h``) or an ISO 8601 time (UTC unless it says otherwise)."""
+    """A duration back from now (``2h``) or an ISO 8601 time (UTC unless it says otherwise),
+    as the web console's stats page reads it too (``_durations.parse_since``), for argparse."""
     try:
-        return datetime.now(UTC) - _duration(text)
-    except argparse.ArgumentTypeError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is neither a duration (15m, 2h, 7d) nor an ISO 8601 time"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _store_options(*, nested: bool = False) -> argparse.ArgumentParser:
@@ -187,9 +193,33 @@ def add_commands(commands: Any) -> None:
 
     _add_grants(commands, store, by)
 
-    audit = commands.add_parser("audit", parents=[store], help="print the audit trail")
+    stats = commands.add_parser(
+        "stats",
+        parents=[store],
+        help="per-tool approval stats, from the audit trail",
+        description="One row per gated tool, over the requests made since --since: how many, what"
+        " came of them (approved or denied by a person, timed out, cancelled, failed, granted: run"
+        " under a grant, still pending), the approval rate (approved of those a person decided),"
+        " the median and nearest-rank 95th percentile wait for a person's decision, how many calls"
+        " a shadow-mode gate let run that would have asked, and the top 3 approvers (requests"
+        " answered). Questions count as contact_human. --json: a list of objects with the keys"
+        " function, requests, approved, denied, timed_out, cancelled, failed, granted, pending,"
+        " approval_rate, median_wait_seconds, p95_wait_seconds, top_approvers ([{by, count}]) and"
+        " shadowed (null where there is no value).",
+    )
+    stats.add_argument(
+        "--since",
+        type=_since,
+        default=DEFAULT_SINCE,
+        help=f"a duration back (15m, 2h, 7d) or an ISO 8601 time (default: {DEFAULT_SINCE})",
+    )
+
+    audit = commands.add_parser(
+        "audit", parents=[store], help="print the audit trail; verify or export its hash chains"
+    )
     audit.add_argument("--since", type=_since, help="a duration back (15m, 2h, 7d) or an ISO 8601 time")
     audit.add_argument("--request", help="only the entries of this request id")
+    _add_audit_actions(audit)
 
     prune = commands.add_parser("prune", parents=[store], help="delete long-decided requests")
     prune.add_argument(
@@ -233,9 +263,50 @@ def _add_grants(commands: Any, store: argparse.ArgumentParser, by: argparse.Argu
     confirm.add_argument("id", help="the grant's full id, as humanlayer-async grants lists it")
 
 
+def _head(text: str) -> Head:
+    try:
+        return Head.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_audit_actions(audit: Any) -> None:
+    """``audit verify`` and ``audit export``: the trail's hash chains (``stores/_chain.py``)."""
+    actions = audit.add_subparsers(dest="audit_action", title="subcommands", metavar="{verify,export}")
+    nested = _store_options(nested=True)
+    verify = actions.add_parser(
+        "verify",
+        parents=[nested],
+        help="check the audit trail's hash chains; exit 1 naming the first entry modified, deleted,"
+        " inserted or reordered",
+        description="Check every chain of the audit trail (one per request, one per grant) in a store,"
+        " or in an export (--file). Prints 'ok: N entries in M chains' and the head, a digest over"
+        " every chain's newest entry. Record the head elsewhere: --expect-head HEAD later checks that"
+        " the trail still holds it, which alone catches the newest entries of a chain cut off. A"
+        f" keyed trail (HMAC-SHA256) is checked with the key in ${AUDIT_KEY_ENV}.",
+    )
+    verify.add_argument(
+        "--expect-head",
+        type=_head,
+        metavar="HEAD",
+        help="a head an earlier verify printed, which the trail must still hold",
+    )
+    verify.add_argument(
+        "--file", help="an export (audit export) to verify instead of a store; - reads standard input"
+    )
+    export = actions.add_parser(
+        "export",
+        parents=[nested],
+        help="write the audit trail with its hashes, one JSON object per line",
+        description="Every audit entry with its hashes, chain by chain (each oldest first), one JSON"
+        " object per line: to archive, and to check elsewhere with audit verify --file.",
+    )
+    export.add_argument("--format", choices=["jsonl"], default="jsonl", help="one JSON object per line")
+
+
 def _name(args: argparse.Namespace) -> str:
-    """The command as typed, for messages: ``grants revoke``, ``approve``."""
-    action = getattr(args, "grant_action", None)
+    """The command as typed, for messages: ``grants revoke``, ``audit verify``, ``approve``."""
+    action = getattr(args, "grant_action", None) or getattr(args, "audit_action", None)
     return f"{args.command} {action}" if action else str(args.command)
 
 
@@ -248,6 +319,8 @@ def run_command(args: argparse.Namespace) -> int:
             return _serve(args.app)
         if args.command == "console-link":
             return _console_link(args)
+        if getattr(args, "audit_action", None) == "verify" and args.file is not None:
+            return _verify_file(args)  # an export: no store
         if not args.store:
             raise ConfigurationError(
                 "no store: pass --store sqlite:///path or postgresql://..., or set HUMANLAYER_STORE"
@@ -587,7 +660,20 @@ async def _confirm_grant(engine: Decisions, args: argparse.Namespace) -> None:
     _print_grant(args, grant, line)
 
 
+async def _stats(engine: Decisions, args: argparse.Namespace) -> None:
+    stats = tool_stats(await engine.history(since=args.since))
+    _print(args, [dataclasses.asdict(tool) for tool in stats], HEADERS, [cells(tool) for tool in stats])
+    if not args.json and not stats:
+        write_lines([f"nothing was asked since {_utc(args.since)}"])
+
+
 async def _audit(engine: Decisions, args: argparse.Namespace) -> None:
+    if args.audit_action == "verify":
+        _report(args, await verify_store(engine.store, environment_key(), args.expect_head))
+        return
+    if args.audit_action == "export":
+        await _export(engine.store)
+        return
     entries: list[AuditEntry] = await engine.store.history(request_id=args.request, since=args.since)
     rows = [
         (
@@ -606,6 +692,64 @@ async def _audit(engine: Decisions, args: argparse.Namespace) -> None:
     )
 
 
+def _count(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def _report(args: argparse.Namespace, verdict: Verdict) -> None:
+    """What ``audit verify`` found: ok and the head, or ``_Refused`` naming the first problem."""
+    problem = verdict.problem
+    if args.json:
+        data = {
+            "ok": problem is None,
+            "entries": verdict.entries,
+            "chains": verdict.chains,
+            "unchained": verdict.unchained,
+            "head": str(verdict.head),
+            "problem": None if problem is None else dataclasses.asdict(problem),
+            "problems": verdict.broken,
+        }
+        _print(args, data, (), [])
+    if problem is not None:
+        more = verdict.broken > 1 and f" ({_count(verdict.broken - 1, 'more problem', 'more problems')})"
+        raise _Refused(f"{problem.message}{more or ''}")
+    if not args.json:
+        entries = _count(verdict.entries, "entry", "entries")
+        checked = f"{entries} in {_count(verdict.chains, 'chain', 'chains')}"
+        if verdict.unchained:  # written before the store chained its entries
+            checked += f", and {_count(verdict.unchained, 'older one', 'older ones')} unchained"
+        write_lines([f"ok: {checked}", f"head: {verdict.head}"])
+
+
+def _verify_file(args: argparse.Namespace) -> int:
+    """``audit verify --file``: an export checked as a store's trail is, without a database."""
+    verifier = Verifier(environment_key(), args.expect_head)
+    try:
+        if args.file == "-":
+            _read_into(verifier, sys.stdin)
+        else:
+            with open(args.file, encoding="utf-8") as lines:
+                _read_into(verifier, lines)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # not JSON, not an export line, or not UTF-8
+        raise _Refused(f"{args.file}: {exc}") from None
+    _report(args, verifier.verdict())
+    sys.stdout.flush()
+    return 0
+
+
+def _read_into(verifier: Verifier, lines: Iterable[str]) -> None:
+    for entry in read_export(lines):
+        verifier.add(entry)
+
+
+async def _export(store: Store) -> None:
+    """``audit export``: every entry with its hashes, one line of ASCII JSON each."""
+    async for entry in chain_source(store).audit_chain():
+        sys.stdout.write(f"{entry.to_line()}\n")
+
+
 async def _prune(engine: Decisions, args: argparse.Namespace) -> None:
     count = await engine.store.prune(args.older_than)
     if args.json:
@@ -622,6 +766,7 @@ _HANDLERS: dict[str, Callable[[Decisions, argparse.Namespace], Awaitable[Any]]] 
     "cancel": _cancel,
     "answer": _answer,
     "grants": _grants,
+    "stats": _stats,
     "audit": _audit,
     "prune": _prune,
 }

@@ -1,5 +1,6 @@
 """The web console's HTML: the page, a pending request's card, a line of history, the
-full view of one request, a batch decision's outcomes, the live grants, the sign-in form.
+full view of one request, a batch decision's outcomes, the live grants, the per-tool stats,
+the sign-in form.
 
 Everything is rendered on the server and escaped here; the page's script only inserts
 these fragments as they arrive over server-sent events. Caller text goes through
@@ -13,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
@@ -29,6 +30,7 @@ from .._render import (
     summarize,
     visible,
 )
+from .._stats import HEADERS, ToolStats, cells
 from ._grant_offer import describe_duration
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "pending_list",
     "selectors",
     "sign_in_page",
+    "stats_page",
 ]
 
 
@@ -430,6 +433,7 @@ def page(*, user: str, csrf: str, base: str, pending: str, history: str, selecto
 <header>
 <h1>Approvals</h1>
 <p>Signed in as <strong>{escape(user)}</strong> · <a href="{escape(base)}/grants">Grants</a> ·
+<a href="{escape(base)}/stats">Stats</a> ·
 <span id="connection" role="status">live updates: connecting…</span></p>
 </header>
 <main>
@@ -662,6 +666,51 @@ def grants_page(
 <p class="meta">A grant lets the calls it covers run without asking anyone, until it expires, is used
 up or is revoked: revoked, those calls ask a human again at once. One that needs several approvers
 covers nothing until enough of them gave or confirmed it.</p>
+{listing}
+</main>
+</body>
+</html>
+"""
+
+
+def stats_page(stats: Sequence[ToolStats], *, user: str, base: str, since: datetime, typed: str) -> str:
+    """Per-tool approval stats of the requests made since ``since``: the table
+    ``humanlayer-async stats`` prints, every cell escaped (tools and approvers are named by
+    callers), and a form to count from another time (``typed``: the window as asked)."""
+    when = f"{since.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+    if stats:
+        head = "".join(f'<th scope="col">{escape(header.capitalize())}</th>' for header in HEADERS)
+        rows = "".join(
+            f'<tr><th scope="row"><code>{_text(tool)}</code></th>'
+            + "".join(f"<td>{_text(cell)}</td>" for cell in rest)
+            + "</tr>"
+            for tool, *rest in (cells(tool) for tool in stats)
+        )
+        listing = (
+            '<div class="table-scroll" role="region" aria-labelledby="stats-heading" tabindex="0">'
+            f'<table class="stats"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+        )
+    else:
+        listing = f'<p class="empty">Nothing was asked since {when}.</p>'
+    return f"""{_head("Stats · Approvals · humanlayer-async", base)}
+<body>
+<header>
+<h1>Stats</h1>
+<p>Signed in as <strong>{_text(user)}</strong> · <a href="{escape(base)}">All requests</a> ·
+<a href="{escape(base)}/grants">Grants</a></p>
+</header>
+<main>
+<form class="since" method="get" action="{escape(base)}/stats">
+<label for="since">Count the requests made since: a duration back (24h, 7d) or an ISO 8601 time</label>
+<input id="since" name="since" type="text" value="{escape(typed)}" required>
+<div class="buttons"><button type="submit" class="approve">Show</button></div>
+</form>
+<h2 id="stats-heading">Since {when}</h2>
+<p class="meta">From the audit trail. Approved and denied are people's decisions; granted ran under a
+grant. The approval rate is approved of those people decided; waits run from the request to a
+person's decision (P95: the nearest-rank 95th percentile; of fewer than 20 waits, the longest).
+Would have asked: calls a tool gated in shadow mode let run. Questions count as
+<code>contact_human</code>.</p>
 {listing}
 </main>
 </body>

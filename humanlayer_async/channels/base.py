@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
+from .._audit import AuditEntry
 from .._models import ApprovalRequest, Decision, Grant, Kind, Principal, Vote
 
 if TYPE_CHECKING:
@@ -93,6 +94,10 @@ class Decider(Protocol):
 
     async def revoke_grant(self, grant_id: str, *, by: str | Principal) -> Grant:
         """Revoke a grant as ``by`` (one who may approve its tool)."""
+        ...
+
+    async def history(self, *, since: datetime | None = None) -> list[AuditEntry]:
+        """The audit trail from ``since`` on, oldest first (the web console's stats page)."""
         ...
 
 

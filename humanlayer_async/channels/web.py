@@ -17,6 +17,8 @@ Routes, under ``base_path`` (``/approvals`` by default):
 - ``GET /approvals/grants``   the live grants, each with its Revoke (and Confirm) form
 - ``POST /approvals/grants/{id}/revoke``, ``…/confirm``  revoke a grant, or confirm one that
   waits for more approvers, as the signed-in user (CSRF-protected)
+- ``GET /approvals/stats?since=7d``  per-tool approval stats from the audit trail, since a
+  duration back or an ISO 8601 time (a malformed one is a 400)
 - ``GET /approvals/static/…``  the page's CSS and JavaScript, shipped in the package
 
 Keys travel only in that form or an ``Authorization: Bearer`` header, never in a URL
@@ -43,6 +45,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qs
 
 import anyio
+import anyio.to_thread
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
@@ -57,6 +60,7 @@ from starlette.responses import (
 from starlette.routing import BaseRoute, Route
 
 from .._audit import logger
+from .._durations import parse_since
 from .._edits import edit_text, parse_edit
 from .._exceptions import (
     ArgumentsEdited,
@@ -71,6 +75,7 @@ from .._exceptions import (
 from .._models import ApprovalRequest, Grant, Principal
 from .._refused import Refused
 from .._render import describe_decision, describe_votes, summarize, visible
+from .._stats import DEFAULT_SINCE, tool_stats
 from ..listener import client_is_local
 from . import _web_page
 from ._grant_offer import GRANT_DURATIONS, check_grant_durations, describe_duration
@@ -447,6 +452,7 @@ class WebChannel(BaseChannel):
                 self._guard(self._confirm, {"POST"}),
                 methods=_ALL_METHODS,
             ),
+            Route(f"{base}/stats", self._guard(self._stats, {"GET"}), methods=_ALL_METHODS),
             Route(f"{base}/static/{{name}}", self._guard(self._static, {"GET"}), methods=_ALL_METHODS),
             Route(f"{base}/{{rest:path}}", self._guard(self._not_found, set()), methods=_ALL_METHODS),
         ]
@@ -1090,6 +1096,34 @@ class WebChannel(BaseChannel):
             body = {"status": status, "message": message, "grant": _grant_json(grant)}
             return JSONResponse(body, headers=_SECURITY_HEADERS)
         return RedirectResponse(f"{self._base(request)}/grants", status_code=303, headers=_SECURITY_HEADERS)
+
+    # -- stats ---------------------------------------------------------------------------
+
+    async def _stats(self, request: Request) -> Response:
+        """Per-tool approval stats over the audit trail since ``?since=`` (default ``7d``): a
+        duration back or an ISO 8601 time, as ``humanlayer-async stats --since`` takes it. A
+        malformed one is a 400 page saying what is expected."""
+        session = self._session(request, page=True)
+        typed = request.query_params.get("since", DEFAULT_SINCE)
+        base = self._base(request)
+        try:
+            since = parse_since(typed)
+        except ValueError as exc:
+            page = _web_page.message_page(
+                "Not a time to count from",
+                str(exc),
+                links=[(f"{base}/stats", "Stats"), (base, "All requests")],
+            )
+            raise _refusal(400, "malformed since", page=page) from None
+        decider = self._running()
+        try:
+            entries = await decider.history(since=since)
+        except StoreError as exc:
+            raise _refusal(503, "store unavailable", "the store is unavailable: try again") from exc
+        # A busy week is a few hundred thousand entries: counted off the event loop.
+        stats = await anyio.to_thread.run_sync(tool_stats, entries)
+        html = _web_page.stats_page(stats, user=session.user, base=base, since=since, typed=typed)
+        return HTMLResponse(html, headers=_SECURITY_HEADERS)
 
     async def _static(self, request: Request) -> Response:
         name = request.path_params["name"]

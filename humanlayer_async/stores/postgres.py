@@ -12,6 +12,11 @@ step with one conditional ``UPDATE``, and ``use_grant`` counts a use with one pe
 candidate grant (re-checking the uses left, after waiting for the row), so neither holds
 a lock across anything else and concurrent uses never exceed a grant's ``max_uses``.
 
+Each audit entry is chained to the newest of its chain (``_chain``). That chain's newest
+hash is kept in its request's (or grant's) row, which every writer of the chain locks: the
+transactions that change a request read it with the statement that locks the row, so the
+hash costs no extra round trip; ``record`` locks the row first.
+
 The schema is named by ``schema=`` or by the DSN's ``?schema=`` parameter (the form the
 ``humanlayer-async`` command takes), which the store removes before asyncpg sees the DSN,
 as it does ``?statement_cache_size=``. With ``create=False`` the store only opens a schema
@@ -41,15 +46,18 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import anyio
 
 from .._audit import AuditEntry, logger
+from .._codec import dumps, loads
 from .._exceptions import ConfigurationError, StoreError, UnknownGrant, UnknownRequest
 from .._models import ApprovalRequest, Decision, Execution, Grant, Kind, Principal, Status, Vote
 from .._retry import Backoff
+from ._chain import ChainEntry, check_key, link
 from ._rows import (
     DEFAULT_RETENTION,
     SCHEMA_VERSION,
@@ -98,6 +106,8 @@ CATCH_UP_INTERVAL = 60.0
 query by sequence): a notification lost without a reconnect (a half-open connection, a
 pooler in between) delays a wake-up by at most this long, and never loses it."""
 _RECONNECT_FIRST, _RECONNECT_CAP = 0.05, 5.0  # seconds between attempts to LISTEN again
+_PAGE = 1000
+"""Audit entries read at a time by ``audit_chain``."""
 
 
 def _migrations(schema: str) -> dict[int, tuple[str, ...]]:
@@ -200,6 +210,13 @@ def _additions(schema: str) -> dict[str, tuple[str, ...]]:
             f"ALTER TABLE {schema}.requests ADD COLUMN tool text",  # the gated function's module.qualname
             f"ALTER TABLE {schema}.requests ADD COLUMN decided_grant text",  # the grant that approved it
         ),
+        "audit_chain": (  # NULL in prev and hash: an entry written before the chains (_chain)
+            f"ALTER TABLE {schema}.audit ADD COLUMN IF NOT EXISTS prev text",  # its chain's hash before it
+            f"ALTER TABLE {schema}.audit ADD COLUMN IF NOT EXISTS hash text",  # over prev and the entry
+            # The newest hash of the row's chain, where every writer of the chain holds the lock.
+            f"ALTER TABLE {schema}.requests ADD COLUMN IF NOT EXISTS audit_head text",
+            f"ALTER TABLE {schema}.grants ADD COLUMN IF NOT EXISTS audit_head text",
+        ),
     }
 
 
@@ -283,6 +300,26 @@ def _same(value: datetime) -> datetime:
     return value
 
 
+def _as_jsonb(value: Any) -> Any:
+    """JSON data as ``jsonb`` gives it back: a float written with an exponent (``1e+16``) comes
+    back an integer (as its digits say), ``-0.0`` as ``0.0``."""
+    if isinstance(value, float):
+        text = repr(value)
+        return int(Decimal(text)) if "e+" in text else value + 0.0
+    if isinstance(value, dict):
+        return {name: _as_jsonb(item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [_as_jsonb(item) for item in value]
+    return value
+
+
+def _jsonb_text(fields: str) -> str:
+    """Canonical JSON ``fields`` as they read back from the ``jsonb`` column: what the hash covers."""
+    if "e+" not in fields and "-0.0" not in fields:  # (no float jsonb rewrites)
+        return fields
+    return dumps(_as_jsonb(loads(fields)), "audit fields")
+
+
 def _arguments(request: ApprovalRequest) -> dict[str, Any]:
     """The ``kwargs`` and ``digest`` columns of ``request``, as ``request_row`` writes them.
 
@@ -329,6 +366,11 @@ class PostgresStore:
             the DSN's ``statement_cache_size`` parameter, else asyncpg's (100). ``0`` turns
             it off, which a pooler in transaction mode needs (PgBouncer before 1.21
             without ``max_prepared_statements``, RDS Proxy).
+        audit_key: A secret (16 bytes or more) that makes each audit entry's hash an
+            HMAC-SHA256, so that someone who can write to the database cannot rewrite the
+            trail and its hashes unnoticed. Keep it outside the database; every process
+            writing to the store, and ``humanlayer-async audit verify``, needs the same one.
+            Default: none (SHA-256, which catches accidents and naive edits).
     """
 
     def __init__(
@@ -343,8 +385,10 @@ class PostgresStore:
         connect_timeout: float = 10.0,
         listen_dsn: str | None = None,
         statement_cache_size: int | None = None,
+        audit_key: str | bytes | None = None,
     ) -> None:
         _asyncpg()
+        self._audit_key = check_key(audit_key)
         main = _split_dsn(dsn, "the DSN")
         listen = main if listen_dsn is None else _split_dsn(listen_dsn, "listen_dsn")
         _check_schema(main.schema, f"the DSN's schema (a PostgreSQL DSN is {POSTGRES_FORM})")
@@ -579,15 +623,44 @@ class PostgresStore:
         )
         await conn.execute("SELECT pg_notify($1, $2)", self._channel, f"{seq}:{kind}:{request_id}")
 
-    async def _insert_audit(self, conn: Connection, entry: AuditEntry) -> None:
+    async def _insert_audit(
+        self, conn: Connection, entry: AuditEntry, head: str | None, table: str | None = "requests"
+    ) -> str:
+        """Append ``entry`` to its chain after ``head``, the chain's newest hash, which the caller
+        read from the row of ``table`` it holds locked (``None`` for ``table``: no row keeps the
+        chain's head, see ``_chain_head``); the row then keeps the entry's hash, returned."""
         request_id, event, fields = audit_row(entry)
-        await conn.execute(
-            f"INSERT INTO {self.schema}.audit (request_id, event, at, fields) VALUES ($1, $2, $3, $4)",
-            request_id,
-            event,
-            entry.at,
-            fields,
+        digest = link(self._audit_key, head, event, request_id, entry.at, _jsonb_text(fields))
+        statement = (
+            f"INSERT INTO {self.schema}.audit (request_id, event, at, fields, prev, hash)"
+            " VALUES ($1, $2, $3, $4, $5, $6)"
         )
+        if table is not None:
+            statement = (
+                f"WITH entry AS ({statement}) UPDATE {self.schema}.{table} SET audit_head = $6 WHERE id = $1"
+            )
+        await conn.execute(statement, request_id, event, entry.at, fields, head, digest)
+        return digest
+
+    async def _chain_head(self, conn: Connection, chain: str) -> tuple[str | None, str | None]:
+        """Lock the row that keeps ``chain``'s newest hash (its request's, else its grant's) and
+        read it: ``(hash, table)``. A chain without one (its request pruned) is locked by an
+        advisory lock of its own, and its newest hash read from the trail: ``(hash, None)``."""
+        for table in ("requests", "grants"):
+            row = await conn.fetchrow(
+                f"SELECT audit_head FROM {self.schema}.{table} WHERE id = $1 FOR UPDATE", chain
+            )
+            if row is not None:
+                return row["audit_head"], table
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1)", _lock_id(f"humanlayer_async:{self.schema}:audit:{chain}")
+        )
+        newest: str | None = await conn.fetchval(
+            f"SELECT hash FROM {self.schema}.audit WHERE request_id = $1 AND hash IS NOT NULL"
+            " ORDER BY seq DESC LIMIT 1",
+            chain,
+        )
+        return newest, None
 
     async def _expire(self, conn: Connection, request_id: str | None) -> None:
         """Mark pending requests past their expiry (by the database's clock) timed out."""
@@ -595,11 +668,12 @@ class PostgresStore:
             f"UPDATE {self.schema}.requests SET status = 'timed_out', approved = false, decided_by = NULL,"
             " decided_user = NULL, decided_via = 'timeout', comment = NULL, decided_at = now()"
             " WHERE status = 'pending' AND expires_at <= now() AND ($1::text IS NULL OR id = $1)"
-            " RETURNING id, decided_at",
+            " RETURNING id, decided_at, audit_head",
             request_id,
         )
         for row in rows:
-            await self._insert_audit(conn, decision_entry(expired_decision(row["id"], row["decided_at"])))
+            decision = expired_decision(row["id"], row["decided_at"])
+            await self._insert_audit(conn, decision_entry(decision), row["audit_head"])
             await self._announce(conn, "decided", row["id"])
 
     async def _fetch(self, conn: Connection, request_id: str) -> ApprovalRequest:
@@ -645,7 +719,7 @@ class PostgresStore:
                 )
                 return await self._fetch(conn, existing)
             await self._announce(conn, "requested", request.id)
-            await self._insert_audit(conn, requested_entry(request))
+            await self._insert_audit(conn, requested_entry(request), None)  # a new chain
             return to_request(row, _same)
 
         return await self._transact(create)
@@ -667,16 +741,16 @@ class PostgresStore:
                 if row is not None:  # (else the UPDATE finds nothing, and _fetch says so)
                     columns.update(_arguments(edited(to_request(row, _same), decision.edits)))
             assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(columns, start=2))
-            updated = await conn.fetchval(
+            updated = await conn.fetchrow(
                 f"UPDATE {self.schema}.requests SET {assignments} WHERE id = $1 AND status = 'pending'"
-                f" AND (${len(columns) + 2} OR expires_at > now()) RETURNING id",
+                f" AND (${len(columns) + 2} OR expires_at > now()) RETURNING audit_head",
                 decision.request_id,
                 *columns.values(),
                 late_ok,
             )
             if updated is not None:
                 await self._announce(conn, "decided", decision.request_id)
-                await self._insert_audit(conn, decision_entry(decision))
+                await self._insert_audit(conn, decision_entry(decision), updated["audit_head"])
                 return decision
             standing = (await self._fetch(conn, decision.request_id)).decision
             assert standing is not None
@@ -687,7 +761,9 @@ class PostgresStore:
     async def vote(self, request_id: str, vote: Vote, needed: int) -> Tally:
         async def count(conn: Connection) -> Tally:
             # The row lock serializes the votes of every process: each reads the votes before it.
-            await conn.execute(f"SELECT 1 FROM {self.schema}.requests WHERE id = $1 FOR UPDATE", request_id)
+            head = await conn.fetchval(
+                f"SELECT audit_head FROM {self.schema}.requests WHERE id = $1 FOR UPDATE", request_id
+            )
             request = await self._fetch(conn, request_id)  # past the expiry: the timeout stored first
             if request.decision is not None:
                 return Tally(request.decision, request.votes, False)
@@ -704,10 +780,10 @@ class PostgresStore:
                 f"UPDATE {self.schema}.requests SET {assignments} WHERE id = $1", request_id, *values.values()
             )
             approvals = sum(v.approved for v in after)
-            await self._insert_audit(conn, vote_entry(request_id, vote, approvals, needed))
+            head = await self._insert_audit(conn, vote_entry(request_id, vote, approvals, needed), head)
             await self._announce(conn, "voted" if decision is None else "decided", request_id)
             if decision is not None:
-                await self._insert_audit(conn, decision_entry(decision))
+                await self._insert_audit(conn, decision_entry(decision), head)
             return Tally(decision, after, decision is not None)
 
         return await self._transact(count)
@@ -729,7 +805,11 @@ class PostgresStore:
         return await self._transact(pending)
 
     async def record(self, entry: AuditEntry) -> None:
-        await self._transact(lambda conn: self._insert_audit(conn, entry))
+        async def record(conn: Connection) -> None:
+            head, table = await self._chain_head(conn, entry.request_id)
+            await self._insert_audit(conn, entry, head, table)
+
+        await self._transact(record)
 
     async def claim(self, key: str, expires_at: datetime) -> bool:
         async def claim(conn: Connection) -> bool:
@@ -799,7 +879,9 @@ class PostgresStore:
         self, request_id: str, approvers: tuple[str, ...], entry: AuditEntry
     ) -> ApprovalRequest:
         async def escalate(conn: Connection) -> ApprovalRequest:
-            await conn.execute(f"SELECT 1 FROM {self.schema}.requests WHERE id = $1 FOR UPDATE", request_id)
+            head = await conn.fetchval(
+                f"SELECT audit_head FROM {self.schema}.requests WHERE id = $1 FOR UPDATE", request_id
+            )
             request = await self._fetch(conn, request_id)  # past the expiry: the timeout stored first
             if request.decision is not None:
                 return request
@@ -811,7 +893,7 @@ class PostgresStore:
                     request_id,
                     json.dumps(list(request.approvers)),
                 )
-            await self._insert_audit(conn, entry)
+            await self._insert_audit(conn, entry, head)
             return request
 
         return await self._transact(escalate)
@@ -831,7 +913,7 @@ class PostgresStore:
                 f"INSERT INTO {self.schema}.grants ({columns}) VALUES ({marks})", *values.values()
             )
             await self._announce(conn, "granted", grant.id)
-            await self._insert_audit(conn, given_entry(grant))
+            await self._insert_audit(conn, given_entry(grant), None, "grants")  # a new chain
 
         await self._transact(add)
 
@@ -855,7 +937,10 @@ class PostgresStore:
             )
             await self._announce(conn, "granted", grant_id)
             await self._insert_audit(
-                conn, grant_entry("grant.confirmed", after, by.id, granters=len(after.by))
+                conn,
+                grant_entry("grant.confirmed", after, by.id, granters=len(after.by)),
+                row["audit_head"],
+                "grants",
             )
             return after
 
@@ -899,7 +984,9 @@ class PostgresStore:
                 return to_grant(row, _same)
             grant = to_grant(row, _same)
             await self._announce(conn, "granted", grant_id)
-            await self._insert_audit(conn, grant_entry("grant.revoked", grant, by))
+            await self._insert_audit(
+                conn, grant_entry("grant.revoked", grant, by), row["audit_head"], "grants"
+            )
             return grant
 
         return await self._transact(revoke)
@@ -1025,6 +1112,76 @@ class PostgresStore:
             return [to_entry(row, _same) for row in rows]
 
         return await self._transact(history)
+
+    async def audit_chain(self) -> AsyncIterator[ChainEntry]:
+        """Every audit entry with its hashes, chain by chain (see ``_chain.ChainSource``), up
+        to the newest one before which no transaction can still add an entry (``_settled``)."""
+        upto = await self._settled()
+        after: tuple[str, int] | None = None
+        while True:
+            rows = await self._transact(functools.partial(self._audit_page, after=after, upto=upto))
+            for row in rows:
+                fields = loads(row["fields"])
+                yield ChainEntry(
+                    row["seq"], row["request_id"], row["event"], row["at"], fields, row["prev"], row["hash"]
+                )
+            if len(rows) < _PAGE:
+                return
+            after = (rows[-1]["request_id"], rows[-1]["seq"])
+
+    async def _audit_page(
+        self, conn: Connection, *, after: tuple[str, int] | None, upto: int
+    ) -> list[Mapping[str, Any]]:
+        """The next ``_PAGE`` audit entries up to ``upto``, chain by chain, after ``(request_id, seq)``."""
+        since = "" if after is None else "(request_id, seq) > ($3, $4) AND "
+        return list(
+            await conn.fetch(
+                f"SELECT seq, request_id, event, at, fields, prev, hash FROM {self.schema}.audit"
+                f" WHERE {since}seq <= $1 ORDER BY request_id, seq LIMIT $2",
+                upto,
+                _PAGE,
+                *(after or ()),
+            )
+        )
+
+    async def _settled(self) -> int:
+        """The newest ``seq`` up to which the trail is there for good.
+
+        Sequence numbers are taken as entries are inserted, not as their transactions commit:
+        an entry may still appear before the newest one read. So this is the newest one read,
+        once every transaction that was then writing to the table has ended (each waited for
+        with a ``Backoff``, at most about 30 s: ``StoreError`` after that).
+        """
+
+        async def newest(conn: Connection) -> tuple[int, list[str]]:
+            seq = await conn.fetchval(f"SELECT coalesce(max(seq), 0) FROM {self.schema}.audit")
+            writers = await conn.fetch(
+                "SELECT DISTINCT virtualtransaction FROM pg_locks WHERE locktype = 'relation'"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND relation = $1::regclass AND mode = 'RowExclusiveLock'",
+                f"{self.schema}.audit",
+            )
+            return seq, [row["virtualtransaction"] for row in writers]
+
+        async def running(conn: Connection) -> list[str]:
+            rows = await conn.fetch(
+                "SELECT DISTINCT virtualtransaction FROM pg_locks WHERE virtualtransaction = ANY($1::text[])",
+                writers,
+            )
+            return [row["virtualtransaction"] for row in rows]
+
+        seq, writers = await self._transact(newest)
+        backoff = Backoff(0.005, 0.25, retries=125)
+        while writers:
+            delay = backoff.next()
+            if delay is None:
+                raise StoreError(
+                    f"PostgreSQL ({self.schema}): transactions writing audit entries stayed open"
+                    " for over 30 s: try again"
+                )
+            await anyio.sleep(delay)
+            writers = await self._transact(running)
+        return seq
 
     async def prune(self, older_than: float | timedelta | None = None) -> int:
         seconds = self._retention if older_than is None else retention_seconds(older_than)

@@ -10,7 +10,8 @@ its tables, and never creates a file or a directory.
 
 A write that depends on what it reads is one ``BEGIN IMMEDIATE`` transaction: the
 processes sharing the file take turns, so a vote counts once, a scheduled step is taken
-by one of them, and a grant's uses never exceed its limit.
+by one of them, a grant's uses never exceed its limit, and each audit entry is chained to
+the newest of its chain (``_chain``), read in the transaction that appends it.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ import anyio
 
 from .. import _threads
 from .._audit import AuditEntry
+from .._codec import loads
 from .._exceptions import ConfigurationError, StoreError, UnknownGrant, UnknownRequest
 from .._models import ApprovalRequest, Decision, Execution, Grant, Kind, Principal, Status, Vote
+from ._chain import ChainEntry, check_key, link
 from ._rows import (
     DEFAULT_RETENTION,
     SCHEMA_VERSION,
@@ -69,6 +72,9 @@ T = TypeVar("T")
 
 POLL_INTERVAL = 0.25
 """Seconds between two ``PRAGMA data_version`` checks while someone watches."""
+
+_PAGE = 1000
+"""Audit entries read at a time by ``audit_chain``."""
 
 _SCHEMA = (
     """CREATE TABLE hl_requests (
@@ -165,6 +171,10 @@ _ADDITIONS: dict[str, tuple[str, ...]] = {
         "ALTER TABLE hl_requests ADD COLUMN tool TEXT",  # module.qualname; NULL: not a gated call
         "ALTER TABLE hl_requests ADD COLUMN decided_grant TEXT",  # the grant that approved it
     ),
+    "audit_chain": (  # NULL in both: an entry written before the chains (_chain)
+        "ALTER TABLE hl_audit ADD COLUMN prev TEXT",  # the hash of its chain's entry before it
+        "ALTER TABLE hl_audit ADD COLUMN hash TEXT",  # over prev and the entry (_chain.link)
+    ),
 }
 """Name → the statements of an additive change (see ``SCHEMA_VERSION``), in order."""
 
@@ -183,6 +193,11 @@ class SQLiteStore:
             operator commands of ``humanlayer-async`` open stores so.
         retention: How long ``prune()`` keeps decided requests. Default: 30 days.
         busy_timeout: Seconds a write waits for another process's transaction.
+        audit_key: A secret (16 bytes or more) that makes each audit entry's hash an
+            HMAC-SHA256, so that someone who can write to the file cannot rewrite the trail
+            and its hashes unnoticed. Keep it outside the file; every process writing to the
+            store, and ``humanlayer-async audit verify``, needs the same one. Default: none
+            (SHA-256, which catches accidents and naive edits).
     """
 
     def __init__(
@@ -192,8 +207,10 @@ class SQLiteStore:
         create: bool = True,
         retention: float | timedelta = DEFAULT_RETENTION,
         busy_timeout: float = 10.0,
+        audit_key: str | bytes | None = None,
     ) -> None:
         self.path = Path(path)
+        self._audit_key = check_key(audit_key)
         self._create = create
         self._retention = retention_seconds(retention)
         self._busy_timeout = busy_timeout
@@ -260,7 +277,7 @@ class SQLiteStore:
                 for name, statements in _ADDITIONS.items():
                     if name not in done:
                         for statement in statements:
-                            conn.execute(statement)
+                            _add(conn, statement)
                         conn.execute("INSERT INTO hl_additions (name) VALUES (?)", (name,))
         except BaseException:
             conn.close()
@@ -293,7 +310,7 @@ class SQLiteStore:
                         return self._fetch(conn, row["id"])
                 conn.execute(f"INSERT INTO hl_requests ({columns}) VALUES ({marks})", values)
                 _event(conn, "requested", request.id)
-                _audit(conn, requested_entry(request))
+                _audit(conn, requested_entry(request), self._audit_key)
             return request
 
         return await self._run(create)
@@ -307,7 +324,7 @@ class SQLiteStore:
 
     def _fetch(self, conn: sqlite3.Connection, request_id: str) -> ApprovalRequest:
         """The request, marked timed out first when it is pending past its expiry."""
-        _expire(conn, request_id)
+        _expire(conn, request_id, self._audit_key)
         row = conn.execute("SELECT * FROM hl_requests WHERE id = ?", (request_id,)).fetchone()
         if row is None:
             raise UnknownRequest(request_id)
@@ -334,7 +351,7 @@ class SQLiteStore:
                 ).rowcount
                 if updated:
                     _event(conn, "decided", decision.request_id)
-                    _audit(conn, decision_entry(decision))
+                    _audit(conn, decision_entry(decision), self._audit_key)
                     return decision
                 standing = self._fetch(conn, decision.request_id).decision
                 assert standing is not None
@@ -361,10 +378,14 @@ class SQLiteStore:
                 conn.execute(
                     f"UPDATE hl_requests SET {assignments} WHERE id = :id", {**values, "id": request_id}
                 )
-                _audit(conn, vote_entry(request_id, vote, sum(v.approved for v in after), needed))
+                _audit(
+                    conn,
+                    vote_entry(request_id, vote, sum(v.approved for v in after), needed),
+                    self._audit_key,
+                )
                 _event(conn, "voted" if decision is None else "decided", request_id)
                 if decision is not None:
-                    _audit(conn, decision_entry(decision))
+                    _audit(conn, decision_entry(decision), self._audit_key)
                 return Tally(decision, after, decision is not None)
 
         return await self._run(count)
@@ -374,7 +395,7 @@ class SQLiteStore:
     ) -> list[ApprovalRequest]:
         def pending(conn: sqlite3.Connection) -> list[ApprovalRequest]:
             with _transaction(conn):
-                _expire(conn, None)
+                _expire(conn, None, self._audit_key)
                 rows = conn.execute(
                     "SELECT * FROM hl_requests WHERE status = 'pending'"
                     " AND (:run_id IS NULL OR run_id = :run_id) AND (:kind IS NULL OR kind = :kind)"
@@ -386,7 +407,11 @@ class SQLiteStore:
         return await self._run(pending)
 
     async def record(self, entry: AuditEntry) -> None:
-        await self._run(functools.partial(_audit, entry=entry))
+        def record(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                _audit(conn, entry, self._audit_key)
+
+        await self._run(record)
 
     async def claim(self, key: str, expires_at: datetime) -> bool:
         def claim(conn: sqlite3.Connection) -> bool:
@@ -472,7 +497,7 @@ class SQLiteStore:
                         (json.dumps(list(widened)), request_id),
                     )
                     request = replace(request, approvers=widened)
-                _audit(conn, entry)
+                _audit(conn, entry, self._audit_key)
                 return request
 
         return await self._run(escalate)
@@ -488,7 +513,7 @@ class SQLiteStore:
         def add(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
                 conn.execute(f"INSERT INTO hl_grants ({columns}) VALUES ({marks})", values)
-                _audit(conn, given_entry(grant))
+                _audit(conn, given_entry(grant), self._audit_key)
                 _event(conn, "granted", grant.id)
 
         await self._run(add)
@@ -503,7 +528,11 @@ class SQLiteStore:
                         "UPDATE hl_grants SET granted_by = :granted_by, users = :users WHERE id = :id",
                         grant_row(after),
                     )
-                    _audit(conn, grant_entry("grant.confirmed", after, by.id, granters=len(after.by)))
+                    _audit(
+                        conn,
+                        grant_entry("grant.confirmed", after, by.id, granters=len(after.by)),
+                        self._audit_key,
+                    )
                     _event(conn, "granted", grant_id)
                 return after
 
@@ -540,7 +569,7 @@ class SQLiteStore:
                 ).rowcount
                 grant = _grant(conn, grant_id)
                 if revoked:  # the first time only: whoever revoked it first stays
-                    _audit(conn, grant_entry("grant.revoked", grant, by))
+                    _audit(conn, grant_entry("grant.revoked", grant, by), self._audit_key)
                     _event(conn, "granted", grant_id)
                 return grant
 
@@ -629,6 +658,29 @@ class SQLiteStore:
 
         return [to_entry(row, epoch) for row in await self._run(history)]
 
+    async def audit_chain(self) -> AsyncIterator[ChainEntry]:
+        """Every audit entry with its hashes, chain by chain (see ``_chain.ChainSource``).
+
+        Writers take turns on the file, so every entry up to the newest one read first is
+        there for good."""
+
+        def newest(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT coalesce(max(seq), 0) FROM hl_audit").fetchone()[0])
+
+        upto = await self._run(newest)
+        after: tuple[str, int] | None = None
+        while True:
+            rows = await self._run(functools.partial(_audit_page, after=after, upto=upto))
+            for row in rows:
+                fields = loads(row["fields"])
+                at = epoch(row["at"])
+                yield ChainEntry(
+                    row["seq"], row["request_id"], row["event"], at, fields, row["prev"], row["hash"]
+                )
+            if len(rows) < _PAGE:
+                return
+            after = (rows[-1]["request_id"], rows[-1]["seq"])
+
     async def prune(self, older_than: float | timedelta | None = None) -> int:
         horizon = time.time() - (self._retention if older_than is None else retention_seconds(older_than))
 
@@ -660,22 +712,48 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
+def _add(conn: sqlite3.Connection, statement: str) -> None:
+    """Run a statement of an addition. A column it adds that the file has already (a file whose
+    record of additions was lost: SQLite has no ``ADD COLUMN IF NOT EXISTS``) is kept as it is."""
+    try:
+        conn.execute(statement)
+    except sqlite3.OperationalError as exc:
+        if not str(exc).startswith("duplicate column name"):
+            raise
+
+
 def _event(conn: sqlite3.Connection, kind: str, request_id: str) -> None:
     conn.execute(
         "INSERT INTO hl_events (kind, request_id, at) VALUES (?, ?, ?)", (kind, request_id, time.time())
     )
 
 
-def _audit(conn: sqlite3.Connection, entry: AuditEntry) -> None:
-    """Append ``entry`` to the audit trail (inside the caller's transaction, if any)."""
+def _audit(conn: sqlite3.Connection, entry: AuditEntry, key: bytes | None) -> None:
+    """Append ``entry`` to the audit trail, chained to the newest entry of its chain (inside
+    the caller's transaction: the chain cannot grow between the read and the write)."""
     request_id, event, fields = audit_row(entry)
+    at = entry.at.timestamp()
+    newest = conn.execute(
+        "SELECT hash FROM hl_audit WHERE request_id = ? AND hash IS NOT NULL ORDER BY seq DESC LIMIT 1",
+        (request_id,),
+    ).fetchone()
+    prev = None if newest is None else newest["hash"]
     conn.execute(
-        "INSERT INTO hl_audit (request_id, event, at, fields) VALUES (?, ?, ?, ?)",
-        (request_id, event, entry.at.timestamp(), fields),
+        "INSERT INTO hl_audit (request_id, event, at, fields, prev, hash) VALUES (?, ?, ?, ?, ?, ?)",
+        (request_id, event, at, fields, prev, link(key, prev, event, request_id, epoch(at), fields)),
     )
 
 
-def _expire(conn: sqlite3.Connection, request_id: str | None) -> None:
+def _audit_page(conn: sqlite3.Connection, *, after: tuple[str, int] | None, upto: int) -> list[sqlite3.Row]:
+    """The next ``_PAGE`` audit entries up to ``upto``, chain by chain, after ``(request_id, seq)``."""
+    since = "" if after is None else "(request_id, seq) > (?, ?) AND "
+    return conn.execute(
+        f"SELECT * FROM hl_audit WHERE {since}seq <= ? ORDER BY request_id, seq LIMIT ?",
+        (*(after or ()), upto, _PAGE),
+    ).fetchall()
+
+
+def _expire(conn: sqlite3.Connection, request_id: str | None, key: bytes | None) -> None:
     """Mark pending requests past their expiry timed out (one, or all when ``request_id`` is None)."""
     now = time.time()
     rows = conn.execute(
@@ -688,7 +766,7 @@ def _expire(conn: sqlite3.Connection, request_id: str | None) -> None:
         values: dict[str, Any] = {**decision_row(decision), "decided_at": now}
         assignments = _assignments(values)
         conn.execute(f"UPDATE hl_requests SET {assignments} WHERE id = :id", {**values, "id": row["id"]})
-        _audit(conn, decision_entry(decision))
+        _audit(conn, decision_entry(decision), key)
         _event(conn, "decided", decision.request_id)
 
 

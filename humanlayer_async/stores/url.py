@@ -4,6 +4,9 @@
 - ``postgresql://user:password@host:5432/db?schema=humanlayer``: ``PostgresStore``
   (``postgres://`` too; ``schema`` and ``statement_cache_size`` are the store's, every other
   parameter goes to asyncpg; ``statement_cache_size=0`` behind a pooler in transaction mode)
+
+The store's audit key (``audit_key=``) is ``$HUMANLAYER_AUDIT_KEY`` unless given: a secret
+kept outside the database, never in its URL.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._exceptions import ConfigurationError
+from ._chain import environment_key
 from .base import DurableStore
 
 __all__ = ["store_from_url"]
@@ -19,18 +23,20 @@ SQLITE_FORM = "sqlite:///relative/file.db or sqlite:////absolute/file.db"
 POSTGRES_FORM = "postgresql://user:password@host:5432/database?schema=name"
 
 
-def store_from_url(url: str, *, create: bool = True) -> DurableStore:
+def store_from_url(url: str, *, create: bool = True, audit_key: str | bytes | None = None) -> DurableStore:
     """The durable store ``url`` names; ``ConfigurationError`` for anything else.
 
     With ``create=False`` the store is only opened, never created (see ``SQLiteStore`` and
     ``PostgresStore``): the operator commands of ``humanlayer-async`` open stores so. Errors
-    name the URL form expected and never show a password.
+    name the URL form expected and never show a password. ``audit_key`` makes the audit
+    trail's hashes HMAC-SHA256 (default: ``$HUMANLAYER_AUDIT_KEY``, when set and not empty).
     """
+    key = environment_key() if audit_key is None else audit_key
     scheme = url.partition(":")[0].lower()
     if scheme in ("postgresql", "postgres"):
         from .postgres import PostgresStore
 
-        return PostgresStore(url, create=create)
+        return PostgresStore(url, create=create, audit_key=key)
     if scheme != "sqlite":
         raise ConfigurationError(
             f"unsupported store URL {redacted(url)!r}: use {SQLITE_FORM}, or {POSTGRES_FORM}"
@@ -44,7 +50,7 @@ def store_from_url(url: str, *, create: bool = True) -> DurableStore:
         raise ConfigurationError(f"a SQLite store URL is {SQLITE_FORM}, without parameters")
     from .sqlite import SQLiteStore
 
-    return SQLiteStore(path, create=create)
+    return SQLiteStore(path, create=create, audit_key=key)
 
 
 def redacted(url: str) -> str:
