@@ -54,7 +54,8 @@ from ._observe import Observer, Observers
 from ._render import Render, mask_secrets
 from ._runtime import Runtime
 from ._schedule import Escalation
-from .channels.base import Answered, Channel, ListenerAware
+from .channels.base import Answered, Channel, ListenerAware, channel_label
+from .policy import Policy, Rule
 from .stores.base import Store
 from .stores.memory import MemoryStore
 
@@ -281,6 +282,7 @@ class HumanLayer:
         if observers:
             self._engine.observer = observers[0] if len(observers) == 1 else Observers(observers)
         self._asker = _GateHandle(self)
+        self._foreign: dict[tuple[str, str | None, int], ToolSpec] = {}  # check_call's specs
 
     def __repr__(self) -> str:
         names = ", ".join(channel.name for channel in self._channels)
@@ -398,6 +400,7 @@ class HumanLayer:
         remind_every: float | timedelta | None = None,
         escalate: Sequence[Escalation] = (),
         mode: Literal["enforce", "shadow"] = "enforce",
+        policy: Policy | None = None,
         timeout: float | timedelta | None = None,
         on_reject: Literal["raise"] | None = None,
         render: Render | None = None,
@@ -418,6 +421,7 @@ class HumanLayer:
         remind_every: float | timedelta | None = None,
         escalate: Sequence[Escalation] = (),
         mode: Literal["enforce", "shadow"] = "enforce",
+        policy: Policy | None = None,
         timeout: float | timedelta | None = None,
         on_reject: Literal["return"],
         render: Render | None = None,
@@ -437,6 +441,7 @@ class HumanLayer:
         remind_every: float | timedelta | None = None,
         escalate: Sequence[Escalation] = (),
         mode: Literal["enforce", "shadow"] = "enforce",
+        policy: Policy | None = None,
         timeout: float | timedelta | None = None,
         on_reject: OnReject | None = None,
         render: Render | None = None,
@@ -484,6 +489,26 @@ class HumanLayer:
             raise ConfigurationError(
                 f"require_approval takes its options as keywords (condition=..., context=...), not {tool!r}"
             )
+        if policy is not None:
+            given = [
+                name
+                for name, value, default in (
+                    ("condition", condition, None),
+                    ("channels", channels, None),
+                    ("approvers", approvers, None),
+                    ("approvals", approvals, 1),
+                    ("editable", editable, False),
+                    ("timeout", timeout, None),
+                )
+                if value != default
+            ]
+            if given:
+                raise ConfigurationError(
+                    f"policy= says {', '.join(given)} for each tool: give them in the policy's rules,"
+                    " not here"
+                )
+            if not isinstance(policy, Policy):
+                raise ConfigurationError(f"policy= takes a humanlayer_async.policy.Policy, not {policy!r}")
         if getattr(tool, "__name__", None) == "<lambda>":
             raise ConfigurationError(
                 "require_approval was given a lambda as the tool to gate: "
@@ -505,9 +530,77 @@ class HumanLayer:
         }
 
         def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-            return gate(self._asker, func, **options)
+            if policy is None:
+                return gate(self._asker, func, **options)
+            rule = policy.rule_for(getattr(func, "__name__", repr(func)))
+            if rule.approve == "never":
+                return func
+            ruled = {**options, **rule.options, "channels": self._labelled(rule.channels)}
+            ruled["timeout"] = rule.timeout
+            if rule.approve == "when":
+                ruled["condition"] = _ruled(rule)
+            return gate(self._asker, func, **ruled)
 
         return cast(Gated, decorate) if tool is None else decorate(tool)
+
+    def _labelled(self, labels: Sequence[str] | None) -> list[Channel] | None:
+        """The channels a policy names by label (``None``: the defaults); an unknown label is
+        a ``ConfigurationError`` naming the labels there are."""
+        if labels is None:
+            return None
+        known: dict[str, Channel] = {}
+        for channel in self._all_channels.values():
+            known.setdefault(channel_label(channel), channel)
+        missing = [label for label in labels if label not in known]
+        if missing:
+            there = ", ".join(sorted(known)) or "none"
+            raise ConfigurationError(
+                f"the policy names channels labelled {', '.join(missing)}; there are: {there}"
+            )
+        return [known[label] for label in labels]
+
+    async def check_call(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any],
+        *,
+        policy: Policy,
+        qualname: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        schemas: Mapping[str, Any] | None = None,
+    ) -> Decision | None:
+        """Ask a human about one call of a tool you did not write, as ``policy`` says.
+
+        ``None`` when the policy lets the call run without asking; otherwise the decision that
+        stands once a human (or a grant, or the timeout) decided: run the call only when
+        ``decision.approved``, with ``decision.edits`` applied. ``qualname`` is what grants key
+        on (default: ``tool``; the MCP proxy gives ``server/tool``); ``schemas`` the JSON Schema
+        of each argument, for the ``editable`` arguments the rule names. Arguments are shown as
+        ``render`` shows them. Channels, approvers, timeout and approvals come from the rule.
+        """
+        rule = policy.requires(tool, arguments)
+        if rule is None:
+            return None
+        key = (tool, qualname, id(rule))
+        spec = self._foreign.get(key)
+        if spec is None:
+            editable = None
+            if rule.editable and schemas:
+                names = rule.editable if isinstance(rule.editable, tuple) else tuple(schemas)
+                editable = {name: schemas[name] for name in names if name in schemas} or None
+            spec = ToolSpec(
+                "approval",
+                tool,
+                rule.approvers,
+                rule.timeout,
+                self._labelled(rule.channels),
+                None,
+                qualname or tool,
+                rule.approvals,
+                editable,
+            )
+            self._foreign[key] = spec
+        return await self._asker.ask(spec, self._render(arguments), context or {})
 
     def _check_escalations(self, escalate: Sequence[Escalation]) -> tuple[Escalation, ...]:
         escalations = tuple(escalate)
@@ -806,6 +899,15 @@ def _metrics(metrics: bool | Any, token: str | None) -> Metrics | None:
             "metrics need prometheus-client: pip install 'humanlayer-async[metrics]'"
         ) from exc
     return Metrics(None if metrics is True else metrics, token=token)
+
+
+def _ruled(rule: Rule) -> Condition:
+    """A ``"when"`` rule as a ``condition`` (the call's bound arguments as keywords)."""
+
+    def condition(**arguments: Any) -> bool:
+        return rule.requires(arguments)
+
+    return condition
 
 
 def _check_mode(mode: str) -> bool:

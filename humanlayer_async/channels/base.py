@@ -11,12 +11,22 @@ from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
 from .._audit import AuditEntry
+from .._exceptions import ConfigurationError
 from .._models import ApprovalRequest, Decision, Grant, Kind, Principal, Vote
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
-__all__ = ["Answered", "BaseChannel", "Channel", "Decider", "ListenerAware", "Principal"]
+__all__ = [
+    "Answered",
+    "BaseChannel",
+    "Channel",
+    "Decider",
+    "ListenerAware",
+    "Principal",
+    "channel_label",
+    "check_label",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +164,9 @@ class BaseChannel:
     """
 
     name = "channel"
+    label = "channel"
+    """What a policy names the channel by (``label=`` where the channel takes it; its ``name``
+    otherwise, which is its kind: every Slack channel is ``"slack"``)."""
 
     async def run(self, decider: Decider, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -178,3 +191,18 @@ class BaseChannel:
 
     async def aclose(self) -> None:
         return None
+
+
+def check_label(label: str | None, name: str) -> str:
+    """A channel's ``label=``: a non-empty string, or (``None``) its ``name``."""
+    if label is None:
+        return name
+    if not isinstance(label, str) or not label.strip():
+        raise ConfigurationError(f"label must be a non-empty string, not {label!r}")
+    return label
+
+
+def channel_label(channel: Channel) -> str:
+    """What a policy names ``channel`` by: its ``label``, or its ``name`` when it has none."""
+    label = getattr(channel, "label", None)
+    return label if isinstance(label, str) and label else channel.name

@@ -26,7 +26,7 @@ from .._render import (
     visible,
 )
 from .._terminal import MIN_PREFIX, write_lines
-from .base import BaseChannel, Decider
+from .base import BaseChannel, Decider, check_label
 
 __all__ = ["ConsoleChannel"]
 
@@ -73,6 +73,8 @@ class ConsoleChannel(BaseChannel):
 
     Args:
         user: Who decisions typed here are recorded as. Default: the OS user.
+        label: What a ``Policy`` names this channel by (its ``channels = [...]``). Default:
+            ``"console"``, its kind.
         input: A readable file (or file descriptor) to read answers from. Default: stdin.
         output: Where requests are printed. Default: stdout at the time of printing.
     """
@@ -82,10 +84,12 @@ class ConsoleChannel(BaseChannel):
     def __init__(
         self,
         *,
+        label: str | None = None,
         user: str | None = None,
         input: TextIO | int | None = None,  # noqa: A002 - mirrors print()/open()
         output: TextIO | None = None,
     ) -> None:
+        self.label = check_label(label, self.name)
         self.user = user or getpass.getuser()
         self._input = input
         self._output = output

@@ -38,7 +38,7 @@ from ._mail_compose import (
 )
 from ._mail_reply import parse_answer
 from ._reply_token import TOKEN_LENGTH, ReplyTokens
-from .base import BaseChannel, Decider
+from .base import BaseChannel, Decider, check_label
 
 __all__ = ["EmailChannel"]
 
@@ -87,6 +87,8 @@ class EmailChannel(BaseChannel):
 
     Args:
         to: One address or a list; each gets the request.
+        label: What a ``Policy`` names this channel by (its ``channels = [...]``). Default:
+            ``"email"``, its kind.
         sender: The ``From`` address. Default: ``smtp_username`` when it is an address.
         smtp_host: Default: ``SMTP_HOST``.
         smtp_port: Default: ``SMTP_PORT``, else 465 with ``use_tls`` and 587 without.
@@ -119,6 +121,7 @@ class EmailChannel(BaseChannel):
         self,
         to: str | Sequence[str],
         *,
+        label: str | None = None,
         sender: str | None = None,
         smtp_host: str | None = None,
         smtp_port: int | None = None,
@@ -132,6 +135,7 @@ class EmailChannel(BaseChannel):
         token_secret: str | bytes | None = None,
         approvers: str | Sequence[str] | None = None,
     ) -> None:
+        self.label = check_label(label, self.name)
         self.to = _addresses(to, "to")
         if len(self.to) > 256:
             raise ConfigurationError("EmailChannel sends to at most 256 addresses; use a list address")

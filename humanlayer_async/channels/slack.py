@@ -56,7 +56,7 @@ from . import _dns
 from . import _slack_blocks as blocks
 from ._grant_offer import GRANT_DURATIONS, check_grant_durations, describe_duration
 from ._slack_people import People, dig
-from .base import BaseChannel, Decider
+from .base import BaseChannel, Decider, check_label
 
 if TYPE_CHECKING:
     from slack_bolt.async_app import AsyncAck, AsyncApp
@@ -255,6 +255,8 @@ class SlackChannel(BaseChannel):
         app_token: An app-level token for Socket Mode. Default: ``SLACK_APP_TOKEN``.
         base_url: The Web API's base URL (an Enterprise Grid proxy, a test server).
         approvers: Who may decide through this channel (user ids, emails, user groups).
+        label: What a ``Policy`` names this channel by (its ``channels = [...]``). Default:
+            ``"slack"``, its kind.
             It narrows a decorator's list and never widens it: with both, an approver
             must be on both. Default: anyone who can click (or the decorator's list).
         mention_approvers: Mention the approvers (``<@U...>``, ``<!subteam^S...>``) in
@@ -273,6 +275,7 @@ class SlackChannel(BaseChannel):
     def __init__(
         self,
         *,
+        label: str | None = None,
         bot_token: str | None = None,
         signing_secret: str | None = None,
         channel: str | None = None,
@@ -283,6 +286,7 @@ class SlackChannel(BaseChannel):
         mention_approvers: bool = False,
         grant_durations: Sequence[float | timedelta] = GRANT_DURATIONS,
     ) -> None:
+        self.label = check_label(label, self.name)
         if channel and webhook_url:
             raise ConfigurationError(
                 "SlackChannel takes channel= (the Web API, with a bot token) or webhook_url= "

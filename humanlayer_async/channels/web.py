@@ -80,7 +80,7 @@ from ..listener import client_is_local
 from . import _web_page
 from ._grant_offer import GRANT_DURATIONS, check_grant_durations, describe_duration
 from ._web_auth import Credentials, Session
-from .base import Answered, BaseChannel, Decider
+from .base import Answered, BaseChannel, Decider, check_label
 
 __all__ = ["WebChannel"]
 
@@ -283,6 +283,8 @@ class WebChannel(BaseChannel):
 
     Args:
         token: The operator's key; decisions made with it are recorded as ``web-console``.
+        label: What a ``Policy`` names this channel by (its ``channels = [...]``). Default:
+            ``"web"``, its kind.
             Default: ``$HUMANLAYER_WEB_TOKEN`` or, when that is unset and no ``users``
             are given, a new random token printed (to stderr), with a sign-in link,
             when the listener starts.
@@ -307,6 +309,7 @@ class WebChannel(BaseChannel):
     def __init__(
         self,
         *,
+        label: str | None = None,
         token: str | None = None,
         users: Mapping[str, str] | None = None,
         emails: Mapping[str, str] | None = None,
@@ -315,6 +318,7 @@ class WebChannel(BaseChannel):
         code_lifetime: float | timedelta = CODE_SECONDS,
         grant_durations: Sequence[float | timedelta] = GRANT_DURATIONS,
     ) -> None:
+        self.label = check_label(label, self.name)
         self._generated: str | None = None
         if token is None and users is None:
             token = os.environ.get(TOKEN_ENV) or None
