@@ -1,18 +1,18 @@
-"""LangGraph: gated tools in a ``ToolNode``.
+"""LangChain / LangGraph: a ``create_agent`` agent whose tool calls a policy gates.
 
-LangChain builds each tool's schema from the gated function's signature and docstring
-(the gate keeps both). A denial raises ``ApprovalDenied``; the ``ToolNode``'s
-``handle_tool_errors`` hook, typed to catch only that exception, turns it into the
-``ToolMessage`` the model reads next, and the model acts on it: here it retries with
-less.
+The tools are plain LangChain tools; ``HumanLayerMiddleware`` checks each call against
+the policy before it runs. Small scale-ups run unasked, the rest wait (inside the tool
+call: no graph interrupt) for the ops lead. A denial reaches the model as the tool's
+result, a sentence saying who refused and why, and the model acts on it: here it retries
+with less.
 
 A scripted chat model stands in for the LLM, so this runs offline::
 
     pip install 'humanlayer-async[integrations]'
     python examples/langgraph_agent.py
 
-With a real model, use e.g. ``ChatOpenAI(...).bind_tools(tools)`` in ``call_model``, and
-replace the ``AutoChannel`` with real channels, e.g. ``HumanLayer([ConsoleChannel()])``.
+With a real model, pass e.g. ``"openai:gpt-4.1"`` to ``create_agent``, and replace the
+``AutoChannel`` with real channels, e.g. ``HumanLayer([ConsoleChannel()])``.
 """
 
 from __future__ import annotations
@@ -25,16 +25,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
+from langchain.agents import create_agent
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, ToolCall, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolCall, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import BaseTool, tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from langgraph.graph import END, START, MessagesState, StateGraph
-from langgraph.prebuilt import ToolNode, tools_condition
 
-from humanlayer_async import ApprovalDenied, ApprovalRequest, HumanLayer
+from humanlayer_async import ApprovalRequest, HumanLayer
+from humanlayer_async.integrations.langchain import HumanLayerMiddleware
+from humanlayer_async.policy import Policy
 from humanlayer_async.testing import AutoChannel
 
 # The SDK's event log: warnings only, on stderr, to keep the output readable.
@@ -42,6 +43,19 @@ structlog.configure(
     wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
     logger_factory=structlog.PrintLoggerFactory(sys.stderr),
 )
+
+POLICY = Policy.from_toml("""
+default = "always"           # any tool not named below: ask
+
+[[rules]]
+tool = "scale_service"
+approve = "when"             # only past four replicas
+when = [{ arg = "replicas", gt = 4 }]
+
+[[rules]]
+tool = "delete_resources"
+approvers = ["ops-lead"]
+""")
 
 
 def ops_lead(request: ApprovalRequest) -> bool | str:
@@ -51,10 +65,11 @@ def ops_lead(request: ApprovalRequest) -> bool | str:
     return True
 
 
-hl = HumanLayer([AutoChannel(ops_lead, by="ops-lead")])
+channel = AutoChannel(ops_lead, by="ops-lead")
+hl = HumanLayer([channel])
 
 
-@hl.require_approval()
+@tool(parse_docstring=True)
 async def scale_service(service: str, replicas: int) -> str:
     """Set the number of replicas of a service.
 
@@ -65,7 +80,7 @@ async def scale_service(service: str, replicas: int) -> str:
     return f"{service} now runs {replicas} replicas"
 
 
-@hl.require_approval()
+@tool(parse_docstring=True)
 async def delete_resources(resource_ids: list[str]) -> str:
     """Delete cloud resources. Destructive: they cannot be restored.
 
@@ -75,15 +90,7 @@ async def delete_resources(resource_ids: list[str]) -> str:
     return f"deleted {', '.join(resource_ids)}"
 
 
-tools: list[BaseTool] = [
-    tool(scale_service, parse_docstring=True),
-    tool(delete_resources, parse_docstring=True),
-]
-
-
-def on_denied(error: ApprovalDenied) -> str:
-    """The ToolMessage for a refused call; any other error still propagates."""
-    return str(error)
+tools: list[BaseTool] = [scale_service, delete_resources]
 
 
 class ScriptedChatModel(BaseChatModel):
@@ -94,6 +101,9 @@ class ScriptedChatModel(BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "scripted"
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedChatModel:
+        return self  # the script already knows the tools
 
     def _generate(
         self,
@@ -107,6 +117,7 @@ class ScriptedChatModel(BaseChatModel):
         if self.turns == 1:
             reply = _calls(
                 ("scale_service", {"service": "checkout", "replicas": 6}),
+                ("scale_service", {"service": "search", "replicas": 2}),
                 ("delete_resources", {"resource_ids": ["vol-tmp-1", "vol-backups"]}),
             )
         elif self.turns == 2 and any("denied delete_resources" in str(m.content) for m in results):
@@ -123,31 +134,18 @@ def _calls(*calls: tuple[str, dict[str, Any]]) -> AIMessage:
     return AIMessage(content="", tool_calls=tool_calls)
 
 
-def build_graph(model: BaseChatModel, tools: Sequence[BaseTool]) -> Any:
-    """The usual agent graph: the model, then the tools it asked for, until it answers."""
-
-    async def call_model(state: MessagesState) -> dict[str, list[BaseMessage]]:
-        return {"messages": [await model.ainvoke(state["messages"])]}
-
-    graph = StateGraph(MessagesState)
-    graph.add_node("agent", call_model)
-    graph.add_node("tools", ToolNode(tools, handle_tool_errors=on_denied))
-    graph.add_edge(START, "agent")
-    graph.add_conditional_edges("agent", tools_condition, ["tools", END])
-    graph.add_edge("tools", "agent")
-    return graph.compile()
-
-
 async def main() -> None:
     for schema in (convert_to_openai_tool(t)["function"] for t in tools):
         print(f"tool: {schema['name']}: {json.dumps(schema['parameters']['properties'], sort_keys=True)}")
+    agent = create_agent(ScriptedChatModel(), tools, middleware=[HumanLayerMiddleware(hl, POLICY)])
     async with hl:
-        state = await build_graph(ScriptedChatModel(), tools).ainvoke(
-            {"messages": [("user", "Scale checkout to 6 and clean up the old volumes.")]}
+        state = await agent.ainvoke(
+            {"messages": [HumanMessage("Scale checkout to 6, search to 2, and clean up the old volumes.")]}
         )
     for message in state["messages"]:
         if isinstance(message, ToolMessage):
             print(f"tool message: {message.content}")
+    print(f"asked ops-lead about: {', '.join(sorted(request.function for request in channel.sent))}")
     print(f"model: {state['messages'][-1].content}")
 
 

@@ -1,18 +1,17 @@
-"""The OpenAI Agents SDK: a gated function as a ``function_tool``.
+"""The OpenAI Agents SDK: an agent's tools gated by a policy, with ``gate_agent``.
 
-The SDK builds the tool's JSON schema from the gated function's signature and docstring
-(the gate keeps both), and a denial reaches the model as the tool's output, a sentence it
-can act on, through the SDK's own ``failure_error_function``.
+``gate_agent(agent, hl, policy)`` is a copy of the agent whose tool calls ask first, as the
+policy says; the tools stay plain ``function_tool``s, their schemas as the SDK built them. A
+denial reaches the model as the tool's output, a sentence it can act on.
 
-A small scripted ``Model`` subclass stands in for the LLM, so this runs offline, with no
-API key::
+The SDK's own ``ScriptedModel`` stands in for the LLM, so this runs offline, with no API key::
 
     pip install 'humanlayer-async[integrations]'
     python examples/openai_agents.py
 
-With a real model, drop ``model=ScriptedModel()`` (the agent then uses OpenAI's default
-model and your ``OPENAI_API_KEY``), and replace the ``AutoChannel`` with real channels,
-e.g. ``HumanLayer([ConsoleChannel()])`` to answer in the terminal.
+With a real model, drop ``model=model`` (the agent then uses OpenAI's default model and your
+``OPENAI_API_KEY``), and replace the ``AutoChannel`` with real channels, e.g.
+``HumanLayer([ConsoleChannel()])`` to answer in the terminal.
 """
 
 from __future__ import annotations
@@ -21,26 +20,15 @@ import asyncio
 import json
 import logging
 import sys
-from typing import Any
 
 import structlog
-from agents import (
-    Agent,
-    FunctionTool,
-    ModelResponse,
-    ModelSettings,
-    RunContextWrapper,
-    Runner,
-    Tool,
-    TResponseInputItem,
-    Usage,
-    function_tool,
-    set_tracing_disabled,
-)
-from agents.models.interface import Model
-from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
+from agents import Agent, FunctionTool, RunConfig, Runner, function_tool
+from agents.items import TResponseOutputItem
+from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_message, function_call
 
-from humanlayer_async import ApprovalDenied, HumanLayer, current_decision
+from humanlayer_async import HumanLayer
+from humanlayer_async.integrations.openai_agents import gate_agent
+from humanlayer_async.policy import Policy
 from humanlayer_async.testing import AutoChannel
 
 # The SDK's event log: warnings only, on stderr, to keep the output readable.
@@ -48,7 +36,16 @@ structlog.configure(
     wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
     logger_factory=structlog.PrintLoggerFactory(sys.stderr),
 )
-set_tracing_disabled(True)  # no trace upload: this example never touches the network
+
+policy = Policy.from_toml("""
+default = "always"              # a tool no rule names: ask
+
+[[rules]]
+tool = "refund"
+approve = "when"                # refunds of $100 or less run unasked
+when = [{ arg = "amount", gt = 100 }]
+approvers = ["support-lead"]
+""")
 
 # The approver: a rule instead of a person. Refunds up to $500 are approved.
 approver = AutoChannel(
@@ -58,7 +55,7 @@ approver = AutoChannel(
 hl = HumanLayer([approver])
 
 
-@hl.require_approval()
+@function_tool
 async def refund(order_id: str, amount: float, reason: str) -> str:
     """Refund a customer's order.
 
@@ -67,93 +64,65 @@ async def refund(order_id: str, amount: float, reason: str) -> str:
         amount: The amount to refund, in dollars.
         reason: Why the customer gets the refund.
     """
-    decision = current_decision()
-    assert decision is not None
-    return f"refunded ${amount:,.2f} on order {order_id} (approved by {decision.by})"
+    return f"refunded ${amount:,.2f} on order {order_id}"
 
 
-def tell_the_model(ctx: RunContextWrapper[Any], error: Exception) -> str:
-    """What the model reads when the tool raises: a refusal is worded for it; the rest is not shown."""
-    if isinstance(error, ApprovalDenied):
-        return str(error)
-    return "An error occurred while running the tool. Please try again."
+def tool_outputs(call: ModelCall) -> dict[str, str]:
+    """What the model read back from each tool call, by call id."""
+    items = [item for item in call.input if isinstance(item, dict)]
+    return {item["call_id"]: item["output"] for item in items if item.get("type") == "function_call_output"}
 
 
-refund_tool = function_tool(refund, failure_error_function=tell_the_model)
+def answer(call: ModelCall) -> list[TResponseOutputItem]:
+    """The model's second turn: it answers from what the tools returned."""
+    results = tool_outputs(call)
+    text = f"Order A-1001: {results['call_1']}."
+    if "denied" in results["call_2"]:
+        text += " Order A-1002 was not refunded: a human said no, so I will pass it to finance."
+    return [assistant_message(text)]
 
 
-class ScriptedModel(Model):
-    """Asks for two refunds at once, then answers from what the tools returned."""
-
-    def __init__(self) -> None:
-        self.seen_tools: list[Tool] = []
-        self.tool_outputs: dict[str, str] = {}
-
-    async def get_response(
-        self,
-        system_instructions: str | None,
-        input: str | list[TResponseInputItem],  # noqa: A002 - the SDK's parameter name
-        model_settings: ModelSettings,
-        tools: list[Tool],
-        *args: Any,
-        **kwargs: Any,
-    ) -> ModelResponse:
-        self.seen_tools = tools
-        items: list[dict[str, Any]] = [dict(item) for item in input if isinstance(item, dict)]
-        outputs = [item for item in items if item.get("type") == "function_call_output"]
-        if not outputs:
-            calls = [
-                ("call_1", {"order_id": "A-1001", "amount": 120.0, "reason": "damaged in transit"}),
-                ("call_2", {"order_id": "A-1002", "amount": 2400.0, "reason": "customer changed their mind"}),
-            ]
-            return _response(
-                [
-                    ResponseFunctionToolCall(
-                        type="function_call", call_id=call_id, name="refund", arguments=json.dumps(args)
-                    )
-                    for call_id, args in calls
-                ]
-            )
-        results = self.tool_outputs = {str(item["call_id"]): str(item["output"]) for item in outputs}
-        text = f"Order A-1001: {results['call_1']}."
-        if "denied" in results["call_2"]:
-            text += " Order A-1002 was not refunded: a human said no, so I will pass it to finance."
-        return _response([_message(text)])
-
-    def stream_response(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("this scripted model does not stream")
-
-
-def _message(text: str) -> ResponseOutputMessage:
-    content = ResponseOutputText(type="output_text", text=text, annotations=[])
-    return ResponseOutputMessage(
-        id="msg_1", type="message", role="assistant", status="completed", content=[content]
-    )
-
-
-def _response(output: list[Any]) -> ModelResponse:
-    return ModelResponse(output=output, usage=Usage(), response_id=None)
+# The model asks for two refunds at once, then answers.
+model = ScriptedModel(
+    [
+        [
+            function_call(
+                "refund",
+                {"order_id": "A-1001", "amount": 120.0, "reason": "damaged in transit"},
+                call_id="call_1",
+            ),
+            function_call(
+                "refund",
+                {"order_id": "A-1002", "amount": 2400.0, "reason": "customer changed their mind"},
+                call_id="call_2",
+            ),
+        ],
+        ModelStep.respond(answer),
+    ]
+)
 
 
 async def main() -> None:
-    model = ScriptedModel()
     agent = Agent(
-        name="support",
-        instructions="You help customers with their orders.",
-        tools=[refund_tool],
-        model=model,
+        name="support", instructions="You help customers with their orders.", tools=[refund], model=model
     )
     async with hl:
-        result = await Runner.run(agent, "Please refund orders A-1001 and A-1002.")
+        result = await Runner.run(
+            gate_agent(agent, hl, policy),
+            "Please refund orders A-1001 and A-1002.",
+            run_config=RunConfig(tracing_disabled=True),  # no trace upload: this never touches the network
+        )
 
-    (tool,) = model.seen_tools
+    first, last = model.first_call, model.last_call
+    assert first is not None and last is not None
+    (tool,) = first.tools
     assert isinstance(tool, FunctionTool)
     print(f"tool: {tool.name}: {tool.description}")
     schema = tool.params_json_schema
     print(f"parameters: {json.dumps(schema['properties'], sort_keys=True)}")
     print(f"required: {schema['required']}")
     print(f"sent for approval: {sorted(request.kwargs['order_id'] for request in approver.sent)}")
-    print(f"tool output the model read for A-1002: {model.tool_outputs['call_2']}")
+    print(f"tool output the model read for A-1002: {tool_outputs(last)['call_2']}")
     print(f"model: {result.final_output}")
 
 

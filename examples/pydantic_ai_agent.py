@@ -1,10 +1,10 @@
-"""Pydantic AI: a gated tool on an ``Agent``, run with the framework's ``FunctionModel``.
+"""Pydantic AI: an agent's toolset gated by a policy, with ``HumanLayerToolset``.
 
-Pydantic AI builds the tool's JSON schema from the gated function's signature and
-docstring (the gate keeps both); the scripted model below reads that schema from
-``AgentInfo``, the same definition a real LLM would get. The tool is gated with
-``on_reject="return"``, so a denial comes back as the tool's return value, a sentence
-the model acts on.
+``HumanLayerToolset(toolset, hl, policy)`` wraps any toolset (function tools, an MCP server's,
+several combined): each call asks first, as the policy says. The tools stay plain functions;
+Pydantic AI builds their schemas from the signatures and docstrings, and the scripted model
+below reads them from ``AgentInfo``, as a real LLM would get them. A denial comes back as the
+tool's result, a sentence the model acts on.
 
 ``FunctionModel`` stands in for the LLM, so this runs offline::
 
@@ -33,8 +33,11 @@ from pydantic_ai.messages import (
     ToolReturnPart,
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.toolsets import FunctionToolset
 
 from humanlayer_async import HumanLayer
+from humanlayer_async.integrations.pydantic_ai import HumanLayerToolset
+from humanlayer_async.policy import Policy
 from humanlayer_async.testing import AutoChannel
 
 # The SDK's event log: warnings only, on stderr, to keep the output readable.
@@ -42,6 +45,16 @@ structlog.configure(
     wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
     logger_factory=structlog.PrintLoggerFactory(sys.stderr),
 )
+
+policy = Policy.from_toml("""
+default = "always"              # a tool no rule names: ask
+
+[[rules]]
+tool = "transfer_money"
+approve = "when"                # transfers over $1,000
+when = [{ arg = "amount", gt = 1000 }]
+approvers = ["treasurer@company.com"]
+""")
 
 KNOWN_VENDORS = {"ACME Supplies", "Globex"}
 
@@ -53,7 +66,6 @@ treasurer = AutoChannel(
 hl = HumanLayer([treasurer])
 
 
-@hl.require_approval(condition=lambda amount, **kwargs: amount > 1000, on_reject="return")
 async def transfer_money(amount: float, recipient: str) -> str:
     """Transfer money from the company account.
 
@@ -88,15 +100,17 @@ def scripted_model(messages: list[ModelMessage], info: AgentInfo) -> ModelRespon
                 for i, (amount, to) in enumerate(payments)
             ]
         )
-    done = [str(part.content) for part in returns if "did not run" not in str(part.content)]
-    refused = [str(part.content) for part in returns if "did not run" in str(part.content)]
+    done = [str(part.content) for part in returns if part.outcome == "success"]
+    refused = [str(part.content) for part in returns if part.outcome == "denied"]
     text = f"Paid: {'; '.join(done)}."
     if refused:
         text += f" Not paid ({len(refused)}): the treasurer refused; I have not retried."
     return ModelResponse(parts=[TextPart(text)])
 
 
-agent = Agent(FunctionModel(scripted_model), tools=[transfer_money])
+agent = Agent(
+    FunctionModel(scripted_model), toolsets=[HumanLayerToolset(FunctionToolset([transfer_money]), hl, policy)]
+)
 
 
 async def main() -> None:
@@ -108,7 +122,7 @@ async def main() -> None:
     for message in result.all_messages():
         for part in getattr(message, "parts", ()):
             if isinstance(part, ToolReturnPart):
-                print(f"tool return: {part.content}")
+                print(f"tool return ({part.outcome}): {part.content}")
     print(f"approvals asked: {len(treasurer.sent)} (the $250 transfer ran without one)")
     print(f"model: {result.output}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ __all__ = [
     "OnReject",
     "ToolSpec",
     "current_decision",
+    "edit_note",
     "refusal",
     "tool_spec",
 ]
@@ -157,6 +159,13 @@ def refusal(function: str, decision: Decision) -> ApprovalDenied:
     else:
         text = f"A human denied {function}{who} via {decision.via}{reason}. It did not run."
     return ApprovalDenied(text, decision)
+
+
+def edit_note(function: str, edits: Mapping[str, Any]) -> str:
+    """What a model is told before the result of a call an approver edited: its own message
+    still shows the arguments it asked for (the framework adapters lead the result with it)."""
+    changes = ", ".join(f"{name}={json.dumps(value, default=str)}" for name, value in edits.items())
+    return f"A human approved {function} with changed arguments ({changes}); its result:"
 
 
 async def _call_hook(hook: Callable[..., Any], arguments: Mapping[str, Any]) -> Any:

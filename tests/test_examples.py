@@ -30,7 +30,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 INTEGRATIONS = {
     "openai_agents": "agents",
-    "langgraph_agent": "langgraph",
+    "langgraph_agent": "langchain",
     "pydantic_ai_agent": "pydantic_ai",
     "fastapi_app": "fastapi",
 }
@@ -141,7 +141,7 @@ async def test_agent_loop(runs: Runs) -> None:
 
 async def test_openai_agents(runs: Runs) -> None:
     out = await run_example(runs, "openai_agents")
-    # The SDK built the schema from the gated function's signature and docstring.
+    # The SDK built the schema from the function's signature and docstring; gating kept it.
     assert "tool: refund: Refund a customer's order." in out
     assert (
         '"amount": {"description": "The amount to refund, in dollars.", "title": "Amount", "type": "number"}'
@@ -153,7 +153,7 @@ async def test_openai_agents(runs: Runs) -> None:
         "tool output the model read for A-1002: A human denied refund by support-lead via auto: "
         "refunds over $500 go through the finance team. It did not run." in out
     )
-    assert "refunded $120.00 on order A-1001 (approved by support-lead)" in out
+    assert "model: Order A-1001: refunded $120.00 on order A-1001." in out
     assert "Order A-1002 was not refunded: a human said no" in out
 
 
@@ -170,11 +170,14 @@ async def test_langgraph_agent(runs: Runs) -> None:
     tool_messages = [line for line in out.splitlines() if line.startswith("tool message: ")]
     assert tool_messages == [
         "tool message: checkout now runs 6 replicas",
+        "tool message: search now runs 2 replicas",
         "tool message: A human denied delete_resources by ops-lead via auto: "
         "vol-backups holds last night's backups; keep it. It did not run.",
         "tool message: deleted vol-tmp-1",  # the model acted on the refusal: it retried with less
     ]
-    assert "model: Done: checkout now runs 6 replicas; deleted vol-tmp-1." in out
+    # The policy's "when" let the small scale-up run unasked.
+    assert "asked ops-lead about: delete_resources, delete_resources, scale_service\n" in out
+    assert "model: Done: checkout now runs 6 replicas; search now runs 2 replicas; deleted vol-tmp-1." in out
 
 
 async def test_pydantic_ai_agent(runs: Runs) -> None:
@@ -182,10 +185,10 @@ async def test_pydantic_ai_agent(runs: Runs) -> None:
     assert "tool: transfer_money: Transfer money from the company account." in out
     assert '"amount": {"description": "The amount in dollars.", "type": "number"}' in out
     assert '"required": ["amount", "recipient"]' in out
-    assert "tool return: sent $250 to Globex" in out
-    assert "tool return: sent $4,800 to ACME Supplies" in out
+    assert "tool return (success): sent $250 to Globex" in out
+    assert "tool return (success): sent $4,800 to ACME Supplies" in out
     assert (
-        "tool return: A human denied transfer_money by treasurer@company.com via auto: "
+        "tool return (denied): A human denied transfer_money by treasurer@company.com via auto: "
         "we have no contract with this payee. It did not run." in out
     )
     assert "approvals asked: 2 " in out
