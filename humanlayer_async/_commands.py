@@ -6,13 +6,15 @@ Each works against the store named by ``--store`` or ``HUMANLAYER_STORE``, opene
 created (a mistyped path or schema is "no store at ..."), and decides through the engine's
 deciding side and the store alone (approver allowlists, first decision wins, the audit trail;
 no runtime, channels or listener), as
-``--by`` (default: the OS user), ``via="cli"``. Tables for people, JSON with ``--json``.
+``--by`` (default: the OS user), ``via="cli"``. With ``--url`` instead, all but prune, audit
+verify and audit export work through a listener's HTTP API (``_remote.RemoteDecisions``, the
+same methods), as the user its token names. Tables for people, JSON with ``--json``.
 Everything printed for people goes through ``_terminal.write_lines``, so no stored value can
 redraw the operator's screen. Exit status: 0 done, 1 refused (unknown id, not an approver,
 already decided otherwise, a grant already revoked or no longer live, an audit trail that does
 not verify), 2 bad usage or
-configuration (no store there included), 141 (as a process killed by SIGPIPE) when the
-reader of the output went away, as ``| head`` does.
+configuration (no store there, or an API token refused, included), 141 (as a process killed
+by SIGPIPE) when the reader of the output went away, as ``| head`` does.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ._edits import parse_edit
 from ._engine import Decisions
 from ._exceptions import ArgumentsEdited, ConfigurationError, HumanLayerError, UnknownRequest
 from ._models import ApprovalRequest, Grant, same_name
+from ._remote import RemoteDecisions, add_url_options, connect
 from ._render import describe_decision, describe_votes, format_kwargs, format_value, full_call, summarize
 from ._stats import DEFAULT_SINCE, HEADERS, cells, tool_stats
 from ._terminal import MIN_PREFIX, log_to_terminal, table, write_lines
@@ -76,6 +79,9 @@ COMMANDS = (
     "prune",
 )
 
+Deciding = Decisions | RemoteDecisions
+"""What the store commands decide through: a store's ``Decisions``, or the HTTP API (``--url``)."""
+
 _SIGPIPE_STATUS = 141
 """128 + SIGPIPE (13): the status a shell shows for a process that SIGPIPE ended."""
 
@@ -102,14 +108,15 @@ def _since(text: str) -> datetime:
 
 
 def _store_options(*, nested: bool = False) -> argparse.ArgumentParser:
-    """``--store`` and ``--json``. ``nested``: for a sub-subcommand (``grants revoke``), whose
-    defaults would otherwise overwrite what was given before it (``grants --store URL revoke``)."""
+    """``--store`` (or ``--url``) and ``--json``. ``nested``: for a sub-subcommand (``grants revoke``),
+    whose defaults would otherwise overwrite what was given before it (``grants --store URL revoke``)."""
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument(
         "--store",
-        default=argparse.SUPPRESS if nested else os.environ.get("HUMANLAYER_STORE"),
+        default=argparse.SUPPRESS if nested else None,
         help="sqlite:///path/to/file.db or postgresql://... (default: $HUMANLAYER_STORE)",
     )
+    add_url_options(options, nested=nested)
     options.add_argument(
         "--json",
         action="store_true",
@@ -123,7 +130,7 @@ def add_commands(commands: Any) -> None:
     """Add the operator subcommands to the ``humanlayer-async`` parser's subparsers."""
     store = _store_options()
     by = argparse.ArgumentParser(add_help=False)
-    by.add_argument("--by", default=getpass.getuser(), help="who decides (default: the OS user)")
+    by.add_argument("--by", help="who decides (default: the OS user; not with --url: the token says)")
 
     serve = commands.add_parser(
         "serve", help="run an app's listener alone (callbacks for a fleet of agent processes)"
@@ -321,12 +328,7 @@ def run_command(args: argparse.Namespace) -> int:
             return _console_link(args)
         if getattr(args, "audit_action", None) == "verify" and args.file is not None:
             return _verify_file(args)  # an export: no store
-        if not args.store:
-            raise ConfigurationError(
-                "no store: pass --store sqlite:///path or postgresql://..., or set HUMANLAYER_STORE"
-            )
-        store = store_from_url(args.store, create=False)
-        status = anyio.run(_operate, store, args)
+        status = anyio.run(_operate, _source(args), args)
         sys.stdout.flush()  # here, not at exit: a reader gone away is noticed below
         return status
     except BrokenPipeError:
@@ -339,6 +341,28 @@ def run_command(args: argparse.Namespace) -> int:
     except (_Refused, HumanLayerError) as exc:
         write_lines([f"humanlayer-async {_name(args)}: {exc}"], sys.stderr)
         return 1
+
+
+def _source(args: argparse.Namespace) -> Store | RemoteDecisions:
+    """The store ``--store`` (else ``$HUMANLAYER_STORE``) names, deciding as ``--by`` (default:
+    the OS user); or the HTTP API at ``--url``, as the user its token names."""
+    if args.url is None:
+        url = args.store or os.environ.get("HUMANLAYER_STORE")
+        if not url:
+            raise ConfigurationError(
+                "no store: pass --store sqlite:///path or postgresql://..., or set HUMANLAYER_STORE"
+                " (or --url https://... for a listener's HTTP API)"
+            )
+        if "by" in args and args.by is None:
+            args.by = getpass.getuser()
+        return store_from_url(url, create=False)
+    if args.store is not None:
+        raise ConfigurationError("--url or --store: give one of them")
+    if getattr(args, "by", None) is not None:
+        raise ConfigurationError("--by does not go with --url: you decide as the user your token names")
+    if args.command == "prune" or getattr(args, "audit_action", None) is not None:
+        raise ConfigurationError("this command needs the store itself: use --store, not --url")
+    return connect(args.url, args.token_file)
 
 
 def _reader_gone() -> int:
@@ -404,13 +428,14 @@ def _console_link(args: argparse.Namespace) -> int:
 # -- store commands ------------------------------------------------------------------------
 
 
-async def _operate(store: Store, args: argparse.Namespace) -> int:
-    """Run a store command through the engine's deciding side and the store alone: no
-    runtime, no channels, no listener, no store follower."""
+async def _operate(source: Store | RemoteDecisions, args: argparse.Namespace) -> int:
+    """Run a store command through the engine's deciding side and the store alone (no
+    runtime, no channels, no listener, no store follower), or through the HTTP API."""
     try:
-        result = await _HANDLERS[args.command](Decisions(store), args)
+        engine = source if isinstance(source, RemoteDecisions) else Decisions(source)
+        result = await _HANDLERS[args.command](engine, args)
     finally:
-        await store.aclose()
+        await source.aclose()
     if isinstance(result, Answered) and result.decision is not None and not result.stands:
         raise _Refused(
             f"request {result.decision.request_id} was already {describe_decision(result.decision)}"
@@ -427,7 +452,7 @@ def _print(
         write_lines(table(headers, rows))
 
 
-async def _resolve(engine: Decisions, request_id: str) -> str:
+async def _resolve(engine: Deciding, request_id: str) -> str:
     """The full id: ``request_id`` itself, or the one pending request it is a prefix of."""
     if len(request_id) < MIN_PREFIX:
         raise _Refused(f"{request_id!r} is too short: type at least {MIN_PREFIX} characters of the id")
@@ -448,7 +473,7 @@ def _request_data(request: ApprovalRequest) -> dict[str, Any]:
     return data
 
 
-async def _pending(engine: Decisions, args: argparse.Namespace) -> None:
+async def _pending(engine: Deciding, args: argparse.Namespace) -> None:
     requests = await engine.pending(run_id=args.run_id, kind=args.kind)
     now = datetime.now(UTC)
     rows = [
@@ -470,7 +495,7 @@ async def _pending(engine: Decisions, args: argparse.Namespace) -> None:
         )
 
 
-async def _show(engine: Decisions, args: argparse.Namespace) -> None:
+async def _show(engine: Deciding, args: argparse.Namespace) -> None:
     request = await engine.get(await _resolve(engine, args.id))
     if args.json:
         _print(args, _request_data(request), (), [])
@@ -496,7 +521,7 @@ def _show_decision(args: argparse.Namespace, answered: Answered) -> Answered:
     return answered
 
 
-async def _batch(engine: Decisions, args: argparse.Namespace, approved: bool) -> Answered | None:
+async def _batch(engine: Deciding, args: argparse.Namespace, approved: bool) -> Answered | None:
     """``--all``: list the pending requests of ``--function`` (and ``--run-id``), confirm, then
     decide exactly those, one audited decision each (none that arrived after the list)."""
     if args.id is not None or not args.all or not args.function or getattr(args, "set", None):
@@ -539,7 +564,7 @@ async def _batch(engine: Decisions, args: argparse.Namespace, approved: bool) ->
     return refused  # the first one someone else had decided: exits 1, naming it
 
 
-async def _approve(engine: Decisions, args: argparse.Namespace) -> Answered | None:
+async def _approve(engine: Deciding, args: argparse.Namespace) -> Answered | None:
     if args.all or args.id is None:
         return await _batch(engine, args, True)
     request_id = await _resolve(engine, args.id)
@@ -556,7 +581,7 @@ async def _approve(engine: Decisions, args: argparse.Namespace) -> Answered | No
     return _show_decision(args, answered)
 
 
-async def _deny(engine: Decisions, args: argparse.Namespace) -> Answered | None:
+async def _deny(engine: Deciding, args: argparse.Namespace) -> Answered | None:
     if args.all or args.id is None:
         return await _batch(engine, args, False)
     request_id = await _resolve(engine, args.id)
@@ -565,12 +590,12 @@ async def _deny(engine: Decisions, args: argparse.Namespace) -> Answered | None:
     )
 
 
-async def _cancel(engine: Decisions, args: argparse.Namespace) -> Answered:
+async def _cancel(engine: Deciding, args: argparse.Namespace) -> Answered:
     request_id = await _resolve(engine, args.id)
     return _show_decision(args, await engine.cancel(request_id, by=args.by, reason=args.reason, via="cli"))
 
 
-async def _answer(engine: Decisions, args: argparse.Namespace) -> Answered:
+async def _answer(engine: Deciding, args: argparse.Namespace) -> Answered:
     request_id = await _resolve(engine, args.id)
     return _show_decision(args, await engine.respond(request_id, args.text, by=args.by, via="cli"))
 
@@ -605,7 +630,7 @@ def _print_grant(args: argparse.Namespace, grant: Grant, line: str) -> None:
         write_lines([line])
 
 
-async def _grants(engine: Decisions, args: argparse.Namespace) -> None:
+async def _grants(engine: Deciding, args: argparse.Namespace) -> None:
     if args.grant_action == "revoke":
         await _revoke_grant(engine, args)
     elif args.grant_action == "confirm":
@@ -614,7 +639,7 @@ async def _grants(engine: Decisions, args: argparse.Namespace) -> None:
         await _list_grants(engine, args)
 
 
-async def _list_grants(engine: Decisions, args: argparse.Namespace) -> None:
+async def _list_grants(engine: Deciding, args: argparse.Namespace) -> None:
     grants = await engine.grants(active=not args.all)
     now = datetime.now(UTC)
     rows = [
@@ -639,18 +664,18 @@ async def _list_grants(engine: Decisions, args: argparse.Namespace) -> None:
         write_lines(["no grants" if args.all else "no live grants (--all lists the ended ones too)"])
 
 
-async def _revoke_grant(engine: Decisions, args: argparse.Namespace) -> None:
+async def _revoke_grant(engine: Deciding, args: argparse.Namespace) -> None:
     grant = await engine.revoke_grant(args.id, by=args.by)
     assert grant.revoked_at is not None and grant.revoked_by is not None  # the store revoked it
     revoked = f"by {grant.revoked_by} at {_utc(grant.revoked_at)}"
-    if same_name(grant.revoked_by) != same_name(args.by):  # someone else did, first
+    if args.by is not None and same_name(grant.revoked_by) != same_name(args.by):  # someone else did, first
         raise _Refused(f"grant {grant.id} of tool {grant.function} was already revoked {revoked}")
     _print_grant(
         args, grant, f"revoked grant {grant.id} of tool {grant.function} {revoked}: its calls ask again"
     )
 
 
-async def _confirm_grant(engine: Decisions, args: argparse.Namespace) -> None:
+async def _confirm_grant(engine: Deciding, args: argparse.Namespace) -> None:
     grant = await engine.confirm_grant(args.id, by=args.by)
     given = f"grant {grant.id} of tool {grant.function} given by {', '.join(grant.by)}"
     if grant.confirmed:
@@ -660,21 +685,24 @@ async def _confirm_grant(engine: Decisions, args: argparse.Namespace) -> None:
     _print_grant(args, grant, line)
 
 
-async def _stats(engine: Decisions, args: argparse.Namespace) -> None:
-    stats = tool_stats(await engine.history(since=args.since))
+async def _stats(engine: Deciding, args: argparse.Namespace) -> None:
+    if isinstance(engine, RemoteDecisions):  # counted by the server, not the trail sent over
+        stats = await engine.stats(since=args.since)
+    else:
+        stats = tool_stats(await engine.history(since=args.since))
     _print(args, [dataclasses.asdict(tool) for tool in stats], HEADERS, [cells(tool) for tool in stats])
     if not args.json and not stats:
         write_lines([f"nothing was asked since {_utc(args.since)}"])
 
 
-async def _audit(engine: Decisions, args: argparse.Namespace) -> None:
+async def _audit(engine: Deciding, args: argparse.Namespace) -> None:
     if args.audit_action == "verify":
-        _report(args, await verify_store(engine.store, environment_key(), args.expect_head))
+        _report(args, await verify_store(_store(engine), environment_key(), args.expect_head))
         return
     if args.audit_action == "export":
-        await _export(engine.store)
+        await _export(_store(engine))
         return
-    entries: list[AuditEntry] = await engine.store.history(request_id=args.request, since=args.since)
+    entries: list[AuditEntry] = await engine.history(request_id=args.request, since=args.since)
     rows = [
         (
             f"{entry.at:%Y-%m-%d %H:%M:%S}",
@@ -690,6 +718,12 @@ async def _audit(engine: Decisions, args: argparse.Namespace) -> None:
         ("AT (UTC)", "REQUEST", "EVENT", "DETAILS"),
         rows,
     )
+
+
+def _store(engine: Deciding) -> Store:
+    """The store itself, for the commands that work on it alone (``_source`` keeps them from ``--url``)."""
+    assert isinstance(engine, Decisions)
+    return engine.store
 
 
 def _count(count: int, one: str, many: str) -> str:
@@ -750,15 +784,15 @@ async def _export(store: Store) -> None:
         sys.stdout.write(f"{entry.to_line()}\n")
 
 
-async def _prune(engine: Decisions, args: argparse.Namespace) -> None:
-    count = await engine.store.prune(args.older_than)
+async def _prune(engine: Deciding, args: argparse.Namespace) -> None:
+    count = await _store(engine).prune(args.older_than)
     if args.json:
         _print(args, {"pruned": count}, (), [])
     else:
         write_lines([f"pruned {count} decided request{'' if count == 1 else 's'}"])
 
 
-_HANDLERS: dict[str, Callable[[Decisions, argparse.Namespace], Awaitable[Any]]] = {
+_HANDLERS: dict[str, Callable[[Deciding, argparse.Namespace], Awaitable[Any]]] = {
     "pending": _pending,
     "show": _show,
     "approve": _approve,

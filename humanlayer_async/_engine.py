@@ -280,9 +280,11 @@ class Decisions:
     async def grants(self, *, active: bool = True) -> list[Grant]:
         return await self.store.grants(active=active)
 
-    async def history(self, *, since: datetime | None = None) -> list[AuditEntry]:
-        """The audit trail from ``since`` on, oldest first (what the stats are read from)."""
-        return await self.store.history(since=since)
+    async def history(
+        self, *, since: datetime | None = None, request_id: str | None = None
+    ) -> list[AuditEntry]:
+        """The audit trail from ``since`` on (of one request), oldest first."""
+        return await self.store.history(since=since, request_id=request_id)
 
     async def _check_granter(self, grant_id: str, by: str | Principal) -> tuple[Grant, Principal]:
         who = by if isinstance(by, Principal) else Principal(by)

@@ -8,10 +8,13 @@ retries or for as long as the caller keeps asking.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "retry_after"]
 
 
 class Backoff:
@@ -61,3 +64,22 @@ class Backoff:
     def reset(self) -> None:
         """Start over from the first delay (after an attempt that worked)."""
         self._tries = 0
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (seconds, or an HTTP date); ``None``
+    without one that can be read."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None

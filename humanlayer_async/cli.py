@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 
@@ -38,7 +39,7 @@ async def _demo(approval_timeout: float, listen: str) -> None:
         await run_demo(hl, sys.stdout)
 
 
-def _add_mcp_proxy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_mcp_proxy(commands: argparse._SubParsersAction[Any]) -> None:
     proxy = commands.add_parser(
         "mcp-proxy",
         help="serve an MCP server's tools, the calls a policy names waiting for a human's approval",
@@ -138,9 +139,19 @@ def _mcp_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser, and every subcommand's (they are made of its class), that takes options only
+    spelled out: an abbreviation such as ``--tok=...`` would otherwise be an error that repeats
+    a secret typed by mistake, or match an option nobody meant."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``humanlayer-async`` command."""
-    parser = argparse.ArgumentParser(prog="humanlayer-async", description=__doc__)
+    parser = _Parser(prog="humanlayer-async", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run a scripted agent whose risky tools wait for you")
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds each approval waits")

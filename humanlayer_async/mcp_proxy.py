@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import math
 import os
 import shlex
@@ -48,6 +47,7 @@ from ._client import HumanLayer
 from ._codec import digest
 from ._exceptions import ConfigurationError, HumanLayerError
 from ._gate import refusal
+from ._hosts import is_loopback
 from ._models import Decision, Status
 from ._terminal import write_lines
 from .channels.base import channel_label
@@ -382,7 +382,7 @@ def serve_http_address(value: str, token: str | None) -> tuple[str, int]:
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigurationError(f"--serve-http takes HOST:PORT (e.g. 127.0.0.1:8788), not {value!r}")
-    if token is None and not _loopback(host):
+    if token is None and not is_loopback(host):
         raise ConfigurationError(
             f"--serve-http {value} is reachable from other machines: give --token (or ${TOKEN_ENV}),"
             " the key clients send as 'Authorization: Bearer <token>', or serve on 127.0.0.1"
@@ -390,15 +390,6 @@ def serve_http_address(value: str, token: str | None) -> tuple[str, int]:
     if token is not None and len(token) < 16:
         raise ConfigurationError("the MCP token must be at least 16 characters")
     return host, int(port)
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _local_only(host: str) -> TransportSecuritySettings:
@@ -497,7 +488,7 @@ async def _stop_on_signal(scope: anyio.CancelScope) -> None:
 async def _serve_http(server: Server[Any], host: str, port: int, token: str | None) -> None:
     """Serve MCP over streamable HTTP at ``/mcp`` (Host and Origin checked on loopback)."""
     app: ASGIApp = server.streamable_http_app(
-        host=host, transport_security=_local_only(host) if _loopback(host) else None
+        host=host, transport_security=_local_only(host) if is_loopback(host) else None
     )
     if token is not None:
         app = _Bearer(app, token)

@@ -34,11 +34,14 @@ from .channels import _slack_blocks as slack_blocks
 from .channels.base import BaseChannel, Decider
 
 if TYPE_CHECKING:
+    import httpx
+
     from ._client import HumanLayer
 
 __all__ = [
     "AutoChannel",
     "Rule",
+    "api_client",
     "sign_slack_body",
     "slack_block_actions",
     "slack_form_body",
@@ -137,6 +140,31 @@ async def wait_for_pending(
                 await changed.wait()
     except TimeoutError:
         raise TimeoutError(f"{len(pending)} of {count} requests were pending after {within} s") from None
+
+
+def api_client(hl: HumanLayer, token: str | None = None) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` for ``hl``'s listener app (``hl.asgi_app``), through
+    ``httpx.ASGITransport``: no socket, no port. With ``token``, it sends ``Authorization:
+    Bearer <token>``, so each request goes through an ``ApiChannel`` as that token's user::
+
+        api = ApiChannel(tokens={"alice": ALICE_TOKEN})
+        async with HumanLayer([api], listen=None) as hl, api_client(hl, ALICE_TOKEN) as client:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(transfer_money, 5000, "bob")
+                [request] = await wait_for_pending(hl)
+                answer = await client.post(
+                    f"/api/v1/requests/{request.id}/decision", json={"approved": True}
+                )
+                assert answer.json()["decision"]["by"] == "alice"
+
+    Enter the ``HumanLayer`` first (``async with hl``): the channel answers 503 until it runs.
+    The client is a loopback one (``127.0.0.1``), as the web console wants.
+    """
+    import httpx
+
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    transport = httpx.ASGITransport(app=hl.asgi_app, client=("127.0.0.1", 49152))
+    return httpx.AsyncClient(transport=transport, base_url="http://humanlayer.test", headers=headers)
 
 
 def sign_slack_body(

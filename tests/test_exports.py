@@ -53,6 +53,7 @@ def test_top_level_names() -> None:
 def test_subpackage_names() -> None:
     assert humanlayer_async.channels.__all__ == [
         "Answered",
+        "ApiChannel",
         "BaseChannel",
         "Channel",
         "ConsoleChannel",
@@ -61,6 +62,7 @@ def test_subpackage_names() -> None:
         "Principal",
         "SlackChannel",
         "WebChannel",
+        "WebhookChannel",
     ]
     assert humanlayer_async.stores.__all__ == [
         "DurableStore",
@@ -74,6 +76,7 @@ def test_subpackage_names() -> None:
     assert humanlayer_async.testing.__all__ == [
         "AutoChannel",
         "Rule",
+        "api_client",
         "sign_slack_body",
         "slack_block_actions",
         "slack_form_body",

@@ -5,7 +5,7 @@ the sign-in form.
 Everything is rendered on the server and escaped here; the page's script only inserts
 these fragments as they arrive over server-sent events. Caller text goes through
 ``visible`` (control and bidi characters spelled out), then HTML escaping, then
-``_spaces``: a long run of spaces becomes a marker saying how many, so that it cannot
+``spaces``: a long run of spaces becomes a marker saying how many, so that it cannot
 push what follows out of sight.
 """
 
@@ -50,6 +50,7 @@ __all__ = [
     "pending_list",
     "selectors",
     "sign_in_page",
+    "spaces",
     "stats_page",
 ]
 
@@ -86,14 +87,14 @@ def _marker(match: re.Match[str]) -> str:
     return f'<span class="spaces" title="{count}">⟨{count}⟩</span>'
 
 
-def _spaces(html: str) -> str:
+def spaces(html: str) -> str:
     """Escaped ``html`` with each long run of spaces (or other blanks) shown as a marker."""
     return _LONG_RUN.sub(_marker, html)
 
 
 def _text(text: str) -> str:
     """Caller text as HTML: visible, escaped, long runs of spaces marked."""
-    return _spaces(escape(visible(text)))
+    return spaces(escape(visible(text)))
 
 
 def _paragraph(text: str) -> str:
@@ -109,7 +110,7 @@ def _fields(values: Mapping[str, Any], css: str, label: str) -> tuple[str, bool]
     for name, value in values.items():
         text, shortened = shorten(value, 1000)
         cut = cut or shortened
-        rows.append(f"<div><dt>{_text(name)}</dt><dd>{_spaces(escape(text))}</dd></div>")
+        rows.append(f"<div><dt>{_text(name)}</dt><dd>{spaces(escape(text))}</dd></div>")
     return f'<dl class="{css}" aria-label="{label}">{"".join(rows)}</dl>', cut
 
 
@@ -489,7 +490,7 @@ def detail_page(
 <h2>The full call</h2>
 <p class="meta">Untruncated; control and bidi characters are spelled out (<code>\\u202e</code>),
 long runs of spaces are counted (<span class="spaces">⟨1,000 spaces⟩</span>).</p>
-<pre class="full">{_spaces(escape(full_call(request)))}</pre>
+<pre class="full">{spaces(escape(full_call(request)))}</pre>
 {footer}
 </main>
 </body>

@@ -106,8 +106,10 @@ class Decider(Protocol):
         """Revoke a grant as ``by`` (one who may approve its tool)."""
         ...
 
-    async def history(self, *, since: datetime | None = None) -> list[AuditEntry]:
-        """The audit trail from ``since`` on, oldest first (the web console's stats page)."""
+    async def history(
+        self, *, since: datetime | None = None, request_id: str | None = None
+    ) -> list[AuditEntry]:
+        """The audit trail from ``since`` on (of one request), oldest first (the stats, the API)."""
         ...
 
 

@@ -51,7 +51,7 @@ from .._exceptions import (
 from .._models import ApprovalRequest, Decision, Principal, acting_for, same_name
 from .._refused import Refused
 from .._render import describe_votes
-from .._retry import Backoff
+from .._retry import Backoff, retry_after
 from . import _dns
 from . import _slack_blocks as blocks
 from ._grant_offer import GRANT_DURATIONS, check_grant_durations, describe_duration
@@ -1040,12 +1040,9 @@ _ACTIONS = {
 
 
 def _retry_after(value: str | None) -> float:
-    """Seconds to wait from a Retry-After header (seconds); one second when absent or odd."""
-    try:
-        seconds = float(value) if value else 1.0
-    except ValueError:
-        return 1.0
-    return seconds if 0 <= seconds < 3600 else 1.0
+    """Seconds to wait from a Retry-After header; one second when absent, odd or over an hour."""
+    seconds = retry_after(value)
+    return seconds if seconds is not None and seconds < 3600 else 1.0
 
 
 def _form_payload(body: str) -> dict[str, Any]:
