@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import importlib.util
 import json
 import logging
 import os
@@ -534,3 +535,14 @@ def text_of(message: EmailMessage) -> str:
     part = message.get_body(("plain",))
     assert part is not None
     return cast(str, cast(EmailMessage, part).get_content())
+
+
+def needs_integration(module: str) -> None:
+    """Skip the calling test module when ``module`` (an agent framework of the ``integrations``
+    extra) is not installed, as ``make test`` alone leaves it; under ``CI=true``, fail instead."""
+    if importlib.util.find_spec(module.partition(".")[0]) is not None:
+        return
+    reason = f"needs {module!r}: pip install -e '.[integrations]'"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI must install the integrations extra)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)

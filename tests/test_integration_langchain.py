@@ -9,9 +9,9 @@ from typing import Any
 import anyio
 import pytest
 
-pytest.importorskip(
-    "langchain.agents", reason="needs the integrations extra: pip install -e '.[integrations]'"
-)
+from .conftest import needs_integration
+
+needs_integration("langchain.agents")
 
 from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel

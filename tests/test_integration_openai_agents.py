@@ -13,6 +13,11 @@ from typing import Any
 
 import anyio
 import pytest
+
+from .conftest import needs_integration
+
+needs_integration("agents")
+
 from agents import Agent, FunctionTool, RunConfig, Runner, UserError, WebSearchTool, function_tool
 from agents.mcp import MCPServerStdio, MCPServerStdioParams
 from agents.testing import ScriptedModel, assistant_message, function_call

@@ -11,6 +11,11 @@ from typing import Any
 
 import anyio
 import pytest
+
+from .conftest import needs_integration
+
+needs_integration("pydantic_ai")
+
 from pydantic_ai import Agent
 from pydantic_ai.messages import (
     ModelMessage,
