@@ -282,7 +282,9 @@ class HumanLayer:
         if observers:
             self._engine.observer = observers[0] if len(observers) == 1 else Observers(observers)
         self._asker = _GateHandle(self)
-        self._foreign: dict[tuple[str, str | None, int], ToolSpec] = {}  # check_call's specs
+        # check_call's specs, by tool and rule; the rule is kept with its spec, so that a rule
+        # of a reloaded policy that happens to reuse a collected one's id() is never mistaken for it
+        self._foreign: dict[tuple[str, str | None, int], tuple[Rule, ToolSpec]] = {}
 
     def __repr__(self) -> str:
         names = ", ".join(channel.name for channel in self._channels)
@@ -582,8 +584,10 @@ class HumanLayer:
         if rule is None:
             return None
         key = (tool, qualname, id(rule))
-        spec = self._foreign.get(key)
-        if spec is None:
+        cached = self._foreign.get(key)
+        if cached is not None and cached[0] is rule:
+            spec = cached[1]
+        else:
             editable = None
             if rule.editable and schemas:
                 names = rule.editable if isinstance(rule.editable, tuple) else tuple(schemas)
@@ -599,7 +603,7 @@ class HumanLayer:
                 rule.approvals,
                 editable,
             )
-            self._foreign[key] = spec
+            self._foreign[key] = (rule, spec)
         return await self._asker.ask(spec, self._render(arguments), context or {})
 
     def _check_escalations(self, escalate: Sequence[Escalation]) -> tuple[Escalation, ...]:
