@@ -19,6 +19,7 @@ BENCHMARKS = (
     "pending_scale",
     "click_to_resume",
     "across_processes",
+    "fleet",
     "peers",
     "slack_rate_limit",
     "import_time",

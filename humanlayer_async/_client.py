@@ -785,9 +785,57 @@ class HumanLayer:
         """One request, with its decision once decided. Raises ``UnknownRequest``."""
         return await self._engine.get(request_id)
 
-    async def pending(self, *, run_id: str | None = None, kind: Kind | None = None) -> list[ApprovalRequest]:
-        """The requests still waiting for a human, oldest first."""
-        return await self._engine.pending(run_id=run_id, kind=kind)
+    async def pending(
+        self,
+        *,
+        run_id: str | None = None,
+        kind: Kind | None = None,
+        function: str | None = None,
+        older_than: float | timedelta | None = None,
+        id_prefix: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[ApprovalRequest]:
+        """The requests still waiting for a human, oldest first (by creation, ties by id).
+
+        Filters: ``run_id``, ``kind``, ``function`` (the gated function's name or its
+        ``module.qualname``), ``older_than`` (created at least that long ago: seconds or a
+        ``timedelta``), ``id_prefix``. ``limit=None`` lists every one: with many pending,
+        read them a page at a time instead, each page read from the store's indexes::
+
+            page = await hl.pending(function="transfer", limit=100)
+            while page:
+                ...  # at most 100 requests
+                page = await hl.pending(function="transfer", limit=100, after=page[-1].id)
+
+        ``after`` is the last request of the previous page (``UnknownRequest`` once the store
+        no longer holds it, pruned); a request decided meanwhile does not shift the pages.
+        ``count_pending`` says how many there are in all.
+        """
+        return await self._engine.pending(
+            run_id=run_id,
+            kind=kind,
+            function=function,
+            older_than=older_than,
+            id_prefix=id_prefix,
+            after=after,
+            limit=limit,
+        )
+
+    async def count_pending(
+        self,
+        *,
+        run_id: str | None = None,
+        kind: Kind | None = None,
+        function: str | None = None,
+        older_than: float | timedelta | None = None,
+        id_prefix: str | None = None,
+    ) -> int:
+        """How many requests ``pending`` with these filters lists, all pages (a count in the
+        store: no request is read)."""
+        return await self._engine.count_pending(
+            run_id=run_id, kind=kind, function=function, older_than=older_than, id_prefix=id_prefix
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 

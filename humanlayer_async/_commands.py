@@ -26,11 +26,12 @@ import importlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Unpack
 
 import anyio
 import anyio.to_thread
@@ -43,6 +44,7 @@ from ._edits import parse_edit
 from ._engine import Decisions
 from ._exceptions import ArgumentsEdited, ConfigurationError, HumanLayerError, UnknownRequest
 from ._models import ApprovalRequest, Grant, same_name
+from ._pages import MAX_PAGE, Filters, Page, read_page
 from ._remote import RemoteDecisions, add_url_options, connect
 from ._render import describe_decision, describe_votes, format_kwargs, format_value, full_call, summarize
 from ._stats import DEFAULT_SINCE, HEADERS, cells, tool_stats
@@ -82,12 +84,28 @@ COMMANDS = (
 Deciding = Decisions | RemoteDecisions
 """What the store commands decide through: a store's ``Decisions``, or the HTTP API (``--url``)."""
 
+DEFAULT_LIMIT = 100
+"""Pending requests ``pending`` lists without ``--limit``."""
+
+MAX_BATCH = 1000
+"""The most requests ``approve --all`` and ``deny --all`` decide at once (listed, then confirmed)."""
+
+_ID_TEXT = re.compile(r"[0-9A-Za-z_-]+")
+"""What a request id (and a prefix of one) is made of."""
+
 _SIGPIPE_STATUS = 141
 """128 + SIGPIPE (13): the status a shell shows for a process that SIGPIPE ended."""
 
 
 class _Refused(Exception):
     """The command ran and the store said no: exit status 1."""
+
+
+def _page_size(text: str) -> int:
+    """``--limit``: a whole number from 1 to ``MAX_PAGE``, for argparse."""
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MAX_PAGE}")
+    return int(text)
 
 
 def _duration(text: str) -> timedelta:
@@ -152,9 +170,30 @@ def add_commands(commands: Any) -> None:
         "--expires-in", type=_duration, default=timedelta(minutes=5), help="how long the link works"
     )
 
-    pending = commands.add_parser("pending", parents=[store], help="list the requests waiting for a human")
+    pending = commands.add_parser(
+        "pending",
+        parents=[store],
+        help="list the requests waiting for a human, a page at a time",
+        description="The oldest pending requests (by creation), --limit at a time: when more wait,"
+        " standard error says how many in all and how to see the next page (--after the last id"
+        " shown). The filters are the store's, read from its indexes, however many are pending.",
+    )
     pending.add_argument("--run-id", help="only the requests of this run")
     pending.add_argument("--kind", choices=["approval", "question"], help="only approvals or questions")
+    pending.add_argument("--function", help="only the requests of this tool (its name, or module.qualname)")
+    pending.add_argument(
+        "--older-than",
+        type=_duration,
+        metavar="DURATION",
+        help="only those made at least this long ago (15m)",
+    )
+    pending.add_argument(
+        "--limit",
+        type=_page_size,
+        default=DEFAULT_LIMIT,
+        help=f"how many at most (default {DEFAULT_LIMIT}, at most {MAX_PAGE})",
+    )
+    pending.add_argument("--after", metavar="ID", help="the next page: the last id of the previous one")
 
     show = commands.add_parser(
         "show", parents=[store], help="print a request's whole call, nothing shortened"
@@ -165,10 +204,17 @@ def add_commands(commands: Any) -> None:
     batch.add_argument(
         "--all",
         action="store_true",
-        help="every pending request of --function (and --run-id): listed, then confirmed",
+        help=f"every pending request of --function (and --run-id, --older-than): listed, then"
+        f" confirmed; at most {MAX_BATCH} at once",
     )
-    batch.add_argument("--function", help="with --all: the gated function's name")
+    batch.add_argument("--function", help="with --all: the gated function's name (or module.qualname)")
     batch.add_argument("--run-id", help="with --all: only the requests of this run")
+    batch.add_argument(
+        "--older-than",
+        type=_duration,
+        metavar="DURATION",
+        help="with --all: only the requests made at least this long ago (15m)",
+    )
     batch.add_argument("--yes", action="store_true", help="with --all: decide without asking")
 
     approve = commands.add_parser(
@@ -453,17 +499,21 @@ def _print(
 
 
 async def _resolve(engine: Deciding, request_id: str) -> str:
-    """The full id: ``request_id`` itself, or the one pending request it is a prefix of."""
+    """The full id: ``request_id`` itself, or the one pending request it is a prefix of (the
+    store looks for two at most: one is the answer, two say the prefix is ambiguous)."""
     if len(request_id) < MIN_PREFIX:
         raise _Refused(f"{request_id!r} is too short: type at least {MIN_PREFIX} characters of the id")
     try:
         return (await engine.get(request_id)).id
     except UnknownRequest:
-        matches = [request.id for request in await engine.pending() if request.id.startswith(request_id)]
+        if not _ID_TEXT.fullmatch(request_id):  # no request id has other characters
+            raise
+        matches = [request.id for request in await engine.pending(id_prefix=request_id, limit=2)]
         if len(matches) == 1:
             return matches[0]
         if matches:
-            raise _Refused(f"{request_id!r} is the prefix of {len(matches)} pending requests") from None
+            count = await engine.count_pending(id_prefix=request_id)
+            raise _Refused(f"{request_id!r} is the prefix of {count} pending requests") from None
         raise
 
 
@@ -473,8 +523,25 @@ def _request_data(request: ApprovalRequest) -> dict[str, Any]:
     return data
 
 
+async def _page(
+    engine: Deciding, *, limit: int, after: str | None = None, **filters: Unpack[Filters]
+) -> Page:
+    """A page of pending requests and their count: the API's answer with ``--url``, else read
+    from the store as the API reads it (``read_page``)."""
+    if isinstance(engine, RemoteDecisions):
+        return await engine.page(limit=limit, after=after, **filters)
+    return await read_page(engine, limit=limit, after=after, **filters)
+
+
 async def _pending(engine: Deciding, args: argparse.Namespace) -> None:
-    requests = await engine.pending(run_id=args.run_id, kind=args.kind)
+    filters = Filters(run_id=args.run_id, kind=args.kind, function=args.function, older_than=args.older_than)
+    try:
+        page = await _page(engine, limit=args.limit, after=args.after, **filters)
+    except UnknownRequest:
+        raise _Refused(
+            f"--after {args.after}: no request has this id (pruned?): list from the first page again"
+        ) from None
+    requests = page.requests
     now = datetime.now(UTC)
     rows = [
         (
@@ -488,10 +555,18 @@ async def _pending(engine: Deciding, args: argparse.Namespace) -> None:
     ]
     _print(args, [_request_data(r) for r in requests], ("ID", "KIND", "RUN", "CALL", "EXPIRES IN"), rows)
     if not args.json and not requests:
-        write_lines(["nothing is pending"])
+        write_lines(["nothing is pending" if args.after is None else "nothing is pending after it"])
     elif not args.json:  # a hint, kept off the table
         write_lines(
             ["… marks where a call is shortened: humanlayer-async show ID prints all of it"], sys.stderr
+        )
+    if page.next is not None:  # on standard error, with --json too: the output stays a list
+        write_lines(
+            [
+                f"showing {len(requests):,} of {page.total:,} pending; the next {args.limit:,}:"
+                f" the same command with --after {page.next}"
+            ],
+            sys.stderr,
         )
 
 
@@ -522,15 +597,21 @@ def _show_decision(args: argparse.Namespace, answered: Answered) -> Answered:
 
 
 async def _batch(engine: Deciding, args: argparse.Namespace, approved: bool) -> Answered | None:
-    """``--all``: list the pending requests of ``--function`` (and ``--run-id``), confirm, then
-    decide exactly those, one audited decision each (none that arrived after the list)."""
+    """``--all``: list the pending requests of ``--function`` (and ``--run-id``, ``--older-than``),
+    confirm, then decide exactly those, one audited decision each (none that arrived after the
+    list). At most ``MAX_BATCH``: more are refused, before anything is listed or decided, saying
+    how many match, so that what is confirmed is a list a person can read."""
     if args.id is not None or not args.all or not args.function or getattr(args, "set", None):
         raise _Refused("give a request id, or --all with --function NAME (and no --set)")
-    requests = [
-        request
-        for request in await engine.pending(run_id=args.run_id, kind="approval")
-        if request.function == args.function
-    ]
+    filters = Filters(kind="approval", function=args.function, run_id=args.run_id, older_than=args.older_than)
+    page = await _page(engine, limit=MAX_BATCH, **filters)
+    if page.next is not None:
+        raise _Refused(
+            f"{page.total:,} pending requests of {args.function} match, and --all decides at most"
+            f" {MAX_BATCH:,} at once: narrow them with --run-id or --older-than (the oldest first),"
+            " then run it again for the rest"
+        )
+    requests = page.requests
     if not requests:
         write_lines([f"nothing of {args.function} is pending"])
         return None

@@ -15,9 +15,10 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import math
 import secrets
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from typing import Any, Literal
 import anyio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._audit import AuditEntry, AuditEvent, logger, make_entry
 from ._codec import digest, dumps
@@ -41,6 +43,7 @@ from ._exceptions import (
     StoreError,
     TooManyPending,
     UnknownGrant,
+    UnknownRequest,
 )
 from ._gate import ToolSpec
 from ._models import (
@@ -95,6 +98,14 @@ class _Delivered:
     refs: dict[int, str | None]
     shown: tuple[int, str] = (0, "")
     """The count of votes and the call's fingerprint shown there last."""
+
+
+class _Unread(StoreError):
+    """The store failed to read these requests: ``ids``."""
+
+    def __init__(self, ids: list[str], error: str) -> None:
+        super().__init__(f"{len(ids)} requests not read: {error}")
+        self.ids = ids
 
 
 class Decisions:
@@ -246,8 +257,42 @@ class Decisions:
     async def get(self, request_id: str) -> ApprovalRequest:
         return await self.store.get(request_id)
 
-    async def pending(self, *, run_id: str | None = None, kind: Kind | None = None) -> list[ApprovalRequest]:
-        return await self.store.list_pending(run_id=run_id, kind=kind)
+    async def pending(
+        self,
+        *,
+        run_id: str | None = None,
+        kind: Kind | None = None,
+        function: str | None = None,
+        older_than: float | timedelta | None = None,
+        id_prefix: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[ApprovalRequest]:
+        """The pending requests, oldest first, as ``Store.list_pending`` filters and pages them
+        (the next page: ``after=page[-1].id``)."""
+        return await self.store.list_pending(
+            run_id=run_id,
+            kind=kind,
+            function=function,
+            older_than=older_than,
+            id_prefix=id_prefix,
+            after=after,
+            limit=limit,
+        )
+
+    async def count_pending(
+        self,
+        *,
+        run_id: str | None = None,
+        kind: Kind | None = None,
+        function: str | None = None,
+        older_than: float | timedelta | None = None,
+        id_prefix: str | None = None,
+    ) -> int:
+        """How many requests ``pending`` with these filters lists, all pages."""
+        return await self.store.count_pending(
+            run_id=run_id, kind=kind, function=function, older_than=older_than, id_prefix=id_prefix
+        )
 
     async def claim(self, key: str, expires_at: datetime) -> bool:
         return await self.store.claim(key, expires_at)
@@ -851,45 +896,91 @@ class Engine(Decisions):
     async def follow(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
         """Wake local waiters when another process decides one of their requests.
 
-        Each ``"decided"`` event wakes its waiters; a ``"resync"`` event (the store
-        reconnected and may have missed notifications) re-reads every request waited for
-        here, so a lost notification delays a wake-up and never loses it. A store that
-        fails (an outage outlasting its own reconnects) is followed again after a
-        ``Backoff`` pause, and re-read then too; the calls waiting here carry on meanwhile.
-        ``"granted"`` events (and resyncs) reload which tools may have a live grant.
+        Each ``"decided"`` event of a request waited for here is read (the decision) and
+        wakes its waiters; the events that arrive while reads are under way are read
+        together, so a store reads them in a few transactions however many arrive at once.
+        A ``"resync"`` event (the store reconnected and may have missed notifications)
+        re-reads every request waited for here, so a lost notification delays a wake-up
+        and never loses it. A store that fails (an outage outlasting its own reconnects)
+        is followed again after a ``Backoff`` pause, and re-read then too; the calls
+        waiting here carry on meanwhile. ``"granted"`` events (and resyncs) reload which
+        tools may have a live grant.
         """
         await self._load_grants()
         task_status.started()
         backoff = Backoff(first=0.5, cap=30.0)
-        while True:
-            try:
-                async for event in self.store.watch():
+        decided, to_read = anyio.create_memory_object_stream[str](math.inf)
+        with decided, to_read:
+            await self._follow(decided, to_read, backoff)
+
+    async def _follow(
+        self, decided: MemoryObjectSendStream[str], to_read: MemoryObjectReceiveStream[str], backoff: Backoff
+    ) -> None:
+        async with anyio.create_task_group() as readers:
+            readers.start_soon(self._read_decided, to_read)
+            while True:
+                try:
+                    async for event in self.store.watch():
+                        backoff.reset()
+                        self._changed()
+                        if event.kind == "resync":
+                            await self._resync()
+                        elif event.kind == "voted":
+                            await self._voted(event.request_id)
+                        elif event.kind == "granted":
+                            await self._load_grants()
+                        elif event.kind == "decided" and event.request_id in self.registry:
+                            decided.send_nowait(event.request_id)
+                    readers.cancel_scope.cancel()
+                    return  # the store was closed
+                except StoreError as exc:
+                    pause = backoff.next() or 30.0
+                    logger.error("humanlayer.store_follow_failed", error=str(exc), retry_in=pause)
+                    await anyio.sleep(pause)
+                try:
+                    await self._resync()
+                except StoreError as exc:
+                    logger.warning("humanlayer.resync_failed", error=str(exc))
+
+    async def _read_decided(self, to_read: MemoryObjectReceiveStream[str]) -> None:
+        """Wake the waiters of the requests announced decided: all those announced so far at
+        once, again after a ``Backoff`` pause for those whose read failed."""
+        backoff = Backoff(first=0.5, cap=30.0)
+        async for request_id in to_read:
+            ids = {request_id}
+            with contextlib.suppress(anyio.WouldBlock):
+                while True:
+                    ids.add(to_read.receive_nowait())
+            while ids:
+                try:
+                    await self._wake(ids)
+                except _Unread as exc:
+                    ids = {request_id for request_id in exc.ids if request_id in self.registry}
+                    pause = backoff.next() or 30.0
+                    logger.warning("humanlayer.read_failed", error=str(exc), retry_in=pause)
+                    await anyio.sleep(pause)
+                else:
+                    ids = set()
                     backoff.reset()
-                    self._changed()
-                    if event.kind == "resync":
-                        await self._resync()
-                    elif event.kind == "voted":
-                        await self._voted(event.request_id)
-                    elif event.kind == "granted":
-                        await self._load_grants()
-                    elif event.kind == "decided" and event.request_id in self.registry:
-                        request = await self.store.get(event.request_id)
-                        if request.decision is not None:
-                            self.registry.resolve(request.decision)
-                return  # the store was closed
-            except StoreError as exc:
-                pause = backoff.next() or 30.0
-                logger.error("humanlayer.store_follow_failed", error=str(exc), retry_in=pause)
-                await anyio.sleep(pause)
-            try:
-                await self._resync()
-            except StoreError as exc:
-                logger.warning("humanlayer.resync_failed", error=str(exc))
+
+    async def _wake(self, ids: Collection[str]) -> None:
+        """Read the requests of ``ids`` (concurrently: a store reads them together) and wake the
+        waiters of those decided; ``_Unread`` names those the store failed to read."""
+        ids = list(ids)
+        read = await asyncio.gather(*map(self.store.get, ids), return_exceptions=True)
+        failed: list[str] = []
+        for request_id, request in zip(ids, read, strict=True):
+            if isinstance(request, ApprovalRequest):
+                if request.decision is not None:
+                    self.registry.resolve(request.decision)
+            elif isinstance(request, StoreError):
+                failed.append(request_id)
+            elif not isinstance(request, UnknownRequest):  # (pruned meanwhile: nothing to wake)
+                raise request
+        if failed:
+            raise _Unread(failed, str(next(r for r in read if isinstance(r, StoreError))))
 
     async def _resync(self) -> None:
         """Re-read every request waited for here; wake those decided meanwhile."""
         await self._load_grants()
-        for request_id in self.registry.waiting():
-            request = await self.store.get(request_id)
-            if request.decision is not None:
-                self.registry.resolve(request.decision)
+        await self._wake(self.registry.waiting())

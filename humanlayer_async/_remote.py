@@ -1,10 +1,11 @@
 """The operator commands over the HTTP API: ``humanlayer-async pending --url https://...``.
 
 ``RemoteDecisions`` offers the methods of the engine's ``Decisions`` that the commands call
-(decide, respond, cancel, get, pending, grants, confirm_grant, revoke_grant, history), and the
-stats the server counts, through ``ApiChannel``'s routes under ``/api/v1``. It turns the JSON
-back into the SDK's records and the API's error codes back into the SDK's exceptions, so each
-command prints and exits as it does against a store. Who decides is the user the token names:
+(decide, respond, cancel, get, pending, count_pending, grants, confirm_grant, revoke_grant,
+history), a page of pending requests with their count, and the stats the server counts, through
+``ApiChannel``'s routes under ``/api/v1``. It turns the JSON back into the SDK's records and the
+API's error codes back into the SDK's exceptions, so each command prints and exits as it does
+against a store. Who decides is the user the token names:
 the ``by`` the commands pass is not sent.
 
 The token comes from ``$HUMANLAYER_TOKEN`` or a file only its owner can read (``--token-file``),
@@ -23,8 +24,8 @@ import argparse
 import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar, Unpack, cast
 from urllib.parse import quote
 
 import httpx
@@ -43,8 +44,10 @@ from ._exceptions import (
 )
 from ._hosts import is_loopback
 from ._models import ApprovalRequest, Decision, Execution, Grant, Kind, Principal, Status, Vote
+from ._pages import MAX_PAGE, Filters, Page
 from ._stats import ApproverCount, ToolStats
 from .channels.base import Answered
+from .stores.base import age_seconds
 
 __all__ = ["TOKEN_ENV", "RemoteDecisions", "add_url_options", "connect"]
 
@@ -203,9 +206,52 @@ class RemoteDecisions:
         data = await self._call("GET", f"requests/{_segment(request_id)}", request_id)
         return self._parse(_request, data, "request")
 
-    async def pending(self, *, run_id: str | None = None, kind: Kind | None = None) -> list[ApprovalRequest]:
-        data = await self._call("GET", "requests", "", params=_given(run_id=run_id, kind=kind))
-        return self._parse(_listed(_request), data, "requests")
+    async def page(self, *, limit: int, after: str | None = None, **filters: Unpack[Filters]) -> Page:
+        """One page of pending requests, the id after which the next starts and how many there
+        are in all, as the API answers them (``read_page``'s, in one call)."""
+        params = _given(limit=str(limit), after=after, **_filter_params(filters))
+        data = await self._call("GET", "requests", after or "", params=params)
+        return self._parse(_page, data)
+
+    async def pending(
+        self,
+        *,
+        run_id: str | None = None,
+        kind: Kind | None = None,
+        function: str | None = None,
+        older_than: float | timedelta | None = None,
+        id_prefix: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[ApprovalRequest]:
+        """As ``Decisions.pending``; ``limit=None`` reads every page the API gives."""
+        filters = Filters(
+            run_id=run_id, kind=kind, function=function, older_than=older_than, id_prefix=id_prefix
+        )
+        found: list[ApprovalRequest] = []
+        while limit is None or len(found) < limit:
+            wanted = MAX_PAGE if limit is None else min(MAX_PAGE, limit - len(found))
+            page = await self.page(limit=wanted, after=after, **filters)
+            found += page.requests
+            if page.next is None:
+                break
+            after = page.next
+        return found
+
+    async def count_pending(
+        self,
+        *,
+        run_id: str | None = None,
+        kind: Kind | None = None,
+        function: str | None = None,
+        older_than: float | timedelta | None = None,
+        id_prefix: str | None = None,
+    ) -> int:
+        """As ``Decisions.count_pending``: the API's ``total``."""
+        filters = Filters(
+            run_id=run_id, kind=kind, function=function, older_than=older_than, id_prefix=id_prefix
+        )
+        return (await self.page(limit=1, **filters)).total
 
     async def grants(self, *, active: bool = True) -> list[Grant]:
         data = await self._call("GET", "grants", "", params={"all": "false" if active else "true"})
@@ -359,6 +405,18 @@ def _given(**values: Any) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
+def _filter_params(filters: Filters) -> dict[str, str | None]:
+    """``filters`` as the API's query parameters (``older_than``: a duration, ``90s``)."""
+    age = age_seconds(filters.get("older_than"))
+    return {
+        "run_id": filters.get("run_id"),
+        "kind": filters.get("kind"),
+        "function": filters.get("function"),
+        "older_than": None if age is None else f"{age:.3f}".rstrip("0").rstrip(".") + "s",
+        "id_prefix": filters.get("id_prefix"),
+    }
+
+
 # -- the API's JSON back as the SDK's records --------------------------------------------------
 
 
@@ -434,6 +492,14 @@ def _request(data: dict[str, Any]) -> ApprovalRequest:
         editable=data.get("editable"),
         tool=data.get("tool"),
     )
+
+
+def _page(data: dict[str, Any]) -> Page:
+    requests = _listed(_request)(data["requests"])
+    following = data["next"]
+    if following is not None and not isinstance(following, str):
+        raise TypeError(f"next is {following!r}")
+    return Page(requests, following, int(data["total"]))
 
 
 def _grant(data: dict[str, Any]) -> Grant:

@@ -18,7 +18,7 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import anyio
 import httpx
@@ -242,10 +242,11 @@ class LateDecider:
             raise UnknownRequest(request_id)
         return self.request
 
-    async def pending(
-        self, *, run_id: str | None = None, kind: Literal["approval", "question"] | None = None
-    ) -> list[ApprovalRequest]:
+    async def pending(self, **filters: Any) -> list[ApprovalRequest]:
         return [self.request]
+
+    async def count_pending(self, **filters: Any) -> int:
+        return 1
 
     async def claim(self, key: str, expires_at: datetime) -> bool:
         return True

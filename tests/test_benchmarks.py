@@ -116,16 +116,39 @@ def _postgres_reachable() -> bool:
         return False
 
 
-async def test_across_processes(tmp_path: Path) -> None:
+def _need_postgres() -> None:
     if not os.environ.get("HUMANLAYER_TEST_DSN") and not _postgres_reachable():
         if os.environ.get("CI") == "true":
             pytest.fail("PostgreSQL is not reachable at 127.0.0.1:5432 (CI must start it)")
         pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (set HUMANLAYER_TEST_DSN)")
+
+
+async def test_across_processes(tmp_path: Path) -> None:
+    _need_postgres()
     report = await smoke("across_processes", tmp_path / "across.json")
     for key in ("notify_ms", "decision_ms"):
         figures = report["figures"][key]
         assert 0 < figures["p50"] <= figures["p99"] <= figures["max"]
     assert [target["name"] for target in report["targets"]] == ["p99_across_processes"]
+
+
+async def test_fleet(tmp_path: Path) -> None:
+    _need_postgres()
+    report = await smoke("fleet", tmp_path / "fleet.json")
+    figures = report["figures"]
+    settings = report["settings"]
+    calls = settings["agent_processes"] * settings["pending_per_process"]
+    ours = figures["postgres"]
+    # Every call was decided and its tool ran once: the figures are of a run that completed.
+    assert ours["tool_runs"] == ours["resumed"] == calls
+    for store in ("postgres", "plain_postgres", "sqlite", "plain_sqlite"):
+        assert figures[store]["created_per_s"] > 0 and figures[store]["decided_per_s"] > 0
+    for key in ("resume_ms", "resume_unpaced_ms"):
+        assert ours[key]["p50"] <= ours[key]["p99"] <= ours[key]["max"]
+    assert 0 < ours["rss_per_pending_bytes"] < 1 << 20
+    assert figures["sqlite"]["tool_runs"] == settings["pending_per_process"]
+    names = {target["name"] for target in report["targets"]}
+    assert {"resume_p99", "rss_per_pending", "every_call_once", "sqlite_decided_per_s"} <= names
 
 
 async def test_named_benchmarks_run_alone(tmp_path: Path) -> None:

@@ -930,8 +930,17 @@ async def drop_the_edits_columns(store: DurableStore) -> None:
     await run_sql(store, "DELETE FROM {additions} WHERE name = 'edits'")
 
 
+async def drop_the_page_indexes(store: DurableStore) -> None:
+    """Make ``store``'s database look as the release before the pending pages' indexes left it
+    (SQLite drops no column an index names)."""
+    for name in ("page", "expiry", "function", "tool", "run"):
+        await run_sql(store, f"DROP INDEX IF EXISTS {{requests}}_{name}")
+    await run_sql(store, "DELETE FROM {additions} WHERE name = 'pending_pages'")
+
+
 async def drop_the_grants(store: DurableStore) -> None:
     """Make ``store``'s database look as the release before grants and schedules left it."""
+    await drop_the_page_indexes(store)  # an index of the tool column, which goes
     await run_sql(store, "DROP TABLE {grants}")
     await run_sql(store, "DROP TABLE {schedule}")
     await run_sql(store, "ALTER TABLE {requests} DROP COLUMN tool")

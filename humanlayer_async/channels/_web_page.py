@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
+from urllib.parse import quote
 
 from .._edits import describe_type, edit_text
 from .._models import ApprovalRequest, Grant
@@ -47,6 +48,7 @@ __all__ = [
     "history_list",
     "message_page",
     "page",
+    "pages",
     "pending_list",
     "selectors",
     "sign_in_page",
@@ -422,14 +424,48 @@ def _head(title: str, base: str, extra: str = "") -> str:
 </head>"""
 
 
-def page(*, user: str, csrf: str, base: str, pending: str, history: str, selectors: str = "") -> str:
-    """The whole console (``selectors``: the batch form's shortcuts, from ``selectors()``)."""
+def pages(*, shown: int, total: int, base: str, following: str | None, after: str | None) -> str:
+    """Where the page's cards are among every pending request: ``Showing 50 of 12,345 pending``,
+    a link to the next page (``following``: the id it starts after) and one back to the first
+    (when this is not it). Hidden when every pending request is on the page; the page's script
+    keeps the counts as requests come and go (``data-total``; ``data-more``: new requests
+    belong to a later page, not to this one)."""
+    links = []
+    if following is not None:
+        links.append(f'<a rel="next" href="{escape(base)}?after={quote(following)}">Next page</a>')
+    if after is not None:
+        links.append(f'<a href="{escape(base)}">First page</a>')
+    more = ' data-more="true"' if following is not None else ""
+    hidden = "" if links else " hidden"
+    return (
+        f'<p id="pending-pages" class="pages meta" data-total="{total}"{more}{hidden}>'
+        f'<span class="count">Showing {shown:,} of {total:,} pending</span>'
+        + "".join(f" · {link}" for link in links)
+        + "</p>"
+    )
+
+
+def page(
+    *,
+    user: str,
+    csrf: str,
+    base: str,
+    pending: str,
+    history: str,
+    selectors: str = "",
+    pages: str = "",
+    events: str | None = None,
+) -> str:
+    """The whole console (``selectors``: the batch form's shortcuts, from ``selectors()``;
+    ``pages``: where the cards are among all, from ``pages()``; ``events``: the live updates'
+    URL, by default ``{base}/events``)."""
     extra = (
         f'<meta name="csrf-token" content="{escape(csrf)}">\n'
         f'<script src="{escape(base)}/static/console.js" defer></script>\n'
     )
+    events = f"{base}/events" if events is None else events
     return f"""{_head("Approvals · humanlayer-async", base, extra)}
-<body data-events="{escape(base)}/events">
+<body data-events="{escape(events)}">
 <a class="skip" href="#pending-heading">Skip to pending requests</a>
 <header>
 <h1>Approvals</h1>
@@ -442,6 +478,7 @@ def page(*, user: str, csrf: str, base: str, pending: str, history: str, selecto
 <h2 id="pending-heading">Waiting for you</h2>
 <p class="outcome-notice" id="outcome" hidden></p>
 <p class="empty" id="pending-empty">Nothing is waiting for a decision.</p>
+{pages}
 {_batch_form(base=base, csrf=csrf, selectors=selectors)}
 <ol id="pending" class="cards">{pending}</ol>
 </section>

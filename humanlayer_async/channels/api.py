@@ -3,7 +3,9 @@
 Routes, under ``/api/v1``, each listed once in ``OPERATIONS`` (the routes and the OpenAPI
 document are both made from it):
 
-- ``GET  /api/v1/requests?function=&run_id=&kind=``   the pending requests, oldest first
+- ``GET  /api/v1/requests?function=&run_id=&kind=&older_than=&id_prefix=&limit=&after=``  a page
+  of the pending requests, oldest first: ``{"requests": [...], "next": id | null, "total": n}``;
+  the next page is ``after=<next>``
 - ``GET  /api/v1/requests/{request_id}``              one request, with its decision, votes and run
 - ``POST /api/v1/requests/{request_id}/decision``     ``{"approved": true, "comment": ..., "edits":
   {...}, "grant": seconds, "seen": fingerprint}``: approve or deny (a vote, with ``approvals=``)
@@ -37,7 +39,7 @@ import os
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
@@ -54,7 +56,7 @@ from starlette.types import Receive, Scope, Send
 from .. import __version__
 from .._audit import AuditEntry
 from .._codec import to_json
-from .._durations import parse_since
+from .._durations import parse_duration, parse_since
 from .._exceptions import (
     ArgumentsEdited,
     ConfigurationError,
@@ -66,6 +68,7 @@ from .._exceptions import (
     UnknownRequest,
 )
 from .._models import ApprovalRequest, Decision, Execution, Grant, Principal, Status, Vote
+from .._pages import MAX_PAGE, read_page
 from .._refused import Refused
 from .._render import describe_decision
 from .._stats import DEFAULT_SINCE, ApproverCount, ToolStats, tool_stats
@@ -98,11 +101,14 @@ MAX_GRANT = 30 * 86400.0
 """The longest grant a decision may give: 30 days, in seconds."""
 MAX_PARAMETER = 500
 """Characters of one query parameter's value."""
+DEFAULT_PAGE = 100
+"""Pending requests a page holds when the query gives no ``limit`` (at most ``MAX_PAGE``)."""
 
 _HASH = re.compile(r"sha256:([0-9a-fA-F]{64})")
 _TOKEN = re.compile(r"[!-~]+")  # visible ASCII: what an Authorization header carries as it is
 _USER = re.compile(r"\S+")
 _FINGERPRINT = re.compile(r"[0-9a-f]{16}")  # ApprovalRequest.fingerprint
+_ID_PREFIX = re.compile(r"[0-9A-Za-z_-]{1,128}")
 _HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="humanlayer-async"'}
 
@@ -494,6 +500,34 @@ def _since(text: str) -> datetime:
         raise _malformed(f"since: {exc}") from None
 
 
+def _age(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise _malformed(f"older_than: {exc}") from None
+
+
+def _limit(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        raise _malformed(f"limit must be a whole number from 1 to {MAX_PAGE}")
+    return int(text)
+
+
+def _request_id(name: str) -> Callable[[str], str]:
+    def read(text: str) -> str:
+        if not _REQUEST_ID.fullmatch(text):
+            raise _malformed(f"{name} must be a request's id, as the API gave it")
+        return text
+
+    return read
+
+
+def _id_prefix(text: str) -> str:
+    if not _ID_PREFIX.fullmatch(text):
+        raise _malformed("id_prefix must be the start of a request's id (letters, digits, - and _)")
+    return text
+
+
 _SINCE_TEXT = "a duration back (15m, 2h, 7d) or an ISO 8601 time (UTC unless it says otherwise)"
 
 
@@ -874,11 +908,34 @@ class ApiChannel(BaseChannel):
     # -- requests --------------------------------------------------------------------------------
 
     async def _list(self, call: _Call) -> Response:
+        """A page of the pending requests, filtered and counted by the store (never all of them)."""
         query = call.query
-        pending = await self._running().pending(run_id=query.get("run_id"), kind=query.get("kind"))
-        function = query.get("function")
-        shown = [r for r in pending if function is None or function in (r.function, r.tool)]
-        return _json({"requests": [REQUEST.dump(request) for request in shown]})
+        after = query.get("after")
+        try:
+            page = await read_page(
+                self._running(),
+                limit=query.get("limit", DEFAULT_PAGE),
+                after=after,
+                run_id=query.get("run_id"),
+                kind=query.get("kind"),
+                function=query.get("function"),
+                older_than=query.get("older_than"),
+                id_prefix=query.get("id_prefix"),
+            )
+        except UnknownRequest as exc:  # after: a request the store no longer holds (pruned)
+            raise _refusal(
+                "unknown_request",
+                "after names no request (it was pruned?): list from the first page again",
+                request_id=exc.request_id[:200],
+                user=call.user,
+            ) from exc
+        return _json(
+            {
+                "requests": [REQUEST.dump(request) for request in page.requests],
+                "next": page.next,
+                "total": page.total,
+            }
+        )
 
     async def _get(self, call: _Call) -> Response:
         return _json({"request": REQUEST.dump(await self._request(call))})
@@ -1068,16 +1125,51 @@ _FUNCTION = _Parameter(
 )
 _RUN_ID = _Parameter("run_id", "only the requests of this agent run", _STRING, str)
 _KIND = _Parameter("kind", "only approvals, or only questions", {"enum": ["approval", "question"]}, _kind)
+_PAGE_QUERY = (
+    _FUNCTION,
+    _RUN_ID,
+    _KIND,
+    _Parameter(
+        "older_than",
+        "only the requests made at least this long ago: a duration (90s, 15m, 2h, 7d)",
+        {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?[smhd]$"},
+        _age,
+    ),
+    _Parameter(
+        "id_prefix",
+        "only the requests whose id starts with this",
+        {"type": "string", "pattern": "^[0-9A-Za-z_-]{1,128}$"},
+        _id_prefix,
+    ),
+    _Parameter(
+        "limit",
+        f"how many requests at most (default {DEFAULT_PAGE})",
+        {"type": "string", "pattern": "^[0-9]+$", "description": f"1 to {MAX_PAGE}"},
+        _limit,
+    ),
+    _Parameter(
+        "after",
+        "the next page: the next of an earlier answer (the id of its last request); a request"
+        " since pruned is unknown_request",
+        {"type": "string", "pattern": "^[0-9A-Za-z_-]{8,128}$"},
+        _request_id("after"),
+    ),
+)
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "GET",
         "/requests",
         "listRequests",
-        "The pending requests, oldest first",
+        "A page of the pending requests, oldest first, and how many there are in all",
         ApiChannel._list,
-        _envelope({"requests": _array(REQUEST.ref)}),
-        query=(_FUNCTION, _RUN_ID, _KIND),
+        _envelope(
+            {"requests": _array(REQUEST.ref), "next": _nullable(_STRING), "total": _INTEGER},
+            "requests: at most limit of them; next: the after of the next page (null: this is the"
+            " last); total: how many pending requests the filters keep, on every page",
+        ),
+        ("unknown_request",),
+        query=_PAGE_QUERY,
     ),
     Operation(
         "GET",

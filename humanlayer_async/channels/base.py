@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from anyio import TASK_STATUS_IGNORED
@@ -86,8 +86,31 @@ class Decider(Protocol):
         """One request, with its decision once decided."""
         ...
 
-    async def pending(self, *, run_id: str | None = None, kind: Kind | None = None) -> list[ApprovalRequest]:
-        """The requests still waiting for a human."""
+    async def pending(
+        self,
+        *,
+        run_id: str | None = None,
+        kind: Kind | None = None,
+        function: str | None = None,
+        older_than: float | timedelta | None = None,
+        id_prefix: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[ApprovalRequest]:
+        """The requests still waiting for a human, oldest first, filtered and paged as
+        ``Store.list_pending`` does (the next page: ``after=page[-1].id``)."""
+        ...
+
+    async def count_pending(
+        self,
+        *,
+        run_id: str | None = None,
+        kind: Kind | None = None,
+        function: str | None = None,
+        older_than: float | timedelta | None = None,
+        id_prefix: str | None = None,
+    ) -> int:
+        """How many requests ``pending`` with these filters lists, all pages."""
         ...
 
     async def claim(self, key: str, expires_at: datetime) -> bool:

@@ -4,8 +4,9 @@ Routes, under ``base_path`` (``/approvals`` by default):
 
 - ``GET /approvals?code=…``   sign in with a single-use code: sets the session cookie,
   redirects to the clean URL
-- ``GET /approvals``          the console (pending requests, recent decisions), or the
-  sign-in form when not signed in
+- ``GET /approvals``          the console (the oldest pending requests, a page of
+  ``PAGE_SIZE``, with how many are pending; ``?after=<id>``: the next page; recent
+  decisions), or the sign-in form when not signed in
 - ``POST /approvals/sign-in``  sign in with a key typed into the form (same origin only)
 - ``GET /approvals/events``   server-sent events: new requests and decisions, live
 - ``GET /approvals/requests/{id}``   one request in full (untruncated), with its form
@@ -73,6 +74,7 @@ from .._exceptions import (
     UnknownRequest,
 )
 from .._models import ApprovalRequest, Grant, Principal
+from .._pages import Page, read_page
 from .._refused import Refused
 from .._render import describe_decision, describe_votes, summarize, visible
 from .._stats import DEFAULT_SINCE, tool_stats
@@ -92,6 +94,8 @@ DEFAULT_USER = "web-console"
 
 COOKIE = "humanlayer_session"
 HISTORY = 50
+PAGE_SIZE = 50
+"""Pending requests the console shows at a time, the oldest first (``?after=`` for the next)."""
 SESSION_SECONDS = 12 * 3600
 CODE_SECONDS = 300.0
 """How long a sign-in code is valid by default."""
@@ -650,9 +654,10 @@ class WebChannel(BaseChannel):
         session = self._session(request, page=True)
         decider = self._running()
         base = self._base(request)
-        requests = await decider.pending()
-        pending, history = self._lists(requests, session, base)
-        selectable = [r for r in requests if self._selectable(r, session)]
+        after = self._after(request)
+        page = await self._read_page(decider, after, base)
+        pending, history = self._lists(page.requests, session, base)
+        selectable = [r for r in page.requests if self._selectable(r, session)]
         html = _web_page.page(
             user=session.user,
             csrf=session.csrf or "",
@@ -660,8 +665,41 @@ class WebChannel(BaseChannel):
             pending=pending,
             history=history,
             selectors=_web_page.selectors(selectable),
+            pages=self._pages(page, base, after),
+            events=f"{base}/events" if after is None else f"{base}/events?after={after}",
         )
         return HTMLResponse(html, headers=_SECURITY_HEADERS)
+
+    @staticmethod
+    def _after(request: Request) -> str | None:
+        """The page's ``?after=``: the id the cards start after (``None``: the first page)."""
+        after = request.query_params.get("after") or None
+        if after is not None and not _REQUEST_ID.fullmatch(after):
+            raise _refusal(400, "malformed after", "after must be a request's id")
+        return after
+
+    async def _read_page(self, decider: Decider, after: str | None, base: str) -> Page:
+        """The ``PAGE_SIZE`` oldest pending requests after ``after`` and how many are pending:
+        the console never reads every one of them."""
+        try:
+            return await read_page(decider, limit=PAGE_SIZE, after=after)
+        except UnknownRequest:
+            raise _refusal(
+                404,
+                "unknown after",
+                "The request this page started after is no longer kept.",
+                page=_web_page.message_page(
+                    "Page not found",
+                    "The request this page started after is no longer kept.",
+                    links=[(base, "First page")],
+                ),
+            ) from None
+
+    @staticmethod
+    def _pages(page: Page, base: str, after: str | None) -> str:
+        return _web_page.pages(
+            shown=len(page.requests), total=page.total, base=base, following=page.next, after=after
+        )
 
     def _lists(self, requests: Sequence[ApprovalRequest], session: Session, base: str) -> tuple[str, str]:
         pending = _web_page.pending_list(
@@ -682,6 +720,9 @@ class WebChannel(BaseChannel):
         session = self._session(request)
         decider = self._running()
         base = self._base(request)
+        after = self._after(request)
+        if after is not None:  # refused before the stream starts: an EventSource then stops retrying
+            await self._read_page(decider, after, base)
         send, receive = anyio.create_memory_object_stream[tuple[EventKind, ApprovalRequest]](
             SUBSCRIBER_BUFFER
         )
@@ -693,8 +734,11 @@ class WebChannel(BaseChannel):
         async def stream() -> AsyncIterator[str]:
             try:
                 with receive:
-                    pending, history = self._lists(await decider.pending(), session, base)
-                    yield "retry: 2000\n" + event("snapshot", {"pending": pending, "history": history})
+                    page = await self._read_page(decider, after, base)
+                    pending, history = self._lists(page.requests, session, base)
+                    pages = self._pages(page, base, after)
+                    snapshot = {"pending": pending, "history": history, "pages": pages}
+                    yield "retry: 2000\n" + event("snapshot", snapshot)
                     while True:
                         with anyio.move_on_after(KEEPALIVE_SECONDS) as idle:
                             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,9 +17,11 @@ __all__ = [
     "Store",
     "StoreEvent",
     "Tally",
+    "age_seconds",
     "decision_entry",
     "given_entry",
     "grant_entry",
+    "page_limit",
     "requested_entry",
     "vote_entry",
 ]
@@ -125,9 +128,39 @@ class Store(Protocol):
         ...
 
     async def list_pending(
-        self, *, run_id: str | None = None, kind: Kind | None = None
+        self,
+        *,
+        run_id: str | None = None,
+        kind: Kind | None = None,
+        function: str | None = None,
+        older_than: float | timedelta | None = None,
+        id_prefix: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
     ) -> list[ApprovalRequest]:
-        """Pending requests, oldest first, optionally of one run or one kind."""
+        """Pending requests, oldest first by ``(created_at, id)``, marking those past their
+        expiry timed out first.
+
+        Filters: ``run_id``, ``kind``; ``function``, the gated function's name or its
+        ``module.qualname`` (``tool``); ``older_than``, created at least that long ago (seconds
+        or a ``timedelta``; by the database's clock where there is one); ``id_prefix``, ids
+        that start with it. Pages by keyset: ``after``, the last request of the previous page
+        (``UnknownRequest`` when the store does not hold it), and ``limit``, at most that many
+        (``None``: every one; ``ValueError`` below 1). A page is read from an index, whatever
+        the store holds: ``after=page[-1].id`` until a page is shorter than ``limit``.
+        """
+        ...
+
+    async def count_pending(
+        self,
+        *,
+        run_id: str | None = None,
+        kind: Kind | None = None,
+        function: str | None = None,
+        older_than: float | timedelta | None = None,
+        id_prefix: str | None = None,
+    ) -> int:
+        """How many pending requests ``list_pending`` with these filters lists, all pages."""
         ...
 
     async def record(self, entry: AuditEntry) -> None:
@@ -247,6 +280,30 @@ class Store(Protocol):
 
 DurableStore = Store
 """The name the durable extras had before every store met one contract (kept for imports)."""
+
+
+def page_limit(limit: int | None) -> int | None:
+    """``list_pending``'s ``limit``, checked: ``None`` (every one) or a whole number from 1."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be None or a whole number from 1, not {limit!r}")
+    return limit
+
+
+_MAX_AGE = 100 * 365 * 86400.0
+"""Seconds no request is older than: a longer ``older_than`` selects none either, and is cut
+to this so that no clock subtracts more than its dates can hold."""
+
+
+def age_seconds(older_than: float | timedelta | None) -> float | None:
+    """``list_pending``'s ``older_than`` in seconds, checked (``None``: any age)."""
+    if older_than is None:
+        return None
+    seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds < math.inf:
+        raise ValueError(
+            f"older_than must be a non-negative number of seconds or a timedelta, not {older_than!r}"
+        )
+    return min(float(seconds), _MAX_AGE)
 
 
 def requested_entry(request: ApprovalRequest) -> AuditEntry:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,9 +20,11 @@ from .base import (
     Step,
     StoreEvent,
     Tally,
+    age_seconds,
     decision_entry,
     given_entry,
     grant_entry,
+    page_limit,
     requested_entry,
     vote_entry,
 )
@@ -30,6 +32,11 @@ from .base import (
 __all__ = ["MemoryStore"]
 
 _HUMAN = frozenset({Status.APPROVED, Status.DENIED})
+
+
+def _order(request: ApprovalRequest) -> tuple[datetime, str]:
+    """Where a request comes in ``list_pending``: by creation, ties by id."""
+    return request.created_at, request.id
 
 
 class MemoryStore:
@@ -156,19 +163,62 @@ class MemoryStore:
         return dropped
 
     async def list_pending(
-        self, *, run_id: str | None = None, kind: Kind | None = None
+        self,
+        *,
+        run_id: str | None = None,
+        kind: Kind | None = None,
+        function: str | None = None,
+        older_than: float | timedelta | None = None,
+        id_prefix: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
     ) -> list[ApprovalRequest]:
+        # One pass over the requests (a dict has no index by creation): a page keeps only the
+        # ``limit`` oldest as it goes, so it never sorts or copies every pending request.
+        limit = page_limit(limit)
+        start = None if after is None else self._request(after)
+        found = self._matching(run_id, kind, function, age_seconds(older_than), id_prefix)
+        if start is not None:
+            found = (r for r in found if (r.created_at, r.id) > (start.created_at, start.id))
+        page = sorted(found, key=_order) if limit is None else heapq.nsmallest(limit, found, key=_order)
+        return [r if (votes := self._votes.get(r.id)) is None else replace(r, votes=votes) for r in page]
+
+    async def count_pending(
+        self,
+        *,
+        run_id: str | None = None,
+        kind: Kind | None = None,
+        function: str | None = None,
+        older_than: float | timedelta | None = None,
+        id_prefix: str | None = None,
+    ) -> int:
+        return sum(1 for _ in self._matching(run_id, kind, function, age_seconds(older_than), id_prefix))
+
+    def _matching(
+        self,
+        run_id: str | None,
+        kind: Kind | None,
+        function: str | None,
+        age: float | None,
+        id_prefix: str | None,
+    ) -> Iterator[ApprovalRequest]:
+        """The pending requests the filters keep, unordered; each past its expiry (of any run
+        or kind) is marked timed out as the pass meets it."""
         now = datetime.now(UTC)
-        pending = []
+        made_by = None if age is None else now - timedelta(seconds=age)
         for request in list(self._requests.values()):
-            if request.id in self._decisions or (run_id is not None and request.run_id != run_id):
+            if request.id in self._decisions:
                 continue
             if request.expires_at <= now:
                 self._store(request.id, expired_decision(request.id, now))
-            elif kind is None or request.kind == kind:
-                votes = self._votes.get(request.id)
-                pending.append(request if votes is None else replace(request, votes=votes))
-        return pending
+            elif (
+                (run_id is None or request.run_id == run_id)
+                and (kind is None or request.kind == kind)
+                and (function is None or function in (request.function, request.tool))
+                and (made_by is None or request.created_at <= made_by)
+                and (id_prefix is None or request.id.startswith(id_prefix))
+            ):
+                yield request
 
     async def record(self, entry: AuditEntry) -> None:
         self.audit_log.append(entry)

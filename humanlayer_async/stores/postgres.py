@@ -43,7 +43,7 @@ import hashlib
 import json
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -54,9 +54,10 @@ import anyio
 
 from .._audit import AuditEntry, logger
 from .._codec import dumps, loads
-from .._exceptions import ConfigurationError, StoreError, UnknownGrant, UnknownRequest
+from .._exceptions import ArgumentsChanged, ConfigurationError, StoreError, UnknownGrant, UnknownRequest
 from .._models import ApprovalRequest, Decision, Execution, Grant, Kind, Principal, Status, Vote
 from .._retry import Backoff
+from ._batch import Batcher
 from ._chain import ChainEntry, check_key, link
 from ._rows import (
     DEFAULT_RETENTION,
@@ -80,9 +81,11 @@ from .base import (
     Step,
     StoreEvent,
     Tally,
+    age_seconds,
     decision_entry,
     given_entry,
     grant_entry,
+    page_limit,
     requested_entry,
     vote_entry,
 )
@@ -107,6 +110,11 @@ query by sequence): a notification lost without a reconnect (a half-open connect
 pooler in between) delays a wake-up by at most this long, and never loses it."""
 _RECONNECT_FIRST, _RECONNECT_CAP = 0.05, 5.0  # seconds between attempts to LISTEN again
 _PAGE = 1000
+_HINTS = 10_000
+"""Audit chain heads kept as hints (``_Heads``): about 1.5 MB at most."""
+_NOTIFY_IDS = 200
+"""Request ids a notification carries at most: 200 ids of 32 characters stay well under
+PostgreSQL's 8,000-byte payload limit."""
 """Audit entries read at a time by ``audit_chain``."""
 
 
@@ -217,8 +225,79 @@ def _additions(schema: str) -> dict[str, tuple[str, ...]]:
             f"ALTER TABLE {schema}.requests ADD COLUMN IF NOT EXISTS audit_head text",
             f"ALTER TABLE {schema}.grants ADD COLUMN IF NOT EXISTS audit_head text",
         ),
+        # Pending requests by page (list_pending, count_pending): partial indexes, so a decided
+        # request leaves them and they stay as small as what is pending; each costs every insert.
+        "pending_pages": (
+            # Every page and count, in page order (created_at, id): replaces (created_at) alone.
+            f"CREATE INDEX IF NOT EXISTS requests_page ON {schema}.requests (created_at, id)"
+            " WHERE status = 'pending'",
+            f"DROP INDEX IF EXISTS {schema}.requests_pending",
+            # The expiry sweep every list and count runs first: reads only what has expired.
+            f"CREATE INDEX IF NOT EXISTS requests_expiry ON {schema}.requests (expires_at)"
+            " WHERE status = 'pending'",
+            # function= (a tool's requests, approve --all --function), by name and by qualname.
+            f"CREATE INDEX IF NOT EXISTS requests_function ON {schema}.requests (function, created_at, id)"
+            " WHERE status = 'pending'",
+            f"CREATE INDEX IF NOT EXISTS requests_tool ON {schema}.requests (tool, created_at, id)"
+            " WHERE status = 'pending' AND tool IS NOT NULL",
+            # run_id= (a run's few requests among many).
+            f"CREATE INDEX IF NOT EXISTS requests_run ON {schema}.requests (run_id, created_at, id)"
+            " WHERE status = 'pending' AND run_id IS NOT NULL",
+        ),
     }
 
+
+def _pending_where(
+    run_id: str | None, kind: Kind | None, age: float | None, id_prefix: str | None
+) -> tuple[str, list[Any]]:
+    """``list_pending``'s filters (but ``function``) as a ``WHERE`` clause and its arguments
+    ($1...), each term only when given: a generic plan of ``$1 IS NULL OR column = $1`` would
+    use no index. The age is by the database's clock, as expiry is."""
+    terms, args = ["status = 'pending'"], []
+    for term, value in (
+        ("run_id = ${}", run_id),
+        ("kind = ${}", kind),
+        ("created_at <= now() - make_interval(secs => ${})", age),
+        ("starts_with(id, ${})", id_prefix),  # exact: no LIKE wildcards to escape
+    ):
+        if value is not None:
+            args.append(value)
+            terms.append(term.format(len(args)))
+    return " AND ".join(terms), args
+
+
+_BY_FUNCTION = ("function = ${0}", "tool = ${0} AND function <> ${0}")
+"""A function's requests: by its name, then (the others) by its ``module.qualname``; each
+branch reads its own index in page order, which an ``OR`` of the two would not."""
+
+_REQUEST_COLUMNS = (
+    *("id", "key", "run_id", "kind", "function", "kwargs", "context", "approvers", "message", "doc"),
+    *("digest", "requested_by", "approvals", "editable", "tool"),
+)
+"""The columns of ``request_row``, in the order a batch of new requests passes them."""
+_CREATE_COLUMNS = ", ".join(_REQUEST_COLUMNS)
+_CREATE_TYPES = (
+    *("int" if name == "approvals" else "text" for name in _REQUEST_COLUMNS),
+    *("float8", "timestamptz", "text", "text"),  # the lifetime, and the audit entry's at, fields and hash
+)
+_CREATE_ARRAYS = ", ".join(f"${index}::{kind}[]" for index, kind in enumerate(_CREATE_TYPES, start=1))
+_CREATE_VALUES = ", ".join(
+    f"{name}::jsonb" if name in ("kwargs", "context", "approvers") else name for name in _REQUEST_COLUMNS
+)
+
+_DECISION_TYPES = {
+    **dict.fromkeys(("status", "decided_by", "decided_via", "comment", "answer", "decided_user"), "text"),
+    "approved": "bool",
+    "decided_edits": "text",
+    "decided_grant": "text",
+    "decided_at": "timestamptz",
+}
+"""The columns of ``decision_row`` and ``decided_at``, as a batch of decisions passes them (after the ids)."""
+_DECIDE_COLUMNS = ", ".join(_DECISION_TYPES)
+_DECIDE_ARRAYS = ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_DECISION_TYPES.values(), start=2))
+_DECIDE_ASSIGNMENTS = ", ".join(f"{name} = v.{name}" for name in _DECISION_TYPES)
+_TIMELY = (Status.APPROVED, Status.DENIED)
+"""What counts only before a request's expiry: timeouts and cancellations count after it too."""
 
 _LIVE = "revoked_at IS NULL AND expires_at > now() AND (max_uses IS NULL OR uses < max_uses)"
 """``Grant.live`` in SQL, by the database's clock: what ``grants()`` lists and a use re-checks."""
@@ -232,6 +311,19 @@ def _asyncpg() -> Any:
             "PostgresStore needs asyncpg: pip install 'humanlayer-async[postgres]'"
         ) from exc
     return asyncpg
+
+
+@functools.cache
+def _connection_class() -> type[asyncpg.Connection[Any]]:
+    """Pooled connections that skip asyncpg's reset query when they go back to the pool (one
+    round trip per use): the store sets no session state (no ``SET``, ``LISTEN``, session
+    advisory lock or cursor) for it to undo."""
+
+    class PooledConnection(_asyncpg().Connection):  # type: ignore[misc]
+        def get_reset_query(self) -> str:
+            return ""
+
+    return PooledConnection
 
 
 class _DSN(NamedTuple):
@@ -331,11 +423,42 @@ def _arguments(request: ApprovalRequest) -> dict[str, Any]:
     return {"kwargs": row["kwargs"], "digest": row["digest"]}
 
 
+class _Linked(NamedTuple):
+    """An audit entry as a row of the audit table, chained: ``hash`` follows ``prev``."""
+
+    request_id: str
+    event: str
+    at: datetime
+    fields: str
+    prev: str | None
+    hash: str
+
+
+class _Heads:
+    """The newest hashes of some requests' audit chains, as last seen here: where ``record``
+    tries to append first (a hint: a chain that moved meanwhile is read again), saving it a
+    round trip for the entries of a call that runs (read when its decision was, then each
+    one's own). At most ``_HINTS``: the oldest go first."""
+
+    def __init__(self) -> None:
+        self._newest: dict[str, str | None] = {}
+
+    def hint(self, request_id: str, head: str | None) -> None:
+        self._newest.pop(request_id, None)
+        self._newest[request_id] = head
+        if len(self._newest) > _HINTS:
+            del self._newest[next(iter(self._newest))]
+
+    def take(self, ids: Collection[str]) -> dict[str, str | None]:
+        """The hints for ``ids`` (those there are), forgotten here."""
+        return {request_id: self._newest.pop(request_id) for request_id in ids if request_id in self._newest}
+
+
 class _Subscriber:
     """One ``watch()`` iterator: the notifications it has not yielded yet."""
 
     def __init__(self) -> None:
-        self.items: deque[tuple[int, str, str]] = deque()
+        self.items: deque[tuple[int, str, list[str]]] = deque()
         self.wake = anyio.Event()
 
 
@@ -450,6 +573,14 @@ class PostgresStore:
         self._listen_lock = anyio.Lock()
         self._closing = anyio.Event()
         self._closed = False
+        # Concurrent writes of one kind share a transaction (_batch): see "Batches" in the docstring.
+        self._creating = Batcher(self._create_many)
+        self._deciding = Batcher(self._decide_many)
+        self._getting = Batcher(self._get_many)
+        self._recording = Batcher(self._record_many)
+        self._beginning = Batcher(self._begin_many)
+        self._finishing = Batcher(self._finish_many)
+        self._heads = _Heads()
 
     def __repr__(self) -> str:
         return f"PostgresStore(schema={self.schema!r})"
@@ -483,7 +614,9 @@ class PostgresStore:
         async with self._open_lock:
             if self._pool is None:
                 with self._errors():
-                    pool = await _asyncpg().create_pool(self._dsn, **self._pool_args)
+                    pool = await _asyncpg().create_pool(
+                        self._dsn, connection_class=_connection_class(), **self._pool_args
+                    )
                     try:
                         async with pool.acquire() as conn:
                             await self._migrate(conn)
@@ -547,9 +680,10 @@ class PostgresStore:
         self._listens += 1
 
     def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        seq, kind, request_id = str(payload).split(":", 2)
+        seq, kind, ids = str(payload).split(":", 2)
+        item = (int(seq), kind, ids.split(" "))
         for subscriber in self._subscribers:
-            subscriber.items.append((int(seq), kind, request_id))
+            subscriber.items.append(item)
             subscriber.wake.set()
 
     def _terminated(self, conn: object) -> None:
@@ -586,8 +720,11 @@ class PostgresStore:
                 else:
                     logger.info("store.listen_restored", store=repr(self), at=self._listen_where)
 
-    async def _transact(self, func: Callable[[Connection], Awaitable[T]]) -> T:
+    async def _transact(self, func: Callable[[Connection], Awaitable[T]], *, atomic: bool = True) -> T:
         """Run ``func`` in a transaction; once more on fresh connections if the first was dropped.
+
+        ``atomic=False`` runs it without ``BEGIN`` and ``COMMIT`` (two round trips fewer): for
+        a ``func`` of one statement, which PostgreSQL runs as a transaction of its own.
 
         A pooled connection whose backend the server ended (a restart, ``pg_terminate_backend``)
         while it sat idle may look open: it has read the server's goodbye but not yet the
@@ -600,8 +737,11 @@ class PostgresStore:
         with self._errors():
             for attempt in range(2):
                 try:
-                    async with pool.acquire() as conn, conn.transaction():
-                        return await func(conn)
+                    async with pool.acquire() as conn:
+                        if not atomic:
+                            return await func(conn)
+                        async with conn.transaction():
+                            return await func(conn)
                 except (
                     asyncpg.ConnectionDoesNotExistError,
                     asyncpg.InterfaceError,
@@ -613,15 +753,30 @@ class PostgresStore:
                     await pool.expire_connections()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _announce(self, conn: Connection, kind: str, request_id: str) -> None:
-        """Append to the event log in commit order and ``NOTIFY`` (ids only)."""
+    async def _announce(self, conn: Connection, kind: str, *ids: str) -> None:
+        """Append to the event log in commit order and ``NOTIFY``: ``"{seq}:{kind}:{ids}"``, the
+        ids separated by spaces (at most ``_NOTIFY_IDS`` a notification) and ``seq`` the last
+        of theirs."""
         await conn.execute("SELECT pg_advisory_xact_lock($1)", self._event_lock)
-        seq = await conn.fetchval(
-            f"INSERT INTO {self.schema}.events (kind, request_id) VALUES ($1, $2) RETURNING seq",
+        await conn.execute(
+            f"WITH logged AS (INSERT INTO {self.schema}.events (kind, request_id)"
+            " SELECT $1, id FROM unnest($2::text[]) WITH ORDINALITY AS u(id, n) ORDER BY n"
+            " RETURNING seq, request_id),"
+            " numbered AS (SELECT seq, request_id, (row_number() OVER (ORDER BY seq) - 1) / $4 AS part"
+            " FROM logged), parts AS (SELECT max(seq) AS seq, string_agg(request_id, ' ' ORDER BY seq) AS ids"
+            " FROM numbered GROUP BY part ORDER BY part)"  # sent in this order: watch() relies on it
+            " SELECT pg_notify($3, seq || ':' || $1 || ':' || ids) FROM parts",
             kind,
-            request_id,
+            ids,
+            self._channel,
+            _NOTIFY_IDS,
         )
-        await conn.execute("SELECT pg_notify($1, $2)", self._channel, f"{seq}:{kind}:{request_id}")
+
+    def _linked(self, entry: AuditEntry, head: str | None) -> _Linked:
+        """``entry`` as the audit table keeps it, chained after ``head`` (its chain's newest hash)."""
+        request_id, event, fields = audit_row(entry)
+        digest = link(self._audit_key, head, event, request_id, entry.at, _jsonb_text(fields))
+        return _Linked(request_id, event, entry.at, fields, head, digest)
 
     async def _insert_audit(
         self, conn: Connection, entry: AuditEntry, head: str | None, table: str | None = "requests"
@@ -629,8 +784,7 @@ class PostgresStore:
         """Append ``entry`` to its chain after ``head``, the chain's newest hash, which the caller
         read from the row of ``table`` it holds locked (``None`` for ``table``: no row keeps the
         chain's head, see ``_chain_head``); the row then keeps the entry's hash, returned."""
-        request_id, event, fields = audit_row(entry)
-        digest = link(self._audit_key, head, event, request_id, entry.at, _jsonb_text(fields))
+        linked = self._linked(entry, head)
         statement = (
             f"INSERT INTO {self.schema}.audit (request_id, event, at, fields, prev, hash)"
             " VALUES ($1, $2, $3, $4, $5, $6)"
@@ -639,8 +793,25 @@ class PostgresStore:
             statement = (
                 f"WITH entry AS ({statement}) UPDATE {self.schema}.{table} SET audit_head = $6 WHERE id = $1"
             )
-        await conn.execute(statement, request_id, event, entry.at, fields, head, digest)
-        return digest
+        await conn.execute(statement, *linked)
+        return linked.hash
+
+    async def _append_audit(self, conn: Connection, entries: Sequence[_Linked]) -> None:
+        """Append ``entries``, chained (each ``prev`` read from the row of its request, which the
+        caller holds locked, or the entry before it of the same request), and keep the newest
+        hash of each request's chain as its ``audit_head``."""
+        newest = {entry.request_id: entry.hash for entry in entries}
+        await conn.execute(
+            f"WITH logged AS (INSERT INTO {self.schema}.audit (request_id, event, at, fields, prev, hash)"
+            " SELECT request_id, event, at, fields::jsonb, prev, hash FROM unnest($1::text[], $2::text[],"
+            " $3::timestamptz[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY"
+            " AS t(request_id, event, at, fields, prev, hash, n) ORDER BY n)"  # (seq in chain order)
+            f" UPDATE {self.schema}.requests r SET audit_head = v.hash"
+            " FROM unnest($7::text[], $8::text[]) AS v(id, hash) WHERE r.id = v.id",
+            *map(list, zip(*entries, strict=True)),
+            list(newest),
+            list(newest.values()),
+        )
 
     async def _chain_head(self, conn: Connection, chain: str) -> tuple[str | None, str | None]:
         """Lock the row that keeps ``chain``'s newest hash (its request's, else its grant's) and
@@ -662,22 +833,25 @@ class PostgresStore:
         )
         return newest, None
 
-    async def _expire(self, conn: Connection, request_id: str | None) -> None:
-        """Mark pending requests past their expiry (by the database's clock) timed out."""
+    async def _expire(self, conn: Connection, ids: Sequence[str] | None) -> None:
+        """Mark pending requests past their expiry (by the database's clock) timed out: those
+        of ``ids``, or (``None``) every one."""
         rows = await conn.fetch(
             f"UPDATE {self.schema}.requests SET status = 'timed_out', approved = false, decided_by = NULL,"
             " decided_user = NULL, decided_via = 'timeout', comment = NULL, decided_at = now()"
-            " WHERE status = 'pending' AND expires_at <= now() AND ($1::text IS NULL OR id = $1)"
+            " WHERE status = 'pending' AND expires_at <= now() AND ($1::text[] IS NULL OR id = ANY($1))"
             " RETURNING id, decided_at, audit_head",
-            request_id,
+            ids,
         )
-        for row in rows:
-            decision = expired_decision(row["id"], row["decided_at"])
-            await self._insert_audit(conn, decision_entry(decision), row["audit_head"])
-            await self._announce(conn, "decided", row["id"])
+        if rows:
+            decisions = [expired_decision(row["id"], row["decided_at"]) for row in rows]
+            heads = [row["audit_head"] for row in rows]
+            entries = [self._linked(decision_entry(d), h) for d, h in zip(decisions, heads, strict=True)]
+            await self._append_audit(conn, entries)
+            await self._announce(conn, "decided", *(row["id"] for row in rows))
 
     async def _fetch(self, conn: Connection, request_id: str) -> ApprovalRequest:
-        await self._expire(conn, request_id)
+        await self._expire(conn, [request_id])
         row = await conn.fetchrow(f"SELECT * FROM {self.schema}.requests WHERE id = $1", request_id)
         if row is None:
             raise UnknownRequest(request_id)
@@ -692,42 +866,154 @@ class PostgresStore:
         await self.create_or_attach(request)
 
     async def create_or_attach(self, request: ApprovalRequest) -> ApprovalRequest:
-        values = request_row(request)  # encodes first: errors name the argument
-        lifetime = (request.expires_at - request.created_at).total_seconds()
+        request_row(request)  # encodes first, here: errors name the argument, and fail this call alone
+        return await self._creating.submit(request)
+
+    async def _create_many(
+        self, requests: Sequence[ApprovalRequest]
+    ) -> list[ApprovalRequest | BaseException]:
+        """Store ``requests`` in one transaction, with their audit entries and one announcement.
+
+        A request whose ``key`` another one holds already (stored before, or earlier in this
+        batch) is not stored: it attaches to that one, in a transaction of its own after.
+        """
+        rows = [request_row(request) for request in requests]
+        entries = [self._linked(requested_entry(request), None) for request in requests]  # new chains
+        assert rows[0].keys() == set(_REQUEST_COLUMNS), "request_row and _REQUEST_COLUMNS differ"
+        columns = [[row[name] for row in rows] for name in _REQUEST_COLUMNS]
+        lifetimes = [(r.expires_at - r.created_at).total_seconds() for r in requests]
         schema = self.schema
-        columns = ", ".join(values)
-        marks = ", ".join(f"${index}" for index in range(1, len(values) + 1))
-        lifetime_mark = f"${len(values) + 1}"
 
-        async def create(conn: Connection) -> ApprovalRequest:
-            if request.key is not None:
-                existing = await conn.fetchval(
-                    f"SELECT id FROM {schema}.requests WHERE key = $1", request.key
-                )
-                if existing is not None:
-                    return await self._fetch(conn, existing)
-            row = await conn.fetchrow(
-                f"INSERT INTO {schema}.requests ({columns}, created_at, expires_at)"
-                f" VALUES ({marks}, now(), now() + make_interval(secs => {lifetime_mark}))"
-                " ON CONFLICT (key) DO NOTHING RETURNING *",
-                *values.values(),
-                lifetime,
+        async def create(conn: Connection) -> set[str]:
+            created = await conn.fetch(
+                f"WITH input AS (SELECT * FROM unnest({_CREATE_ARRAYS}) AS t({_CREATE_COLUMNS},"
+                " lifetime, at, fields, hash)),"
+                f" created AS (INSERT INTO {schema}.requests"
+                f" ({_CREATE_COLUMNS}, created_at, expires_at, audit_head)"
+                f" SELECT {_CREATE_VALUES}, now(), now() + make_interval(secs => lifetime), hash FROM input"
+                " ON CONFLICT (key) DO NOTHING RETURNING id),"
+                f" logged AS (INSERT INTO {schema}.audit (request_id, event, at, fields, prev, hash)"
+                " SELECT id, 'approval.requested', at, fields::jsonb, NULL, hash"
+                " FROM input JOIN created USING (id))"
+                " SELECT id FROM created",
+                *columns,
+                lifetimes,
+                [entry.at for entry in entries],
+                [entry.fields for entry in entries],
+                [entry.hash for entry in entries],
             )
-            if row is None:  # another process created this key meanwhile
-                existing = await conn.fetchval(
-                    f"SELECT id FROM {schema}.requests WHERE key = $1", request.key
-                )
-                return await self._fetch(conn, existing)
-            await self._announce(conn, "requested", request.id)
-            await self._insert_audit(conn, requested_entry(request), None)  # a new chain
-            return to_request(row, _same)
+            ids = [row["id"] for row in created]
+            if ids:
+                await self._announce(conn, "requested", *ids)
+            return set(ids)
 
-        return await self._transact(create)
+        created = await self._transact(create)
+        answers: list[ApprovalRequest | BaseException] = []
+        for request in requests:  # (committed: from here on an error is one caller's)
+            try:
+                answers.append(request if request.id in created else await self._attach_key(request))
+            except Exception as exc:
+                answers.append(exc)
+        return answers
+
+    async def _attach_key(self, request: ApprovalRequest) -> ApprovalRequest:
+        """The request stored under ``request.key`` (another process's, or an earlier caller's)."""
+
+        async def attach(conn: Connection) -> ApprovalRequest | None:
+            existing = await conn.fetchval(
+                f"SELECT id FROM {self.schema}.requests WHERE key = $1", request.key
+            )
+            if existing is None:  # (the key's request was pruned meanwhile: store this one after all)
+                return None
+            return await self._fetch(conn, existing)
+
+        attached = await self._transact(attach)
+        if attached is None:
+            attached = await self.create_or_attach(request)
+        return attached
 
     async def get(self, request_id: str) -> ApprovalRequest:
-        return await self._transact(lambda conn: self._fetch(conn, request_id))
+        return await self._getting.submit(request_id)
+
+    async def _get_many(self, ids: Sequence[str]) -> list[ApprovalRequest | BaseException]:
+        """The requests of ``ids`` (``UnknownRequest`` for those the store does not hold), read
+        by one statement; those pending past their expiry are marked timed out first, and read
+        again (rare: the expiry's own timer in the waiting process usually did it)."""
+
+        async def read(conn: Connection) -> list[Mapping[str, Any]]:
+            return list(
+                await conn.fetch(
+                    f"SELECT *, expires_at <= now() AS expired FROM {self.schema}.requests"
+                    " WHERE id = ANY($1::text[])",
+                    ids,
+                )
+            )
+
+        rows = await self._transact(read, atomic=False)
+        expired = [row["id"] for row in rows if row["expired"] and row["status"] == Status.PENDING.value]
+        if expired:
+            await self._transact(functools.partial(self._expire, ids=expired))
+            rows = await self._transact(read, atomic=False)
+        for row in rows:
+            if row["status"] == Status.APPROVED.value and row["exec_state"] is None:  # about to run
+                self._heads.hint(row["id"], row["audit_head"])
+        found = {row["id"]: to_request(row, _same) for row in rows}
+        return [found[each] if each in found else UnknownRequest(each) for each in ids]
 
     async def decide(self, decision: Decision) -> Decision:
+        if decision.edits:  # (rare: the request's row is read to store the edited call)
+            return await self._decide_one(decision)
+        return await self._deciding.submit(decision)
+
+    async def _decide_many(self, decisions: Sequence[Decision]) -> list[Decision | BaseException]:
+        """Store ``decisions`` (none with edits) in one transaction: each one whose request is
+        pending (and, for an approval or a denial, not past its expiry) and not decided by an
+        earlier one of the batch. The others get the decision that stands, each after."""
+        ids = sorted({decision.request_id for decision in decisions})
+
+        async def decide(conn: Connection) -> dict[str, Decision]:
+            # Locked in the order of their ids: concurrent batches never wait for each other in a circle.
+            rows = await conn.fetch(
+                f"SELECT id, audit_head, expires_at > now() AS live FROM {self.schema}.requests"
+                " WHERE id = ANY($1::text[]) AND status = 'pending' ORDER BY id FOR UPDATE",
+                ids,
+            )
+            pending = {row["id"]: row for row in rows}
+            stored: dict[str, Decision] = {}
+            heads: dict[str, str | None] = {}
+            for decision in decisions:
+                row = pending.pop(decision.request_id, None)  # (the first decision of a request wins)
+                if row is not None and (row["live"] or decision.status not in _TIMELY):
+                    stored[decision.request_id] = decision
+                    heads[decision.request_id] = row["audit_head"]
+            if not stored:
+                return stored
+            values = [{**decision_row(d), "decided_at": d.decided_at} for d in stored.values()]
+            await conn.execute(
+                f"UPDATE {self.schema}.requests r SET {_DECIDE_ASSIGNMENTS}"
+                f" FROM unnest($1::text[], {_DECIDE_ARRAYS}) AS v(id, {_DECIDE_COLUMNS}) WHERE r.id = v.id",
+                list(stored),
+                *([value[name] for value in values] for name in _DECISION_TYPES),
+            )
+            await self._append_audit(
+                conn, [self._linked(decision_entry(d), heads[d.request_id]) for d in stored.values()]
+            )
+            await self._announce(conn, "decided", *stored)
+            return stored
+
+        stored = await self._transact(decide)
+        answers: list[Decision | BaseException] = []
+        for decision in decisions:
+            try:
+                ours = stored.get(decision.request_id) is decision
+                answers.append(decision if ours else await self._decide_one(decision))
+            except Exception as exc:
+                answers.append(exc)
+        return answers
+
+    async def _decide_one(self, decision: Decision) -> Decision:
+        """``decide`` in a transaction of its own: for a decision with edits, and for those a batch
+        did not store (decided already, past the expiry, unknown), which read what stands."""
         values = {**decision_row(decision), "decided_at": decision.decided_at}
         # Approvals and denials count only before the expiry; timeouts and cancellations always.
         late_ok = decision.status not in (Status.APPROVED, Status.DENIED)
@@ -789,27 +1075,143 @@ class PostgresStore:
         return await self._transact(count)
 
     async def list_pending(
-        self, *, run_id: str | None = None, kind: Kind | None = None
+        self,
+        *,
+        run_id: str | None = None,
+        kind: Kind | None = None,
+        function: str | None = None,
+        older_than: float | timedelta | None = None,
+        id_prefix: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
     ) -> list[ApprovalRequest]:
+        limit = page_limit(limit)
+        age = age_seconds(older_than)
+        table = f"{self.schema}.requests"
+
         async def pending(conn: Connection) -> list[ApprovalRequest]:
             await self._expire(conn, None)
-            rows = await conn.fetch(
-                f"SELECT * FROM {self.schema}.requests WHERE status = 'pending'"
-                " AND ($1::text IS NULL OR run_id = $1) AND ($2::text IS NULL OR kind = $2)"
-                " ORDER BY created_at, id",
-                run_id,
-                kind,
-            )
-            return [to_request(row, _same) for row in rows]
+            where, args = _pending_where(run_id, kind, age, id_prefix)
+            if after is not None:
+                start = await conn.fetchrow(f"SELECT created_at, id FROM {table} WHERE id = $1", after)
+                if start is None:
+                    raise UnknownRequest(after)
+                args += [start["created_at"], start["id"]]
+                where += f" AND (created_at, id) > (${len(args) - 1}, ${len(args)})"
+            args.append(limit)  # NULL: no limit
+            order = f"ORDER BY created_at, id LIMIT ${len(args)}"
+            if function is None:
+                query = f"SELECT * FROM {table} WHERE {where} {order}"
+            else:
+                args.append(function)
+                branches = " UNION ALL ".join(
+                    f"(SELECT * FROM {table} WHERE {where} AND {term.format(len(args))} {order})"
+                    for term in _BY_FUNCTION
+                )
+                query = f"SELECT * FROM ({branches}) AS found {order}"
+            return [to_request(row, _same) for row in await conn.fetch(query, *args)]
 
         return await self._transact(pending)
 
-    async def record(self, entry: AuditEntry) -> None:
-        async def record(conn: Connection) -> None:
-            head, table = await self._chain_head(conn, entry.request_id)
-            await self._insert_audit(conn, entry, head, table)
+    async def count_pending(
+        self,
+        *,
+        run_id: str | None = None,
+        kind: Kind | None = None,
+        function: str | None = None,
+        older_than: float | timedelta | None = None,
+        id_prefix: str | None = None,
+    ) -> int:
+        age = age_seconds(older_than)
+        table = f"{self.schema}.requests"
 
-        await self._transact(record)
+        async def count(conn: Connection) -> int:
+            await self._expire(conn, None)
+            where, args = _pending_where(run_id, kind, age, id_prefix)
+            if function is None:
+                query = f"SELECT count(*) FROM {table} WHERE {where}"
+            else:
+                args.append(function)
+                query = "SELECT " + " + ".join(
+                    f"(SELECT count(*) FROM {table} WHERE {where} AND {term.format(len(args))})"
+                    for term in _BY_FUNCTION
+                )
+            return int(await conn.fetchval(query, *args))
+
+        return await self._transact(count)
+
+    async def record(self, entry: AuditEntry) -> None:
+        await self._recording.submit(entry)
+
+    async def _record_many(self, entries: Sequence[AuditEntry]) -> list[None]:
+        """Append ``entries``, each to its chain after the one before it.
+
+        The chains of requests take no lock across round trips: their newest hashes are read,
+        the entries linked after them, and one statement appends the entries of each chain
+        whose newest hash is still the one read (and moves it on). Entries of a chain that
+        moved meanwhile (another process appended to it) are linked again, and so on. Those
+        of grants, and of requests pruned, are appended one at a time, their chain locked.
+        """
+        waiting = list(entries)
+        read = self._heads.take({entry.request_id for entry in waiting})
+        while waiting:
+            chains = {entry.request_id for entry in waiting} - read.keys()
+            if chains:
+                read |= await self._transact(functools.partial(self._audit_heads, ids=chains), atomic=False)
+            heads = dict(read)
+            linked: list[_Linked] = []
+            for entry in waiting:
+                if entry.request_id in heads:
+                    linked.append(self._linked(entry, heads[entry.request_id]))
+                    heads[entry.request_id] = linked[-1].hash
+                else:
+                    await self._transact(functools.partial(self._record_locked, entry=entry))
+            if not linked:
+                return [None] * len(entries)
+            appended = await self._append_if_unmoved(linked, read, heads)
+            for request_id in appended:
+                self._heads.hint(request_id, heads[request_id])  # (for the next entry, likely soon)
+            waiting = [entry for entry in waiting if entry.request_id in read.keys() - appended]
+            read = {}
+        return [None] * len(entries)
+
+    async def _audit_heads(self, conn: Connection, *, ids: Collection[str]) -> dict[str, str | None]:
+        """The newest hash of the chain of each request of ``ids`` that the store holds."""
+        rows = await conn.fetch(
+            f"SELECT id, audit_head FROM {self.schema}.requests WHERE id = ANY($1::text[])", list(ids)
+        )
+        return {row["id"]: row["audit_head"] for row in rows}
+
+    async def _record_locked(self, conn: Connection, *, entry: AuditEntry) -> None:
+        head, table = await self._chain_head(conn, entry.request_id)
+        await self._insert_audit(conn, entry, head, table)
+
+    async def _append_if_unmoved(
+        self, linked: Sequence[_Linked], read: Mapping[str, str | None], newest: Mapping[str, str | None]
+    ) -> set[str]:
+        """Append ``linked`` by one statement, for the requests whose ``audit_head`` is still
+        the one ``read``, moving it to their ``newest``; returns the ids of those requests."""
+        ids = list(read)
+
+        async def append(conn: Connection) -> set[str]:
+            rows = await conn.fetch(
+                f"WITH moved AS (UPDATE {self.schema}.requests r SET audit_head = h.newest"
+                " FROM unnest($7::text[], $8::text[], $9::text[]) AS h(id, read, newest)"
+                " WHERE r.id = h.id AND r.audit_head IS NOT DISTINCT FROM h.read RETURNING r.id),"
+                f" logged AS (INSERT INTO {self.schema}.audit (request_id, event, at, fields, prev, hash)"
+                " SELECT request_id, event, at, fields::jsonb, prev, hash FROM unnest($1::text[], $2::text[],"
+                " $3::timestamptz[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY"
+                " AS t(request_id, event, at, fields, prev, hash, n)"
+                " WHERE request_id IN (SELECT id FROM moved) ORDER BY n)"
+                " SELECT id FROM moved",
+                *map(list, zip(*linked, strict=True)),
+                ids,
+                [read[request_id] for request_id in ids],
+                [newest[request_id] for request_id in ids],
+            )
+            return {row["id"] for row in rows}
+
+        return await self._transact(append, atomic=False)
 
     async def claim(self, key: str, expires_at: datetime) -> bool:
         async def claim(conn: Connection) -> bool:
@@ -1028,10 +1430,11 @@ class PostgresStore:
                         last = row["seq"]
                         yield StoreEvent(row["kind"], row["request_id"])
                 while subscriber.items:
-                    seq, kind, request_id = subscriber.items.popleft()
-                    if seq > last:
+                    seq, kind, ids = subscriber.items.popleft()
+                    if seq > last:  # (a notification's seq is its last event's: they come in order)
                         last = seq
-                        yield StoreEvent(kind, request_id)  # type: ignore[arg-type]
+                        for request_id in ids:
+                            yield StoreEvent(kind, request_id)  # type: ignore[arg-type]
                 with anyio.move_on_after(CATCH_UP_INTERVAL) as quiet:
                     await subscriber.wake.wait()
                 if quiet.cancelled_caught:  # a silently dead LISTEN connection delivers nothing
@@ -1069,35 +1472,75 @@ class PostgresStore:
     # -- durable extras ----------------------------------------------------------------
 
     async def begin_execution(self, request_id: str, digest: str | None) -> Execution | None:
-        async def begin(conn: Connection) -> Execution | None:
-            row = await conn.fetchrow(
-                f"SELECT * FROM {self.schema}.requests WHERE id = $1 FOR UPDATE", request_id
-            )
-            if row is None:
-                raise UnknownRequest(request_id)
-            earlier = execution_so_far(to_request(row, _same), digest)
-            if earlier is not None:
-                return earlier
-            await conn.execute(
-                f"UPDATE {self.schema}.requests SET exec_state = 'executing'"
-                " WHERE id = $1 AND status = 'approved'",
-                request_id,
-            )
-            return None
+        return await self._beginning.submit((request_id, digest))
 
-        return await self._transact(begin)
+    async def _begin_many(
+        self, items: Sequence[tuple[str, str | None]]
+    ) -> list[Execution | BaseException | None]:
+        """Claim the runs of ``items`` (request id, digest) by one statement: ``begin_execution``
+        for each. It claims those that may start (nothing started yet, approved, the digest
+        matches) and reads every row as it was before (locked by it), for what
+        ``execution_so_far`` says of the others. An item of a request named earlier in the
+        batch is answered after, by a statement of its own: it sees the earlier one's claim."""
+        first: dict[str, str | None] = {}
+        again: list[tuple[str, str | None]] = []
+        for request_id, digest in items:
+            if request_id in first:
+                again.append((request_id, digest))
+            else:
+                first[request_id] = digest
+
+        async def begin(conn: Connection) -> list[Mapping[str, Any]]:
+            return list(
+                await conn.fetch(
+                    f"WITH before AS (SELECT * FROM {self.schema}.requests WHERE id = ANY($1::text[])"
+                    " ORDER BY id FOR UPDATE),"
+                    f" claimed AS (UPDATE {self.schema}.requests r SET exec_state = 'executing'"
+                    " FROM before JOIN unnest($1::text[], $2::text[]) AS asked(id, digest) USING (id)"
+                    " WHERE r.id = before.id AND before.exec_state IS NULL AND before.status = 'approved'"
+                    " AND (asked.digest IS NULL OR asked.digest = before.digest) RETURNING r.id)"
+                    " SELECT before.*, claimed.id IS NOT NULL AS claimed"
+                    " FROM before LEFT JOIN claimed USING (id)",
+                    list(first),
+                    list(first.values()),
+                )
+            )
+
+        rows = {row["id"]: row for row in await self._transact(begin, atomic=False)}
+        answered: dict[str, Execution | BaseException | None] = {}
+        for request_id, digest in first.items():
+            row = rows.get(request_id)
+            if row is None:
+                answered[request_id] = UnknownRequest(request_id)
+            elif row["claimed"]:
+                answered[request_id] = None
+            else:
+                try:
+                    answered[request_id] = execution_so_far(to_request(row, _same), digest)
+                except ArgumentsChanged as exc:
+                    answered[request_id] = exc
+        later = iter(await self._begin_many(again) if again else ())
+        answers: list[Execution | BaseException | None] = []
+        for request_id, _ in items:
+            answers.append(answered.pop(request_id) if request_id in answered else next(later))
+        return answers
 
     async def finish_execution(self, request_id: str, outcome: str, result: str | None) -> None:
+        await self._finishing.submit((request_id, outcome, result))
+
+    async def _finish_many(self, items: Sequence[tuple[str, str, str | None]]) -> list[None]:
+        """``finish_execution`` for each of ``items`` (request id, outcome, result), in one statement."""
+
         async def finish(conn: Connection) -> None:
             await conn.execute(
-                f"UPDATE {self.schema}.requests SET exec_state = 'executed', exec_outcome = $2, result = $3"
-                " WHERE id = $1",
-                request_id,
-                outcome,
-                result,
+                f"UPDATE {self.schema}.requests r SET exec_state = 'executed', exec_outcome = v.outcome,"
+                " result = v.result FROM unnest($1::text[], $2::text[], $3::text[]) AS v(id, outcome, result)"
+                " WHERE r.id = v.id",
+                *map(list, zip(*items, strict=True)),
             )
 
-        await self._transact(finish)
+        await self._transact(finish, atomic=False)
+        return [None] * len(items)
 
     async def history(
         self, *, request_id: str | None = None, since: datetime | None = None

@@ -59,9 +59,11 @@ from .base import (
     Step,
     StoreEvent,
     Tally,
+    age_seconds,
     decision_entry,
     given_entry,
     grant_entry,
+    page_limit,
     requested_entry,
     vote_entry,
 )
@@ -174,6 +176,25 @@ _ADDITIONS: dict[str, tuple[str, ...]] = {
     "audit_chain": (  # NULL in both: an entry written before the chains (_chain)
         "ALTER TABLE hl_audit ADD COLUMN prev TEXT",  # the hash of its chain's entry before it
         "ALTER TABLE hl_audit ADD COLUMN hash TEXT",  # over prev and the entry (_chain.link)
+    ),
+    # Pending requests by page (list_pending, count_pending): partial indexes, so a decided
+    # request leaves them and they stay as small as what is pending; each costs every insert.
+    "pending_pages": (
+        # Every page and count, in page order (created_at, id): replaces (status, created_at),
+        # which held every decided request too.
+        "CREATE INDEX hl_requests_page ON hl_requests (created_at, id) WHERE status = 'pending'",
+        "DROP INDEX IF EXISTS hl_requests_pending",
+        # The expiry sweep every list and count runs first: reads only what has expired.
+        "CREATE INDEX hl_requests_expiry ON hl_requests (expires_at) WHERE status = 'pending'",
+        # function= (a tool's requests, approve --all --function), by name and by qualname.
+        "CREATE INDEX hl_requests_function ON hl_requests (function, created_at, id)"
+        " WHERE status = 'pending'",
+        "CREATE INDEX hl_requests_tool ON hl_requests (tool, created_at, id)"
+        " WHERE status = 'pending' AND tool IS NOT NULL",
+        # run_id= (a run's few requests among many). Without the NULLs of calls outside a run,
+        # which would make the planner take a run for as many requests.
+        "CREATE INDEX hl_requests_run ON hl_requests (run_id, created_at, id)"
+        " WHERE status = 'pending' AND run_id IS NOT NULL",
     ),
 }
 """Name → the statements of an additive change (see ``SCHEMA_VERSION``), in order."""
@@ -391,20 +412,53 @@ class SQLiteStore:
         return await self._run(count)
 
     async def list_pending(
-        self, *, run_id: str | None = None, kind: Kind | None = None
+        self,
+        *,
+        run_id: str | None = None,
+        kind: Kind | None = None,
+        function: str | None = None,
+        older_than: float | timedelta | None = None,
+        id_prefix: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
     ) -> list[ApprovalRequest]:
+        limit = page_limit(limit)
+        age = age_seconds(older_than)
+
         def pending(conn: sqlite3.Connection) -> list[ApprovalRequest]:
             with _transaction(conn):
                 _expire(conn, None, self._audit_key)
-                rows = conn.execute(
-                    "SELECT * FROM hl_requests WHERE status = 'pending'"
-                    " AND (:run_id IS NULL OR run_id = :run_id) AND (:kind IS NULL OR kind = :kind)"
-                    " ORDER BY created_at, id",
-                    {"run_id": run_id, "kind": kind},
-                ).fetchall()
+                where, values = _pending_where(run_id, kind, age, id_prefix)
+                if after is not None:
+                    start = conn.execute("SELECT created_at, id FROM hl_requests WHERE id = ?", (after,))
+                    row = start.fetchone()
+                    if row is None:
+                        raise UnknownRequest(after)
+                    where += " AND (created_at, id) > (:after_at, :after_id)"
+                    values.update(after_at=row["created_at"], after_id=row["id"])
+                rows = conn.execute(*_pending_select(where, values, function, limit)).fetchall()
             return [to_request(row, epoch) for row in rows]
 
         return await self._run(pending)
+
+    async def count_pending(
+        self,
+        *,
+        run_id: str | None = None,
+        kind: Kind | None = None,
+        function: str | None = None,
+        older_than: float | timedelta | None = None,
+        id_prefix: str | None = None,
+    ) -> int:
+        age = age_seconds(older_than)
+
+        def count(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                _expire(conn, None, self._audit_key)
+                where, values = _pending_where(run_id, kind, age, id_prefix)
+                return int(conn.execute(*_pending_count(where, values, function)).fetchone()[0])
+
+        return await self._run(count)
 
     async def record(self, entry: AuditEntry) -> None:
         def record(conn: sqlite3.Connection) -> None:
@@ -768,6 +822,55 @@ def _expire(conn: sqlite3.Connection, request_id: str | None, key: bytes | None)
         conn.execute(f"UPDATE hl_requests SET {assignments} WHERE id = :id", {**values, "id": row["id"]})
         _audit(conn, decision_entry(decision), key)
         _event(conn, "decided", decision.request_id)
+
+
+def _pending_where(
+    run_id: str | None, kind: Kind | None, age: float | None, id_prefix: str | None
+) -> tuple[str, dict[str, Any]]:
+    """``list_pending``'s filters (but ``function``) as a ``WHERE`` clause, each term only when
+    given: ``:x IS NULL OR column = :x`` would keep SQLite from the indexes."""
+    terms, values = ["status = 'pending'"], dict[str, Any]()
+    if run_id is not None:
+        terms.append("run_id = :run_id")
+        values["run_id"] = run_id
+    if kind is not None:
+        terms.append("kind = :kind")
+        values["kind"] = kind
+    if age is not None:
+        terms.append("created_at <= :made_by")
+        values["made_by"] = time.time() - age
+    if id_prefix is not None:  # exact and case-sensitive, as LIKE is not
+        terms.append("substr(id, 1, length(:id_prefix)) = :id_prefix")
+        values["id_prefix"] = id_prefix
+    return " AND ".join(terms), values
+
+
+_BY_FUNCTION = ("function = :function", "tool = :function AND function != :function")
+"""A function's requests: by its name, then (the others) by its ``module.qualname``; each
+term has its index, which an ``OR`` of the two would not use in page order."""
+
+
+def _pending_select(
+    where: str, values: dict[str, Any], function: str | None, limit: int | None
+) -> tuple[str, dict[str, Any]]:
+    """The page's query: the oldest ``limit`` (``-1``: every one) of ``where``."""
+    order = "ORDER BY created_at, id LIMIT :limit"
+    values = {**values, "limit": -1 if limit is None else limit}
+    if function is None:
+        return f"SELECT * FROM hl_requests WHERE {where} {order}", values
+    branches = " UNION ALL ".join(
+        f"SELECT * FROM (SELECT * FROM hl_requests WHERE {where} AND {term} {order})" for term in _BY_FUNCTION
+    )
+    return f"SELECT * FROM ({branches}) {order}", {**values, "function": function}
+
+
+def _pending_count(where: str, values: dict[str, Any], function: str | None) -> tuple[str, dict[str, Any]]:
+    if function is None:
+        return f"SELECT count(*) FROM hl_requests WHERE {where}", values
+    counts = " + ".join(
+        f"(SELECT count(*) FROM hl_requests WHERE {where} AND {term})" for term in _BY_FUNCTION
+    )
+    return f"SELECT {counts}", {**values, "function": function}
 
 
 def _grant(conn: sqlite3.Connection, grant_id: str) -> Grant:

@@ -10,6 +10,8 @@
   const connection = document.getElementById("connection");
   const announce = document.getElementById("announce");
   const outcome = document.getElementById("outcome");
+  // Where the cards are among every pending request (a page of them, when many wait).
+  let pages = document.getElementById("pending-pages");
   const batch = document.getElementById("batch");
   const selectBy = batch.querySelector(".select-by");
   const selectedCount = batch.querySelector(".selected-count");
@@ -103,14 +105,33 @@
     }
   };
 
+  // The count follows the requests as they come and go; the page's cards stay its own: a new
+  // request belongs after the last page's, so a page with pages after it only counts it.
+  const recount = (change) => {
+    if (!pages) return;
+    const total = Math.max(pending.children.length, Number(pages.dataset.total) + change);
+    pages.dataset.total = String(total);
+    pages.querySelector(".count").textContent =
+      `Showing ${pending.children.length.toLocaleString("en-US")} of ${total.toLocaleString("en-US")} pending`;
+  };
   const addPending = (id, html) => {
     if (document.getElementById(`req-${id}`) || document.getElementById(`dec-${id}`)) return false;
+    if (pages && pages.dataset.more) {
+      recount(1);
+      return false;
+    }
     pending.append(element(html));
+    recount(1);
     refreshEmpty();
     refreshBatch();
     return true;
   };
   const addDecided = (id, html) => {
+    const card = document.getElementById(`req-${id}`);
+    if (card || (pages && pages.dataset.more && !document.getElementById(`dec-${id}`))) {
+      card?.remove();
+      recount(-1);
+    }
     document.getElementById(`req-${id}`)?.remove();
     document.getElementById(`dec-${id}`)?.remove();
     history.prepend(element(html));
@@ -130,6 +151,11 @@
     const chosen = new Set(boxes().filter((box) => box.checked).map((box) => box.value));
     pending.innerHTML = data.pending;
     history.innerHTML = data.history;
+    if (pages && data.pages) {
+      const fresh = element(data.pages);
+      pages.replaceWith(fresh);
+      pages = fresh;
+    }
     for (const [id, value] of typing) {
       const field = document.getElementById(id);
       if (field) field.value = value;
