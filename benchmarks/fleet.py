@@ -50,6 +50,7 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from humanlayer_async import HumanLayer
+from humanlayer_async.stores import Store
 
 from ._common import ROOT, Report, Row, Target, arguments, percentile, quiet_logging, rss_bytes, run
 
@@ -336,10 +337,8 @@ async def plain_postgres(total: int, concurrency: int) -> dict[str, float]:
 # -- this process: SQLite ---------------------------------------------------------------
 
 
-async def ours_sqlite(n: int, deciders: int, folder: Path) -> dict[str, Any]:
-    from humanlayer_async.stores import SQLiteStore
-
-    store = SQLiteStore(folder / "ours.db")
+async def one_process(store: Store, n: int, deciders: int) -> dict[str, Any]:
+    """The fleet's shape in one process: ``n`` gated calls on ``store``, decided by ``deciders``."""
     async with HumanLayer([], store=store, listen=None, timeout=TIMEOUT) as hl:
         resumed: dict[int, float] = {}
 
@@ -430,6 +429,8 @@ def plain_sqlite(total: int, folder: Path) -> dict[str, float]:
 
 
 async def measure(processes: int, n: int, deciders: int, sqlite: bool) -> dict[str, Any]:
+    from humanlayer_async.stores import MemoryStore, SQLiteStore
+
     total = processes * n
     figures: dict[str, Any] = {"plain_postgres": await plain_postgres(min(total, BASELINE_MAX), deciders)}
     paced = RATE_TARGET * figures["plain_postgres"]["decided_per_s"]
@@ -438,7 +439,9 @@ async def measure(processes: int, n: int, deciders: int, sqlite: bool) -> dict[s
         with tempfile.TemporaryDirectory() as folder:
             size = min(n, BASELINE_MAX)
             figures["plain_sqlite"] = await anyio.to_thread.run_sync(plain_sqlite, size, Path(folder))
-            figures["sqlite"] = await ours_sqlite(size, deciders, Path(folder))
+            figures["sqlite"] = await one_process(SQLiteStore(Path(folder) / "ours.db"), size, deciders)
+            # The engine's own ceiling: the same shape with nothing written anywhere.
+            figures["memory"] = await one_process(MemoryStore(), size, deciders)
     return figures
 
 
@@ -521,16 +524,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     if "sqlite" in figures:
-        plain, ours = figures["plain_sqlite"], figures["sqlite"]
+        plain = figures["plain_sqlite"]
         for what, key in (("requests created", "created_per_s"), ("decisions stored", "decided_per_s")):
-            report.rows.append(
-                Row(f"SQLite: {what} per second", "1/s", plain[key], ours[key], "plain sqlite3 (WAL)")
-            )
+            for store, name in (("sqlite", "SQLiteStore"), ("memory", "MemoryStore (nothing written)")):
+                report.rows.append(
+                    Row(
+                        f"one process, {name}: {what} per second",
+                        "1/s",
+                        plain[key],
+                        figures[store][key],
+                        "plain sqlite3 (WAL)",
+                    )
+                )
+            ours = figures["sqlite"]
             report.targets.append(
                 Target(
                     f"sqlite_{key}",
                     f"SQLite: {what} at least {RATE_TARGET}x plain sqlite3 in WAL mode",
-                    f"{ours[key] / plain[key]:.2f}x",
+                    f"{ours[key] / plain[key]:.2f}x"
+                    f" (MemoryStore: {figures['memory'][key] / plain[key]:.2f}x)",
                     ours[key] >= RATE_TARGET * plain[key],
                 )
             )

@@ -43,7 +43,8 @@ class Batcher(Generic[I, R]):
         self._max_size = max_size
         self._concurrency = concurrency
         self._queue: deque[tuple[I, asyncio.Future[R]]] = deque()
-        self._flushing: set[asyncio.Task[None]] = set()
+        self._draining = 0  # tasks that flush until the queue is empty
+        self._tasks: set[asyncio.Task[None]] = set()  # (the loop keeps only weak references)
 
     async def submit(self, item: I) -> R:
         """``item``'s answer, once the flush that wrote it committed."""
@@ -51,10 +52,11 @@ class Batcher(Generic[I, R]):
         future: asyncio.Future[R] = loop.create_future()
         entry = (item, future)
         self._queue.append(entry)
-        if len(self._flushing) < self._concurrency:
+        if self._draining < self._concurrency:
+            self._draining += 1
             task = loop.create_task(self._drain())
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         try:
             return await future
         except asyncio.CancelledError:
@@ -65,15 +67,21 @@ class Batcher(Generic[I, R]):
             raise
 
     async def _drain(self) -> None:
-        while self._queue:
-            taken = [self._queue.popleft() for _ in range(min(self._max_size, len(self._queue)))]
-            try:
-                await self._settle(taken)
-            except BaseException as exc:  # (the loop closing): nobody waits for an answer forever
-                for _, future in taken:
-                    if not future.done():
-                        future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
-                raise
+        try:
+            while self._queue:
+                taken = [self._queue.popleft() for _ in range(min(self._max_size, len(self._queue)))]
+                try:
+                    await self._settle(taken)
+                except BaseException as exc:  # (the loop closing): nobody waits for an answer forever
+                    for _, future in taken:
+                        if not future.done():
+                            future.set_exception(
+                                exc if isinstance(exc, Exception) else asyncio.CancelledError()
+                            )
+                    raise
+        finally:
+            # In the step that found the queue empty: an item queued after it starts another drain.
+            self._draining -= 1
 
     async def _settle(self, taken: list[tuple[I, asyncio.Future[R]]]) -> None:
         try:

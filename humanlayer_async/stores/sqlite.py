@@ -35,6 +35,7 @@ from .._audit import AuditEntry
 from .._codec import loads
 from .._exceptions import ConfigurationError, StoreError, UnknownGrant, UnknownRequest
 from .._models import ApprovalRequest, Decision, Execution, Grant, Kind, Principal, Status, Vote
+from ._batch import Batcher
 from ._chain import ChainEntry, check_key, link
 from ._rows import (
     DEFAULT_RETENTION,
@@ -71,6 +72,7 @@ from .base import (
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
+_Call = Callable[[sqlite3.Connection], Any]
 
 POLL_INTERVAL = 0.25
 """Seconds between two ``PRAGMA data_version`` checks while someone watches."""
@@ -236,9 +238,10 @@ class SQLiteStore:
         self._retention = retention_seconds(retention)
         self._busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
-        # One connection, one statement batch at a time, on the library's own threads (never
-        # the application's: sync tools waiting for a decision may hold all of those).
-        self._lock = anyio.Lock()
+        # One connection, on the library's own threads (never the application's: sync tools
+        # waiting for a decision may hold all of those). Concurrent calls share a trip to a
+        # thread (_batch), where each runs in turn, in its own transaction.
+        self._calls: Batcher[_Call | None, Any] = Batcher(self._call_all, concurrency=1)
         self._closed = False
         self._closing = anyio.Event()
 
@@ -250,16 +253,49 @@ class SQLiteStore:
     async def _run(self, func: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise StoreError(f"{self!r} is closed")
-        async with self._lock:
-            return await _threads.run_sync(functools.partial(self._call, func))
+        answer: T = await self._calls.submit(func)
+        return answer
 
-    def _call(self, func: Callable[[sqlite3.Connection], T]) -> T:
+    async def _call_all(self, funcs: Sequence[_Call | None]) -> list[Any]:
+        """Run ``funcs`` one after another in a library thread, in one transaction, each in a
+        savepoint of its own (an error rolls back only its own writes): each one's answer or
+        error. ``None`` closes the connection (``aclose``), after the calls before it."""
+        return await _threads.run_sync(functools.partial(self._call_each, funcs))
+
+    def _call_each(self, funcs: Sequence[_Call | None]) -> list[Any]:
+        calls = [func for func in funcs if func is not None]
+        answers: list[Any] = []
+        if calls:
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                with _transaction(self._conn):  # one commit for all: a commit writes each page it changed
+                    answers = [self._call(self._conn, func) for func in calls]
+            except sqlite3.Error as exc:  # (the commit failed: nothing was written)
+                raise self._error(exc) from exc
+        if len(calls) < len(funcs):
+            self._disconnect()
+        answered = iter(answers)
+        return [None if func is None else next(answered) for func in funcs]
+
+    def _call(self, conn: sqlite3.Connection, func: _Call) -> Any:
+        """``func``'s answer, or its error (its writes rolled back to the savepoint before it)."""
+        conn.execute("SAVEPOINT call")
         try:
-            if self._conn is None:
-                self._conn = self._connect()
-            return func(self._conn)
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite ({self.path}): {exc}") from exc
+            answer = func(conn)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO call")
+            answer = self._error(exc) if isinstance(exc, sqlite3.Error) else exc
+        conn.execute("RELEASE call")
+        return answer
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        return StoreError(f"SQLite ({self.path}): {exc}")
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def _connect(self) -> sqlite3.Connection:
         if self._create:
@@ -663,15 +699,8 @@ class SQLiteStore:
             return
         self._closed = True
         self._closing.set()
-
-        def close() -> None:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
         with anyio.CancelScope(shield=True):
-            async with self._lock:
-                await _threads.run_sync(close)
+            await self._calls.submit(None)  # (closes the connection after the calls before it)
 
     # -- durable extras ----------------------------------------------------------------
 
@@ -756,7 +785,11 @@ class SQLiteStore:
 
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``: writers queue up on the file lock, not on retries."""
+    """``BEGIN IMMEDIATE`` … ``COMMIT``: writers queue up on the file lock, not on retries.
+    Inside a transaction already (a batch's call, ``_call``, in a savepoint of its own), nothing more."""
+    if conn.in_transaction:
+        yield
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
