@@ -202,6 +202,7 @@ async def ours_postgres(processes: int, n: int, deciders: int, paced_rate: float
                 HumanLayer([], store=PostgresStore(DSN, schema=schema), listen=None) as hl,
                 agents(schema, processes, n, Path(folder)) as fleet,
             ):
+                wal = [await _wal()]
                 for each in fleet:
                     await each.tell("go")
                 starts, ends, rss = [], [], []
@@ -213,6 +214,7 @@ async def ours_postgres(processes: int, n: int, deciders: int, paced_rate: float
                     ends.append(float(created))
                     rss.append(float(per_call))
                 creation = total / (max(ends) - min(starts))
+                wal.append(await _wal())
                 connection = await asyncpg.connect(DSN)
                 try:
                     rows = await connection.fetch(
@@ -246,6 +248,8 @@ async def ours_postgres(processes: int, n: int, deciders: int, paced_rate: float
                     runs += result["runs"]
                     for i, at in result["resumed"].items():
                         (unpaced if int(i) in first else paced).append(at - stored[int(i)])
+                wal.append(await _wal())
+                sizes = await _sizes(schema)
     finally:
         await _drop(schema)
     return {
@@ -257,7 +261,35 @@ async def ours_postgres(processes: int, n: int, deciders: int, paced_rate: float
         "rss_per_pending_bytes": max(rss),
         "tool_runs": runs,
         "resumed": len(paced) + len(unpaced),
+        "wal_bytes_per_call": {
+            "created": (wal[1] - wal[0]) / total,
+            "decided_and_run": (wal[2] - wal[1]) / total,
+        },
+        "table_bytes_per_call": {table: size / total for table, size in sizes.items()},
     }
+
+
+async def _wal() -> int:
+    """Where PostgreSQL's write-ahead log is (bytes since it began): its growth is what was written."""
+    return int(await _query("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+
+
+async def _sizes(schema: str) -> dict[str, int]:
+    """Each table's size on disk, with its indexes (after the run: every request decided)."""
+    return {
+        table: int(await _query(f"SELECT pg_total_relation_size('{schema}.{table}')"))
+        for table in ("requests", "audit", "events")
+    }
+
+
+async def _query(sql: str) -> Any:
+    import asyncpg
+
+    connection = await asyncpg.connect(DSN)
+    try:
+        return await connection.fetchval(sql)
+    finally:
+        await connection.close()
 
 
 async def _drop(schema: str) -> None:

@@ -84,13 +84,34 @@ def to_json(value: Any, where: str) -> JSON:
 
 def dumps(value: Any, where: str) -> str:
     """Canonical JSON text: sorted keys, no spaces, so equal values give equal text."""
-    return json.dumps(to_json(value, where), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _encodable(_canonical(to_json(value, where)), where)
 
 
 def dumps_mapping(values: Mapping[str, Any], what: str) -> str:
     """A mapping as canonical JSON, an error naming the entry (``what 'name'``) that has no JSON form."""
     converted = {name: to_json(value, f"{what} {name!r}") for name, value in values.items()}
-    return json.dumps(converted, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = _canonical(converted)
+    if not text.isascii():  # (the common case skips the check)
+        for name, value in converted.items():
+            _encodable(_canonical(value), f"{what} {name!r}")
+    return text
+
+
+def _canonical(value: JSON) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _encodable(text: str, where: str) -> str:
+    """``text``, unless it holds what UTF-8 cannot encode (a lone surrogate, ``"\\ud800"``),
+    which no store can hold: then ``StoreError`` naming ``where``."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            raise StoreError(
+                f"{where} holds text that is not valid Unicode ({exc.reason}): it cannot be stored"
+            ) from None
+    return text
 
 
 def loads(text: str) -> Any:

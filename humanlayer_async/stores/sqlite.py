@@ -285,11 +285,12 @@ class SQLiteStore:
             answer = func(conn)
         except Exception as exc:
             conn.execute("ROLLBACK TO call")
-            answer = self._error(exc) if isinstance(exc, sqlite3.Error) else exc
+            # (UnicodeEncodeError: text SQLite cannot encode, a lone surrogate in a comment)
+            answer = self._error(exc) if isinstance(exc, sqlite3.Error | UnicodeEncodeError) else exc
         conn.execute("RELEASE call")
         return answer
 
-    def _error(self, exc: sqlite3.Error) -> StoreError:
+    def _error(self, exc: sqlite3.Error | UnicodeEncodeError) -> StoreError:
         return StoreError(f"SQLite ({self.path}): {exc}")
 
     def _disconnect(self) -> None:
