@@ -49,7 +49,7 @@ import anyio
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from humanlayer_async import HumanLayer
+from humanlayer_async import ApprovalRequest, HumanLayer
 from humanlayer_async.stores import Store
 
 from ._common import ROOT, Report, Row, Target, arguments, percentile, quiet_logging, rss_bytes, run
@@ -101,19 +101,7 @@ async def agent(schema: str, first: int, n: int, out: Path) -> None:
             resumed[i] = now()
             runs += 1
 
-        stored = 0
-        all_stored = anyio.Event()
-        create = store.create_or_attach
-
-        async def counted(request: Any) -> Any:
-            nonlocal stored
-            result = await create(request)
-            stored += 1
-            if stored == n:
-                all_stored.set()
-            return result
-
-        store.create_or_attach = counted  # type: ignore[method-assign]
+        all_stored = _counting(store, n)
         gc.collect()
         before = rss_bytes() or 0
         say("ready")
@@ -369,6 +357,24 @@ async def plain_postgres(total: int, concurrency: int) -> dict[str, float]:
 # -- this process: SQLite ---------------------------------------------------------------
 
 
+def _counting(store: Store, n: int) -> anyio.Event:
+    """An event set once ``store`` has stored ``n`` requests (counted as its calls return)."""
+    stored = 0
+    all_stored = anyio.Event()
+    create = store.create_or_attach
+
+    async def counted(request: ApprovalRequest) -> ApprovalRequest:
+        nonlocal stored
+        result = await create(request)
+        stored += 1
+        if stored == n:
+            all_stored.set()
+        return result
+
+    store.create_or_attach = counted  # type: ignore[method-assign]
+    return all_stored
+
+
 async def one_process(store: Store, n: int, deciders: int) -> dict[str, Any]:
     """The fleet's shape in one process: ``n`` gated calls on ``store``, decided by ``deciders``."""
     async with HumanLayer([], store=store, listen=None, timeout=TIMEOUT) as hl:
@@ -378,19 +384,7 @@ async def one_process(store: Store, n: int, deciders: int) -> dict[str, Any]:
         async def tool(i: int) -> None:
             resumed[i] = now()
 
-        stored = 0
-        all_stored = anyio.Event()
-        create = store.create_or_attach
-
-        async def counted(request: Any) -> Any:
-            nonlocal stored
-            result = await create(request)
-            stored += 1
-            if stored == n:
-                all_stored.set()
-            return result
-
-        store.create_or_attach = counted  # type: ignore[method-assign]
+        all_stored = _counting(store, n)
         async with anyio.create_task_group() as task_group:
             began = now()
             for i in range(n):

@@ -908,39 +908,39 @@ class Engine(Decisions):
         """
         await self._load_grants()
         task_status.started()
-        backoff = Backoff(first=0.5, cap=30.0)
         decided, to_read = anyio.create_memory_object_stream[str](math.inf)
         with decided, to_read:
-            await self._follow(decided, to_read, backoff)
+            async with anyio.create_task_group() as readers:
+                readers.start_soon(self._read_decided, to_read)
+                await self._watch(decided)
+                readers.cancel_scope.cancel()  # the store was closed
 
-    async def _follow(
-        self, decided: MemoryObjectSendStream[str], to_read: MemoryObjectReceiveStream[str], backoff: Backoff
-    ) -> None:
-        async with anyio.create_task_group() as readers:
-            readers.start_soon(self._read_decided, to_read)
-            while True:
-                try:
-                    async for event in self.store.watch():
-                        backoff.reset()
-                        self._changed()
-                        if event.kind == "resync":
-                            await self._resync()
-                        elif event.kind == "voted":
-                            await self._voted(event.request_id)
-                        elif event.kind == "granted":
-                            await self._load_grants()
-                        elif event.kind == "decided" and event.request_id in self.registry:
-                            decided.send_nowait(event.request_id)
-                    readers.cancel_scope.cancel()
-                    return  # the store was closed
-                except StoreError as exc:
-                    pause = backoff.next() or 30.0
-                    logger.error("humanlayer.store_follow_failed", error=str(exc), retry_in=pause)
-                    await anyio.sleep(pause)
-                try:
-                    await self._resync()
-                except StoreError as exc:
-                    logger.warning("humanlayer.resync_failed", error=str(exc))
+    async def _watch(self, decided: MemoryObjectSendStream[str]) -> None:
+        """Act on the store's events until it is closed; ``decided`` gets the ids of requests
+        waited for here that another process decided."""
+        backoff = Backoff(first=0.5, cap=30.0)
+        while True:
+            try:
+                async for event in self.store.watch():
+                    backoff.reset()
+                    self._changed()
+                    if event.kind == "resync":
+                        await self._resync()
+                    elif event.kind == "voted":
+                        await self._voted(event.request_id)
+                    elif event.kind == "granted":
+                        await self._load_grants()
+                    elif event.kind == "decided" and event.request_id in self.registry:
+                        decided.send_nowait(event.request_id)
+                return  # the store was closed
+            except StoreError as exc:
+                pause = backoff.next() or 30.0
+                logger.error("humanlayer.store_follow_failed", error=str(exc), retry_in=pause)
+                await anyio.sleep(pause)
+            try:
+                await self._resync()
+            except StoreError as exc:
+                logger.warning("humanlayer.resync_failed", error=str(exc))
 
     async def _read_decided(self, to_read: MemoryObjectReceiveStream[str]) -> None:
         """Wake the waiters of the requests announced decided: all those announced so far at

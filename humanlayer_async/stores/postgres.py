@@ -1,21 +1,33 @@
 """PostgresStore: one database for a fleet of processes, decisions announced with NOTIFY.
 
 Requests, the audit trail and an event log live in tables of one schema, created and
-migrated by the store (versioned). ``decide`` is one conditional ``UPDATE`` (after reading
-the row ``FOR UPDATE`` when the approver edited the arguments): across processes the first
-decision wins. ``vote`` locks the request's row (``FOR UPDATE``), so the votes of many
-processes count one after another. Every new request and decision appends to the event
-log, whose sequence numbers follow commit order (writers take a transaction advisory lock
-just before appending), and sends ``NOTIFY`` with ids only; so does every grant given,
-confirmed or revoked (a ``granted`` event with the grant's id). ``take`` leases a due
-step with one conditional ``UPDATE``, and ``use_grant`` counts a use with one per
-candidate grant (re-checking the uses left, after waiting for the row), so neither holds
-a lock across anything else and concurrent uses never exceed a grant's ``max_uses``.
+migrated by the store (versioned). ``decide`` writes a decision only where none stands,
+after reading the request's row ``FOR UPDATE``: across processes the first decision wins.
+``vote`` locks the request's row (``FOR UPDATE``) too, so the votes of many processes
+count one after another. Every new request and decision appends to the event log, whose
+sequence numbers follow commit order (writers take a transaction advisory lock just before
+appending), and sends ``NOTIFY`` with ids only (up to ``_NOTIFY_IDS`` a notification, sent
+in order: ``watch()`` relies on it); so does every grant given, confirmed or revoked (a
+``granted`` event with the grant's id). ``take`` leases a due step with one conditional
+``UPDATE``, and ``use_grant`` counts a use with one per candidate grant (re-checking the
+uses left, after waiting for the row), so neither holds a lock across anything else and
+concurrent uses never exceed a grant's ``max_uses``.
 
 Each audit entry is chained to the newest of its chain (``_chain``). That chain's newest
 hash is kept in its request's (or grant's) row, which every writer of the chain locks: the
 transactions that change a request read it with the statement that locks the row, so the
-hash costs no extra round trip; ``record`` locks the row first.
+hash costs no extra round trip. ``record`` locks nothing across round trips: it appends
+by one statement on the condition that the chain's newest hash is still the one it read
+(or was last told, ``_Heads``), and reads again when it moved.
+
+Batches: concurrent calls of one kind share a transaction or a statement (``_batch``):
+creations (rows, audit entries and one announcement), decisions without edits, reads, audit
+entries, and the claims and records of runs. A batch the database refuses as a whole is
+written again call by call. Rows a transaction locks, it locks in the order of their ids,
+so concurrent batches never wait for each other in a circle. Each process holds at most
+``max_size`` pooled connections (one batch of each kind is in flight at a time) and one
+``LISTEN`` connection; a pooled connection goes back to the pool without asyncpg's reset
+query, since the store sets no session state.
 
 The schema is named by ``schema=`` or by the DSN's ``?schema=`` parameter (the form the
 ``humanlayer-async`` command takes), which the store removes before asyncpg sees the DSN,
@@ -28,11 +40,12 @@ restart, ``pg_terminate_backend``) the store reconnects with backoff, and every
 ``watch()`` iterator then yields a ``resync`` event and catches up on the events it
 missed by sequence number, so a decision made meanwhile still wakes its waiter.
 
-Every statement runs inside a transaction and names its tables with the schema, and the
-store sets no session state (no ``SET``, no session advisory lock, no ``search_path``), so
-it works through a pooler in transaction mode (PgBouncer, RDS Proxy) once asyncpg's
-prepared-statement cache is off (``statement_cache_size=0``). Expiry uses the database's
-clock. asyncpg is imported on first use; its errors become ``StoreError``.
+Every statement runs inside a transaction (its own, for a lone statement) and names its
+tables with the schema, and the store sets no session state (no ``SET``, no session
+advisory lock, no ``search_path``), so it works through a pooler in transaction mode
+(PgBouncer, RDS Proxy) once asyncpg's prepared-statement cache is off
+(``statement_cache_size=0``). Expiry uses the database's clock. asyncpg is imported on
+first use; its errors become ``StoreError``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """SQLiteStore: requests, decisions and the audit trail in one file; survives restarts.
 
-The standard library's ``sqlite3`` runs in worker threads, one statement batch at a
-time on one connection, so the event loop never waits on the disk. The file is in WAL
-mode: several processes on one machine may share it (an agent, the operator's
-``humanlayer-async approve``). SQLite has no notifications, so ``watch()`` learns about
+The standard library's ``sqlite3`` runs in worker threads, on one connection, so the event
+loop never waits on the disk. Concurrent calls share a trip to a thread and one commit
+(``_batch``), each call in a savepoint of its own: an error rolls back its own writes only.
+The file is in WAL mode: several processes on one machine may share it (an agent, the
+operator's ``humanlayer-async approve``). SQLite has no notifications, so ``watch()`` learns about
 other processes' writes by reading ``PRAGMA data_version`` at most every 250 ms, the
 one polling this SDK does. With ``create=False`` the store only opens a file that holds
 its tables, and never creates a file or a directory.
