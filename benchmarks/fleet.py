@@ -572,6 +572,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ours[key] >= RATE_TARGET * plain[key],
                 )
             )
+    if (
+        "memory" in figures
+        and figures["memory"]["decided_per_s"] < RATE_TARGET * figures["plain_sqlite"]["decided_per_s"]
+    ):
+        report.notes.append(
+            "in one process, the engine with nothing written (MemoryStore) decides slower than half"
+            " of plain sqlite3's one-statement transactions: each decision there also wakes its call,"
+            " runs the tool and records the run, so the SQLite targets are above what any store"
+            " reaches through the engine"
+        )
     report.extra["figures"] = figures
     report.finish(args.out)
     return 0
