@@ -507,6 +507,52 @@ async def test_a_failing_store_stream_is_followed_again_and_still_wakes_waiters(
     assert [e["event"] for e in logs].count("humanlayer.store_follow_failed") == 1
 
 
+class FailingReadStore(FlakyWatchStore):
+    """Its event stream works; its reads fail ``failing`` times first (a database gone for a while)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watches = 1  # (no failing stream: straight to the decisions from "elsewhere")
+        self.failing = 0
+
+    async def get(self, request_id: str) -> ApprovalRequest:
+        if self.failing:
+            self.failing -= 1
+            raise StoreError("connection to the database lost")
+        return await super().get(request_id)
+
+
+async def test_a_decision_whose_read_fails_is_read_again_and_still_wakes_its_waiter() -> None:
+    store = FailingReadStore()
+    send, receive = anyio.create_memory_object_stream[str](10)
+    store.outside = receive
+    with capture_logs() as logs:
+        async with send, receive, HumanLayer([], store=store, listen=None) as hl:
+
+            @hl.require_approval()
+            async def tool() -> str:
+                return "ran"
+
+            async with anyio.create_task_group() as tg:
+                results: list[str] = []
+
+                async def call() -> None:
+                    results.append(await tool())
+
+                tg.start_soon(call)
+                [request] = await wait_for_pending(hl, within=5)
+                decision = Decision(request.id, True, Status.APPROVED, "bob", "cli", None, datetime.now(UTC))
+                await MemoryStore.decide(store, decision)
+                store.failing = 2  # the follower's read fails, and its first retry too
+                with anyio.fail_after(10):
+                    await send.send(request.id)
+                    while not results:
+                        await anyio.sleep(0.01)
+    assert results == ["ran"]
+    assert store.failing == 0
+    assert [e["event"] for e in logs].count("humanlayer.read_failed") == 2
+
+
 async def test_a_store_url_names_the_store_as_the_cli_does(
     tmp_path: Path, pg_dsn: str, pg_schema: str
 ) -> None:
