@@ -156,68 +156,58 @@ async def test_an_error_a_flush_answers_for_one_item_fails_that_caller_alone_and
     assert calls == [["a", "gone", "b"], ["gone"]]
 
 
-async def test_a_caller_cancelled_before_its_flush_began_takes_its_item_back() -> None:
-    release = anyio.Event()
-    batches: list[list[str]] = []
+class Held:
+    """A one-at-a-time batcher whose flushes wait for ``release``, and callers that can be cancelled."""
 
-    async def flush(items: Sequence[str]) -> list[str]:
-        batches.append(list(items))
-        await release.wait()
+    def __init__(self) -> None:
+        self.release = anyio.Event()
+        self.batches: list[list[str]] = []
+        self.answers: dict[str, str] = {}
+        self.scopes: dict[str, anyio.CancelScope] = {}
+        self.batcher: Batcher[str, str] = Batcher(self._flush, concurrency=1)
+
+    async def _flush(self, items: Sequence[str]) -> list[str]:
+        self.batches.append(list(items))
+        await self.release.wait()
         return [item.upper() for item in items]
 
-    batcher: Batcher[str, str] = Batcher(flush, concurrency=1)
-    answers: dict[str, str] = {}
-    scopes: dict[str, anyio.CancelScope] = {}
+    async def submit(self, item: str) -> None:
+        with anyio.CancelScope() as self.scopes[item]:
+            self.answers[item] = await self.batcher.submit(item)
 
-    async def submit(item: str) -> None:
-        with anyio.CancelScope() as scopes[item]:
-            answers[item] = await batcher.submit(item)
 
+async def test_a_caller_cancelled_before_its_flush_began_takes_its_item_back() -> None:
+    held = Held()
     with anyio.fail_after(DEADLINE):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(submit, "a")
+            tg.start_soon(held.submit, "a")
             await anyio.wait_all_tasks_blocked()  # "a" is being flushed; the one flush allowed
-            tg.start_soon(submit, "b")
-            tg.start_soon(submit, "c")
+            tg.start_soon(held.submit, "b")
+            tg.start_soon(held.submit, "c")
             await anyio.wait_all_tasks_blocked()  # "b" and "c" queued behind it
-            scopes["b"].cancel()
+            held.scopes["b"].cancel()
             await anyio.wait_all_tasks_blocked()
-            release.set()
-    assert batches == [["a"], ["c"]]  # "b" never reached a flush
-    assert answers == {"a": "A", "c": "C"}
-    assert scopes["b"].cancelled_caught
+            held.release.set()
+    assert held.batches == [["a"], ["c"]]  # "b" never reached a flush
+    assert held.answers == {"a": "A", "c": "C"}
+    assert held.scopes["b"].cancelled_caught
 
 
 async def test_a_caller_cancelled_during_its_flush_leaves_the_others_answered_and_nothing_hangs() -> None:
-    release = anyio.Event()
-    batches: list[list[str]] = []
-
-    async def flush(items: Sequence[str]) -> list[str]:
-        batches.append(list(items))
-        await release.wait()
-        return [item.upper() for item in items]
-
-    batcher: Batcher[str, str] = Batcher(flush, concurrency=1)
-    answers: dict[str, str] = {}
-    scopes: dict[str, anyio.CancelScope] = {}
-
-    async def submit(item: str) -> None:
-        with anyio.CancelScope() as scopes[item]:
-            answers[item] = await batcher.submit(item)
-
+    held = Held()
     with anyio.fail_after(DEADLINE):
         async with anyio.create_task_group() as tg:
             for item in ("a", "b", "c"):
-                tg.start_soon(submit, item)
+                tg.start_soon(held.submit, item)
             await anyio.wait_all_tasks_blocked()
-            assert batches == [["a", "b", "c"]]  # one flush, under way
-            scopes["b"].cancel()
+            assert held.batches == [["a", "b", "c"]]  # one flush, under way
+            held.scopes["b"].cancel()
             await anyio.wait_all_tasks_blocked()
-            release.set()
-        assert await batcher.submit("d") == "D"  # the batcher still flushes
-    assert answers == {"a": "A", "c": "C"}
-    assert scopes["b"].cancelled_caught
-    assert batches == [["a", "b", "c"], ["d"]]
+            held.release.set()
+        assert await held.batcher.submit("d") == "D"  # the batcher still flushes
+    assert held.answers == {"a": "A", "c": "C"}
+    assert held.scopes["b"].cancelled_caught
+    assert held.batches == [["a", "b", "c"], ["d"]]
 
 
 async def test_a_caller_submitting_again_once_answered_is_flushed_with_one_flush_allowed() -> None:
