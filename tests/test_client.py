@@ -476,33 +476,40 @@ class FlakyWatchStore(MemoryStore):
             yield StoreEvent("decided", request_id)
 
 
-async def test_a_failing_store_stream_is_followed_again_and_still_wakes_waiters() -> None:
-    store = FlakyWatchStore()
+async def decided_elsewhere(store: FlakyWatchStore, failing_reads: int = 0) -> list[str]:
+    """A gated call waits; another process decides it (the store changes behind our back and
+    says so); what the call returned. ``failing_reads``: the store's reads fail that often first."""
     send, receive = anyio.create_memory_object_stream[str](10)
     store.outside = receive
+    async with send, receive, HumanLayer([], store=store, listen=None) as hl:
+
+        @hl.require_approval()
+        async def tool() -> str:
+            return "ran"
+
+        async with anyio.create_task_group() as tg:
+            results: list[str] = []
+
+            async def call() -> None:
+                results.append(await tool())
+
+            tg.start_soon(call)
+            [request] = await wait_for_pending(hl, within=5)
+            decision = Decision(request.id, True, Status.APPROVED, "bob", "cli", None, datetime.now(UTC))
+            await MemoryStore.decide(store, decision)
+            if isinstance(store, FailingReadStore):
+                store.failing = failing_reads
+            with anyio.fail_after(10):
+                await send.send(request.id)
+                while not results:
+                    await anyio.sleep(0.01)
+    return results
+
+
+async def test_a_failing_store_stream_is_followed_again_and_still_wakes_waiters() -> None:
+    store = FlakyWatchStore()
     with capture_logs() as logs:
-        async with send, receive, HumanLayer([], store=store, listen=None) as hl:
-
-            @hl.require_approval()
-            async def tool() -> str:
-                return "ran"
-
-            async with anyio.create_task_group() as tg:
-                results: list[str] = []
-
-                async def call() -> None:
-                    results.append(await tool())
-
-                tg.start_soon(call)
-                [request] = await wait_for_pending(hl, within=5)
-                # Another process decides: the store changes behind our back and says so.
-                decision = Decision(request.id, True, Status.APPROVED, "bob", "cli", None, datetime.now(UTC))
-                await MemoryStore.decide(store, decision)
-                with anyio.fail_after(5):
-                    await send.send(request.id)
-                    while not results:
-                        await anyio.sleep(0.01)
-    assert results == ["ran"]
+        assert await decided_elsewhere(store) == ["ran"]
     assert store.watches == 2
     assert [e["event"] for e in logs].count("humanlayer.store_follow_failed") == 1
 
@@ -524,31 +531,9 @@ class FailingReadStore(FlakyWatchStore):
 
 async def test_a_decision_whose_read_fails_is_read_again_and_still_wakes_its_waiter() -> None:
     store = FailingReadStore()
-    send, receive = anyio.create_memory_object_stream[str](10)
-    store.outside = receive
     with capture_logs() as logs:
-        async with send, receive, HumanLayer([], store=store, listen=None) as hl:
-
-            @hl.require_approval()
-            async def tool() -> str:
-                return "ran"
-
-            async with anyio.create_task_group() as tg:
-                results: list[str] = []
-
-                async def call() -> None:
-                    results.append(await tool())
-
-                tg.start_soon(call)
-                [request] = await wait_for_pending(hl, within=5)
-                decision = Decision(request.id, True, Status.APPROVED, "bob", "cli", None, datetime.now(UTC))
-                await MemoryStore.decide(store, decision)
-                store.failing = 2  # the follower's read fails, and its first retry too
-                with anyio.fail_after(10):
-                    await send.send(request.id)
-                    while not results:
-                        await anyio.sleep(0.01)
-    assert results == ["ran"]
+        # The follower's read fails, and its first retry too.
+        assert await decided_elsewhere(store, failing_reads=2) == ["ran"]
     assert store.failing == 0
     assert [e["event"] for e in logs].count("humanlayer.read_failed") == 2
 
