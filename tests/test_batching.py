@@ -722,39 +722,39 @@ async def test_a_value_the_database_refuses_fails_only_its_own_callers_on_every_
     await assert_chains_verify(first, entries=24, chains=14)
 
 
-@pytest.mark.parametrize(
-    "url_kind",
-    ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
-)
-async def test_a_value_the_database_refuses_is_a_store_error(
-    url_kind: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    if url_kind == "sqlite":
+DURABLE = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@contextlib.asynccontextmanager
+async def durable(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh durable store of ``kind``, opened by its URL as the CLI opens one."""
+    if kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'refused.db'}"
     else:
         url = f"{request.getfixturevalue('pg_dsn')}?schema={request.getfixturevalue('pg_schema')}"
     store = store_from_url(url)
     try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("url_kind", DURABLE)
+async def test_a_value_the_database_refuses_is_a_store_error(
+    url_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    async with durable(url_kind, request, tmp_path) as store:
         await store.create(make_request("r1"))
         with pytest.raises(StoreError):
             await store.decide(dataclasses.replace(decision("r1", True, "alice"), comment=REFUSED))
         with pytest.raises(StoreError):
             await store.create(make_request("r2", message=REFUSED))
-    finally:
-        await store.aclose()
 
 
-@pytest.mark.parametrize("url_kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("url_kind", DURABLE)
 async def test_an_argument_no_database_can_hold_is_refused_by_name_as_a_store_error(
     url_kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    if url_kind == "sqlite":
-        url = f"sqlite:///{tmp_path / 'refused.db'}"
-    else:
-        url = f"{request.getfixturevalue('pg_dsn')}?schema={request.getfixturevalue('pg_schema')}"
-    store = store_from_url(url)
-    try:
+    async with durable(url_kind, request, tmp_path) as store:
         with pytest.raises(StoreError, match="note"):
             await store.create(make_request("r1", kwargs={"note": REFUSED}))
-    finally:
-        await store.aclose()
