@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
@@ -51,13 +51,13 @@ from ._models import (
     Decision,
     Execution,
     Grant,
-    Kind,
     Principal,
     Status,
     Vote,
     current_requester,
 )
 from ._observe import Observer
+from ._pages import Filters
 from ._registry import CLOSED, EXPIRED, Outcome, Registry
 from ._render import masked
 from ._retry import Backoff
@@ -258,41 +258,15 @@ class Decisions:
         return await self.store.get(request_id)
 
     async def pending(
-        self,
-        *,
-        run_id: str | None = None,
-        kind: Kind | None = None,
-        function: str | None = None,
-        older_than: float | timedelta | None = None,
-        id_prefix: str | None = None,
-        after: str | None = None,
-        limit: int | None = None,
+        self, *, after: str | None = None, limit: int | None = None, **filters: Unpack[Filters]
     ) -> list[ApprovalRequest]:
         """The pending requests, oldest first, as ``Store.list_pending`` filters and pages them
         (the next page: ``after=page[-1].id``)."""
-        return await self.store.list_pending(
-            run_id=run_id,
-            kind=kind,
-            function=function,
-            older_than=older_than,
-            id_prefix=id_prefix,
-            after=after,
-            limit=limit,
-        )
+        return await self.store.list_pending(after=after, limit=limit, **filters)
 
-    async def count_pending(
-        self,
-        *,
-        run_id: str | None = None,
-        kind: Kind | None = None,
-        function: str | None = None,
-        older_than: float | timedelta | None = None,
-        id_prefix: str | None = None,
-    ) -> int:
+    async def count_pending(self, **filters: Unpack[Filters]) -> int:
         """How many requests ``pending`` with these filters lists, all pages."""
-        return await self.store.count_pending(
-            run_id=run_id, kind=kind, function=function, older_than=older_than, id_prefix=id_prefix
-        )
+        return await self.store.count_pending(**filters)
 
     async def claim(self, key: str, expires_at: datetime) -> bool:
         return await self.store.claim(key, expires_at)

@@ -33,26 +33,10 @@ class Lister(Protocol):
     """What lists and counts pending requests: a store's ``Decisions``, a channel's ``Decider``."""
 
     async def pending(
-        self,
-        *,
-        run_id: str | None = None,
-        kind: Kind | None = None,
-        function: str | None = None,
-        older_than: float | timedelta | None = None,
-        id_prefix: str | None = None,
-        after: str | None = None,
-        limit: int | None = None,
+        self, *, after: str | None = None, limit: int | None = None, **filters: Unpack[Filters]
     ) -> list[ApprovalRequest]: ...
 
-    async def count_pending(
-        self,
-        *,
-        run_id: str | None = None,
-        kind: Kind | None = None,
-        function: str | None = None,
-        older_than: float | timedelta | None = None,
-        id_prefix: str | None = None,
-    ) -> int: ...
+    async def count_pending(self, **filters: Unpack[Filters]) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ import argparse
 import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar, Unpack, cast
 from urllib.parse import quote
 
@@ -214,20 +214,9 @@ class RemoteDecisions:
         return self._parse(_page, data)
 
     async def pending(
-        self,
-        *,
-        run_id: str | None = None,
-        kind: Kind | None = None,
-        function: str | None = None,
-        older_than: float | timedelta | None = None,
-        id_prefix: str | None = None,
-        after: str | None = None,
-        limit: int | None = None,
+        self, *, after: str | None = None, limit: int | None = None, **filters: Unpack[Filters]
     ) -> list[ApprovalRequest]:
         """As ``Decisions.pending``; ``limit=None`` reads every page the API gives."""
-        filters = Filters(
-            run_id=run_id, kind=kind, function=function, older_than=older_than, id_prefix=id_prefix
-        )
         found: list[ApprovalRequest] = []
         while limit is None or len(found) < limit:
             wanted = MAX_PAGE if limit is None else min(MAX_PAGE, limit - len(found))
@@ -238,19 +227,8 @@ class RemoteDecisions:
             after = page.next
         return found
 
-    async def count_pending(
-        self,
-        *,
-        run_id: str | None = None,
-        kind: Kind | None = None,
-        function: str | None = None,
-        older_than: float | timedelta | None = None,
-        id_prefix: str | None = None,
-    ) -> int:
+    async def count_pending(self, **filters: Unpack[Filters]) -> int:
         """As ``Decisions.count_pending``: the API's ``total``."""
-        filters = Filters(
-            run_id=run_id, kind=kind, function=function, older_than=older_than, id_prefix=id_prefix
-        )
         return (await self.page(limit=1, **filters)).total
 
     async def grants(self, *, active: bool = True) -> list[Grant]:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol, Unpack, runtime_checkable
 
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
 from .._audit import AuditEntry
 from .._exceptions import ConfigurationError
-from .._models import ApprovalRequest, Decision, Grant, Kind, Principal, Vote
+from .._models import ApprovalRequest, Decision, Grant, Principal, Vote
+from .._pages import Filters
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -87,29 +88,13 @@ class Decider(Protocol):
         ...
 
     async def pending(
-        self,
-        *,
-        run_id: str | None = None,
-        kind: Kind | None = None,
-        function: str | None = None,
-        older_than: float | timedelta | None = None,
-        id_prefix: str | None = None,
-        after: str | None = None,
-        limit: int | None = None,
+        self, *, after: str | None = None, limit: int | None = None, **filters: Unpack[Filters]
     ) -> list[ApprovalRequest]:
         """The requests still waiting for a human, oldest first, filtered and paged as
         ``Store.list_pending`` does (the next page: ``after=page[-1].id``)."""
         ...
 
-    async def count_pending(
-        self,
-        *,
-        run_id: str | None = None,
-        kind: Kind | None = None,
-        function: str | None = None,
-        older_than: float | timedelta | None = None,
-        id_prefix: str | None = None,
-    ) -> int:
+    async def count_pending(self, **filters: Unpack[Filters]) -> int:
         """How many requests ``pending`` with these filters lists, all pages."""
         ...
 
