@@ -241,7 +241,7 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         # One connection, on the library's own threads (never the application's: sync tools
         # waiting for a decision may hold all of those). Concurrent calls share a trip to a
-        # thread (_batch), where each runs in turn, in its own transaction.
+        # thread (_batch), where each runs in turn, in a savepoint of one transaction.
         self._calls: Batcher[_Call | None, Any] = Batcher(self._call_all, concurrency=1)
         self._closed = False
         self._closing = anyio.Event()
@@ -320,7 +320,7 @@ class SQLiteStore:
                 raise self._missing()  # a file, but without the store's tables
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            with _transaction(conn):
+            with _transaction(conn):  # (migrations: one at a time across processes)
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
                     raise StoreError(
@@ -362,22 +362,20 @@ class SQLiteStore:
         marks = ", ".join(f":{name}" for name in values)
 
         def create(conn: sqlite3.Connection) -> ApprovalRequest:
-            with _transaction(conn):
-                if request.key is not None:
-                    row = conn.execute("SELECT id FROM hl_requests WHERE key = ?", (request.key,)).fetchone()
-                    if row is not None:
-                        return self._fetch(conn, row["id"])
-                conn.execute(f"INSERT INTO hl_requests ({columns}) VALUES ({marks})", values)
-                _event(conn, "requested", request.id)
-                _audit(conn, requested_entry(request), self._audit_key)
+            if request.key is not None:
+                row = conn.execute("SELECT id FROM hl_requests WHERE key = ?", (request.key,)).fetchone()
+                if row is not None:
+                    return self._fetch(conn, row["id"])
+            conn.execute(f"INSERT INTO hl_requests ({columns}) VALUES ({marks})", values)
+            _event(conn, "requested", request.id)
+            _audit(conn, requested_entry(request), self._audit_key)
             return request
 
         return await self._run(create)
 
     async def get(self, request_id: str) -> ApprovalRequest:
         def get(conn: sqlite3.Connection) -> ApprovalRequest:
-            with _transaction(conn):
-                return self._fetch(conn, request_id)
+            return self._fetch(conn, request_id)
 
         return await self._run(get)
 
@@ -395,57 +393,53 @@ class SQLiteStore:
         human = decision.status in (Status.APPROVED, Status.DENIED)
 
         def decide(conn: sqlite3.Connection) -> Decision:
-            with _transaction(conn):
-                columns = dict(values)
-                if decision.edits:  # the call that runs is the edited one: its kwargs and digest
-                    row = conn.execute("SELECT * FROM hl_requests WHERE id = ?", (decision.request_id,))
-                    current = row.fetchone()
-                    if current is not None:  # (else the UPDATE finds nothing, and _fetch says so)
-                        columns.update(_arguments(edited(to_request(current, epoch), decision.edits)))
-                # Approvals and denials only count before the expiry; timeouts and cancellations always.
-                updated = conn.execute(
-                    f"UPDATE hl_requests SET {_assignments(columns)} WHERE id = :id AND status = 'pending'"
-                    + (" AND expires_at > :now" if human else ""),
-                    {**columns, **where},
-                ).rowcount
-                if updated:
-                    _event(conn, "decided", decision.request_id)
-                    _audit(conn, decision_entry(decision), self._audit_key)
-                    return decision
-                standing = self._fetch(conn, decision.request_id).decision
-                assert standing is not None
-                return standing
+            columns = dict(values)
+            if decision.edits:  # the call that runs is the edited one: its kwargs and digest
+                row = conn.execute("SELECT * FROM hl_requests WHERE id = ?", (decision.request_id,))
+                current = row.fetchone()
+                if current is not None:  # (else the UPDATE finds nothing, and _fetch says so)
+                    columns.update(_arguments(edited(to_request(current, epoch), decision.edits)))
+            # Approvals and denials only count before the expiry; timeouts and cancellations always.
+            updated = conn.execute(
+                f"UPDATE hl_requests SET {_assignments(columns)} WHERE id = :id AND status = 'pending'"
+                + (" AND expires_at > :now" if human else ""),
+                {**columns, **where},
+            ).rowcount
+            if updated:
+                _event(conn, "decided", decision.request_id)
+                _audit(conn, decision_entry(decision), self._audit_key)
+                return decision
+            standing = self._fetch(conn, decision.request_id).decision
+            assert standing is not None
+            return standing
 
         return await self._run(decide)
 
     async def vote(self, request_id: str, vote: Vote, needed: int) -> Tally:
         def count(conn: sqlite3.Connection) -> Tally:
             # BEGIN IMMEDIATE before the read: other processes' votes wait, none is lost.
-            with _transaction(conn):
-                request = self._fetch(conn, request_id)  # past the expiry, the timeout stored first
-                if request.decision is not None:
-                    return Tally(request.decision, request.votes, False)
-                after, decision = tally(request, request.votes, vote, needed)
-                if after is request.votes:
-                    return Tally(None, after, False)
-                values: dict[str, Any] = {"votes": votes_text(after)}
-                if vote.edits:  # the votes from now on are for the edited call
-                    values.update(_arguments(edited(request, vote.edits)))
-                if decision is not None:
-                    values.update(decision_row(decision), decided_at=decision.decided_at.timestamp())
-                assignments = _assignments(values)
-                conn.execute(
-                    f"UPDATE hl_requests SET {assignments} WHERE id = :id", {**values, "id": request_id}
-                )
-                _audit(
-                    conn,
-                    vote_entry(request_id, vote, sum(v.approved for v in after), needed),
-                    self._audit_key,
-                )
-                _event(conn, "voted" if decision is None else "decided", request_id)
-                if decision is not None:
-                    _audit(conn, decision_entry(decision), self._audit_key)
-                return Tally(decision, after, decision is not None)
+            request = self._fetch(conn, request_id)  # past the expiry, the timeout stored first
+            if request.decision is not None:
+                return Tally(request.decision, request.votes, False)
+            after, decision = tally(request, request.votes, vote, needed)
+            if after is request.votes:
+                return Tally(None, after, False)
+            values: dict[str, Any] = {"votes": votes_text(after)}
+            if vote.edits:  # the votes from now on are for the edited call
+                values.update(_arguments(edited(request, vote.edits)))
+            if decision is not None:
+                values.update(decision_row(decision), decided_at=decision.decided_at.timestamp())
+            assignments = _assignments(values)
+            conn.execute(f"UPDATE hl_requests SET {assignments} WHERE id = :id", {**values, "id": request_id})
+            _audit(
+                conn,
+                vote_entry(request_id, vote, sum(v.approved for v in after), needed),
+                self._audit_key,
+            )
+            _event(conn, "voted" if decision is None else "decided", request_id)
+            if decision is not None:
+                _audit(conn, decision_entry(decision), self._audit_key)
+            return Tally(decision, after, decision is not None)
 
         return await self._run(count)
 
@@ -464,17 +458,16 @@ class SQLiteStore:
         age = age_seconds(older_than)
 
         def pending(conn: sqlite3.Connection) -> list[ApprovalRequest]:
-            with _transaction(conn):
-                _expire(conn, None, self._audit_key)
-                where, values = _pending_where(run_id, kind, age, id_prefix)
-                if after is not None:
-                    start = conn.execute("SELECT created_at, id FROM hl_requests WHERE id = ?", (after,))
-                    row = start.fetchone()
-                    if row is None:
-                        raise UnknownRequest(after)
-                    where += " AND (created_at, id) > (:after_at, :after_id)"
-                    values.update(after_at=row["created_at"], after_id=row["id"])
-                rows = conn.execute(*_pending_select(where, values, function, limit)).fetchall()
+            _expire(conn, None, self._audit_key)
+            where, values = _pending_where(run_id, kind, age, id_prefix)
+            if after is not None:
+                start = conn.execute("SELECT created_at, id FROM hl_requests WHERE id = ?", (after,))
+                row = start.fetchone()
+                if row is None:
+                    raise UnknownRequest(after)
+                where += " AND (created_at, id) > (:after_at, :after_id)"
+                values.update(after_at=row["created_at"], after_id=row["id"])
+            rows = conn.execute(*_pending_select(where, values, function, limit)).fetchall()
             return [to_request(row, epoch) for row in rows]
 
         return await self._run(pending)
@@ -491,30 +484,27 @@ class SQLiteStore:
         age = age_seconds(older_than)
 
         def count(conn: sqlite3.Connection) -> int:
-            with _transaction(conn):
-                _expire(conn, None, self._audit_key)
-                where, values = _pending_where(run_id, kind, age, id_prefix)
-                return int(conn.execute(*_pending_count(where, values, function)).fetchone()[0])
+            _expire(conn, None, self._audit_key)
+            where, values = _pending_where(run_id, kind, age, id_prefix)
+            return int(conn.execute(*_pending_count(where, values, function)).fetchone()[0])
 
         return await self._run(count)
 
     async def record(self, entry: AuditEntry) -> None:
         def record(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                _audit(conn, entry, self._audit_key)
+            _audit(conn, entry, self._audit_key)
 
         await self._run(record)
 
     async def claim(self, key: str, expires_at: datetime) -> bool:
         def claim(conn: sqlite3.Connection) -> bool:
-            with _transaction(conn):
-                conn.execute("DELETE FROM hl_claims WHERE expires_at <= ?", (time.time(),))
-                return bool(
-                    conn.execute(
-                        "INSERT INTO hl_claims (key, expires_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                        (key, expires_at.timestamp()),
-                    ).rowcount
-                )
+            conn.execute("DELETE FROM hl_claims WHERE expires_at <= ?", (time.time(),))
+            return bool(
+                conn.execute(
+                    "INSERT INTO hl_claims (key, expires_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                    (key, expires_at.timestamp()),
+                ).rowcount
+            )
 
         return await self._run(claim)
 
@@ -522,14 +512,13 @@ class SQLiteStore:
         rows = [(request_id, s.name, _seconds(s.due_at), s.number, _seconds(s.lease_until)) for s in steps]
 
         def schedule(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                if conn.execute("SELECT 1 FROM hl_requests WHERE id = ?", (request_id,)).fetchone() is None:
-                    raise UnknownRequest(request_id)
-                conn.executemany(
-                    "INSERT INTO hl_schedule (request_id, name, due_at, number, lease_until)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id, name) DO NOTHING",
-                    rows,
-                )
+            if conn.execute("SELECT 1 FROM hl_requests WHERE id = ?", (request_id,)).fetchone() is None:
+                raise UnknownRequest(request_id)
+            conn.executemany(
+                "INSERT INTO hl_schedule (request_id, name, due_at, number, lease_until)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id, name) DO NOTHING",
+                rows,
+            )
 
         await self._run(schedule)
 
@@ -546,20 +535,19 @@ class SQLiteStore:
 
     async def take(self, request_id: str, step: str, lease: timedelta) -> int | None:
         def take(conn: sqlite3.Connection) -> int | None:
-            with _transaction(conn):
-                now = time.time()
-                key = {"request_id": request_id, "name": step}
-                leased = conn.execute(
-                    "UPDATE hl_schedule SET lease_until = :until WHERE request_id = :request_id"
-                    " AND name = :name AND due_at <= :now AND (lease_until IS NULL OR lease_until <= :now)",
-                    {**key, "now": now, "until": now + lease.total_seconds()},
-                ).rowcount
-                if not leased:
-                    return None
-                row = conn.execute(
-                    "SELECT number FROM hl_schedule WHERE request_id = :request_id AND name = :name", key
-                ).fetchone()
-                return int(row["number"])
+            now = time.time()
+            key = {"request_id": request_id, "name": step}
+            leased = conn.execute(
+                "UPDATE hl_schedule SET lease_until = :until WHERE request_id = :request_id"
+                " AND name = :name AND due_at <= :now AND (lease_until IS NULL OR lease_until <= :now)",
+                {**key, "now": now, "until": now + lease.total_seconds()},
+            ).rowcount
+            if not leased:
+                return None
+            row = conn.execute(
+                "SELECT number FROM hl_schedule WHERE request_id = :request_id AND name = :name", key
+            ).fetchone()
+            return int(row["number"])
 
         return await self._run(take)
 
@@ -577,20 +565,19 @@ class SQLiteStore:
         self, request_id: str, approvers: tuple[str, ...], entry: AuditEntry
     ) -> ApprovalRequest:
         def escalate(conn: sqlite3.Connection) -> ApprovalRequest:
-            with _transaction(conn):
-                request = self._fetch(conn, request_id)  # past the expiry, the timeout stored first
-                if request.decision is not None:
-                    return request
-                added = tuple(dict.fromkeys(a for a in approvers if a not in request.approvers))
-                if request.approvers and added:  # no approver list: anyone may decide it already
-                    widened = request.approvers + added
-                    conn.execute(
-                        "UPDATE hl_requests SET approvers = ? WHERE id = ?",
-                        (json.dumps(list(widened)), request_id),
-                    )
-                    request = replace(request, approvers=widened)
-                _audit(conn, entry, self._audit_key)
+            request = self._fetch(conn, request_id)  # past the expiry, the timeout stored first
+            if request.decision is not None:
                 return request
+            added = tuple(dict.fromkeys(a for a in approvers if a not in request.approvers))
+            if request.approvers and added:  # no approver list: anyone may decide it already
+                widened = request.approvers + added
+                conn.execute(
+                    "UPDATE hl_requests SET approvers = ? WHERE id = ?",
+                    (json.dumps(list(widened)), request_id),
+                )
+                request = replace(request, approvers=widened)
+            _audit(conn, entry, self._audit_key)
+            return request
 
         return await self._run(escalate)
 
@@ -603,30 +590,28 @@ class SQLiteStore:
         marks = ", ".join(f":{name}" for name in values)
 
         def add(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                conn.execute(f"INSERT INTO hl_grants ({columns}) VALUES ({marks})", values)
-                _audit(conn, given_entry(grant), self._audit_key)
-                _event(conn, "granted", grant.id)
+            conn.execute(f"INSERT INTO hl_grants ({columns}) VALUES ({marks})", values)
+            _audit(conn, given_entry(grant), self._audit_key)
+            _event(conn, "granted", grant.id)
 
         await self._run(add)
 
     async def confirm_grant(self, grant_id: str, by: Principal) -> Grant:
         def confirm(conn: sqlite3.Connection) -> Grant:
-            with _transaction(conn):
-                grant = _grant(conn, grant_id)
-                after = joined(grant, by)
-                if after is not grant:
-                    conn.execute(
-                        "UPDATE hl_grants SET granted_by = :granted_by, users = :users WHERE id = :id",
-                        grant_row(after),
-                    )
-                    _audit(
-                        conn,
-                        grant_entry("grant.confirmed", after, by.id, granters=len(after.by)),
-                        self._audit_key,
-                    )
-                    _event(conn, "granted", grant_id)
-                return after
+            grant = _grant(conn, grant_id)
+            after = joined(grant, by)
+            if after is not grant:
+                conn.execute(
+                    "UPDATE hl_grants SET granted_by = :granted_by, users = :users WHERE id = :id",
+                    grant_row(after),
+                )
+                _audit(
+                    conn,
+                    grant_entry("grant.confirmed", after, by.id, granters=len(after.by)),
+                    self._audit_key,
+                )
+                _event(conn, "granted", grant_id)
+            return after
 
         return await self._run(confirm)
 
@@ -636,34 +621,31 @@ class SQLiteStore:
         def use(conn: sqlite3.Connection) -> Grant | None:
             # BEGIN IMMEDIATE before the read: other processes' uses wait, so none sees a use
             # this one counts, and together they never exceed max_uses.
-            with _transaction(conn):
-                now = time.time()
-                rows = conn.execute(
-                    f"SELECT * FROM hl_grants WHERE function = :function AND {_LIVE}"
-                    " ORDER BY created_at, rowid",
-                    {"function": function, "now": now},
-                ).fetchall()
-                for row in rows:
-                    grant = to_grant(row, epoch)
-                    if grant.covers(kwargs, requested_by, epoch(now)):
-                        conn.execute("UPDATE hl_grants SET uses = uses + 1 WHERE id = ?", (grant.id,))
-                        return replace(grant, uses=grant.uses + 1)
-                return None
+            now = time.time()
+            rows = conn.execute(
+                f"SELECT * FROM hl_grants WHERE function = :function AND {_LIVE} ORDER BY created_at, rowid",
+                {"function": function, "now": now},
+            ).fetchall()
+            for row in rows:
+                grant = to_grant(row, epoch)
+                if grant.covers(kwargs, requested_by, epoch(now)):
+                    conn.execute("UPDATE hl_grants SET uses = uses + 1 WHERE id = ?", (grant.id,))
+                    return replace(grant, uses=grant.uses + 1)
+            return None
 
         return await self._run(use)
 
     async def revoke_grant(self, grant_id: str, by: str) -> Grant:
         def revoke(conn: sqlite3.Connection) -> Grant:
-            with _transaction(conn):
-                revoked = conn.execute(
-                    "UPDATE hl_grants SET revoked_by = ?, revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                    (by, time.time(), grant_id),
-                ).rowcount
-                grant = _grant(conn, grant_id)
-                if revoked:  # the first time only: whoever revoked it first stays
-                    _audit(conn, grant_entry("grant.revoked", grant, by), self._audit_key)
-                    _event(conn, "granted", grant_id)
-                return grant
+            revoked = conn.execute(
+                "UPDATE hl_grants SET revoked_by = ?, revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (by, time.time(), grant_id),
+            ).rowcount
+            grant = _grant(conn, grant_id)
+            if revoked:  # the first time only: whoever revoked it first stays
+                _audit(conn, grant_entry("grant.revoked", grant, by), self._audit_key)
+                _event(conn, "granted", grant_id)
+            return grant
 
         return await self._run(revoke)
 
@@ -708,15 +690,14 @@ class SQLiteStore:
 
     async def begin_execution(self, request_id: str, digest: str | None) -> Execution | None:
         def begin(conn: sqlite3.Connection) -> Execution | None:
-            with _transaction(conn):
-                earlier = execution_so_far(self._fetch(conn, request_id), digest)
-                if earlier is not None:
-                    return earlier
-                conn.execute(
-                    "UPDATE hl_requests SET exec_state = 'executing' WHERE id = ? AND status = 'approved'",
-                    (request_id,),
-                )
-                return None
+            earlier = execution_so_far(self._fetch(conn, request_id), digest)
+            if earlier is not None:
+                return earlier
+            conn.execute(
+                "UPDATE hl_requests SET exec_state = 'executing' WHERE id = ? AND status = 'approved'",
+                (request_id,),
+            )
+            return None
 
         return await self._run(begin)
 
@@ -770,17 +751,16 @@ class SQLiteStore:
         horizon = time.time() - (self._retention if older_than is None else retention_seconds(older_than))
 
         def prune(conn: sqlite3.Connection) -> int:
-            with _transaction(conn):
-                conn.execute("DELETE FROM hl_events WHERE at < ?", (horizon,))
-                conn.execute("DELETE FROM hl_grants WHERE expires_at <= ?", (horizon,))
-                pruned = conn.execute(
-                    "DELETE FROM hl_requests WHERE status != 'pending' AND decided_at < ?", (horizon,)
-                ).rowcount
-                conn.execute(
-                    "DELETE FROM hl_schedule WHERE NOT EXISTS"
-                    " (SELECT 1 FROM hl_requests WHERE hl_requests.id = hl_schedule.request_id)"
-                )
-                return pruned
+            conn.execute("DELETE FROM hl_events WHERE at < ?", (horizon,))
+            conn.execute("DELETE FROM hl_grants WHERE expires_at <= ?", (horizon,))
+            pruned = conn.execute(
+                "DELETE FROM hl_requests WHERE status != 'pending' AND decided_at < ?", (horizon,)
+            ).rowcount
+            conn.execute(
+                "DELETE FROM hl_schedule WHERE NOT EXISTS"
+                " (SELECT 1 FROM hl_requests WHERE hl_requests.id = hl_schedule.request_id)"
+            )
+            return pruned
 
         return await self._run(prune)
 
@@ -788,10 +768,7 @@ class SQLiteStore:
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """``BEGIN IMMEDIATE`` … ``COMMIT``: writers queue up on the file lock, not on retries.
-    Inside a transaction already (a batch's call, ``_call``, in a savepoint of its own), nothing more."""
-    if conn.in_transaction:
-        yield
-        return
+    Every call runs in one (a batch's, ``_call_each``), in a savepoint of its own (``_call``)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
